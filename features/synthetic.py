@@ -1,0 +1,165 @@
+"""Seeded synthetic interaction logs for scale tests and benchmarks (Spark, no driver-side data).
+
+Shape of the data (all draws are hash-based — ``xxhash64(seed, key, salt)`` — so the same seed
+gives the same rows whatever the number of partitions or executors):
+
+- items: ``n_items`` with ``n_categories`` categories and brands nested in categories, log-normal
+  prices, creation dates; popularity is Zipf (exponent ``item_zipf``) within and across categories.
+- users: heavy-tailed activity — session owners drawn from a bounded power law (``user_zipf``).
+- sessions: a start uniform over ``days`` days before ``end`` (with a diurnal bias), a theme
+  category; geometric length (mean ``mean_session_steps``); gaps between steps exponential (mean
+  ``mean_gap_s``) so that sessionization by 30-minute inactivity recovers them.
+- each step is an ``impression`` at a slate position 1..10; it becomes a ``click`` with a
+  position-biased probability, clicks have log-normal dwell (some accidental, < 5 s); a click may
+  lead to ``cart`` and ``purchase``.
+
+Every row carries ``source = 'synthetic'``; item titles start with "synthetic".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+_U53 = float(1 << 53)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    n_events: int = 100_000
+    n_items: int | None = None        # default: n_events / 20, at least 100
+    n_users: int | None = None        # default: n_events / 40, at least 50
+    n_categories: int = 50
+    brands_per_category: int = 20
+    days: int = 30
+    end: dt.date = dt.date(2026, 11, 28)  # events fall in [end - days, end)
+    item_zipf: float = 1.1
+    user_zipf: float = 0.9
+    mean_session_steps: float = 8.0
+    mean_gap_s: float = 40.0
+    in_category_share: float = 0.75
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.n_events < 1:
+            raise ValueError("n_events must be >= 1")
+        if self.days < 1 or self.n_categories < 1:
+            raise ValueError("days and n_categories must be >= 1")
+
+    @property
+    def items(self) -> int:
+        return self.n_items or max(100, self.n_events // 20)
+
+    @property
+    def users(self) -> int:
+        return self.n_users or max(50, self.n_events // 40)
+
+
+def uniform(seed: int, *keys: Column | str, salt: str) -> Column:
+    """Deterministic U[0,1) from the keys."""
+    h = F.xxhash64(F.lit(seed), F.lit(salt), *keys)
+    return (h.bitwiseAND(F.lit((1 << 53) - 1))).cast("double") / F.lit(_U53)
+
+
+def zipf_rank(u: Column, n: int, s: float) -> Column:
+    """Rank in [0, n) from U[0,1), by the inverse CDF of a power law on [1, n+1) (exponent s)."""
+    if abs(s - 1.0) < 1e-9:
+        x = F.exp(u * F.lit(math.log(n + 1)))
+    else:
+        a = 1.0 - s
+        x = F.pow(u * F.lit((n + 1) ** a - 1.0) + F.lit(1.0), F.lit(1.0 / a))
+    return F.least(F.floor(x).cast("long") - 1, F.lit(n - 1))
+
+
+def synthetic_items(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
+    s = spec.seed
+    i = F.col("id")
+    cat = i % spec.n_categories
+    brand = cat * spec.brands_per_category + F.floor(
+        uniform(s, i, salt="brand") * spec.brands_per_category).cast("long")
+    price = F.round(F.exp(F.lit(3.0) + F.lit(0.8) * F.sqrt(F.lit(-2.0) * F.log(
+        uniform(s, i, salt="p1") + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * uniform(s, i, salt="p2"))), 2)
+    end = dt.datetime.combine(spec.end, dt.time())
+    created = F.lit(end - dt.timedelta(days=365)).cast("timestamp") + F.make_dt_interval(
+        F.floor(uniform(s, i, salt="created") * 365).cast("int"))
+    return spark.range(spec.items).select(
+        F.concat(F.lit("i"), i.cast("string")).alias("item_id"),
+        F.concat(F.lit("synthetic item "), i.cast("string")).alias("title"),
+        F.concat(F.lit("synthetic "), F.format_string("cat%03d", cat), F.lit(" item by "),
+                 F.format_string("brand%05d", brand)).alias("text"),
+        F.format_string("cat%03d", cat).alias("category"),
+        F.format_string("brand%05d", brand).alias("brand"),
+        price.alias("price"),
+        created.alias("created_ts"),
+        F.lit("synthetic").alias("source"),
+    )
+
+
+def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
+    """About spec.n_events raw events (impressions, clicks, carts, purchases)."""
+    s = spec.seed
+    # ~1.25 events per step (impression + click/cart/purchase tail)
+    n_sessions = max(1, int(spec.n_events / (spec.mean_session_steps * 1.25)))
+    n_per_cat = max(1, spec.items // spec.n_categories)
+    sid = F.col("id")
+    end = dt.datetime.combine(spec.end, dt.time())
+    start0 = end - dt.timedelta(days=spec.days)
+    day = F.floor(uniform(s, sid, salt="day") * spec.days).cast("int")
+    # diurnal bias: mass concentrated in the evening (hour ~ 20) via a folded triangle
+    hour = (F.lit(20.0) + (uniform(s, sid, salt="h1") - uniform(s, sid, salt="h2")) * 14.0 + 24.0) % 24.0
+    start = F.lit(start0).cast("timestamp") + F.make_dt_interval(
+        day, F.floor(hour).cast("int"), F.floor(uniform(s, sid, salt="min") * 60).cast("int"))
+    steps = F.least(F.lit(200), F.lit(1) + F.floor(
+        -F.log(uniform(s, sid, salt="len") + F.lit(1e-12)) * (spec.mean_session_steps - 1)).cast("int"))
+    sessions = spark.range(n_sessions).select(
+        sid.alias("session"),
+        F.concat(F.lit("u"), zipf_rank(uniform(s, sid, salt="user"), spec.users, spec.user_zipf)
+                 .cast("string")).alias("user_id"),
+        (zipf_rank(uniform(s, sid, salt="theme"), spec.n_categories, 0.8)).alias("theme"),
+        start.alias("start"),
+        F.explode(F.sequence(F.lit(1), steps)).alias("step"),
+    )
+    st = F.col("step")
+    key = (F.col("session"), st)
+    gap = -F.log(uniform(s, *key, salt="gap") + F.lit(1e-12)) * spec.mean_gap_s
+    w = Window.partitionBy("session").orderBy("step").rowsBetween(Window.unboundedPreceding, 0)
+    in_cat = uniform(s, *key, salt="incat") < spec.in_category_share
+    item_in_cat = zipf_rank(uniform(s, *key, salt="item"), n_per_cat, spec.item_zipf) * spec.n_categories + F.col("theme")
+    item_global = zipf_rank(uniform(s, *key, salt="item"), spec.items, spec.item_zipf)
+    item = F.least(F.when(in_cat, item_in_cat).otherwise(item_global), F.lit(spec.items - 1))
+    position = ((st - 1) % 10) + 1
+    p_click = F.lit(0.35) / F.sqrt(position.cast("double"))
+    clicked = uniform(s, *key, salt="click") < p_click
+    accidental = uniform(s, *key, salt="acc") < 0.15
+    dwell = F.when(accidental, F.floor(uniform(s, *key, salt="dw0") * 5000)).otherwise(
+        F.floor(F.exp(F.lit(10.3) + F.lit(0.9) * F.sqrt(F.lit(-2.0) * F.log(
+            uniform(s, *key, salt="dw1") + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * uniform(s, *key, salt="dw2"))))
+    ).cast("long")
+    carted = clicked & ~accidental & (uniform(s, *key, salt="cart") < 0.12)
+    bought = carted & (uniform(s, *key, salt="buy") < 0.4)
+    steps_df = sessions.select(
+        "session", "user_id", "step",
+        (F.col("start") + F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0),
+                                             F.sum(gap).over(w).cast("decimal(18,6)"))).alias("ts0"),
+        F.concat(F.lit("i"), item.cast("string")).alias("item_id"),
+        position.alias("position"), clicked.alias("clicked"), dwell.alias("dwell"),
+        carted.alias("carted"), bought.alias("bought"),
+    )
+    sec = lambda n: F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0), F.lit(n).cast("decimal(18,6)"))  # noqa: E731
+    ev = F.struct  # (event_type, ts, dwell_ms)
+    events = F.filter(F.array(
+        ev(F.lit("impression").alias("event_type"), F.col("ts0").alias("ts"), F.lit(None).cast("long").alias("dwell_ms")),
+        F.when(F.col("clicked"), ev(F.lit("click").alias("event_type"), (F.col("ts0") + sec(1)).alias("ts"), F.col("dwell").alias("dwell_ms"))),
+        F.when(F.col("carted"), ev(F.lit("cart").alias("event_type"), (F.col("ts0") + sec(2)).alias("ts"), F.lit(None).cast("long").alias("dwell_ms"))),
+        F.when(F.col("bought"), ev(F.lit("purchase").alias("event_type"), (F.col("ts0") + sec(3)).alias("ts"), F.lit(None).cast("long").alias("dwell_ms"))),
+    ), lambda x: x.isNotNull())
+    out = steps_df.select("user_id", "item_id", "position", "session", F.explode(events).alias("e"))
+    return out.select(
+        "user_id", "item_id", F.col("e.event_type").alias("event_type"), F.col("e.ts").alias("ts"),
+        F.col("e.dwell_ms").alias("dwell_ms"), F.col("position").cast("string").alias("position"),
+        F.lit("synthetic").alias("source"),
+    ).where(F.col("ts") < F.lit(end).cast("timestamp"))

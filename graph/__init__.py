@@ -1,0 +1,1 @@
+"""Item graph, Swing/ItemCF, random walks, skip-gram, EGES (later issues)."""

@@ -1,0 +1,63 @@
+"""`recfactory <job> [flags]`, `python -m recfactory <job> [flags]`, and the per-job scripts.
+
+Extra commands:
+  recfactory setup        resolve the Delta jars into the cache (network once, offline after) and
+                          write them into pyspark's spark-defaults.conf for plain `spark-submit`
+  recfactory jobs         list the jobs
+  recfactory params-doc   the parameter tables of every job, as markdown (README source)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from recfactory.jobs.runtime.job import JOBS, load_job, run_job
+from recfactory.jobs.runtime.params import params_table
+
+USAGE = "usage: recfactory {setup,jobs,params-doc," + ",".join(JOBS) + "} [flags]  (--help per job)"
+
+
+def setup() -> int:
+    from recfactory.jobs.runtime.spark import get_spark, write_spark_defaults
+
+    spark = get_spark("recfactory-setup")
+    spark.range(1).count()
+    path = write_spark_defaults()
+    print(f"Delta jars cached under the Ivy cache; spark-submit defaults written to {path}")
+    return 0
+
+
+def params_doc() -> int:
+    for name in JOBS:
+        cls = load_job(name)
+        print(f"### `{name}`\n\n{cls.description}\n\nWrites: "
+              + ", ".join(f"`{t}`" for t in cls.outputs) + "\n")
+        print(params_table(cls.Params) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        print(__doc__)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "setup":
+        return setup()
+    if cmd == "jobs":
+        for name in JOBS:
+            print(f"{name:24s} {load_job(name).description.splitlines()[0]}")
+        return 0
+    if cmd == "params-doc":
+        return params_doc()
+    if cmd not in JOBS:
+        print(f"unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    run_job(cmd, rest)
+    return 0
+
+
+def job_script_main(name: str) -> None:
+    """Entry for `spark-submit jobs/<name>.py [flags]` and `python jobs/<name>.py [flags]`."""
+    sys.exit(main([name, *sys.argv[1:]]))

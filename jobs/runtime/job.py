@@ -1,0 +1,231 @@
+"""A job: resolve params → read inputs at pinned versions → transform → check → write + manifest.
+
+``Job`` subclasses declare their name, parameter model, description and output tables, and
+implement ``run(ctx)``. The runner (``run_job``) owns everything around it: parsing, the Spark
+session, the run id, the manifest carried by every commit and the row in the ``_runs`` table —
+written whether the run succeeded or failed, so ``_runs`` is the whole history of attempts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+from recfactory.jobs.runtime.delta_io import CommitProperties, InputRef, OutputRef, Warehouse
+from recfactory.jobs.runtime.params import JobParams, params_hash, parse_params
+
+log = logging.getLogger("recfactory")
+
+RUNS_TABLE = "_runs"
+
+# Job name → "module:Class". Job names are the file names under jobs/.
+JOBS: dict[str, str] = {
+    "ingest": "recfactory.jobs.ingest:IngestJob",
+    "generate_synthetic": "recfactory.jobs.generate_synthetic:GenerateSyntheticJob",
+}
+
+
+class QualityGateError(RuntimeError):
+    """A quality check failed: nothing after it is published."""
+
+
+class Job:
+    name: ClassVar[str]
+    Params: ClassVar[type[JobParams]] = JobParams
+    description: ClassVar[str] = ""
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, ctx: "RunContext") -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def load_job(name: str) -> type[Job]:
+    if name not in JOBS:
+        raise KeyError(f"unknown job {name!r}; jobs: {', '.join(sorted(JOBS))}")
+    module, cls = JOBS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    from recfactory import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def as_of_end(as_of: dt.date) -> dt.datetime:
+    """Exclusive upper bound of the logical date: as_of + 1 day, 00:00 UTC (naive, Spark UTC)."""
+    return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+
+
+@dataclass
+class RunContext:
+    spark: Any
+    warehouse: Warehouse
+    params: JobParams
+    job: str
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.time)
+    inputs: list[InputRef] = field(default_factory=list)
+    outputs: list[OutputRef] = field(default_factory=list)
+    row_counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def as_of(self) -> dt.date:
+        return self.params.as_of
+
+    @property
+    def cutoff(self) -> dt.datetime:
+        return as_of_end(self.params.as_of)
+
+    # inputs
+    def read(self, name: str, version: int | None = None, timestamp: str | None = None):
+        df, ref = self.warehouse.read(name, version=version, timestamp=timestamp)
+        self.inputs.append(ref)
+        return df
+
+    def read_path(self, path: str, **kw):
+        df, ref = self.warehouse.read_path(path, **kw)
+        self.inputs.append(ref)
+        return df
+
+    def record_input(self, ref: InputRef) -> None:
+        self.inputs.append(ref)
+
+    # outputs
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "job": self.job,
+            "as_of": self.as_of.isoformat(),
+            "params": self.params.to_json_dict(),
+            "params_hash": params_hash(self.params),
+            "code_version": code_version(),
+            "seed": self.params.seed,
+            "inputs": [r.to_dict() for r in self.inputs],
+            "row_counts": dict(self.row_counts),
+            "metrics": dict(self.metrics),
+        }
+
+    def write(self, df, name: str, mode: str = "partition", partition_by=("ds",)) -> OutputRef:
+        commit = CommitProperties(run_id=self.run_id, user_metadata=self.manifest())
+        ref = self.warehouse.write(df, name, commit, ds=self.as_of, partition_by=partition_by, mode=mode)
+        self.outputs.append(ref)
+        log.info("wrote %s v%d (%d rows)", name, ref.version, ref.rows)
+        return ref
+
+
+def _runs_schema():
+    from pyspark.sql import types as T
+
+    inp = T.StructType([
+        T.StructField("name", T.StringType()), T.StructField("path", T.StringType()),
+        T.StructField("format", T.StringType()), T.StructField("version", T.LongType()),
+        T.StructField("fingerprint", T.StringType()), T.StructField("timestamp", T.StringType()),
+    ])
+    out = T.StructType([
+        T.StructField("name", T.StringType()), T.StructField("path", T.StringType()),
+        T.StructField("version", T.LongType()), T.StructField("rows", T.LongType()),
+        T.StructField("partition", T.StringType()),
+    ])
+    return T.StructType([
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("job", T.StringType(), False),
+        T.StructField("as_of", T.DateType()),
+        T.StructField("status", T.StringType()),
+        T.StructField("started_at", T.TimestampType()),
+        T.StructField("finished_at", T.TimestampType()),
+        T.StructField("duration_s", T.DoubleType()),
+        T.StructField("params", T.StringType()),
+        T.StructField("params_hash", T.StringType()),
+        T.StructField("code_version", T.StringType()),
+        T.StructField("seed", T.LongType()),
+        T.StructField("spark_master", T.StringType()),
+        T.StructField("inputs", T.ArrayType(inp)),
+        T.StructField("outputs", T.ArrayType(out)),
+        T.StructField("row_counts", T.MapType(T.StringType(), T.LongType())),
+        T.StructField("metrics", T.MapType(T.StringType(), T.DoubleType())),
+        T.StructField("error", T.StringType()),
+    ])
+
+
+def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
+    finished = time.time()
+    m = ctx.manifest()
+    row = (
+        ctx.run_id, ctx.job, ctx.as_of, status,
+        dt.datetime.fromtimestamp(ctx.started, dt.timezone.utc).replace(tzinfo=None),
+        dt.datetime.fromtimestamp(finished, dt.timezone.utc).replace(tzinfo=None),
+        round(finished - ctx.started, 3),
+        json.dumps(m["params"], sort_keys=True), m["params_hash"], m["code_version"], ctx.params.seed,
+        ctx.spark.sparkContext.master,
+        [(r.name, r.path, r.format, r.version, r.fingerprint, r.timestamp) for r in ctx.inputs],
+        [(o.name, o.path, o.version, o.rows, o.partition) for o in ctx.outputs],
+        {k: int(v) for k, v in ctx.row_counts.items()},
+        {k: float(v) for k, v in ctx.metrics.items()},
+        error,
+    )
+    df = ctx.spark.createDataFrame([row], _runs_schema())
+    commit = CommitProperties(
+        run_id=ctx.run_id, user_metadata=m, txn_app_id=f"recfactory-run-{ctx.run_id}", txn_version=0
+    )
+    ctx.warehouse.write(df, RUNS_TABLE, commit, mode="append", partition_by=())
+
+
+def run_job(name: str, argv: list[str] | None = None, spark=None) -> RunContext:
+    """Parse flags, run the job, record the run. Returns the context (outputs, counts, metrics)."""
+    job_cls = load_job(name)
+    params = parse_params(job_cls.Params, list(sys.argv[1:] if argv is None else argv),
+                          prog=f"recfactory {name}", description=job_cls.description)
+    return execute(job_cls, params, spark=spark)
+
+
+def execute(job_cls: type[Job], params: JobParams, spark=None) -> RunContext:
+    from recfactory.jobs.runtime.spark import get_spark
+
+    logging.basicConfig(level=os.environ.get("RECFACTORY_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spark = spark or get_spark(f"recfactory-{job_cls.name}")
+    ctx = RunContext(spark=spark, warehouse=Warehouse(spark, params.warehouse), params=params,
+                     job=job_cls.name)
+    log.info("run %s: %s as of %s (params %s)", ctx.run_id, job_cls.name, params.as_of,
+             params_hash(params))
+    try:
+        job_cls().run(ctx)
+    except BaseException as e:
+        ctx.notes["error"] = "".join(traceback.format_exception_only(type(e), e)).strip()
+        try:
+            write_run_row(ctx, "failed", ctx.notes["error"])
+        except Exception:  # noqa: BLE001 - never hide the original failure
+            log.exception("could not record the failed run in %s", RUNS_TABLE)
+        raise
+    write_run_row(ctx, "succeeded", None)
+    log.info("run %s done in %.1fs: %s", ctx.run_id, time.time() - ctx.started,
+             ", ".join(f"{o.name} v{o.version} ({o.rows} rows)" for o in ctx.outputs))
+    return ctx

@@ -1,0 +1,120 @@
+"""Job parameters, declared once.
+
+Each job declares a frozen pydantic model (typed, validated, documented, with defaults). From that
+one declaration come the CLI flags (``--as-of``, ``--seed`` ...), ``--help``, the README table and,
+later, the Airflow params (pydantic's JSON schema is what Airflow's ``Param`` takes). Pydantic is
+used rather than hand-written validation because it already gives types, bounds, enums and JSON
+schema; it is a dependency of Airflow and Ray anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["JobParams", "Field", "build_parser", "parse_params", "params_hash", "params_table"]
+
+
+class JobParams(BaseModel):
+    """Parameters every job takes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    warehouse: str = Field(
+        "./warehouse",
+        description="Warehouse root: every table lives at <warehouse>/<table_name> "
+        "(local path or a URI such as s3a://bucket/prefix).",
+    )
+    as_of: dt.date = Field(
+        description="Logical date YYYY-MM-DD. Jobs see only events with ts < the end of this date "
+        "(as_of + 1 day, 00:00 UTC) and write partition ds = as_of.",
+    )
+    seed: int = Field(42, ge=0, description="Seed for every sampled or randomized step.")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+def params_hash(params: BaseModel, exclude: tuple[str, ...] = ("warehouse",)) -> str:
+    """Stable hash of what determines the output (the warehouse location does not)."""
+    d = {k: v for k, v in json.loads(params.model_dump_json()).items() if k not in exclude}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser(model: type[BaseModel], prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for name, field in model.model_fields.items():
+        tp, _ = _unwrap_optional(field.annotation)
+        origin = typing.get_origin(tp)
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        help_ = field.description or ""
+        if field.is_required():
+            kwargs["required"] = True
+            help_ += " (required)"
+        else:
+            help_ += f" (default: {_show_default(field.default)})"
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is Literal:
+            kwargs["choices"] = [str(a) for a in typing.get_args(tp)]
+        elif origin in (list, tuple):
+            kwargs["type"] = _split_list
+            kwargs["metavar"] = "A,B,..."
+        kwargs["help"] = help_.replace("%", "%%")
+        parser.add_argument(_flag(name), **kwargs)
+    return parser
+
+
+def _show_default(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v)) or "none"
+    return "none" if v is None else str(v)
+
+
+def parse_params(model: type[BaseModel], argv: list[str], prog: str, description: str) -> BaseModel:
+    parser = build_parser(model, prog, description)
+    ns = parser.parse_args(argv)
+    try:
+        return model(**vars(ns))
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msgs.append(f"{_flag(loc) if loc else ''}: {err['msg']}")
+        parser.error("; ".join(msgs))
+        raise  # unreachable: parser.error exits
+
+
+def params_table(model: type[BaseModel]) -> str:
+    """Markdown table of a job's parameters (for the README)."""
+    rows = ["| flag | default | description |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        default = "required" if field.is_required() else f"`{_show_default(field.default)}`"
+        rows.append(f"| `{_flag(name)}` | {default} | {field.description or ''} |")
+    return "\n".join(rows)

@@ -1,0 +1,158 @@
+"""Spark session factory with Delta Lake enabled.
+
+Two ways in:
+
+- ``python -m recfactory <job>`` / the ``recfactory`` command / tests: no JVM exists yet, so we start
+  one: ``local[*]`` unless ``RECFACTORY_SPARK_MASTER`` says otherwise, the Delta jars resolved by
+  ``delta.configure_spark_with_delta_pip`` (``spark.jars.packages``) into an Ivy cache under
+  ``RECFACTORY_CACHE``. The first run downloads them from Maven Central; every later run resolves
+  from the cache, offline.
+- ``spark-submit jobs/<job>.py`` (any ``--master``): spark-submit already started the JVM with the
+  user's configuration. We take the session we are given and never force a master; we only check
+  Delta is on it and say how to add it if not. ``recfactory setup`` writes the Delta settings into
+  the pyspark installation's ``conf/spark-defaults.conf`` so a plain local ``spark-submit`` has them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from recfactory.jobs.runtime.env import cache_dir, project_tmp
+
+log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+# Settings every recfactory session gets, whoever started it. UTC so that `ts < as_of end` and the
+# `ds` partitions mean the same thing on every machine.
+SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+}
+
+_LOCAL_DEFAULTS = {
+    "spark.sql.extensions": DELTA_EXTENSION,
+    "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+    "spark.sql.shuffle.partitions": os.environ.get("RECFACTORY_SHUFFLE_PARTITIONS", "16"),
+    "spark.default.parallelism": os.environ.get("RECFACTORY_SHUFFLE_PARTITIONS", "16"),
+    "spark.driver.memory": os.environ.get("RECFACTORY_DRIVER_MEMORY", "6g"),
+    "spark.sql.adaptive.enabled": "true",
+    # Small local tables: Delta's default of 50 snapshot partitions costs seconds per read.
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.ui.showConsoleProgress": "true",
+    "spark.ui.enabled": os.environ.get("RECFACTORY_SPARK_UI", "false"),
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+}
+
+
+def delta_maven_coordinate() -> str:
+    """The Delta artifact that matches the installed delta-spark and pyspark (as Delta's pip_utils)."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark_mm = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_mm}_2.13:{version('delta-spark')}"
+
+
+def ivy_dir() -> Path:
+    return cache_dir() / "ivy"
+
+
+def submitted() -> bool:
+    """True when spark-submit (or a notebook/cluster runtime) already started the JVM for us."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _prepare_local_env() -> None:
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Workers must run the interpreter that has our dependencies, not whatever `python3` is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+def get_spark(app_name: str = "recfactory", extra_conf: dict[str, str] | None = None):
+    """Return the active session (spark-submit) or start a local Delta-enabled one."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        _apply_session_conf(active)
+        return active
+    if submitted():
+        spark = SparkSession.builder.appName(app_name).getOrCreate()
+        ensure_delta(spark)
+        _apply_session_conf(spark)
+        return spark
+
+    from delta import configure_spark_with_delta_pip
+
+    _prepare_local_env()
+    master = os.environ.get("RECFACTORY_SPARK_MASTER", "local[*]")
+    builder = SparkSession.builder.appName(app_name).master(master)
+    conf = dict(_LOCAL_DEFAULTS)
+    conf["spark.jars.ivy"] = str(ivy_dir())
+    conf["spark.local.dir"] = str(project_tmp() / "spark")
+    conf.update(SESSION_CONF)
+    conf.update(extra_conf or {})
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    builder = configure_spark_with_delta_pip(builder)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("RECFACTORY_SPARK_LOG_LEVEL", "WARN"))
+    ensure_delta(spark)
+    return spark
+
+
+def _apply_session_conf(spark) -> None:
+    for k, v in SESSION_CONF.items():
+        spark.conf.set(k, v)
+
+
+def ensure_delta(spark) -> None:
+    exts = spark.conf.get("spark.sql.extensions", "") or ""
+    if DELTA_EXTENSION not in exts:
+        raise RuntimeError(
+            "this Spark session has no Delta Lake: pass "
+            f"--packages {delta_maven_coordinate()} "
+            f"--conf spark.sql.extensions={DELTA_EXTENSION} "
+            f"--conf spark.sql.catalog.spark_catalog={DELTA_CATALOG} "
+            "to spark-submit (or run `recfactory setup` once for the local pyspark install)"
+        )
+
+
+def write_spark_defaults() -> Path:
+    """Put the Delta settings into the installed pyspark's spark-defaults.conf (idempotent).
+
+    Only keys we own are replaced; anything else a user put there is kept.
+    """
+    import pyspark
+
+    conf_dir = Path(os.environ.get("SPARK_CONF_DIR", Path(pyspark.__file__).parent / "conf"))
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    path = conf_dir / "spark-defaults.conf"
+    ours = {
+        "spark.jars.packages": delta_maven_coordinate(),
+        "spark.jars.ivy": str(ivy_dir()),
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.ui.showConsoleProgress": "true",
+    }
+    marker = "# written by `recfactory setup`"
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            words = line.split(None, 1)
+            if line.strip() == marker or (words and words[0] in ours):
+                continue
+            kept.append(line)
+    lines = kept + [marker] + [f"{k} {v}" for k, v in ours.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

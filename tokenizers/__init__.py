@@ -1,0 +1,1 @@
+"""Content encoders, QARM alignment, RQ-KMeans semantic IDs, GBDT leaves (later issues)."""
