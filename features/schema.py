@@ -76,15 +76,17 @@ def check_columns(
     missing = [c for c in required if mapping.source(c) not in columns]
     if not missing:
         return
+    used = {mapping.source(c) for c in required}
+    unmapped = [c for c in columns if c not in used]
     hints = []
     for c in missing:
         src = mapping.source(c)
-        close = difflib.get_close_matches(src, columns, n=2, cutoff=0.5)
+        close = difflib.get_close_matches(src, unmapped, n=2, cutoff=0.5)
         hint = f"{c!r}" + (f" (looked for source column {src!r})" if src != c else "")
         if close:
             hint += f" — did you mean {', '.join(map(repr, close))}? map it with {c}={close[0]}"
         hints.append(hint)
     raise SchemaDriftError(
         f"{what} input is missing required column(s): {'; '.join(hints)}. "
-        f"Columns present: {', '.join(columns)}"
+        f"Columns present but not mapped: {', '.join(unmapped) or 'none'}"
     )
