@@ -1,7 +1,7 @@
 """Ray: a local runtime by default, the cluster at ``RAY_ADDRESS`` when it is set.
 
-Local sessions keep their files (logs, sockets, the auth token Ray 2.60 writes) in the project temp
-folder (``RECFACTORY_TMP``, see env.py) instead of /tmp/ray and ~/.ray, so parallel checkouts and
+Local sessions keep their files (logs, sockets, and the auth token Ray 2.60 would otherwise write
+to ~/.ray) in the project temp folder (``RECFACTORY_TMP``, see env.py) instead of /tmp/ray and ~/.ray, so parallel checkouts and
 CI runs do not share state. The dashboard is off locally (it needs a port and a second process).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 
 from recfactory.jobs.runtime.env import ray_tmp
 
@@ -28,6 +29,7 @@ def init_ray(num_cpus: int | None = None, **kwargs):
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True, **kwargs)
     else:
+        _local_auth_token()
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
@@ -36,6 +38,19 @@ def init_ray(num_cpus: int | None = None, **kwargs):
             **kwargs,
         )
     return ray
+
+
+def _local_auth_token() -> None:
+    """Ray 2.60 turns token auth on for local clusters and saves the token in ~/.ray/auth_token.
+    Keep auth on, but with a token file of our own in the project temp folder."""
+    if any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return  # the user chose
+    token = ray_tmp() / "auth_token"
+    if not token.exists():
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
 
 
 def shutdown_ray() -> None:
