@@ -94,6 +94,8 @@ def build_parser(model: type[BaseModel], prog: str, description: str) -> argpars
 def _show_default(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(map(str, v)) or "none"
+    if v == "":
+        return '""'
     return "none" if v is None else str(v)
 
 
