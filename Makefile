@@ -31,8 +31,12 @@ run: setup
 test: setup
 	$(PY) -m pytest -m "not slow" tests
 
+# Benchmarks (never in CI): BENCH_SIZE=small|1m|10m; results in docs/bench/.
+BENCH_SIZE ?= small
 bench: setup
-	$(PY) -m pytest -m slow tests
+	BENCH_SIZE=$(BENCH_SIZE) RECFACTORY_DRIVER_MEMORY=$${RECFACTORY_DRIVER_MEMORY:-12g} \
+	RECFACTORY_SHUFFLE_PARTITIONS=$${RECFACTORY_SHUFFLE_PARTITIONS:-16} \
+	$(PY) -m pytest -m slow -s tests
 
 params-doc: setup
 	@$(PY) -m recfactory params-doc

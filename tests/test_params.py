@@ -59,3 +59,11 @@ def test_table_names_cannot_escape_the_warehouse(bad):
 def test_table_path_resolves_under_the_warehouse(tmp_path):
     assert table_path(str(tmp_path), "events_clean") == f"{tmp_path}/events_clean"
     assert table_path("s3a://bucket/wh/", "items") == "s3a://bucket/wh/items"
+
+
+def test_credentials_in_uris_never_reach_manifests():
+    from recfactory.jobs.runtime.env import redact
+
+    assert redact("s3a://AKIA:se%2Fcret@bucket/raw") == "s3a://***@bucket/raw"
+    assert redact({"p": ["abfss://u:pw@acct/x", "/local/path@2"]}) == {
+        "p": ["abfss://***@acct/x", "/local/path@2"]}

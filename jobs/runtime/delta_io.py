@@ -86,9 +86,8 @@ class Warehouse:
     def _history(self, path: str, limit: int | None = None):
         from delta.tables import DeltaTable
 
-        return DeltaTable.forPath(self.spark, path).history(limit) if limit else DeltaTable.forPath(
-            self.spark, path
-        ).history()
+        table = DeltaTable.forPath(self.spark, path)
+        return table.history(limit) if limit else table.history()
 
     def latest_version(self, name_or_path: str) -> int | None:
         path = name_or_path if "/" in name_or_path else self.path(name_or_path)
@@ -124,7 +123,7 @@ class Warehouse:
         fmt: str | None = None,
     ):
         """Read any Delta or parquet location. Delta reads are pinned to an exact version;
-        parquet inputs are fingerprinted by their file list (names + sizes)."""
+        parquet inputs are fingerprinted by their file list."""
         name = name or path.rstrip("/").rsplit("/", 1)[-1]
         fmt = fmt or ("delta" if is_delta(self.spark, path) else "parquet")
         if fmt == "delta":
@@ -195,7 +194,8 @@ class Warehouse:
 
 
 def files_fingerprint(df) -> str:
-    """Identity of a file-based input: hash of its sorted file list."""
+    """Identity of a file-based input: hash of its sorted file URIs (parquet writers give every
+    new file a new name, so a changed input has a changed list)."""
     files = sorted(df.inputFiles())
     return hashlib.sha256("\n".join(files).encode()).hexdigest()[:16] + f":{len(files)}files"
 

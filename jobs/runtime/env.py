@@ -42,6 +42,21 @@ def ray_tmp() -> Path:
     return p
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(value):
+    """Drop credentials embedded in URIs (scheme://user:secret@host/...) before anything is logged
+    or recorded in a manifest; recurses into lists and dicts."""
+    if isinstance(value, str):
+        return _USERINFO.sub(r"\g<scheme>***@", value)
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    return value
+
+
 def validate_table_name(name: str) -> str:
     """Table names are identifiers: no path separators, no '..', nothing outside the warehouse."""
     if not isinstance(name, str) or not TABLE_NAME.match(name):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from recfactory.jobs.runtime.delta_io import CommitProperties, InputRef, OutputRef, Warehouse
+from recfactory.jobs.runtime.env import redact
 from recfactory.jobs.runtime.params import JobParams, params_hash, parse_params
 
 log = logging.getLogger("recfactory")
@@ -124,11 +125,11 @@ class RunContext:
             "run_id": self.run_id,
             "job": self.job,
             "as_of": self.as_of.isoformat(),
-            "params": self.params.to_json_dict(),
+            "params": redact(self.params.to_json_dict()),
             "params_hash": params_hash(self.params),
             "code_version": code_version(),
             "seed": self.params.seed,
-            "inputs": [r.to_dict() for r in self.inputs],
+            "inputs": [redact(r.to_dict()) for r in self.inputs],
             "row_counts": dict(self.row_counts),
             "metrics": dict(self.metrics),
         }
@@ -185,7 +186,8 @@ def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
         round(finished - ctx.started, 3),
         json.dumps(m["params"], sort_keys=True), m["params_hash"], m["code_version"], ctx.params.seed,
         ctx.spark.sparkContext.master,
-        [(r.name, r.path, r.format, r.version, r.fingerprint, r.timestamp) for r in ctx.inputs],
+        [(r["name"], r["path"], r["format"], r["version"], r["fingerprint"], r["timestamp"])
+         for r in m["inputs"]],
         [(o.name, o.path, o.version, o.rows, o.partition) for o in ctx.outputs],
         {k: int(v) for k, v in ctx.row_counts.items()},
         {k: float(v) for k, v in ctx.metrics.items()},
