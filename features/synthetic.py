@@ -75,6 +75,19 @@ def zipf_rank(u: Column, n: int, s: float) -> Column:
     return F.least(F.floor(x).cast("long") - 1, F.lit(n - 1))
 
 
+_P_CLICK1, _P_ACCIDENTAL, _P_CART, _P_BUY = 0.35, 0.15, 0.12, 0.4
+
+
+def expected_events_per_session(spec: SyntheticSpec) -> float:
+    """E[steps] x E[events per step], so that the generator lands near spec.n_events."""
+    # steps = 1 + floor(Exp(1) * (m - 1)):  E[floor(c X)] = 1 / (e^(1/c) - 1)
+    c = spec.mean_session_steps - 1
+    steps = 1.0 + (1.0 / math.expm1(1.0 / c) if c > 0 else 0.0)
+    p_click = _P_CLICK1 * sum(p ** -0.5 for p in range(1, 11)) / 10
+    per_step = 1 + p_click * (1 + (1 - _P_ACCIDENTAL) * _P_CART * (1 + _P_BUY))
+    return steps * per_step
+
+
 def synthetic_items(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     s = spec.seed
     i = F.col("id")
@@ -102,8 +115,7 @@ def synthetic_items(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
 def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     """About spec.n_events raw events (impressions, clicks, carts, purchases)."""
     s = spec.seed
-    # ~1.25 events per step (impression + click/cart/purchase tail)
-    n_sessions = max(1, int(spec.n_events / (spec.mean_session_steps * 1.25)))
+    n_sessions = max(1, round(spec.n_events / expected_events_per_session(spec)))
     n_per_cat = max(1, spec.items // spec.n_categories)
     sid = F.col("id")
     end = dt.datetime.combine(spec.end, dt.time())
@@ -132,15 +144,15 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     item_global = zipf_rank(uniform(s, *key, salt="item"), spec.items, spec.item_zipf)
     item = F.least(F.when(in_cat, item_in_cat).otherwise(item_global), F.lit(spec.items - 1))
     position = ((st - 1) % 10) + 1
-    p_click = F.lit(0.35) / F.sqrt(position.cast("double"))
+    p_click = F.lit(_P_CLICK1) / F.sqrt(position.cast("double"))
     clicked = uniform(s, *key, salt="click") < p_click
-    accidental = uniform(s, *key, salt="acc") < 0.15
+    accidental = uniform(s, *key, salt="acc") < _P_ACCIDENTAL
     dwell = F.when(accidental, F.floor(uniform(s, *key, salt="dw0") * 5000)).otherwise(
         F.floor(F.exp(F.lit(10.3) + F.lit(0.9) * F.sqrt(F.lit(-2.0) * F.log(
             uniform(s, *key, salt="dw1") + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * uniform(s, *key, salt="dw2"))))
     ).cast("long")
-    carted = clicked & ~accidental & (uniform(s, *key, salt="cart") < 0.12)
-    bought = carted & (uniform(s, *key, salt="buy") < 0.4)
+    carted = clicked & ~accidental & (uniform(s, *key, salt="cart") < _P_CART)
+    bought = carted & (uniform(s, *key, salt="buy") < _P_BUY)
     steps_df = sessions.select(
         "session", "user_id", "step",
         (F.col("start") + F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0),
