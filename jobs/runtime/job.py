@@ -35,6 +35,7 @@ RUNS_TABLE = "_runs"
 JOBS: dict[str, str] = {
     "ingest": "recfactory.jobs.ingest:IngestJob",
     "generate_synthetic": "recfactory.jobs.generate_synthetic:GenerateSyntheticJob",
+    "build_sequences": "recfactory.jobs.build_sequences:BuildSequencesJob",
 }
 
 

@@ -1,0 +1,109 @@
+"""User behavior sequences (DIN/SIM-style inputs) from clean events. Pure Spark, no I/O.
+
+Per user, the most recent interactions before the cutoff, as a typed
+``array<struct<item_id, ts, event_type, dwell_ms>>`` in time order (ties broken by ``event_id``),
+with per-event-type caps (e.g. the last 200 clicks and the last 50 purchases), an overall cap,
+optional removal of consecutive repeats of the same item, the sequence length, the time since the
+last event and, for SIM's hard search, the same history bucketed by item category.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+SEQ_FIELDS = ("item_id", "ts", "event_type", "dwell_ms")
+
+DEFAULT_TYPE_CAPS = {
+    "click": 200, "view": 200, "like": 200, "review": 50, "share": 50, "cart": 50, "purchase": 50,
+}
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """max_len: overall cap (most recent kept); type_caps: per-type caps, and the types included
+    (impressions are exposures, not behavior, so they are left out by default);
+    dedup_consecutive: drop an event whose item equals the user's previous event's item;
+    category_max_len: per-category cap of the category-bucketed sequences (0 = do not build)."""
+
+    max_len: int = 200
+    type_caps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TYPE_CAPS))
+    dedup_consecutive: bool = False
+    category_max_len: int = 0
+
+    def __post_init__(self):
+        if self.max_len < 1:
+            raise ValueError("max_len must be >= 1")
+        bad = {k: v for k, v in self.type_caps.items() if v < 1}
+        if not self.type_caps or bad:
+            raise ValueError(f"type_caps need at least one event type, each cap >= 1 (got {bad or 'none'})")
+        if self.category_max_len < 0:
+            raise ValueError("category_max_len must be >= 0")
+
+
+def visible_events(events: DataFrame, cutoff: dt.datetime) -> DataFrame:
+    """Point in time: only events strictly before the cutoff (the end of the as-of date)."""
+    return events.where(F.col("ts") < F.lit(cutoff).cast("timestamp"))
+
+
+def _ordered(col_struct_list):
+    """Sort collected structs by (ts, event_id) and drop the tie-breaker."""
+    return F.transform(
+        F.sort_array(col_struct_list),
+        lambda x: F.struct(*[x[f].alias(f) for f in SEQ_FIELDS]),
+    )
+
+
+def build_sequences(
+    events: DataFrame,
+    cutoff: dt.datetime,
+    spec: SequenceSpec = SequenceSpec(),
+    items: DataFrame | None = None,
+) -> DataFrame:
+    """user_id, sequence, seq_len, last_ts, secs_since_last, type_counts[, category_sequences]."""
+    ev = visible_events(events, cutoff).where(F.col("event_type").isin(*spec.type_caps))
+    ev = ev.select("user_id", "item_id", "event_type", "ts", "dwell_ms", "event_id")
+    if spec.dedup_consecutive:
+        w = Window.partitionBy("user_id").orderBy("ts", "event_id")
+        ev = ev.withColumn("_prev", F.lag("item_id").over(w))
+        ev = ev.where(F.col("_prev").isNull() | (F.col("_prev") != F.col("item_id"))).drop("_prev")
+    recent = lambda *keys: Window.partitionBy(*keys).orderBy(F.desc("ts"), F.desc("event_id"))  # noqa: E731
+    caps = F.create_map(*[x for k, v in spec.type_caps.items() for x in (F.lit(k), F.lit(v))])
+    ev = ev.withColumn("_r", F.row_number().over(recent("user_id", "event_type")))
+    ev = ev.where(F.col("_r") <= caps[F.col("event_type")])
+    ev = ev.withColumn("_r", F.row_number().over(recent("user_id"))).where(F.col("_r") <= spec.max_len)
+    entry = F.struct("ts", "event_id", *[c for c in SEQ_FIELDS if c != "ts"])
+    out = ev.groupBy("user_id").agg(
+        _ordered(F.collect_list(entry)).alias("sequence"),
+        F.max("ts").alias("last_ts"),
+    )
+    cutoff_ts = F.lit(cutoff).cast("timestamp")
+    out = out.select(
+        "user_id", "sequence", F.size("sequence").alias("seq_len"), "last_ts",
+        (cutoff_ts.cast("long") - F.col("last_ts").cast("long")).alias("secs_since_last"),
+        F.aggregate(  # count per event type, in the capped sequence
+            "sequence", F.create_map().cast("map<string,int>"),
+            lambda acc, x: F.map_concat(
+                F.map_filter(acc, lambda k, v: k != x["event_type"]),
+                F.create_map(x["event_type"], F.coalesce(acc[x["event_type"]], F.lit(0)) + 1)),
+        ).alias("type_counts"),
+    )
+    if spec.category_max_len and items is not None:
+        out = out.join(_category_sequences(events, cutoff, spec, items), "user_id", "left")
+    return out
+
+
+def _category_sequences(events, cutoff, spec: SequenceSpec, items: DataFrame) -> DataFrame:
+    """SIM hard search: user → category → most recent items of that category (capped)."""
+    ev = visible_events(events, cutoff).where(F.col("event_type").isin(*spec.type_caps))
+    ev = ev.join(items.select("item_id", F.coalesce("category", F.lit("__none__")).alias("category")),
+                 "item_id", "left").fillna({"category": "__unknown__"})
+    w = Window.partitionBy("user_id", "category").orderBy(F.desc("ts"), F.desc("event_id"))
+    ev = ev.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= spec.category_max_len)
+    entry = F.struct("ts", "event_id", *[c for c in SEQ_FIELDS if c != "ts"])
+    per_cat = ev.groupBy("user_id", "category").agg(_ordered(F.collect_list(entry)).alias("items"))
+    return per_cat.groupBy("user_id").agg(
+        F.map_from_entries(F.sort_array(F.collect_list(F.struct("category", "items")))).alias("category_sequences"))
