@@ -44,6 +44,14 @@ class SequenceSpec:
             raise ValueError("category_max_len must be >= 0")
 
 
+def value_counts(values) -> "Column":
+    """map<string,int>: how often each value occurs in an array<string> column."""
+    return F.aggregate(
+        values, F.create_map().cast("map<string,int>"),
+        lambda acc, v: F.map_concat(F.map_filter(acc, lambda k, _: k != v),
+                                    F.create_map(v, F.coalesce(acc[v], F.lit(0)) + 1)))
+
+
 def visible_events(events: DataFrame, cutoff: dt.datetime) -> DataFrame:
     """Point in time: only events strictly before the cutoff (the end of the as-of date)."""
     return events.where(F.col("ts") < F.lit(cutoff).cast("timestamp"))
@@ -84,12 +92,7 @@ def build_sequences(
     out = out.select(
         "user_id", "sequence", F.size("sequence").alias("seq_len"), "last_ts",
         (cutoff_ts.cast("long") - F.col("last_ts").cast("long")).alias("secs_since_last"),
-        F.aggregate(  # count per event type, in the capped sequence
-            "sequence", F.create_map().cast("map<string,int>"),
-            lambda acc, x: F.map_concat(
-                F.map_filter(acc, lambda k, v: k != x["event_type"]),
-                F.create_map(x["event_type"], F.coalesce(acc[x["event_type"]], F.lit(0)) + 1)),
-        ).alias("type_counts"),
+        value_counts(F.transform("sequence", lambda x: x["event_type"])).alias("type_counts"),
     )
     if spec.category_max_len and items is not None:
         out = out.join(_category_sequences(events, cutoff, spec, items), "user_id", "left")

@@ -36,6 +36,7 @@ JOBS: dict[str, str] = {
     "ingest": "recfactory.jobs.ingest:IngestJob",
     "generate_synthetic": "recfactory.jobs.generate_synthetic:GenerateSyntheticJob",
     "build_sequences": "recfactory.jobs.build_sequences:BuildSequencesJob",
+    "build_sessions": "recfactory.jobs.build_sessions:BuildSessionsJob",
 }
 
 
