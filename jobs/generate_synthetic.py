@@ -29,12 +29,9 @@ class GenerateSyntheticJob(Job):
     outputs = ("synthetic_events", "synthetic_items")
 
     def run(self, ctx: RunContext) -> None:
-        import datetime as dt
-
         p: GenerateSyntheticParams = ctx.params
         spec = SyntheticSpec(n_events=p.events, n_items=p.items, n_users=p.users, days=p.days,
-                             n_categories=p.categories, seed=p.seed,
-                             end=p.as_of + dt.timedelta(days=1))
+                             n_categories=p.categories, seed=p.seed, end=ctx.cutoff.date())
         ev = ctx.write(synthetic_events(ctx.spark, spec), "synthetic_events", mode="overwrite",
                        partition_by=())
         it = ctx.write(synthetic_items(ctx.spark, spec), "synthetic_items", mode="overwrite",

@@ -89,9 +89,9 @@ class IngestJob(Job):
             items = ctx.read_path(p.items_path, name="items", version=p.items_version)
             return events, items, "tables"
         if p.dataset == "synthetic":
+            # events fill the days up to the end of the as-of date, as generate_synthetic's do
             spec = SyntheticSpec(n_events=p.synthetic_events, n_items=p.synthetic_items,
-                                 n_users=p.synthetic_users, seed=p.seed,
-                                 end=p.as_of)
+                                 n_users=p.synthetic_users, seed=p.seed, end=ctx.cutoff.date())
             ctx.record_input(InputRef("synthetic", "generated", "synthetic",
                                       fingerprint=f"{spec!r}"))
             return synthetic_events(spark, spec), synthetic_items(spark, spec), "synthetic"
