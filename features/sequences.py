@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 SEQ_FIELDS = ("item_id", "ts", "event_type", "dwell_ms")
@@ -44,7 +44,7 @@ class SequenceSpec:
             raise ValueError("category_max_len must be >= 0")
 
 
-def value_counts(values) -> "Column":
+def value_counts(values) -> Column:
     """map<string,int>: how often each value occurs in an array<string> column."""
     return F.aggregate(
         values, F.create_map().cast("map<string,int>"),
@@ -57,10 +57,11 @@ def visible_events(events: DataFrame, cutoff: dt.datetime) -> DataFrame:
     return events.where(F.col("ts") < F.lit(cutoff).cast("timestamp"))
 
 
-def _ordered(col_struct_list):
-    """Sort collected structs by (ts, event_id) and drop the tie-breaker."""
+def _ordered_entries() -> Column:
+    """Collect (ts, event_id, fields...) structs, sort them by (ts, event_id), drop the tie-breaker."""
+    entry = F.struct("ts", "event_id", *[c for c in SEQ_FIELDS if c != "ts"])
     return F.transform(
-        F.sort_array(col_struct_list),
+        F.sort_array(F.collect_list(entry)),
         lambda x: F.struct(*[x[f].alias(f) for f in SEQ_FIELDS]),
     )
 
@@ -72,8 +73,9 @@ def build_sequences(
     items: DataFrame | None = None,
 ) -> DataFrame:
     """user_id, sequence, seq_len, last_ts, secs_since_last, type_counts[, category_sequences]."""
-    ev = visible_events(events, cutoff).where(F.col("event_type").isin(*spec.type_caps))
-    ev = ev.select("user_id", "item_id", "event_type", "ts", "dwell_ms", "event_id")
+    visible = (visible_events(events, cutoff).where(F.col("event_type").isin(*spec.type_caps))
+               .select("user_id", "item_id", "event_type", "ts", "dwell_ms", "event_id"))
+    ev = visible
     if spec.dedup_consecutive:
         w = Window.partitionBy("user_id").orderBy("ts", "event_id")
         ev = ev.withColumn("_prev", F.lag("item_id").over(w))
@@ -83,9 +85,8 @@ def build_sequences(
     ev = ev.withColumn("_r", F.row_number().over(recent("user_id", "event_type")))
     ev = ev.where(F.col("_r") <= caps[F.col("event_type")])
     ev = ev.withColumn("_r", F.row_number().over(recent("user_id"))).where(F.col("_r") <= spec.max_len)
-    entry = F.struct("ts", "event_id", *[c for c in SEQ_FIELDS if c != "ts"])
     out = ev.groupBy("user_id").agg(
-        _ordered(F.collect_list(entry)).alias("sequence"),
+        _ordered_entries().alias("sequence"),
         F.max("ts").alias("last_ts"),
     )
     cutoff_ts = F.lit(cutoff).cast("timestamp")
@@ -95,18 +96,17 @@ def build_sequences(
         value_counts(F.transform("sequence", lambda x: x["event_type"])).alias("type_counts"),
     )
     if spec.category_max_len and items is not None:
-        out = out.join(_category_sequences(events, cutoff, spec, items), "user_id", "left")
+        out = out.join(_category_sequences(visible, spec, items), "user_id", "left")
     return out
 
 
-def _category_sequences(events, cutoff, spec: SequenceSpec, items: DataFrame) -> DataFrame:
-    """SIM hard search: user → category → most recent items of that category (capped)."""
-    ev = visible_events(events, cutoff).where(F.col("event_type").isin(*spec.type_caps))
-    ev = ev.join(items.select("item_id", F.coalesce("category", F.lit("__none__")).alias("category")),
+def _category_sequences(visible: DataFrame, spec: SequenceSpec, items: DataFrame) -> DataFrame:
+    """SIM hard search: user → category → most recent items of that category (capped).
+    `visible`: the events before the cutoff of the included types, as build_sequences selects them."""
+    ev = visible.join(items.select("item_id", F.coalesce("category", F.lit("__none__")).alias("category")),
                  "item_id", "left").fillna({"category": "__unknown__"})
     w = Window.partitionBy("user_id", "category").orderBy(F.desc("ts"), F.desc("event_id"))
     ev = ev.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= spec.category_max_len)
-    entry = F.struct("ts", "event_id", *[c for c in SEQ_FIELDS if c != "ts"])
-    per_cat = ev.groupBy("user_id", "category").agg(_ordered(F.collect_list(entry)).alias("items"))
+    per_cat = ev.groupBy("user_id", "category").agg(_ordered_entries().alias("items"))
     return per_cat.groupBy("user_id").agg(
         F.map_from_entries(F.sort_array(F.collect_list(F.struct("category", "items")))).alias("category_sequences"))

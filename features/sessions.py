@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recfactory.features.schema import EVENT_TYPES
 from recfactory.features.sequences import value_counts, visible_events
 
 
@@ -24,7 +25,8 @@ from recfactory.features.sequences import value_counts, visible_events
 class SessionSpec:
     gap_minutes: float = 30.0
     end_event_types: tuple[str, ...] = ()
-    item_event_types: tuple[str, ...] = ("click", "view", "like", "review", "cart", "purchase", "share")
+    # every interaction: the vocabulary without the exposure type
+    item_event_types: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "impression")
     min_dwell_ms: int = 30_000
     min_valid_clicks: int = 2
 
