@@ -1,8 +1,8 @@
 """Ray: a local runtime by default, the cluster at ``RAY_ADDRESS`` when it is set.
 
 Local sessions keep their files (logs, sockets, and the auth token Ray 2.60 would otherwise write
-to ~/.ray) in the project temp folder (``RECFACTORY_TMP``, see env.py) instead of /tmp/ray and ~/.ray, so parallel checkouts and
-CI runs do not share state. The dashboard is off locally (it needs a port and a second process).
+to ~/.ray) in the project temp folder (``RECFACTORY_TMP``, see env.py) instead of /tmp/ray and
+~/.ray, so parallel checkouts and CI runs do not share state. The dashboard is off locally (it needs a port and a second process).
 """
 
 from __future__ import annotations
