@@ -9,6 +9,8 @@ gives the same rows whatever the number of partitions or executors):
 - sessions: a start uniform over ``days`` days before ``end`` (with a diurnal bias), a theme
   category; geometric length (mean ``mean_session_steps``); gaps between steps exponential (mean
   ``mean_gap_s``) so that sessionization by 30-minute inactivity recovers them.
+- each session has a device (mobile 60 %, desktop 30 %, tablet 10 %), kept in the events'
+  context by ingest;
 - each step is an ``impression`` at a slate position 1..10; it becomes a ``click`` with a
   position-biased probability, clicks have log-normal dwell (some accidental, < 5 s); a click may
   lead to ``cart`` and ``purchase``.
@@ -133,6 +135,8 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
                  .cast("string")).alias("user_id"),
         (zipf_rank(uniform(s, sid, salt="theme"), spec.n_categories, 0.8)).alias("theme"),
         start.alias("start"),
+        F.when(uniform(s, sid, salt="device") < 0.6, "mobile").when(
+            uniform(s, sid, salt="device") < 0.9, "desktop").otherwise("tablet").alias("device"),
         F.explode(F.sequence(F.lit(1), steps)).alias("step"),
     )
     st = F.col("step")
@@ -154,7 +158,7 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     carted = clicked & ~accidental & (uniform(s, *key, salt="cart") < _P_CART)
     bought = carted & (uniform(s, *key, salt="buy") < _P_BUY)
     steps_df = sessions.select(
-        "session", "user_id", "step",
+        "session", "user_id", "step", "device",
         (F.col("start") + F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0),
                                              F.sum(gap).over(w).cast("decimal(18,6)"))).alias("ts0"),
         F.concat(F.lit("i"), item.cast("string")).alias("item_id"),
@@ -169,9 +173,9 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
         F.when(F.col("carted"), ev(F.lit("cart").alias("event_type"), (F.col("ts0") + sec(2)).alias("ts"), F.lit(None).cast("long").alias("dwell_ms"))),
         F.when(F.col("bought"), ev(F.lit("purchase").alias("event_type"), (F.col("ts0") + sec(3)).alias("ts"), F.lit(None).cast("long").alias("dwell_ms"))),
     ), lambda x: x.isNotNull())
-    out = steps_df.select("user_id", "item_id", "position", "session", F.explode(events).alias("e"))
+    out = steps_df.select("user_id", "item_id", "position", "device", F.explode(events).alias("e"))
     return out.select(
         "user_id", "item_id", F.col("e.event_type").alias("event_type"), F.col("e.ts").alias("ts"),
-        F.col("e.dwell_ms").alias("dwell_ms"), F.col("position").cast("string").alias("position"),
+        F.col("e.dwell_ms").alias("dwell_ms"), F.col("position").cast("string").alias("position"), "device",
         F.lit("synthetic").alias("source"),
     ).where(F.col("ts") < F.lit(end).cast("timestamp"))

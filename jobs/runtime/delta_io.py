@@ -165,7 +165,8 @@ class Warehouse:
         if mode == "partition":
             if ds is None:
                 raise ValueError("mode='partition' needs ds")
-            w = w.mode("overwrite").option("replaceWhere", f"ds = '{ds.isoformat()}'")
+            # mergeSchema: a feature table may gain columns when its spec grows
+            w = w.mode("overwrite").option("replaceWhere", f"ds = '{ds.isoformat()}'").option("mergeSchema", "true")
         elif mode == "append":
             w = w.mode("append")
         elif mode == "overwrite":

@@ -37,6 +37,8 @@ JOBS: dict[str, str] = {
     "generate_synthetic": "recfactory.jobs.generate_synthetic:GenerateSyntheticJob",
     "build_sequences": "recfactory.jobs.build_sequences:BuildSequencesJob",
     "build_sessions": "recfactory.jobs.build_sessions:BuildSessionsJob",
+    "build_cross_stats": "recfactory.jobs.build_cross_stats:BuildCrossStatsJob",
+    "build_training_samples": "recfactory.jobs.build_training_samples:BuildTrainingSamplesJob",
 }
 
 
@@ -134,6 +136,7 @@ class RunContext:
             "inputs": [redact(r.to_dict()) for r in self.inputs],
             "row_counts": dict(self.row_counts),
             "metrics": dict(self.metrics),
+            "notes": dict(self.notes),
         }
 
     def write(self, df, name: str, mode: str = "partition", partition_by=("ds",)) -> OutputRef:
