@@ -12,9 +12,9 @@ Samples are impressions when the data has them (``mode='impressions'``), else in
 
 Features are computed **as of just before each sample's timestamp**: for every key declaration of
 the cross-stats spec and every window, counts of each event type over ``[ts − window, ts)`` and the
-smoothed rates, plus the days since the key's previous event — Spark window functions with range
-frames over the microsecond timestamp, ending one microsecond before the sample, so no event at or
-after the sample's timestamp (its own click included) can reach its features. The Beta priors of
+smoothed rates, plus the days since the key's previous event — running sums over the microsecond
+timestamp that end one microsecond before the sample (see ``point_in_time_features``), so no event
+at or after the sample's timestamp (its own click included) can reach its features. The Beta priors of
 the smoothed rates are fit on the warm-up period (events before the first sample), never on the
 samples' own period. Sequence features: the last ``history_len`` interactions before the sample.
 
@@ -129,54 +129,68 @@ def point_in_time_features(
     priors: dict[tuple, tuple[float, float]],
 ) -> tuple[DataFrame, list[str]]:
     """Add the cross-statistics features as of just before each sample's ts. Both inputs carry the
-    spec's dimension columns; `samples` is keyed by sample_id. Returns (samples + features, names)."""
+    spec's dimension columns. Returns (samples + feature columns, feature names).
+
+    Linear time, whatever the window length: Spark's bounded sliding frames re-aggregate their whole
+    buffer at every row (quadratic for a 30-day window over a popular item), so instead each event
+    enters once with +1 at its ts and leaves once per finite window w with −1 at ts + w (an
+    "expiry" row). The count over [t − w, t) is then a running sum over all rows before t — an
+    unbounded-preceding frame, which Spark evaluates incrementally. An event at exactly t − w
+    expires at t, which the frame (ending 1 µs before t) excludes: it is counted, as it should be."""
     dim_cols = [dim_column_name(d) for d in stats.dims]
-    ev = events.where(F.col("event_type").isin(*stats.counted_types)).select(
-        F.lit(1).alias("_kind"), F.lit(None).cast("long").alias("sample_id"), "ts", "event_type", *dim_cols)
-    rows = ev.unionByName(samples.select(F.lit(0).alias("_kind"), "sample_id", "ts",
-                                         F.lit(None).cast("string").alias("event_type"), *dim_cols))
-    rows = rows.withColumn("_us", F.unix_micros("ts"))
+    finite = [w for w in stats.windows if w.seconds is not None]
+    us = F.unix_micros("ts")
+    enter = F.struct(us.alias("_at"), F.lit(1).alias("_kind"),
+                     *[F.lit(1).alias(f"_d{i}") for i in range(len(finite))], F.lit(1).alias("_ev"))
+    leave = [F.struct((us + F.lit(w.seconds * 1_000_000)).alias("_at"), F.lit(2).alias("_kind"),
+                      *[F.lit(-1 if j == i else 0).alias(f"_d{j}") for j in range(len(finite))],
+                      F.lit(0).alias("_ev")) for i, w in enumerate(finite)]
+    ev = (events.where(F.col("event_type").isin(*stats.counted_types))
+          .select(F.col("event_type").alias("_type"), *dim_cols, F.explode(F.array(enter, *leave)).alias("_r"))
+          .select("_type", *dim_cols, "_r.*"))
+    # the samples' own columns ride along (null on event rows), so no join back is needed
+    rows = samples.select("*", us.alias("_at"), F.lit(0).alias("_kind")).unionByName(ev, allowMissingColumns=True)
     names: list[str] = []
     for key in stats.keys:  # one projection per key type (one sort by its dimensions)
         cols = key.columns
-        base = Window.partitionBy(*cols).orderBy("_us")
+        before = Window.partitionBy(*cols).orderBy("_at").rangeBetween(Window.unboundedPreceding, -1)
         exprs = []
         for win in stats.windows:
-            frame = base.rangeBetween(Window.unboundedPreceding if win.seconds is None else -win.seconds * 1_000_000, -1)
-            counts = {t: F.coalesce(F.sum(F.when((F.col("_kind") == 1) & (F.col("event_type") == t), 1)).over(frame),
-                                    F.lit(0)).cast("long") for t in stats.counted_types}
+            d = F.col("_ev") if win.seconds is None else F.col(f"_d{finite.index(win)}")
+            counts = {t: F.coalesce(F.sum(F.when(F.col("_type") == t, d)).over(before), F.lit(0)).cast("long")
+                      for t in stats.counted_types}
             exprs += [(feature_name(key.name, win.name, t), counts[t]) for t in stats.event_types]
             for r in stats.rates:
                 num, den = rate_parts(r, counts.__getitem__)
                 a, b = priors.get((key.name, win.name, r.name), (1.0, 1.0))
                 exprs.append((feature_name(key.name, win.name, r.name), (num + F.lit(a)) / (den + F.lit(a + b))))
-        last = F.max(F.when(F.col("_kind") == 1, F.col("_us"))).over(base.rangeBetween(Window.unboundedPreceding, -1))
-        exprs.append((f"f_{key.name}_days_since_last", (F.col("_us") - last) / F.lit(86_400_000_000.0)))
+        last = F.max(F.when(F.col("_kind") == 1, F.col("_at"))).over(before)
+        exprs.append((f"f_{key.name}_days_since_last", (F.col("_at") - last) / F.lit(86_400_000_000.0)))
         rows = rows.select("*", *[_masked(cols, e).alias(n) for n, e in exprs])
         names += [n for n, _ in exprs]
-    feats = rows.where(F.col("_kind") == 0).select("sample_id", *names)
-    return samples.join(feats, "sample_id"), names
+    helpers = ["_type", "_at", "_kind", "_ev", *[f"_d{i}" for i in range(len(finite))]]
+    return rows.where(F.col("_kind") == 0).drop(*helpers), names
 
 
 def history_features(events: DataFrame, samples: DataFrame, spec: SampleSpec) -> DataFrame:
     """hist_items: the user's last `history_len` interactions (oldest first) strictly before the
     sample's ts; hist_len: how many interactions the user had before it in total."""
     inter = events.where(F.col("event_type").isin(*spec.history_types)).select(
-        "user_id", "ts", "event_id", "item_id", F.lit(1).alias("_kind"), F.lit(None).cast("long").alias("sample_id"))
+        "user_id", "ts", "event_id", "item_id", F.lit(1).alias("_kind"))
     w = Window.partitionBy("user_id").orderBy("ts", "event_id")
     inter = inter.withColumn("_hist", F.collect_list("item_id").over(w.rowsBetween(-(max(spec.history_len, 1) - 1), 0)))
     inter = inter.withColumn("_n", F.row_number().over(w).cast("long"))
-    rows = inter.drop("item_id").unionByName(samples.select(
-        "user_id", "ts", F.col("sample_id").alias("event_id"), F.lit(0).alias("_kind"), "sample_id",
-        F.lit(None).cast("array<string>").alias("_hist"), F.lit(None).cast("long").alias("_n")))
-    before = (Window.partitionBy("user_id").orderBy("ts", "_kind", "event_id")
+    rows = samples.withColumn("_kind", F.lit(0)).unionByName(
+        inter.withColumnRenamed("event_id", "_eid").drop("item_id"), allowMissingColumns=True)
+    rows = rows.withColumn("_eid", F.coalesce("_eid", "sample_id"))
+    before = (Window.partitionBy("user_id").orderBy("ts", "_kind", "_eid")
               .rowsBetween(Window.unboundedPreceding, -1))
     hist = F.coalesce(F.last("_hist", ignorenulls=True).over(before), F.array().cast("array<string>"))
     if spec.history_len == 0:
         hist = F.array().cast("array<string>")
-    rows = rows.select("_kind", "sample_id", hist.alias("hist_items"),
+    rows = rows.select("*", hist.alias("hist_items"),
                        F.coalesce(F.last("_n", ignorenulls=True).over(before), F.lit(0)).alias("hist_len"))
-    return samples.join(rows.where(F.col("_kind") == 0).drop("_kind"), "sample_id")
+    return rows.where(F.col("_kind") == 0).drop("_kind", "_eid", "_hist", "_n")
 
 
 def build_training_samples(

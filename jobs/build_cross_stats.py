@@ -77,6 +77,15 @@ class BuildCrossStatsJob(Job):
         record_priors(ctx, priors)
         ref = ctx.write(stats.withColumn("ds", F.lit(ctx.as_of)), "cross_stats")
         ctx.row_counts["cross_stats"] = ref.rows
+        # reconciliation (in _runs): per key type, the events counted in the all-time window vs the
+        # visible events; the difference is the events lacking one of the key's dimensions
+        visible = visible_events(events, ctx.cutoff).where(F.col("event_type").isin(*spec.counted_types)).count()
+        ctx.row_counts["visible_events"] = visible
+        written = (ctx.spark.read.format("delta").option("versionAsOf", ref.version).load(ref.path)
+                   .where((F.col("ds") == F.lit(ctx.as_of)) & (F.col("window") == "all"))
+                   .groupBy("key_type").agg(F.sum("n_events").alias("n")).collect())
+        for r in written:
+            ctx.row_counts[f"events_counted.{r['key_type']}"] = int(r["n"])
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ def test_job_on_movielens_idempotent(spark, movielens_run):
     assert {"n_like", "n_view", "like_rate", "like_rate_raw", "n_users"} <= set(t.columns)
     allt = t.where("key_type = 'item' AND window = 'all'")
     assert allt.agg(F.sum("n_events")).first()[0] == 100_000        # every event counted once per key
+    assert ctx.row_counts["visible_events"] == ctx.row_counts["events_counted.user"] == 100_000
     # the smoothed rate lies between the raw rate and the prior mean
     a, b = ctx.metrics["prior.item.all.like_rate.alpha"], ctx.metrics["prior.item.all.like_rate.beta"]
     bad = allt.where(~((F.col("like_rate") - F.col("like_rate_raw")) * (F.col("like_rate") - F.lit(a / (a + b))) <= 1e-12))

@@ -1,0 +1,105 @@
+"""Benchmark (`make bench`, never CI): synthetic generation, ingest and the feature jobs at BENCH_SIZE.
+
+BENCH_SIZE = small (100k events, default) | 1m | 10m. Per stage: wall time, output rows, rows/s
+and the peak RSS of the driver process tree (the Spark JVM included). Results go to
+docs/bench/pipeline-<size>.json and .md; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from recfactory.jobs.runtime.job import run_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+SIZES = {"small": 100_000, "1m": 1_000_000, "10m": 10_000_000}
+OUT = Path(__file__).resolve().parents[1] / "docs" / "bench"
+
+
+class PeakRSS:
+    """Peak resident memory of this process and its children (the Spark JVM), sampled at 5 Hz."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                procs = [me, *me.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            self._stop.wait(0.2)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+FEATURE_JOBS = (
+    ("build_sequences", "user_sequences", ["--category-max-len", "50"]),
+    ("build_sessions", "sessions", []),
+    ("build_cross_stats", "cross_stats", []),
+    ("build_training_samples", "training_samples", ["--negative-rate", "0.25"]),
+)
+
+
+def test_bench_pipeline(spark, tmp_path):
+    size = os.environ.get("BENCH_SIZE", "small")
+    n = SIZES[size]
+    wh = str(tmp_path / "wh")
+    as_of = ["--warehouse", wh, "--as-of", "2026-11-28"]
+    results = {"size": size, "target_events": n, "machine": {
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "spark_master": spark.sparkContext.master,
+        "driver_memory": spark.conf.get("spark.driver.memory", "default"),
+        "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions")}, "stages": []}
+
+    def stage(job, out_table, args):
+        with PeakRSS() as mem:
+            t0 = time.time()
+            ctx = run_job(job, [*as_of, *args], spark=spark)
+            secs = time.time() - t0
+        rows = ctx.row_counts[out_table]
+        results["stages"].append({"job": job, "output": out_table, "rows": rows, "seconds": round(secs, 2),
+                                  "rows_per_s": round(rows / secs), "peak_rss_gb": round(mem.peak / 2**30, 2)})
+        print(results["stages"][-1], flush=True)
+        return ctx
+
+    gen = stage("generate_synthetic", "synthetic_events", ["--events", str(n)])
+    ing = stage("ingest", "events_clean", ["--dataset", "tables", "--events-path", f"{wh}/synthetic_events",
+                                           "--items-path", f"{wh}/synthetic_items"])
+    rows = ing.row_counts["events_input"]
+    assert rows == ing.row_counts["events_clean"] + ing.row_counts["events_quarantine"]
+    assert rows == gen.row_counts["synthetic_events"]
+    results.update({"events": rows, "quarantined": ing.row_counts["events_quarantine"]})
+    for job, table, args in FEATURE_JOBS:
+        ctx = stage(job, table, args)
+        if job == "build_training_samples":
+            results["training_samples"] = {k: ctx.row_counts[k] for k in (
+                "candidates", "kept", "dropped_negative_downsampled", "train_rows", "validation_rows", "test_rows")}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"pipeline-{size}.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = [f"Synthetic pipeline, {rows:,} raw events, {results['machine']['cpus']} cores, "
+          f"Spark {results['machine']['spark_master']}.", "",
+          "| stage | output | rows | seconds | rows/s | peak RSS GB |", "|---|---|---|---|---|---|"]
+    md += [f"| {s['job']} | {s['output']} | {s['rows']:,} | {s['seconds']} | {s['rows_per_s']:,} | {s['peak_rss_gb']} |"
+           for s in results["stages"]]
+    (OUT / f"pipeline-{size}.md").write_text("\n".join(md) + "\n")
+    print(json.dumps(results, indent=2))
