@@ -1,6 +1,7 @@
 """Benchmark (`make bench`, never CI): synthetic generation, ingest and the feature jobs at BENCH_SIZE.
 
-BENCH_SIZE = small (100k events, default) | 1m | 10m. Per stage: wall time, output rows, rows/s
+BENCH_SIZE = small (100k events, default) | 1m | 10m, or movielens (MovieLens-100K as of
+1998-04-30, training samples with 14-day validation and test splits). Per stage: wall time, output rows, rows/s
 and the peak RSS of the driver process tree (the Spark JVM included). Results go to
 docs/bench/pipeline-<size>.json and .md; nothing here asserts a time.
 """
@@ -62,9 +63,10 @@ FEATURE_JOBS = (
 
 def test_bench_pipeline(spark, tmp_path):
     size = os.environ.get("BENCH_SIZE", "small")
-    n = SIZES[size]
+    movielens = size == "movielens"
+    n = 100_000 if movielens else SIZES[size]
     wh = str(tmp_path / "wh")
-    as_of = ["--warehouse", wh, "--as-of", "2026-11-28"]
+    as_of = ["--warehouse", wh, "--as-of", "1998-04-30" if movielens else "2026-11-28"]
     results = {"size": size, "target_events": n, "machine": {
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "spark_master": spark.sparkContext.master,
@@ -82,21 +84,26 @@ def test_bench_pipeline(spark, tmp_path):
         print(results["stages"][-1], flush=True)
         return ctx
 
-    gen = stage("generate_synthetic", "synthetic_events", ["--events", str(n)])
-    ing = stage("ingest", "events_clean", ["--dataset", "tables", "--events-path", f"{wh}/synthetic_events",
-                                           "--items-path", f"{wh}/synthetic_items"])
+    if movielens:
+        ing = stage("ingest", "events_clean", [])
+    else:
+        gen = stage("generate_synthetic", "synthetic_events", ["--events", str(n)])
+        ing = stage("ingest", "events_clean", ["--dataset", "tables", "--events-path", f"{wh}/synthetic_events",
+                                               "--items-path", f"{wh}/synthetic_items"])
+        assert ing.row_counts["events_input"] == gen.row_counts["synthetic_events"]
     rows = ing.row_counts["events_input"]
     assert rows == ing.row_counts["events_clean"] + ing.row_counts["events_quarantine"]
-    assert rows == gen.row_counts["synthetic_events"]
     results.update({"events": rows, "quarantined": ing.row_counts["events_quarantine"]})
     for job, table, args in FEATURE_JOBS:
+        if movielens and job == "build_training_samples":
+            args = ["--val-days", "14", "--test-days", "14"]
         ctx = stage(job, table, args)
         if job == "build_training_samples":
             results["training_samples"] = {k: ctx.row_counts[k] for k in (
                 "candidates", "kept", "dropped_negative_downsampled", "train_rows", "validation_rows", "test_rows")}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"pipeline-{size}.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = [f"Synthetic pipeline, {rows:,} raw events, {results['machine']['cpus']} cores, "
+    md = [f"{'MovieLens-100K' if movielens else 'Synthetic'} pipeline, {rows:,} raw events, {results['machine']['cpus']} cores, "
           f"Spark {results['machine']['spark_master']}.", "",
           "| stage | output | rows | seconds | rows/s | peak RSS GB |", "|---|---|---|---|---|---|"]
     md += [f"| {s['job']} | {s['output']} | {s['rows']:,} | {s['seconds']} | {s['rows_per_s']:,} | {s['peak_rss_gb']} |"
