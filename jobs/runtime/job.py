@@ -39,6 +39,7 @@ JOBS: dict[str, str] = {
     "build_sessions": "recfactory.jobs.build_sessions:BuildSessionsJob",
     "build_cross_stats": "recfactory.jobs.build_cross_stats:BuildCrossStatsJob",
     "build_training_samples": "recfactory.jobs.build_training_samples:BuildTrainingSamplesJob",
+    "build_similarity": "recfactory.jobs.build_similarity:BuildSimilarityJob",
 }
 
 

@@ -1,0 +1,89 @@
+"""Benchmark (`make bench`, never CI): Swing/ItemCF on Spark vs the single-process SciPy peer.
+
+Same capped user-item pairs into both; times exclude the shared preparation (synthetic generation,
+ingest, the caps). Writes docs/bench/similarity-<size>.{json,md}: per side the wall time and peak
+RSS, the ratio, and whether the top-K lists agree (same neighbors in the same order, scores to
+1e-9). Also times the whole job (with its evaluation) for context. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import pytest
+from pyspark import StorageLevel
+
+from recfactory.graph import similarity_reference as peer
+from recfactory.graph.similarity import SimilaritySpec, all_scores, apply_caps, top_k, user_items
+from recfactory.jobs.runtime.bench import OUT, SIZES, PeakRSS
+from recfactory.jobs.runtime.job import run_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+
+def test_bench_similarity(spark, tmp_path):
+    size = os.environ.get("BENCH_SIZE", "small")
+    movielens = size == "movielens"
+    wh = str(tmp_path / "wh")
+    as_of = ["--warehouse", wh, "--as-of", "1998-04-30" if movielens else "2026-11-28"]
+    if movielens:
+        run_job("ingest", as_of, spark=spark)
+    else:
+        run_job("ingest", [*as_of, "--dataset", "synthetic", "--synthetic-events", str(SIZES[size])], spark=spark)
+    spec = SimilaritySpec()
+    events = spark.read.format("delta").load(f"{wh}/events_clean")
+    ui = apply_caps(user_items(events, spec), spec).persist(StorageLevel.MEMORY_AND_DISK)
+    n_pairs = ui.count()
+    res = {"size": size, "events": events.count(), "pairs_after_caps": n_pairs,
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                       "spark_master": spark.sparkContext.master}, "algos": list(spec.algos)}
+    with PeakRSS() as mem:
+        t0 = time.time()
+        out = top_k(all_scores(ui, spec), spec.top_k).persist(StorageLevel.MEMORY_AND_DISK)
+        out.count()
+        res["spark_s"] = round(time.time() - t0, 2)
+    res["spark_peak_rss_gb"] = round(mem.peak / 2**30, 2)
+    got = {(r.algo, r.item_id): [(n.item_id, n.score, n.cooc) for n in r.neighbors] for r in out.collect()}
+    pairs = ui.select("user_id", "item_id", "b").toPandas()
+    with PeakRSS() as mem:
+        t0 = time.time()
+        items, mats, cooc = peer.scores(pairs, spec)
+        ref = {(a, i): nb for a, m in mats.items() for i, nb in peer.top_k(items, m, cooc, spec.top_k).items()}
+        res["scipy_s"] = round(time.time() - t0, 2)
+    res["scipy_peak_rss_gb"] = round(mem.peak / 2**30, 2)
+    res["ratio_spark_to_scipy"] = round(res["spark_s"] / res["scipy_s"], 2)
+    mismatched = [k for k in ref if k not in got or [j for j, _, _ in got[k]] != [j for j, _, _ in ref[k]]
+                  or any(abs(a[1] - b[1]) > 1e-9 * max(1.0, abs(b[1])) or a[2] != b[2] for a, b in zip(got[k], ref[k]))]
+    res["lists"] = len(ref)
+    res["exact_agreement"] = not mismatched and set(got) == set(ref)
+    res["mismatched_lists"] = len(mismatched) + len(set(got) ^ set(ref))
+    out.unpersist()
+    ui.unpersist()
+    with PeakRSS() as mem:
+        t0 = time.time()
+        ctx = run_job("build_similarity", as_of, spark=spark)
+        res["job_with_evaluation_s"] = round(time.time() - t0, 2)
+    res["job_peak_rss_gb"] = round(mem.peak / 2**30, 2)
+    res["hit_rate"] = {k: v for k, v in ctx.metrics.items() if k.startswith(("hr@", "coverage@"))}
+    res["caps_removed_mass_fraction"] = ctx.metrics["caps.removed_mass_fraction"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"similarity-{size}.json").write_text(json.dumps(res, indent=2) + "\n")
+    hr = res["hit_rate"]
+    algos = [*spec.algos, "popularity"]
+    md = [f"Swing/ItemCF, {res['events']:,} events → {n_pairs:,} user-item pairs after caps, "
+          f"{res['machine']['cpus']} cores.", "",
+          "| implementation | seconds | peak RSS GB |", "|---|---|---|",
+          f"| Spark (`graph.similarity`, all four algos, top-{spec.top_k}) | {res['spark_s']} | {res['spark_peak_rss_gb']} |",
+          f"| SciPy single process (`graph.similarity_reference`) | {res['scipy_s']} | {res['scipy_peak_rss_gb']} |",
+          "", f"Spark / SciPy time: {res['ratio_spark_to_scipy']}×; top-K lists agree exactly: "
+          f"{res['exact_agreement']} ({res['lists']:,} lists, {res['mismatched_lists']} differ).", "",
+          f"Whole job with its leave-last-out evaluation: {res['job_with_evaluation_s']} s.", "",
+          "| algo | HR@10 | HR@50 | coverage@50 |", "|---|---|---|---|"]
+    md += [f"| {a} | {hr.get(f'hr@10.{a}', 0):.4f} | {hr.get(f'hr@50.{a}', 0):.4f} | {hr.get(f'coverage@50.{a}', 0):.4f} |"
+           for a in algos]
+    (OUT / f"similarity-{size}.md").write_text("\n".join(md) + "\n")
+    print(json.dumps(res, indent=2))
+    assert res["exact_agreement"], f"{res['mismatched_lists']} lists differ"
