@@ -176,9 +176,11 @@ def all_scores(ui_capped: DataFrame, spec: SimilaritySpec) -> DataFrame:
 
 def top_k(scores: DataFrame, k: int) -> DataFrame:
     """(algo, item_id, neighbors array<struct<item_id, score, score_norm, cooc>>, n_neighbors):
-    the k best per item, by score then item_id; row_number with a filter, which Spark plans as a
+    the k best per item, by score (to 1e-9) then item_id; row_number with a filter, which Spark plans as a
     per-partition group limit before the shuffle (bounded memory, nothing collected)."""
-    w = Window.partitionBy("algo", "i").orderBy(F.desc("score"), F.asc("j"))
+    # ranked on the score rounded to 1e-9, so mathematical ties (whose fixed-point sums may differ
+    # by a few 2^-40) are broken by item_id, as in the single-process peer
+    w = Window.partitionBy("algo", "i").orderBy(F.desc(F.round("score", 9)), F.asc("j"))
     ranked = scores.withColumn("_rank", F.row_number().over(w)).where(F.col("_rank") <= k)
     agg = ranked.groupBy("algo", "i").agg(
         F.sort_array(F.collect_list(F.struct("_rank", "j", "score", "cooc"))).alias("_n"),

@@ -168,3 +168,29 @@ def test_job_on_movielens(spark, movielens_run):
     assert ctx.metrics["hr@50.swing"] == pytest.approx(m[("swing", 50)], abs=1e-6)
     rep = spark.read.format("delta").load(f"{wh}/similarity_cap_report")
     assert rep.count() == again.row_counts["caps.items_affected"] + rep.where("removed_fraction = 0").count()
+
+
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[1]], ids=["pai", "flink-top3"])
+def test_scipy_peer_matches_brute_force(spec):
+    """The benchmark's single-process peer is itself checked against the formulas."""
+    import pandas as pd
+
+    from recfactory.graph import similarity_reference as peer
+
+    rows = make_events(5, users=20)
+    ref = reference(rows, spec)
+    ui = {}
+    for u, i, typ, _ in rows:
+        if typ in spec.event_types:
+            ui[(u, i)] = max(ui.get((u, i), 0.0), spec.behavior_weights.get(typ, 1.0))
+    deg = defaultdict(int)
+    for u, _ in ui:
+        deg[u] += 1
+    pairs = pd.DataFrame([(u, i, b) for (u, i), b in ui.items() if deg[u] >= spec.min_user_items],
+                         columns=["user_id", "item_id", "b"])
+    items, mats, cooc = peer.scores(pairs, spec)
+    got = {(a, i): nb for a, m in mats.items() for i, nb in peer.top_k(items, m, cooc, spec.top_k).items()}
+    assert set(got) == set(ref)
+    for k, nb in ref.items():
+        assert [(j, c) for j, _, c in got[k]] == [(j, c) for j, _, c in nb], k
+        assert [s for _, s, _ in got[k]] == pytest.approx([s for _, s, _ in nb], rel=1e-9)

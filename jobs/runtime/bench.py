@@ -10,10 +10,12 @@ OUT = Path(__file__).resolve().parents[2] / "docs" / "bench"
 
 
 class PeakRSS:
-    """Peak resident memory of this process and its children (the Spark JVM), sampled at 5 Hz."""
+    """Peak resident memory of this process and (children=True) its children — the Spark JVM —
+    sampled at 5 Hz."""
 
-    def __init__(self):
+    def __init__(self, children: bool = True):
         self.peak = 0
+        self.children = children
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -23,7 +25,7 @@ class PeakRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             try:
-                procs = [me, *me.children(recursive=True)]
+                procs = [me, *me.children(recursive=True)] if self.children else [me]
                 self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
             except psutil.Error:
                 pass
