@@ -161,43 +161,65 @@ def swing_pairs(ui: DataFrame, spec: SimilaritySpec) -> DataFrame:
 
 
 def all_scores(ui_capped: DataFrame, spec: SimilaritySpec) -> DataFrame:
-    """Long format (algo, i, j, score, cooc) for every requested algorithm."""
-    pairs = item_pairs(ui_capped, spec)
-    parts = [pairs.select(F.lit(a).alias("algo"), "i", "j", F.col(a).alias("score"), "cooc")
-             for a in spec.algos if a != "swing"]
+    """Wide format (i, j, cooc, <one score column per algo>): the pair pass left-joined with the
+    Swing pass (Swing pairs are a subset), so each pass runs once."""
+    wide = item_pairs(ui_capped, spec)
     if "swing" in spec.algos:
-        sw = swing_pairs(ui_capped, spec).join(pairs.select("i", "j", "cooc"), ["i", "j"])
-        parts.append(sw.select(F.lit("swing").alias("algo"), "i", "j", F.col("swing").alias("score"), "cooc"))
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.unionByName(p)
-    return out.where(F.col("score") > 0)
+        wide = wide.join(swing_pairs(ui_capped, spec), ["i", "j"], "left")
+    return wide.select("i", "j", "cooc", *spec.algos)
 
 
-def top_k(scores: DataFrame, k: int) -> DataFrame:
-    """(algo, item_id, neighbors array<struct<item_id, score, score_norm, cooc>>, n_neighbors):
-    the k best per item, by score (to 1e-9) then item_id; row_number with a filter, which Spark plans as a
-    per-partition group limit before the shuffle (bounded memory, nothing collected)."""
-    # ranked on the score rounded to 1e-9, so mathematical ties (whose fixed-point sums may differ
-    # by a few 2^-40) are broken by item_id, as in the single-process peer
-    w = Window.partitionBy("algo", "i").orderBy(F.desc(F.round("score", 9)), F.asc("j"))
-    ranked = scores.withColumn("_rank", F.row_number().over(w)).where(F.col("_rank") <= k)
-    agg = ranked.groupBy("algo", "i").agg(
-        F.sort_array(F.collect_list(F.struct("_rank", "j", "score", "cooc"))).alias("_n"),
-        F.max("score").alias("_top"))
-    return agg.select(
-        "algo", F.col("i").alias("item_id"),
-        F.transform("_n", lambda x: F.struct(
-            x["j"].alias("item_id"), x["score"].alias("score"),
-            (x["score"] / F.col("_top")).alias("score_norm"), x["cooc"].cast("long").alias("cooc"))).alias("neighbors"),
-        F.size("_n").alias("n_neighbors"),
+def encode(ui: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Replace user_id and item_id by dense ints (joins and shuffles on ints are much cheaper than
+    on strings). Item codes follow item_id order, so a tie broken by code is broken by item_id.
+    Returns (encoded pairs, item dictionary (code, item_id))."""
+    def codes(col):
+        d = ui.select(col).distinct()
+        return d.select(col, (F.dense_rank().over(Window.orderBy(col)) - 1).cast("int").alias("_code"))
+    items, users = codes("item_id"), codes("user_id")
+    enc = (ui.join(items, "item_id").drop("item_id").withColumnRenamed("_code", "item_id")
+           .join(users, "user_id").drop("user_id").withColumnRenamed("_code", "user_id"))
+    return enc, items.select(F.col("_code").alias("code"), "item_id")
+
+
+def top_k(wide: DataFrame, algos: tuple[str, ...], k: int, items: DataFrame) -> DataFrame:
+    """(algo, item_id, neighbors array<struct<item_id, score, score_norm, cooc>>, n_neighbors).
+
+    The k best per item and algo, by score rounded to 1e-9 (mathematical ties, whose fixed-point
+    sums may differ by a few 2^-40, are broken by item_id, as in the single-process peer) — with
+    Spark 4.2's ``max_by(value, order, k)``, a bounded heap per group that also combines map-side:
+    no sort of all pairs, no full neighbor list anywhere. `wide` has encoded ids; `items` decodes."""
+    wide = wide.join(F.broadcast(items.select(F.col("code").alias("j"), F.col("item_id").alias("_jid"))), "j")
+    aggs = []
+    for a in algos:
+        order = F.when(F.col(a) > 0, F.struct(F.round(a, 9).alias("s"), (-F.col("j")).alias("t")))
+        value = F.struct(F.col("_jid").alias("item_id"), F.col(a).alias("score"), F.col("cooc").cast("long").alias("cooc"))
+        aggs.append(F.max_by(value, order, k).alias(a))
+    g = wide.groupBy("i").agg(*aggs)
+    per_algo = F.array(*[F.struct(F.lit(a).alias("algo"), F.col(a).alias("nb")) for a in algos])
+    long = (g.select("i", F.explode(per_algo).alias("_x")).select("i", "_x.algo", "_x.nb")
+            .where(F.size("nb") > 0))
+    long = long.join(items.select(F.col("code").alias("i"), "item_id"), "i")
+    top = F.col("nb")[0]["score"]
+    return long.select(
+        "algo", "item_id",
+        F.transform("nb", lambda x: F.struct(x["item_id"].alias("item_id"), x["score"].alias("score"),
+                                             (x["score"] / top).alias("score_norm"), x["cooc"].alias("cooc")))
+        .alias("neighbors"),
+        F.size("nb").alias("n_neighbors"),
     )
+
+
+def neighbor_lists(ui_capped: DataFrame, spec: SimilaritySpec, k: int | None = None) -> DataFrame:
+    """Top-K neighbor lists of every algorithm from capped pairs (ids encoded as ints inside)."""
+    enc, items = encode(ui_capped)
+    return top_k(all_scores(enc, spec), spec.algos, k or spec.top_k, items)
 
 
 def build_similarity(ui_all: DataFrame, spec: SimilaritySpec, k: int | None = None) -> tuple[DataFrame, DataFrame]:
     """(item_similarity rows, cap report) from the user-item pairs of `user_items`."""
     ui = apply_caps(ui_all, spec)
-    return top_k(all_scores(ui, spec), k or spec.top_k), cap_report(ui_all, ui)
+    return neighbor_lists(ui, spec, k), cap_report(ui_all, ui)
 
 
 def leave_last_out(ui_all: DataFrame) -> tuple[DataFrame, DataFrame]:

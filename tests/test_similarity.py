@@ -12,7 +12,7 @@ from collections import defaultdict
 import pytest
 from pyspark.sql import functions as F
 
-from recfactory.graph.similarity import SimilaritySpec, all_scores, apply_caps, top_k, user_items
+from recfactory.graph.similarity import SimilaritySpec, apply_caps, neighbor_lists, user_items
 from recfactory.jobs.runtime.job import run_job
 
 pytestmark = pytest.mark.spark
@@ -86,7 +86,7 @@ def spark_result(spark, rows, spec, kept_out=None):
     ui = apply_caps(user_items(spark.createDataFrame(rows, SCHEMA), spec), spec)
     if kept_out is not None:
         kept_out.update((r.user_id, r.item_id) for r in ui.select("user_id", "item_id").collect())
-    got = top_k(all_scores(ui, spec), spec.top_k).collect()
+    got = neighbor_lists(ui, spec).collect()
     return {(r.algo, r.item_id): [(n.item_id, n.score, n.cooc) for n in r.neighbors] for r in got}, got
 
 
