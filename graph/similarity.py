@@ -20,9 +20,11 @@ Algorithms (every score is symmetric, self-pairs never appear):
   w_u·w_v / (α + |I_u ∩ I_v|), w_u = (α_user + |I_u|)^β_user. Defaults are Alibaba PAI's:
   α_user = 5, β_user = −0.35, α = 1 (Flink ML's are 15, −0.3, 0).
 
-Sums of doubles depend on their order, so each term is rounded to a multiple of 2^-40 and summed as
-a 64-bit integer, exactly: the same scores, to the last bit, whatever the number of partitions
-(decimal(38,18) sums do the same but cost 3× more).
+Two engines (``neighbor_lists``): ``blocks`` scores item blocks with SciPy sparse products inside
+Spark (each row summed over its item's users in user-id order, so the output does not depend on
+blocking or partitioning); ``sql`` stays in Spark SQL, where sums of doubles would depend on their
+order, so each term is rounded to a multiple of 2^-40 and summed as a 64-bit integer, exactly
+(decimal(38,18) sums do the same but cost 3× more). Only ``sql`` has time decay.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class SimilaritySpec:
     max_items_per_user: int = 200
     max_users_per_item: int = 1000
     top_k: int = 100
+    engine: str = "auto"       # auto | sql | blocks (auto: blocks unless time decay is on)
+    blocks: int = 32           # item blocks of the blocks engine
     seed: int = 42
 
     def __post_init__(self):
@@ -69,6 +73,16 @@ class SimilaritySpec:
             raise ValueError("time_decay_days must be >= 0")
         if any(w <= 0 for w in self.behavior_weights.values()):
             raise ValueError("behavior weights must be > 0")
+        if self.engine not in ("auto", "sql", "blocks") or self.blocks < 1:
+            raise ValueError("engine must be auto, sql or blocks; blocks >= 1")
+        if self.engine == "blocks" and self.time_decay_days:
+            raise ValueError("the blocks engine has no time decay: use --engine sql")
+
+    @property
+    def resolved_engine(self) -> str:
+        if self.engine != "auto":
+            return self.engine
+        return "sql" if self.time_decay_days else "blocks"
 
 
 def user_items(events: DataFrame, spec: SimilaritySpec) -> DataFrame:
@@ -210,10 +224,33 @@ def top_k(wide: DataFrame, algos: tuple[str, ...], k: int, items: DataFrame) -> 
     )
 
 
+NEIGHBORS_SCHEMA = ("algo string, item_id string, neighbors array<struct<item_id:string,score:double,"
+                    "score_norm:double,cooc:bigint>>, n_neighbors int")
+
+
 def neighbor_lists(ui_capped: DataFrame, spec: SimilaritySpec, k: int | None = None) -> DataFrame:
-    """Top-K neighbor lists of every algorithm from capped pairs (ids encoded as ints inside)."""
-    enc, items = encode(ui_capped)
-    return top_k(all_scores(enc, spec), spec.algos, k or spec.top_k, items)
+    """Top-K neighbor lists of every algorithm from capped pairs, by the spec's engine:
+
+    - ``sql``: Spark SQL end to end (ids encoded as ints, exact fixed-point sums, max_by top-K);
+    - ``blocks``: items are hashed into ``blocks`` blocks; each block receives the full item lists
+      of the users who touch it and computes its items' rows with SciPy sparse products (the
+      single-process peer's algebra, ``graph.similarity_reference``), top-K included, in a
+      ``groupBy(block).applyInPandas``. A row depends only on its item's users, whose sums run in
+      user-id order in any block, so the result does not depend on the blocking or partitioning."""
+    k = k or spec.top_k
+    if spec.resolved_engine == "sql":
+        enc, items = encode(ui_capped)
+        return top_k(all_scores(enc, spec), spec.algos, k, items)
+    from recfactory.graph.similarity_reference import block_rows
+
+    ui = ui_capped.select("user_id", "item_id", "b")
+    blk = F.pmod(F.xxhash64(F.lit(spec.seed), F.lit("block"), F.col("item_id")), F.lit(spec.blocks))
+    norms = ui.groupBy("item_id").agg(F.sum(F.col("b") * F.col("b")).alias("nrm"))
+    ui = ui.join(norms, "item_id").withColumn("_blk", blk)
+    touched = ui.select("user_id", F.col("_blk").alias("block")).distinct()
+    data = touched.join(ui, "user_id").select(
+        "block", "user_id", "item_id", "b", "nrm", (F.col("_blk") == F.col("block")).alias("in_block"))
+    return data.groupBy("block").applyInPandas(lambda pdf: block_rows(pdf, spec, k), NEIGHBORS_SCHEMA)
 
 
 def build_similarity(ui_all: DataFrame, spec: SimilaritySpec, k: int | None = None) -> tuple[DataFrame, DataFrame]:

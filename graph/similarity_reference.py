@@ -22,8 +22,10 @@ from recfactory.graph.similarity import SimilaritySpec
 
 
 def _matrices(pairs: pd.DataFrame):
-    users, u_idx = np.unique(pairs["user_id"].to_numpy(), return_inverse=True)
-    items, i_idx = np.unique(pairs["item_id"].to_numpy(), return_inverse=True)
+    # sorted codes (pandas hashes, then sorts only the distinct values): rows in user-id order
+    u_idx, users = pd.factorize(pairs["user_id"], sort=True)
+    i_idx, items = pd.factorize(pairs["item_id"], sort=True)
+    users, items = np.asarray(users, dtype=object), np.asarray(items, dtype=object)
     shape = (len(users), len(items))
     X = sp.csr_matrix((pairs["b"].to_numpy(dtype=np.float64), (u_idx, i_idx)), shape=shape)
     B = sp.csr_matrix((np.ones(len(pairs)), (u_idx, i_idx)), shape=shape)
@@ -48,9 +50,7 @@ def scores(pairs: pd.DataFrame, spec: SimilaritySpec, chunk: int = 200_000) -> t
         out["swing_simple"] = B.T @ sp.diags(1.0 / (spec.simple_alpha + n_u)) @ B
     if "swing" in spec.algos:
         w = (spec.user_alpha + n_u) ** spec.user_beta
-        overlap = sp.triu(B @ B.T, k=1).tocoo()
-        keep = overlap.data >= 2
-        us, vs, c = overlap.row[keep], overlap.col[keep], overlap.data[keep]
+        us, vs, c = _swing_pairs(B)
         acc = sp.csr_matrix((B.shape[1], B.shape[1]))
         for s in range(0, len(us), chunk):
             u, v = us[s:s + chunk], vs[s:s + chunk]
@@ -66,15 +66,70 @@ def scores(pairs: pd.DataFrame, spec: SimilaritySpec, chunk: int = 200_000) -> t
     return items, out, cooc
 
 
-def top_k(items: np.ndarray, m: sp.csr_matrix, cooc: sp.csr_matrix, k: int) -> dict[str, list[tuple[str, float, int]]]:
-    """item → [(neighbor, score, cooc)], best first, ties by neighbor id (as the Spark job)."""
-    out = {}
+def _row_lists(items, rows, m: sp.csr_matrix, cooc: sp.csr_matrix, k: int):
+    """(item, [(neighbor, score, cooc)]) for each row r of m (row r is item items[rows[r]])."""
     for r in range(m.shape[0]):
         lo, hi = m.indptr[r], m.indptr[r + 1]
         if lo == hi:
             continue
         cols, vals = m.indices[lo:hi], m.data[lo:hi]
-        order = np.lexsort((items[cols], -np.round(vals, 9)))[:k]
-        cc = cooc[r].toarray().ravel()
-        out[items[r]] = [(items[cols[o]], float(vals[o]), int(cc[cols[o]])) for o in order]
-    return out
+        order = np.lexsort((cols, -np.round(vals, 9)))[:k]  # codes follow item_id order
+        clo, chi = cooc.indptr[r], cooc.indptr[r + 1]
+        ccols, cvals = cooc.indices[clo:chi], cooc.data[clo:chi]
+        srt = np.argsort(ccols)
+        cc = cvals[srt][np.searchsorted(ccols[srt], cols[order])]
+        yield items[rows[r]], [(items[cols[o]], float(vals[o]), int(c)) for o, c in zip(order, cc)]
+
+
+def block_rows(pdf: pd.DataFrame, spec: SimilaritySpec, k: int) -> pd.DataFrame:
+    """The rows of one item block (the Spark blocks engine): `pdf` holds the full item lists of the
+    users touching the block, `in_block` flags the block's items and `nrm` is each item's global
+    norm Σ_u b². Same algebra as `scores`, restricted to the block's rows."""
+    users, items, X, B = _matrices(pdf)
+    rows = np.flatnonzero(np.isin(items, pdf.loc[pdf["in_block"], "item_id"].unique()))
+    nrm = pdf.groupby("item_id")["nrm"].first().reindex(items).to_numpy()
+    inv, inv_r = sp.diags(1.0 / np.sqrt(nrm)), sp.diags(1.0 / np.sqrt(nrm[rows]))
+    n_u = np.asarray(B.sum(axis=1)).ravel()
+    Xr, Br = X[:, rows].T.tocsr(), B[:, rows].T.tocsr()
+    cooc = (Br @ B).tocsr()
+    mats = {}
+    if "itemcf" in spec.algos:
+        mats["itemcf"] = inv_r @ (Xr @ X) @ inv
+    if "itemcf_iuf" in spec.algos:
+        mats["itemcf_iuf"] = inv_r @ (Xr @ sp.diags(1.0 / np.log1p(n_u)) @ X) @ inv
+    if "swing_simple" in spec.algos:
+        mats["swing_simple"] = Br @ sp.diags(1.0 / (spec.simple_alpha + n_u)) @ B
+    if "swing" in spec.algos:
+        us, vs, c = _swing_pairs(B, (B[:, rows] @ B[:, rows].T))
+        w = (spec.user_alpha + n_u) ** spec.user_beta
+        Z = B[us].multiply(B[vs]).tocsr()
+        mats["swing"] = Z[:, rows].T @ sp.diags(w[us] * w[vs] / (spec.swing_alpha + c)) @ Z
+    out = []
+    for a, m in mats.items():
+        m = m.tocsr()
+        own = np.repeat(rows, np.diff(m.indptr))  # each stored entry's row item: drop self-pairs
+        m.data[m.indices == own] = 0
+        m.eliminate_zeros()
+        for item, nb in _row_lists(items, rows, m, cooc, k):
+            top = nb[0][1]
+            out.append((a, item, [{"item_id": j, "score": s, "score_norm": s / top, "cooc": c} for j, s, c in nb], len(nb)))
+    return pd.DataFrame(out, columns=["algo", "item_id", "neighbors", "n_neighbors"])
+
+
+def _swing_pairs(B: sp.csr_matrix, shared_rows: sp.csr_matrix | None = None):
+    """User pairs u < v with |I_u ∩ I_v| ≥ 2 (and, when given, sharing one of the block's items),
+    sorted by (u, v) so that every sum over them runs in the same order everywhere."""
+    overlap = sp.triu(B @ B.T, k=1).tocoo()
+    keep = overlap.data >= 2
+    us, vs, c = overlap.row[keep], overlap.col[keep], overlap.data[keep]
+    if shared_rows is not None:
+        vals = shared_rows.tocsr()[us, vs]
+        shared = np.asarray(vals.todense() if sp.issparse(vals) else vals).ravel()
+        us, vs, c = us[shared > 0], vs[shared > 0], c[shared > 0]
+    order = np.lexsort((vs, us))
+    return us[order], vs[order], c[order]
+
+
+def top_k(items: np.ndarray, m: sp.csr_matrix, cooc: sp.csr_matrix, k: int) -> dict[str, list[tuple[str, float, int]]]:
+    """item → [(neighbor, score, cooc)], best first, ties by neighbor id (as the Spark job)."""
+    return dict(_row_lists(items, np.arange(m.shape[0]), m, cooc, k))

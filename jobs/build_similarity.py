@@ -10,6 +10,8 @@ with a popularity baseline) and reports how much co-occurrence mass the caps rem
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import field_validator
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
@@ -50,6 +52,12 @@ class SimilarityParams(JobParams):
     max_items_per_user: int = Field(200, ge=2, description="Cap: a user keeps this many items (seeded hash sample).")
     max_users_per_item: int = Field(1000, ge=2, description="Cap: an item keeps this many users (seeded hash sample).")
     top_k: int = Field(100, ge=1, description="Neighbors kept per item.")
+    engine: Literal["auto", "sql", "blocks"] = Field(
+        "auto", description="blocks: item blocks scored with SciPy sparse products inside Spark "
+        "(applyInPandas); sql: Spark SQL end to end (exact fixed-point sums); auto: blocks unless "
+        "--time-decay-days is set (only sql has time decay).")
+    blocks: int = Field(32, ge=1, description="Item blocks of the blocks engine (more blocks: less memory "
+                        "per task, more replication of user rows).")
     evaluate: bool = Field(True, description="Evaluate on a leave-last-out split (a second similarity pass "
                            "on the training pairs).")
     eval_k: list[int] = Field([10, 50], description="K values of HitRate@K and coverage@K.")
@@ -67,7 +75,8 @@ class SimilarityParams(JobParams):
             user_alpha=self.user_alpha, user_beta=self.user_beta, simple_alpha=self.simple_alpha,
             time_decay_days=self.time_decay_days, min_user_items=self.min_user_items,
             max_user_items=self.max_user_items, max_items_per_user=self.max_items_per_user,
-            max_users_per_item=self.max_users_per_item, top_k=self.top_k, seed=self.seed)
+            max_users_per_item=self.max_users_per_item, top_k=self.top_k, engine=self.engine,
+            blocks=self.blocks, seed=self.seed)
 
 
 class BuildSimilarityJob(Job):
