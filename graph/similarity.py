@@ -243,13 +243,14 @@ def neighbor_lists(ui_capped: DataFrame, spec: SimilaritySpec, k: int | None = N
         return top_k(all_scores(enc, spec), spec.algos, k, items)
     from recfactory.graph.similarity_reference import block_rows
 
-    ui = ui_capped.select("user_id", "item_id", "b")
     blk = F.pmod(F.xxhash64(F.lit(spec.seed), F.lit("block"), F.col("item_id")), F.lit(spec.blocks))
-    norms = ui.groupBy("item_id").agg(F.sum(F.col("b") * F.col("b")).alias("nrm"))
-    ui = ui.join(norms, "item_id").withColumn("_blk", blk)
-    touched = ui.select("user_id", F.col("_blk").alias("block")).distinct()
-    data = touched.join(ui, "user_id").select(
-        "block", "user_id", "item_id", "b", "nrm", (F.col("_blk") == F.col("block")).alias("in_block"))
+    # windows, not aggregate + join: one shuffle for the items' global norms, one to give every
+    # user row to each block the user touches
+    ui = ui_capped.select("user_id", "item_id", "b", blk.alias("_blk"),
+                          F.sum(F.col("b") * F.col("b")).over(Window.partitionBy("item_id")).alias("nrm"))
+    ui = ui.withColumn("_touched", F.collect_set("_blk").over(Window.partitionBy("user_id")))
+    data = ui.select(F.explode("_touched").alias("block"), "user_id", "item_id", "b", "nrm",
+                     (F.col("_blk") == F.col("block")).alias("in_block"))
     return data.groupBy("block").applyInPandas(lambda pdf: block_rows(pdf, spec, k), NEIGHBORS_SCHEMA)
 
 

@@ -100,9 +100,16 @@ def block_rows(pdf: pd.DataFrame, spec: SimilaritySpec, k: int) -> pd.DataFrame:
     if "swing_simple" in spec.algos:
         mats["swing_simple"] = Br @ sp.diags(1.0 / (spec.simple_alpha + n_u)) @ B
     if "swing" in spec.algos:
-        us, vs, c = _swing_pairs(B, (B[:, rows] @ B[:, rows].T))
-        w = (spec.user_alpha + n_u) ** spec.user_beta
+        # only the user pairs that share one of the block's items (never the full BBᵀ, which
+        # every block would recompute); their full overlap is the row sum of B_u ∘ B_v
+        shared = sp.triu(B[:, rows] @ B[:, rows].T, k=1).tocoo()
+        order = np.lexsort((shared.col, shared.row))
+        us, vs = shared.row[order], shared.col[order]
         Z = B[us].multiply(B[vs]).tocsr()
+        c = np.asarray(Z.sum(axis=1)).ravel()
+        keep = c >= 2
+        us, vs, c, Z = us[keep], vs[keep], c[keep], Z[keep]
+        w = (spec.user_alpha + n_u) ** spec.user_beta
         mats["swing"] = Z[:, rows].T @ sp.diags(w[us] * w[vs] / (spec.swing_alpha + c)) @ Z
     out = []
     for a, m in mats.items():
@@ -116,16 +123,12 @@ def block_rows(pdf: pd.DataFrame, spec: SimilaritySpec, k: int) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["algo", "item_id", "neighbors", "n_neighbors"])
 
 
-def _swing_pairs(B: sp.csr_matrix, shared_rows: sp.csr_matrix | None = None):
-    """User pairs u < v with |I_u ∩ I_v| ≥ 2 (and, when given, sharing one of the block's items),
-    sorted by (u, v) so that every sum over them runs in the same order everywhere."""
+def _swing_pairs(B: sp.csr_matrix):
+    """User pairs u < v with |I_u ∩ I_v| ≥ 2, sorted by (u, v) so that every sum over them runs in
+    the same order everywhere."""
     overlap = sp.triu(B @ B.T, k=1).tocoo()
     keep = overlap.data >= 2
     us, vs, c = overlap.row[keep], overlap.col[keep], overlap.data[keep]
-    if shared_rows is not None:
-        vals = shared_rows.tocsr()[us, vs]
-        shared = np.asarray(vals.todense() if sp.issparse(vals) else vals).ravel()
-        us, vs, c = us[shared > 0], vs[shared > 0], c[shared > 0]
     order = np.lexsort((vs, us))
     return us[order], vs[order], c[order]
 
