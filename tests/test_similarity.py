@@ -100,8 +100,10 @@ SPECS = [
 assert SPECS[0].resolved_engine == "blocks" and SPECS[2].resolved_engine == "sql"
 
 
-@pytest.mark.parametrize("spec", SPECS + [replace(SPECS[0], engine="sql"), replace(SPECS[1], engine="sql", blocks=3)],
-                         ids=["pai", "flink-top3", "weighted-decay-activity(sql)", "pai-sql", "flink-top3-sql"])
+@pytest.mark.parametrize("spec", SPECS + [replace(SPECS[0], engine="sql"), replace(SPECS[1], engine="sql", blocks=3),
+                                          replace(SPECS[2], time_decay_days=0.0, blocks=2)],
+                         ids=["pai", "flink-top3", "weighted-decay-activity(sql)", "pai-sql", "flink-top3-sql",
+                              "weighted-activity(blocks)"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_matches_brute_force(spark, spec, seed):
     rows = make_events(seed)
