@@ -68,6 +68,10 @@ class ColumnMapping:
     def source(self, canonical: str) -> str:
         return self.mapping.get(canonical, canonical)
 
+    def values_as(self, cast):
+        """The mapping with its values converted, e.g. 'click=200,cart=50' → {'click': 200, 'cart': 50}."""
+        return {k: cast(v) for k, v in self.mapping.items()}
+
 
 def check_columns(
     columns: list[str], required: tuple[str, ...], mapping: ColumnMapping, what: str

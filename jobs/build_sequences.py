@@ -15,10 +15,6 @@ from recfactory.jobs.runtime.job import Job, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 
 
-def parse_caps(spec: str) -> dict[str, int]:
-    return {k: int(v) for k, v in ColumnMapping.parse(spec).mapping.items()}
-
-
 class SequenceParams(JobParams):
     max_len: int = Field(200, ge=1, description="Overall cap: the most recent events kept per user.")
     type_caps: str = Field(
@@ -33,7 +29,7 @@ class SequenceParams(JobParams):
     @field_validator("type_caps")
     @classmethod
     def _caps(cls, v: str) -> str:
-        SequenceSpec(type_caps=parse_caps(v))
+        SequenceSpec(type_caps=ColumnMapping.parse(v).values_as(int))
         return v
 
 
@@ -46,7 +42,7 @@ class BuildSequencesJob(Job):
 
     def run(self, ctx: RunContext) -> None:
         p: SequenceParams = ctx.params
-        spec = SequenceSpec(max_len=p.max_len, type_caps=parse_caps(p.type_caps),
+        spec = SequenceSpec(max_len=p.max_len, type_caps=ColumnMapping.parse(p.type_caps).values_as(int),
                             dedup_consecutive=p.dedup_consecutive,
                             category_max_len=p.category_max_len)
         items = item_snapshot(ctx) if spec.category_max_len else None

@@ -31,10 +31,6 @@ METRICS_SCHEMA = T.StructType([
 ])
 
 
-def parse_weights(spec: str) -> dict[str, float]:
-    return {k: float(v) for k, v in ColumnMapping.parse(spec).mapping.items()}
-
-
 class SimilarityParams(JobParams):
     algos: list[str] = Field(list(ALGOS), description="Algorithms: swing (Yang et al. 2020), swing_simple "
                              "(Σ 1/(α+|I_u|)), itemcf (cosine), itemcf_iuf (cosine, heavy users down-weighted).")
@@ -65,13 +61,13 @@ class SimilarityParams(JobParams):
     @field_validator("behavior_weights")
     @classmethod
     def _weights(cls, v: str) -> str:
-        parse_weights(v)
+        ColumnMapping.parse(v).values_as(float)
         return v
 
     def spec(self) -> SimilaritySpec:
         return SimilaritySpec(
             algos=tuple(self.algos), event_types=tuple(self.event_types),
-            behavior_weights=parse_weights(self.behavior_weights), swing_alpha=self.swing_alpha,
+            behavior_weights=ColumnMapping.parse(self.behavior_weights).values_as(float), swing_alpha=self.swing_alpha,
             user_alpha=self.user_alpha, user_beta=self.user_beta, simple_alpha=self.simple_alpha,
             time_decay_days=self.time_decay_days, min_user_items=self.min_user_items,
             max_user_items=self.max_user_items, max_items_per_user=self.max_items_per_user,
