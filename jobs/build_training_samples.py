@@ -127,10 +127,12 @@ class BuildTrainingSamplesJob(Job):
             pos = sum(n for (s, d, y), n in counts.items() if s == split and d is None and y == 1)
             if ctx.row_counts[f"{split}_rows"]:
                 ctx.metrics[f"{split}_label_rate"] = pos / ctx.row_counts[f"{split}_rows"]
-        ctx.row_counts["history_only_events"] = visible.where(
-            F.col("ts") < F.lit(bounds.sample_start).cast("timestamp")).count()
+        # one pass over the visible events: the warm-up history, and the sample events in range
         is_sample = (F.col("event_type") == "impression") if mode == "impressions" else (F.col("event_type") != "impression")
-        expected = visible.where(is_sample & (F.col("ts") >= F.lit(bounds.sample_start).cast("timestamp"))).count()
+        in_range = F.col("ts") >= F.lit(bounds.sample_start).cast("timestamp")
+        row = visible.agg(F.count_if(~in_range).alias("history"), F.count_if(is_sample & in_range).alias("expected")).first()
+        ctx.row_counts["history_only_events"] = row["history"]
+        expected = row["expected"]
         if total != expected or total != kept + ctx.row_counts["dropped_subsampled"] + ctx.row_counts["dropped_negative_downsampled"]:
             raise QualityGateError(f"sample counts do not reconcile: {expected} sample events in range, {ctx.row_counts}")
         train = [y for (s, d, y) in counts if s == "train" and d is None]
