@@ -235,8 +235,9 @@ def neighbor_lists(ui_capped: DataFrame, spec: SimilaritySpec, k: int | None = N
     - ``blocks``: items are hashed into ``blocks`` blocks; each block receives the full item lists
       of the users who touch it and computes its items' rows with SciPy sparse products (the
       single-process peer's algebra, ``graph.similarity_reference``), top-K included, in a
-      ``groupBy(block).applyInPandas``. A row depends only on its item's users, whose sums run in
-      user-id order in any block, so the result does not depend on the blocking or partitioning."""
+      ``groupBy(block).applyInArrow`` (columnar both ways: no Python object per neighbor). A row
+      depends only on its item's users, whose sums run in user-id order in any block, so the
+      result does not depend on the blocking or partitioning."""
     k = k or spec.top_k
     if spec.resolved_engine == "sql":
         enc, items = encode(ui_capped)
@@ -251,7 +252,7 @@ def neighbor_lists(ui_capped: DataFrame, spec: SimilaritySpec, k: int | None = N
     ui = ui.withColumn("_touched", F.collect_set("_blk").over(Window.partitionBy("user_id")))
     data = ui.select(F.explode("_touched").alias("block"), "user_id", "item_id", "b", "nrm",
                      (F.col("_blk") == F.col("block")).alias("in_block"))
-    return data.groupBy("block").applyInPandas(lambda pdf: block_rows(pdf, spec, k), NEIGHBORS_SCHEMA)
+    return data.groupBy("block").applyInArrow(lambda tbl: block_rows(tbl, spec, k), NEIGHBORS_SCHEMA)
 
 
 def build_similarity(ui_all: DataFrame, spec: SimilaritySpec, k: int | None = None) -> tuple[DataFrame, DataFrame]:

@@ -67,13 +67,14 @@ def test_bench_similarity(spark, tmp_path):
         out.unpersist()
         ui.unpersist()
     else:
-        got = {(r.algo, r.item_id): [(n.item_id, n.score, n.cooc) for n in r.neighbors] for r in out.collect()}
+        got = peer.as_dict(out.collect())
         pairs = ui.select("user_id", "item_id", "b").toPandas()
         with PeakRSS(children=False) as mem:  # the Python process only: the JVM is idle here
             t0 = time.time()
             items, mats, cooc = peer.scores(pairs, spec)
-            ref = {(a, i): nb for a, m in mats.items() for i, nb in peer.top_k(items, m, cooc, spec.top_k).items()}
+            table = peer.top_k(items, mats, cooc, spec.top_k)  # the same Arrow rows as a Spark block
             res["scipy_s"] = round(time.time() - t0, 2)
+        ref = peer.as_dict(table)
         res["scipy_peak_rss_gb"] = round(mem.peak / 2**30, 2)
         res["ratio_spark_to_scipy"] = round(res["spark_s"] / res["scipy_s"], 2)
         mismatched = [k for k in ref if k not in got or [j for j, _, _ in got[k]] != [j for j, _, _ in ref[k]]

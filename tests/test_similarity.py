@@ -199,7 +199,7 @@ def test_scipy_peer_matches_brute_force(spec):
     pairs = pd.DataFrame([(u, i, b) for (u, i), b in ui.items() if deg[u] >= spec.min_user_items],
                          columns=["user_id", "item_id", "b"])
     items, mats, cooc = peer.scores(pairs, spec)
-    got = {(a, i): nb for a, m in mats.items() for i, nb in peer.top_k(items, m, cooc, spec.top_k).items()}
+    got = peer.as_dict(peer.top_k(items, mats, cooc, spec.top_k))
     assert set(got) == set(ref)
     for k, nb in ref.items():
         assert [(j, c) for j, _, c in got[k]] == [(j, c) for j, _, c in nb], k
