@@ -9,7 +9,8 @@ Spark blocks engine. Input: the (user, item, b) pairs after the activity filter 
   itemcf_iuf = Xᵀ diag(1/log(1+|I_u|)) X / sqrt(N_i N_j), swing_simple = Bᵀ diag(1/(α+|I_u|)) B;
 - swing: the user pairs u < v with |I_u ∩ I_v| ≥ 2 come from the upper triangle of BBᵀ; each
   pair's common items are the row product B_u ∘ B_v, so swing = Zᵀ diag(W) Z with Z stacking those
-  products and W_uv = w_u w_v / (α + |I_u ∩ I_v|) — in chunks of user pairs to bound memory.
+  products and W_uv = w_u w_v / (α + |I_u ∩ I_v|) — BBᵀ in bands of users and Z in chunks of
+  user pairs, so memory stays bounded.
 
 Users and items are coded in id order, so every sum runs in user-id order wherever it is computed
 (one process or any block), and the top-K (score rounded to 1e-9 descending, then item id) is
@@ -59,13 +60,10 @@ def scores(pairs: pd.DataFrame, spec: SimilaritySpec, chunk: int = 200_000) -> t
         out["swing_simple"] = B.T @ sp.diags(1.0 / (spec.simple_alpha + n_u)) @ B
     if "swing" in spec.algos:
         w = (spec.user_alpha + n_u) ** spec.user_beta
-        us, vs, c = _swing_pairs(B)
         acc = sp.csr_matrix((B.shape[1], B.shape[1]))
-        for s in range(0, len(us), chunk):
-            u, v = us[s:s + chunk], vs[s:s + chunk]
-            Z = B[u].multiply(B[v]).tocsr()
-            W = sp.diags(w[u] * w[v] / (spec.swing_alpha + c[s:s + chunk]))
-            acc = acc + (Z.T @ W @ Z)
+        for us, vs, c in _swing_pairs(B, chunk):
+            Z = B[us].multiply(B[vs]).tocsr()
+            acc = acc + (Z.T @ sp.diags(w[us] * w[vs] / (spec.swing_alpha + c)) @ Z)
         out["swing"] = acc
     return items, {a: _drop_self(m, np.arange(m.shape[0])) for a, m in out.items()}, cooc
 
@@ -79,14 +77,17 @@ def _drop_self(m, rows: np.ndarray) -> sp.csr_matrix:
     return m
 
 
-def _swing_pairs(B: sp.csr_matrix):
-    """User pairs u < v with |I_u ∩ I_v| ≥ 2, sorted by (u, v) so that every sum over them runs in
-    the same order everywhere."""
-    overlap = sp.triu(B @ B.T, k=1).tocoo()
-    keep = overlap.data >= 2
-    us, vs, c = overlap.row[keep], overlap.col[keep], overlap.data[keep]
-    order = np.lexsort((vs, us))
-    return us[order], vs[order], c[order]
+def _swing_pairs(B: sp.csr_matrix, chunk: int, band: int = 2000):
+    """Chunks of ≤ `chunk` user pairs u < v with |I_u ∩ I_v| ≥ 2 and their overlaps, in (u, v)
+    order. The overlaps BBᵀ are computed `band` users at a time, never all users × all users."""
+    for s in range(0, B.shape[0], band):
+        ov = sp.triu(B[s:s + band] @ B.T, k=s + 1).tocoo()
+        keep = ov.data >= 2
+        us, vs, c = ov.row[keep] + s, ov.col[keep], ov.data[keep]
+        order = np.lexsort((vs, us))
+        us, vs, c = us[order], vs[order], c[order]
+        for t in range(0, len(us), chunk):
+            yield us[t:t + chunk], vs[t:t + chunk], c[t:t + chunk]
 
 
 def _top_k(m: sp.csr_matrix, k: int):

@@ -50,10 +50,11 @@ class SimilarityParams(JobParams):
     top_k: int = Field(100, ge=1, description="Neighbors kept per item.")
     engine: Literal["auto", "sql", "blocks"] = Field(
         "auto", description="blocks: item blocks scored with SciPy sparse products inside Spark "
-        "(applyInPandas); sql: Spark SQL end to end (exact fixed-point sums); auto: blocks unless "
+        "(applyInArrow); sql: Spark SQL end to end (exact fixed-point sums); auto: blocks unless "
         "--time-decay-days is set (only sql has time decay).")
-    blocks: int = Field(32, ge=1, description="Item blocks of the blocks engine (more blocks: less memory "
-                        "per task, more replication of user rows).")
+    blocks: int = Field(0, ge=0, description="Item blocks of the blocks engine (more blocks: less memory "
+                        "per task, more replication of user rows); 0: one block per 8,000 capped "
+                        "user-item pairs, 8 to 4,096.")
     evaluate: bool = Field(True, description="Evaluate on a leave-last-out split (a second similarity pass "
                            "on the training pairs).")
     eval_k: list[int] = Field([10, 50], description="K values of HitRate@K and coverage@K.")
