@@ -40,6 +40,7 @@ JOBS: dict[str, str] = {
     "build_cross_stats": "recfactory.jobs.build_cross_stats:BuildCrossStatsJob",
     "build_training_samples": "recfactory.jobs.build_training_samples:BuildTrainingSamplesJob",
     "build_similarity": "recfactory.jobs.build_similarity:BuildSimilarityJob",
+    "build_graph_embeddings": "recfactory.jobs.build_graph_embeddings:BuildGraphEmbeddingsJob",
 }
 
 

@@ -1,0 +1,128 @@
+"""Graph embeddings end to end on arrays: walks on Ray, skip-gram / EGES training in a Ray task,
+nearest-neighbour evaluation with faiss. No Spark and no I/O here (the job feeds it arrays).
+
+Methods: ``deepwalk`` (weighted walks, p = q = 1), ``node2vec`` (weighted walks biased by p, q),
+``eges`` (DeepWalk's walks, the EGES model over the side-information fields). Training runs as one
+Ray task that takes every CPU of its node (torch's intra-op threads): the embeddings are sparse
+and small, and data-parallel DDP would all-reduce dense copies of them every step — on a few
+cores that costs more than it saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recfactory.graph.skipgram import EGES, SkipGram, TrainSpec, train
+from recfactory.graph.walks import Graph, random_walks
+
+METHODS = ("deepwalk", "node2vec", "eges")
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    methods: tuple[str, ...] = METHODS
+    walks_per_node: int = 10
+    walk_length: int = 20
+    p: float = 1.0          # node2vec return parameter
+    q: float = 0.5          # node2vec in-out parameter (< 1: outward, DFS-like)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    shards: int = 0         # walk shards (Ray tasks); 0: 4 per CPU
+
+    def __post_init__(self):
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+        if self.walks_per_node < 1 or self.walk_length < 2 or self.p <= 0 or self.q <= 0:
+            raise ValueError("walks_per_node >= 1, walk_length >= 2, p > 0 and q > 0 are required")
+
+
+@dataclass
+class Fitted:
+    vectors: np.ndarray        # n × dim float32 (rows of nodes without a vector are NaN)
+    has_vector: np.ndarray     # bool
+    cold: np.ndarray           # bool: no walk reached the node (a cold item)
+    losses: list[float]
+    attention: dict[str, float] = field(default_factory=dict)
+
+
+def _train_task(method: str, walks: np.ndarray, n: int, fields: np.ndarray, vocab: list[int],
+                field_names: list[str], spec: TrainSpec, progress: bool) -> Fitted:
+    import torch
+
+    torch.set_num_threads(spec.threads or max(1, torch.get_num_threads()))
+    seen = np.zeros(n, dtype=bool)
+    seen[walks[walks >= 0]] = True
+    if method == "eges":
+        model = EGES(n, spec.dim, fields, vocab)
+    else:
+        model = SkipGram(n, spec.dim)
+    losses = train(model, walks, spec, progress=progress)
+    cold = ~seen
+    if method == "eges":
+        vec = model.vectors(np.flatnonzero(cold))
+        att = model.attention(np.flatnonzero(seen))
+        attention = {name: round(float(a), 6) for name, a in zip(["item_id", *field_names], att)}
+        has = np.ones(n, dtype=bool) if vocab else seen
+    else:
+        vec, attention, has = model.vectors(), {}, seen.copy()
+    vec[~has] = np.nan
+    return Fitted(vec, has, cold, losses, attention)
+
+
+def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[str], spec: EmbeddingSpec,
+        seed: int, progress: bool = True) -> dict[str, Fitted]:
+    """One `Fitted` per method. `fields` (n × F codes) and `vocab` describe the side information
+    of every node (EGES); walks are shared between DeepWalk and EGES."""
+    import ray
+
+    from recfactory.jobs.runtime.ray_runtime import init_ray
+
+    init_ray()
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    tspec = spec.train if spec.train.threads else TrainSpec(**{**spec.train.to_dict(), "threads": cpus})
+    task = ray.remote(num_cpus=cpus)(_train_task)
+    walks: dict[tuple[float, float], np.ndarray] = {}
+    out = {}
+    for m in spec.methods:
+        pq = (spec.p, spec.q) if m == "node2vec" else (1.0, 1.0)
+        if pq not in walks:
+            walks[pq] = random_walks(graph, spec.walks_per_node, spec.walk_length, *pq, seed=seed,
+                                     shards=spec.shards, progress=progress)
+        out[m] = ray.get(task.remote(m, walks[pq], graph.n, fields, vocab, field_names, tspec, progress))
+    return out
+
+
+def nearest(vectors: np.ndarray, valid: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """For each query node, the k nearest valid nodes by cosine (itself excluded): q × k node ids,
+    −1 where fewer exist or the query has no vector. Exact search (faiss IndexFlatIP)."""
+    import faiss
+
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    ids = np.flatnonzero(valid)
+    if not len(ids) or not len(queries):
+        return out
+    x = np.ascontiguousarray(vectors[ids], dtype=np.float32)
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    qv = valid[queries]
+    qx = np.ascontiguousarray(vectors[queries[qv]], dtype=np.float32)
+    faiss.normalize_L2(qx)
+    _, found = index.search(qx, min(k + 1, len(ids)))
+    found = np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+    found[found == queries[qv][:, None]] = -1            # drop the query itself
+    rows = np.full((qv.sum(), k), -1, dtype=np.int64)
+    for r in range(found.shape[0]):                       # keep order, skip the removed self
+        f = found[r][found[r] >= 0][:k]
+        rows[r, :len(f)] = f
+    out[qv] = rows
+    return out
+
+
+def hit_rate(recs: np.ndarray, targets: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
+    """HitRate@K of recommendation rows (q × kmax, best first) against the targets."""
+    if not len(targets):
+        return {k: 0.0 for k in ks}
+    return {k: float((recs[:, :k] == targets[:, None]).any(1).mean()) for k in ks}

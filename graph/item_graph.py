@@ -1,0 +1,106 @@
+"""The item graph of the session-based embeddings (DeepWalk on sessions, EGES): Spark, no I/O.
+
+Edges are directed and weighted: every consecutive pair of distinct items i → j within a valid
+session counts once (a repeated item, i → i, is not an edge), times exp(−age / τ) when
+``time_decay_days`` = τ > 0, age = cutoff − the session's end. Edges lighter than ``min_weight``
+are pruned (and counted). Nodes are the catalog items with their side information (the EGES
+fields); an item on no kept edge is a cold item.
+
+Side information: ``category``, ``brand`` and ``price_bucket`` (price in ``price_buckets``
+log-spaced quantile buckets, fit on the catalog) by default; a value absent from the catalog row
+is the field's own "missing" value, and a field absent from every item is dropped (named in the
+notes), as an all-missing field carries no information.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+SIDE_FIELDS = ("category", "brand", "price_bucket")
+MISSING = "<missing>"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    min_weight: float = 1.0           # edges with a smaller (decayed) weight are pruned
+    time_decay_days: float = 0.0      # 0: plain transition counts
+    side_fields: tuple[str, ...] = SIDE_FIELDS
+    price_buckets: int = 10
+
+    def __post_init__(self):
+        if self.min_weight < 0 or self.time_decay_days < 0 or self.price_buckets < 1:
+            raise ValueError("min_weight and time_decay_days must be >= 0, price_buckets >= 1")
+
+
+def transitions(sessions: DataFrame, cutoff: dt.datetime, spec: GraphSpec) -> DataFrame:
+    """(src, dst, w): one row per consecutive distinct-item step of the valid sessions."""
+    s = sessions.where(F.col("is_valid") & (F.size("items") >= 2))
+    w = F.lit(1.0)
+    if spec.time_decay_days > 0:
+        age_days = (F.lit(cutoff.timestamp()) - F.col("end_ts").cast("double")) / 86400.0
+        w = F.exp(-F.greatest(age_days, F.lit(0.0)) / F.lit(spec.time_decay_days))
+    steps = F.arrays_zip(F.slice("items", 1, F.size("items") - 1).alias("src"),
+                         F.slice("items", 2, F.size("items")).alias("dst"))
+    return (s.select(F.explode(steps).alias("e"), w.alias("w"))
+            .select(F.col("e.src").alias("src"), F.col("e.dst").alias("dst"), "w")
+            .where(F.col("src") != F.col("dst")))
+
+
+def build_edges(sessions: DataFrame, cutoff: dt.datetime, spec: GraphSpec) -> DataFrame:
+    """(src, dst, weight, transitions, kept): every edge, the pruned ones flagged kept = false."""
+    e = (transitions(sessions, cutoff, spec).groupBy("src", "dst")
+         .agg(F.sum("w").alias("weight"), F.count(F.lit(1)).alias("transitions")))
+    return e.withColumn("kept", F.col("weight") >= F.lit(spec.min_weight))
+
+
+def build_nodes(items: DataFrame, edges: DataFrame, spec: GraphSpec) -> tuple[DataFrame, list[str], list[str]]:
+    """(nodes, side fields used, notes). nodes: item_id, one string column per side field, in/out
+    degree and weight over kept edges, is_cold (on no kept edge)."""
+    notes: list[str] = []
+    cols = items.columns
+    df = items
+    if "price_bucket" in spec.side_fields and "price" in cols:
+        # log-spaced quantile buckets of the catalog's prices (exact for these sizes: approxQuantile
+        # with relative error 0 is the exact "lower" quantile)
+        probs = [i / spec.price_buckets for i in range(1, spec.price_buckets)]
+        cuts = sorted(set(items.where(F.col("price") > 0).select(F.log("price").alias("lp"))
+                          .approxQuantile("lp", probs, 0.0)))
+        bucket = F.lit(0)
+        for c in cuts:
+            bucket = bucket + (F.log("price") > F.lit(c)).cast("int")
+        df = df.withColumn("price_bucket", F.when(F.col("price") > 0, F.format_string("p%02d", bucket)))
+    fields = []
+    for f in spec.side_fields:
+        if f not in df.columns:
+            notes.append(f"side field {f} dropped: the catalog has no such column")
+        elif df.where(F.col(f).isNotNull()).limit(1).count() == 0:
+            notes.append(f"side field {f} dropped: no item has a value")
+        else:
+            fields.append(f)
+    kept = edges.where("kept")
+    outd = kept.groupBy(F.col("src").alias("item_id")).agg(F.count(F.lit(1)).alias("out_degree"),
+                                                           F.sum("weight").alias("out_weight"))
+    ind = kept.groupBy(F.col("dst").alias("item_id")).agg(F.count(F.lit(1)).alias("in_degree"),
+                                                          F.sum("weight").alias("in_weight"))
+    nodes = (df.select("item_id", *[F.coalesce(F.col(f).cast("string"), F.lit(MISSING)).alias(f) for f in fields])
+             .join(outd, "item_id", "left").join(ind, "item_id", "left")
+             .fillna({"out_degree": 0, "in_degree": 0, "out_weight": 0.0, "in_weight": 0.0}))
+    nodes = nodes.withColumn("is_cold", (F.col("out_degree") + F.col("in_degree")) == 0)
+    return nodes, fields, notes
+
+
+def unknown_endpoints(edges: DataFrame, items: DataFrame) -> DataFrame:
+    """Edges whose endpoint is not in the catalog snapshot (counted and reported by the job)."""
+    ids = items.select("item_id")
+    return (edges.join(ids.withColumnRenamed("item_id", "src"), "src", "left_anti")
+            .unionByName(edges.join(ids.withColumnRenamed("item_id", "dst"), "dst", "left_anti"))
+            .select("src", "dst").distinct())
+
+
+def node_index(nodes: DataFrame) -> DataFrame:
+    """Dense node ids 0..n−1 in item_id order (the CSR's rows)."""
+    return nodes.withColumn("node", (F.row_number().over(Window.orderBy("item_id")) - 1).cast("int"))

@@ -1,0 +1,234 @@
+"""build_graph_embeddings: sessions + items → item_graph, graph_embeddings, graph_embedding_metrics.
+
+    spark-submit jobs/build_graph_embeddings.py --warehouse W --as-of 1998-04-30 --methods deepwalk,node2vec,eges
+
+The item graph (Spark) is built from the valid sessions of the as-of (``build_sessions``), walks and
+training run on Ray (``graph.walks``, ``graph.skipgram``), and every catalog item gets one row per
+method: DeepWalk / Node2Vec items that no walk reached have a NULL vector, EGES gives them a vector
+from their side information; both are flagged ``is_cold_start``.
+
+Evaluation (``--evaluate``, on by default) trains the same models on a held-out graph first:
+- next item: each user's last valid session loses its last item, (second-to-last → last) is the
+  user's test pair; HitRate@K of the trigger's K nearest items (faiss, cosine), next to Swing
+  neighbors computed on the same training sessions and a popularity baseline;
+- cold items: a seeded ``--cold-holdout`` share of the graph's items loses every edge; the held-out
+  transitions warm → cold score EGES's side-information vectors (DeepWalk and Node2Vec cannot
+  place them: their HitRate is 0 by construction), next to a random baseline (K / items).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recfactory.graph.embeddings import METHODS, EmbeddingSpec, Fitted, fit, hit_rate, nearest
+from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, build_edges, build_nodes
+from recfactory.graph.skipgram import TrainSpec
+from recfactory.graph.walks import Graph
+from recfactory.jobs.runtime.inputs import item_snapshot
+from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
+from recfactory.jobs.runtime.params import Field, JobParams
+
+METRICS_SCHEMA = T.StructType([
+    T.StructField("split", T.StringType(), False), T.StructField("method", T.StringType(), False),
+    T.StructField("k", T.IntegerType(), False), T.StructField("hit_rate", T.DoubleType()),
+    T.StructField("coverage", T.DoubleType()), T.StructField("pairs", T.LongType()),
+    T.StructField("ds", T.DateType()),
+])
+EMB_SCHEMA = T.StructType([
+    T.StructField("item_id", T.StringType(), False), T.StructField("method", T.StringType(), False),
+    T.StructField("vector", T.ArrayType(T.FloatType())), T.StructField("is_cold_start", T.BooleanType(), False),
+    T.StructField("dim", T.IntegerType(), False), T.StructField("run_id", T.StringType(), False),
+])
+
+
+class GraphEmbeddingParams(JobParams):
+    methods: list[Literal["deepwalk", "node2vec", "eges"]] = Field(list(METHODS), description="Embedding methods.")
+    min_weight: float = Field(1.0, ge=0, description="Edges with a smaller (decayed) transition weight are pruned.")
+    time_decay_days: float = Field(0.0, ge=0, description="Edge weight decay exp(-age/τ) by session end; 0: counts.")
+    side_fields: list[str] = Field(list(SIDE_FIELDS), description="EGES side-information fields (catalog "
+                                   "columns, price_bucket derived from price).")
+    price_buckets: int = Field(10, ge=1, description="Log-price quantile buckets of price_bucket.")
+    walks_per_node: int = Field(10, ge=1, description="Walks started at every node with out-edges.")
+    walk_length: int = Field(20, ge=2, description="Nodes per walk (DeepWalk: 40; shorter on session graphs).")
+    p: float = Field(1.0, gt=0, description="Node2Vec return parameter (1/p weights going back).")
+    q: float = Field(0.5, gt=0, description="Node2Vec in-out parameter (1/q weights moving away; < 1: DFS-like).")
+    dim: int = Field(64, ge=2, description="Embedding dimension.")
+    window: int = Field(5, ge=1, description="Skip-gram window (word2vec: 5).")
+    negatives: int = Field(5, ge=1, description="Negatives per positive pair, from unigram^0.75.")
+    epochs: int = Field(5, ge=1, description="Passes over the walks (word2vec: 5).")
+    lr: float = Field(0.025, gt=0, description="SparseAdam learning rate (MovieLens HR@20 of DeepWalk: "
+                      "0.163 at 0.01, 0.176 at 0.025).")
+    batch_size: int = Field(4096, ge=1, description="Skip-gram pairs per step.")
+    shards: int = Field(0, ge=0, description="Walk shards (Ray tasks); 0: 4 per CPU. Never changes the walks.")
+    evaluate: bool = Field(True, description="Train on a held-out graph first and record HitRate@K.")
+    eval_k: list[int] = Field([10, 20, 50], description="K values of HitRate@K.")
+    cold_holdout: float = Field(0.05, ge=0, lt=1, description="Share of graph items held out as cold in the evaluation.")
+
+    def graph_spec(self) -> GraphSpec:
+        return GraphSpec(min_weight=self.min_weight, time_decay_days=self.time_decay_days,
+                         side_fields=tuple(self.side_fields), price_buckets=self.price_buckets)
+
+    def embedding_spec(self) -> EmbeddingSpec:
+        tr = TrainSpec(dim=self.dim, window=self.window, negatives=self.negatives, epochs=self.epochs,
+                       lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+        return EmbeddingSpec(methods=tuple(dict.fromkeys(self.methods)), walks_per_node=self.walks_per_node,
+                             walk_length=self.walk_length, p=self.p, q=self.q, train=tr, shards=self.shards)
+
+
+def _graph(edges: pd.DataFrame, index: pd.Series, n: int) -> Graph:
+    return Graph.from_edges(index[edges["src"]].to_numpy(), index[edges["dst"]].to_numpy(),
+                            edges["weight"].to_numpy(), n)
+
+
+class BuildGraphEmbeddingsJob(Job):
+    name = "build_graph_embeddings"
+    Params = GraphEmbeddingParams
+    description = "Session item graph, weighted DeepWalk / Node2Vec walks on Ray, skip-gram and EGES embeddings with cold start."
+    outputs = ("item_graph", "graph_embeddings", "graph_embedding_metrics")
+
+    def run(self, ctx: RunContext) -> None:
+        p: GraphEmbeddingParams = ctx.params
+        gspec, espec = p.graph_spec(), p.embedding_spec()
+        sessions = ctx.read("sessions").where(F.col("ds") == F.lit(ctx.as_of)).drop("ds")
+        sessions = sessions.persist(StorageLevel.MEMORY_AND_DISK)
+        if sessions.limit(1).count() == 0:
+            raise ValueError(f"sessions has no partition ds={ctx.as_of}: run build_sessions for that date first")
+        items = item_snapshot(ctx)
+        catalog = items.select("item_id")
+        edges = build_edges(sessions, ctx.cutoff, gspec)
+        known = (edges.join(catalog.withColumnRenamed("item_id", "src"), "src", "left_semi")
+                 .join(catalog.withColumnRenamed("item_id", "dst"), "dst", "left_semi"))
+        edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
+        known = known.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            n_edges, n_known = edges.count(), known.count()
+            ctx.row_counts.update({"edges": n_edges, "edges_unknown_item": n_edges - n_known})
+            if n_edges > n_known:
+                ctx.notes["unknown_items"] = (f"{n_edges - n_known} edges touch items missing from the catalog "
+                                              "snapshot: written to item_graph with kept = false")
+            nodes, fields, notes = build_nodes(items, known, gspec)
+            for i, note in enumerate(notes):
+                ctx.notes[f"side_fields.{i}"] = note
+            npdf = nodes.orderBy("item_id").toPandas()
+            n = len(npdf)
+            index = pd.Series(np.arange(n), index=npdf["item_id"].to_numpy())
+            codes = [pd.factorize(npdf[f], sort=True) for f in fields]
+            field_codes = np.stack([c for c, _ in codes], axis=1) if codes else np.zeros((n, 0), dtype=np.int64)
+            vocab = [len(u) for _, u in codes]
+            kept = known.where("kept").select("src", "dst", "weight").toPandas()
+            ctx.row_counts.update({"nodes": n, "edges_kept": len(kept), "cold_items": int(npdf["is_cold"].sum())})
+            if len(kept) == 0:
+                raise QualityGateError("the item graph has no edge: no valid session with two distinct items")
+            if p.evaluate:
+                self._evaluate(ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec, n)
+            fitted = fit(_graph(kept, index, n), field_codes, vocab, fields, espec, seed=p.seed)
+            for m, f in fitted.items():
+                for i, loss in enumerate(f.losses):
+                    ctx.metrics[f"loss.{m}.epoch{i + 1}"] = round(loss, 6)
+                for name, a in f.attention.items():
+                    ctx.metrics[f"eges_attention.{name}"] = a
+                ctx.row_counts[f"vectors.{m}"] = int(f.has_vector.sum())
+            graph_out = edges.join(known.select("src", "dst", F.lit(True).alias("_known")), ["src", "dst"], "left")
+            graph_out = graph_out.withColumn("kept", F.col("kept") & F.col("_known").isNotNull()).drop("_known")
+            ref = ctx.write(graph_out.withColumn("ds", F.lit(ctx.as_of)), "item_graph")
+            ctx.row_counts["item_graph"] = ref.rows
+            ref = ctx.write(self._vectors(ctx, npdf, fitted, p.dim), "graph_embeddings")
+            ctx.row_counts["graph_embeddings"] = ref.rows
+            if ref.rows != n * len(fitted):
+                raise QualityGateError(f"graph_embeddings has {ref.rows} rows, expected {n} items × {len(fitted)} methods")
+        finally:
+            for df in (sessions, edges, known):
+                df.unpersist()
+
+    @staticmethod
+    def _vectors(ctx: RunContext, npdf: pd.DataFrame, fitted: dict[str, Fitted], dim: int):
+        frames = []
+        for m, f in fitted.items():
+            vec = [None if not h else v for v, h in zip(f.vectors.tolist(), f.has_vector)]
+            frames.append(pd.DataFrame({"item_id": npdf["item_id"], "method": m, "vector": vec,
+                                        "is_cold_start": f.cold, "dim": dim, "run_id": ctx.run_id}))
+        out = ctx.spark.createDataFrame(pd.concat(frames, ignore_index=True), EMB_SCHEMA)
+        return out.withColumn("ds", F.lit(ctx.as_of))
+
+    def _evaluate(self, ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec, n) -> None:
+        from recfactory.graph.similarity import SimilaritySpec, apply_caps, neighbor_lists
+
+        ks = tuple(sorted(set(p.eval_k)))
+        kmax = max(ks)
+        valid = sessions.where(F.col("is_valid") & (F.size("items") >= 2))
+        last = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("end_ts"), F.desc("session_id")))
+        s = valid.withColumn("_last", last == 1)
+        size = F.size("items")
+        test = (s.where("_last").select("user_id", F.get("items", size - 2).alias("trigger"),
+                                        F.get("items", size - 1).alias("target"))
+                .where(F.col("trigger") != F.col("target")))
+        train = s.select("user_id", "end_ts", "session_id", F.lit(True).alias("is_valid"),
+                         F.when(F.col("_last"), F.slice("items", 1, size - 1)).otherwise(F.col("items")).alias("items"))
+        catalog = items.select("item_id")
+        tr_edges = (build_edges(train, ctx.cutoff, gspec).where("kept")
+                    .join(catalog.withColumnRenamed("item_id", "src"), "src", "left_semi")
+                    .join(catalog.withColumnRenamed("item_id", "dst"), "dst", "left_semi")
+                    .select("src", "dst", "weight", "transitions").toPandas())
+        graph_items = np.union1d(tr_edges["src"].to_numpy(dtype=object), tr_edges["dst"].to_numpy(dtype=object))
+        h = pd.util.hash_pandas_object(pd.Series(graph_items, dtype=object), index=False,
+                                       hash_key=f"cold{p.seed:012d}"[:16]).to_numpy()
+        cold = set(graph_items[(h % 1_000_000) < p.cold_holdout * 1_000_000])
+        touches = tr_edges["src"].isin(cold) | tr_edges["dst"].isin(cold)
+        cold_pairs = tr_edges[~tr_edges["src"].isin(cold) & tr_edges["dst"].isin(cold)][["src", "dst"]]
+        warm_edges = tr_edges[~touches]
+        fitted = fit(_graph(warm_edges, index, n), field_codes, vocab, fields, espec, seed=p.seed, progress=False)
+        tp = test.toPandas()
+        tp = tp[tp["trigger"].isin(index.index) & tp["target"].isin(index.index)
+                & ~tp["trigger"].isin(cold) & ~tp["target"].isin(cold)]
+        trig, targ = index[tp["trigger"]].to_numpy(), index[tp["target"]].to_numpy()
+        ctrig, ctarg = index[cold_pairs["src"]].to_numpy(), index[cold_pairs["dst"]].to_numpy()
+        rows = []
+
+        def record(split, method, recs, targets, n_items):
+            hr = hit_rate(recs, targets, ks)
+            for k in ks:
+                cov = len(np.unique(recs[:, :k][recs[:, :k] >= 0])) / n_items if n_items else 0.0
+                rows.append((split, method, k, hr[k], cov, len(targets), ctx.as_of))
+                prefix = "hr" if split == "next_item" else "cold_hr"
+                ctx.metrics[f"{prefix}@{k}.{method}"] = round(hr[k], 6)
+
+        n_warm = len(np.union1d(warm_edges["src"], warm_edges["dst"]))
+        for m, f in fitted.items():
+            record("next_item", m, nearest(f.vectors, f.has_vector, trig, kmax), targ, n_warm)
+            record("cold_item", m, nearest(f.vectors, f.has_vector, ctrig, kmax), ctarg, n_warm + len(cold))
+        # baselines on the same training sessions: Swing neighbors and popularity (in-weight)
+        ui = (train.select("user_id", F.explode("items").alias("item_id")).distinct()
+              .where(~F.col("item_id").isin(list(cold)) if cold else F.lit(True))
+              .select("user_id", "item_id", F.lit(1.0).alias("b"), F.lit(0.0).alias("t")))
+        sspec = SimilaritySpec(algos=("swing",), top_k=kmax, seed=p.seed)
+        sw = {r["item_id"]: [x["item_id"] for x in r["neighbors"]]
+              for r in neighbor_lists(apply_caps(ui, sspec), sspec, k=kmax).collect()}
+        inv = index.index.to_numpy()
+        srecs = np.full((len(trig), kmax), -1, dtype=np.int64)
+        for r, t in enumerate(inv[trig]):
+            nb = [index[x] for x in sw.get(t, [])][:kmax]
+            srecs[r, :len(nb)] = nb
+        record("next_item", "swing", srecs, targ, n_warm)
+        pop = warm_edges.groupby("dst")["weight"].sum().sort_values(ascending=False, kind="stable").index[:kmax]
+        prow = np.full(kmax, -1, dtype=np.int64)
+        prow[:len(pop)] = index[pop].to_numpy()
+        record("next_item", "popularity", np.tile(prow, (len(trig), 1)), targ, n_warm)
+        for k in ks:  # expected HitRate of K random items among the warm and held-out items
+            val = min(1.0, k / max(1, n_warm + len(cold) - 1))
+            rows.append(("cold_item", "random", k, val, None, len(ctarg), ctx.as_of))
+            ctx.metrics[f"cold_hr@{k}.random"] = round(val, 6)
+        ctx.row_counts.update({"eval_pairs": len(targ), "eval_cold_pairs": len(ctarg), "eval_cold_items": len(cold)})
+        ctx.write(ctx.spark.createDataFrame(rows, METRICS_SCHEMA), "graph_embedding_metrics")
+
+
+if __name__ == "__main__":
+    from recfactory.jobs.runtime.cli import job_script_main
+
+    job_script_main("build_graph_embeddings")

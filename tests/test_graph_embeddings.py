@@ -1,0 +1,159 @@
+"""Item graph, weighted walks, skip-gram / EGES and the build_graph_embeddings job."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from recfactory.graph.skipgram import context_pairs
+from recfactory.graph.walks import Graph, walk, walk_ids
+
+# a small weighted directed graph with triangles, two-cycles and uneven weights
+SRC = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 1])
+DST = np.array([1, 2, 3, 0, 2, 0, 1, 4, 0, 4, 2, 3, 4])
+W = np.array([1.0, 2.0, 3.0, 1.0, 5.0, 2.0, 1.0, 1.0, 4.0, 1.0, 1.0, 2.0, 2.0])
+
+
+def test_graph_from_edges_sums_duplicates_and_refuses_bad_input():
+    g = Graph.from_edges(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 1]), np.array([1.0, 2.0, 1.0, 9.0]), 2)
+    assert g.indptr.tolist() == [0, 1, 2] and g.indices.tolist() == [1, 0] and g.weights.tolist() == [3.0, 1.0]
+    with pytest.raises(ValueError, match="weights"):
+        Graph.from_edges(np.array([0]), np.array([1]), np.array([0.0]), 2)
+    with pytest.raises(ValueError, match="endpoints"):
+        Graph.from_edges(np.array([0]), np.array([2]), np.array([1.0]), 2)
+
+
+@pytest.mark.parametrize("p,q", [(1.0, 1.0), (0.5, 2.0), (4.0, 0.25)])
+def test_walk_transitions_match_node2vec_probabilities(p, q):
+    """Second-order transitions (t, v) → x are ∝ w(v, x)·α(t, x): chi-square against the exact
+    probabilities for every (t, v), first-order for the first step."""
+    g = Graph.from_edges(SRC, DST, W, 5)
+    w = {(s, d): x for s, d, x in zip(SRC, DST, W)}
+    walks = walk(g.arrays(), walk_ids(5, 30_000), 3, p, q, seed=11)
+    second = Counter(zip(walks[:, 0], walks[:, 1], walks[:, 2]))
+    first = Counter(zip(walks[:, 0], walks[:, 1]))
+    pvalues = []
+    for v in range(5):
+        xs = [d for (s, d) in w if s == v]
+        obs = np.array([first[(v, x)] for x in xs])
+        exp = np.array([w[(v, x)] for x in xs])
+        pvalues.append(chisquare(obs, exp / exp.sum() * obs.sum()).pvalue)
+        for t in range(5):
+            if (t, v) not in w:
+                continue
+            alpha = [1 / p if x == t else (1.0 if (t, x) in w else 1 / q) for x in xs]
+            exp = np.array([w[(v, x)] * a for x, a in zip(xs, alpha)])
+            obs = np.array([second[(t, v, x)] for x in xs])
+            pvalues.append(chisquare(obs, exp / exp.sum() * obs.sum()).pvalue)
+    assert min(pvalues) > 1e-3, pvalues   # seeded: the same walks every run
+
+
+def test_walks_stop_at_sinks_and_do_not_depend_on_sharding():
+    g = Graph.from_edges(np.array([0, 1]), np.array([1, 2]), np.array([1.0, 1.0]), 3)   # 0 → 1 → 2, 2 a sink
+    out = walk(g.arrays(), walk_ids(3, 2, np.array([0, 1])), 4, seed=3)
+    assert out.tolist() == [[0, 1, 2, -1], [1, 2, -1, -1]] * 2
+    g = Graph.from_edges(SRC, DST, W, 5)
+    ids = walk_ids(5, 50)
+    whole = walk(g.arrays(), ids, 6, 0.5, 2.0, seed=5)
+    parts = np.concatenate([walk(g.arrays(), part, 6, 0.5, 2.0, seed=5) for part in np.array_split(ids, 7)])
+    assert np.array_equal(whole, parts)
+    assert not np.array_equal(whole, walk(g.arrays(), ids, 6, 0.5, 2.0, seed=6))
+
+
+def test_context_pairs_equal_brute_force_without_shrinking():
+    walks = np.array([[0, 1, 2, 3], [4, 5, -1, -1]])
+    got = sorted(zip(*context_pairs(walks, 1, np.random.default_rng(0))))
+    want = sorted((a, b) for row in walks.tolist() for i, a in enumerate(row) for j, b in enumerate(row)
+                  if abs(i - j) == 1 and a >= 0 and b >= 0)
+    assert got == want
+    # window 3: distance 1 always kept, distance 3 about a third of the time
+    c, x = context_pairs(np.tile(np.arange(10), (2000, 1)), 3, np.random.default_rng(0))
+    d = Counter(np.abs(c - x).tolist())
+    assert d[1] == 2000 * 9 * 2 and abs(d[3] / (2000 * 7 * 2) - 1 / 3) < 0.02
+
+
+def _communities(k=4, size=25, seed=0):
+    """A planted-partition graph: dense inside k communities, a few edges across."""
+    rng = np.random.default_rng(seed)
+    n = k * size
+    comm = np.repeat(np.arange(k), size)
+    src, dst = [], []
+    for a in range(n):
+        for b in range(n):
+            if a != b and rng.random() < (0.3 if comm[a] == comm[b] else 0.005):
+                src.append(a)
+                dst.append(b)
+    return Graph.from_edges(np.array(src), np.array(dst), np.ones(len(src)), n), comm
+
+
+@pytest.mark.ray
+def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
+    from recfactory.graph.embeddings import EmbeddingSpec, fit, nearest
+    from recfactory.graph.skipgram import TrainSpec
+    from recfactory.graph.walks import random_walks
+
+    g, comm = _communities()
+    # cold nodes: the last 3 of every community lose their edges (EGES still knows their community)
+    cold = np.concatenate([np.arange(c * 25 + 22, c * 25 + 25) for c in range(4)])
+    keep = ~(np.isin(np.repeat(np.arange(g.n), g.degree()), cold) | np.isin(g.indices, cold))
+    src = np.repeat(np.arange(g.n), g.degree())[keep]
+    g = Graph.from_edges(src, g.indices[keep], g.weights[keep], g.n)
+    a, b = random_walks(g, 3, 8, seed=1, shards=1), random_walks(g, 3, 8, seed=1, shards=5)
+    assert np.array_equal(a, b)   # same walks whatever the number of Ray tasks
+    spec = EmbeddingSpec(walks_per_node=10, walk_length=10, train=TrainSpec(dim=16, epochs=3, lr=0.02, seed=1))
+    fitted = fit(g, comm[:, None], [4], ["community"], spec, seed=1, progress=False)
+    warm = np.setdiff1d(np.arange(g.n), cold)
+    for m, f in fitted.items():
+        recs = nearest(f.vectors, f.has_vector, warm, 5)
+        same = (comm[recs] == comm[warm][:, None]).mean()
+        assert same > 0.8, (m, same)                      # random: 0.25
+        assert f.cold[cold].all() and not f.cold[warm].any()
+    assert not fitted["deepwalk"].has_vector[cold].any()  # no walk: no vector, no pretending
+    eges = fitted["eges"]
+    assert eges.has_vector.all() and np.isfinite(eges.vectors).all()
+    recs = nearest(eges.vectors, eges.has_vector, cold, 5)
+    assert (comm[recs] == comm[cold][:, None]).mean() > 0.8
+    assert set(eges.attention) == {"item_id", "community"}
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+def test_build_graph_embeddings_on_movielens(spark, movielens_run):
+    from pyspark.sql import functions as F
+
+    from recfactory.graph.item_graph import GraphSpec, build_edges
+    from recfactory.jobs.runtime.job import run_job
+
+    wh, _ = movielens_run
+    args = ["--warehouse", wh, "--as-of", "1998-04-30"]
+    run_job("build_sessions", args, spark=spark)
+    ctx = run_job("build_graph_embeddings", [*args, "--dim", "16", "--eval-k", "10,20"], spark=spark)
+    emb = spark.read.format("delta").load(f"{wh}/graph_embeddings")
+    items = spark.read.format("delta").load(f"{wh}/items").select("item_id").distinct().count()
+    assert emb.count() == 3 * items == ctx.row_counts["graph_embeddings"]
+    by = {r["method"]: r for r in emb.groupBy("method").agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.col("vector").isNull().cast("int")).alias("null"),
+        F.sum(F.col("is_cold_start").cast("int")).alias("cold"), F.min(F.size("vector")).alias("dmin")).collect()}
+    assert by["eges"]["null"] == 0 and by["eges"]["dmin"] == 16          # every item, cold ones too
+    # cold = no walk visited the item: every item on no kept edge, and rarely a barely reachable one
+    assert by["deepwalk"]["null"] == by["deepwalk"]["cold"] >= ctx.row_counts["cold_items"]
+    assert by["eges"]["cold"] == by["deepwalk"]["cold"]                  # the same walks
+    graph = spark.read.format("delta").load(f"{wh}/item_graph")
+    assert graph.count() == ctx.row_counts["edges"] and graph.where("src = dst").count() == 0
+    # the edges equal a direct count of consecutive distinct items in valid sessions
+    sessions = spark.read.format("delta").load(f"{wh}/sessions").where("is_valid").collect()
+    direct = Counter((a, b) for s in sessions for a, b in zip(s["items"], s["items"][1:]) if a != b)
+    got = {(r["src"], r["dst"]): r["transitions"] for r in graph.collect()}
+    assert got == direct
+    sess = spark.read.format("delta").load(f"{wh}/sessions").drop("ds")
+    assert build_edges(sess, dt.datetime(1998, 5, 1), GraphSpec(min_weight=3)).where("kept").count() == \
+        sum(1 for v in direct.values() if v >= 3)
+    m = ctx.metrics
+    assert m["hr@20.deepwalk"] > m["hr@20.popularity"] and m["hr@20.eges"] > m["hr@20.popularity"]
+    metrics = spark.read.format("delta").load(f"{wh}/graph_embedding_metrics")
+    assert {r["method"] for r in metrics.collect()} >= {"deepwalk", "node2vec", "eges", "swing", "popularity", "random"}
+    assert ctx.notes["side_fields.0"].startswith("side field brand dropped")
