@@ -9,7 +9,7 @@ WAREHOUSE ?= ./warehouse
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: setup run test bench params-doc clean
+.PHONY: setup run test bench bench-deps params-doc clean
 
 setup: $(STAMP)
 
@@ -33,10 +33,20 @@ test: setup
 
 # Benchmarks (never in CI): BENCH_SIZE=small|1m|10m; results in docs/bench/.
 BENCH_SIZE ?= small
-bench: setup
+bench: setup bench-deps
 	BENCH_SIZE=$(BENCH_SIZE) RECFACTORY_DRIVER_MEMORY=$${RECFACTORY_DRIVER_MEMORY:-12g} \
 	RECFACTORY_SHUFFLE_PARTITIONS=$${RECFACTORY_SHUFFLE_PARTITIONS:-16} \
 	$(PY) -m pytest -m slow -s tests
+
+# The benchmarks' peers, not needed by recfactory itself: gensim (wheel), and torch-cluster (PyG's
+# walker; PyPI has only its source, compiled once against the installed torch, CPU only, then
+# cached by pip). Idempotent.
+BENCH_STAMP := $(VENV)/.recfactory-bench-deps
+bench-deps: $(BENCH_STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt gensim==4.4.0
+	FORCE_ONLY_CPU=1 MAX_JOBS=2 $(PY) -m pip install -q --no-build-isolation torch-cluster==1.6.3
+	touch $(BENCH_STAMP)
 
 params-doc: setup
 	@$(PY) -m recfactory params-doc
