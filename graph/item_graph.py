@@ -104,3 +104,19 @@ def unknown_endpoints(edges: DataFrame, items: DataFrame) -> DataFrame:
 def node_index(nodes: DataFrame) -> DataFrame:
     """Dense node ids 0..n−1 in item_id order (the CSR's rows)."""
     return nodes.withColumn("node", (F.row_number().over(Window.orderBy("item_id")) - 1).cast("int"))
+
+
+def leave_last_transition(sessions: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(training sessions, test pairs) for next-item evaluation: each user's last valid session
+    (latest end, ties by session_id) loses its last item; (second-to-last → last) is the user's test
+    pair (trigger, target), unless both are the same item."""
+    valid = sessions.where(F.col("is_valid") & (F.size("items") >= 2))
+    last = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("end_ts"), F.desc("session_id")))
+    s = valid.withColumn("_last", last == 1)
+    size = F.size("items")
+    test = (s.where("_last").select("user_id", F.get("items", size - 2).alias("trigger"),
+                                    F.get("items", size - 1).alias("target"))
+            .where(F.col("trigger") != F.col("target")))
+    train = s.select("user_id", "end_ts", "session_id", F.lit(True).alias("is_valid"),
+                     F.when(F.col("_last"), F.slice("items", 1, size - 1)).otherwise(F.col("items")).alias("items"))
+    return train, test

@@ -23,12 +23,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recfactory.graph.embeddings import METHODS, EmbeddingSpec, Fitted, fit, hit_rate, nearest
-from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, build_edges, build_nodes
+from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, build_edges, build_nodes, leave_last_transition
 from recfactory.graph.skipgram import TrainSpec
 from recfactory.graph.walks import Graph
 from recfactory.jobs.runtime.inputs import item_snapshot
@@ -162,15 +161,7 @@ class BuildGraphEmbeddingsJob(Job):
 
         ks = tuple(sorted(set(p.eval_k)))
         kmax = max(ks)
-        valid = sessions.where(F.col("is_valid") & (F.size("items") >= 2))
-        last = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("end_ts"), F.desc("session_id")))
-        s = valid.withColumn("_last", last == 1)
-        size = F.size("items")
-        test = (s.where("_last").select("user_id", F.get("items", size - 2).alias("trigger"),
-                                        F.get("items", size - 1).alias("target"))
-                .where(F.col("trigger") != F.col("target")))
-        train = s.select("user_id", "end_ts", "session_id", F.lit(True).alias("is_valid"),
-                         F.when(F.col("_last"), F.slice("items", 1, size - 1)).otherwise(F.col("items")).alias("items"))
+        train, test = leave_last_transition(sessions)
         catalog = items.select("item_id")
         tr_edges = (build_edges(train, ctx.cutoff, gspec).where("kept")
                     .join(catalog.withColumnRenamed("item_id", "src"), "src", "left_semi")

@@ -1,0 +1,142 @@
+"""Benchmark (`make bench`, never CI): graph embeddings against their peers, side by side.
+
+- walks/s: our walker (Ray tasks, weighted CSR) against PyG's walker built with torch-cluster
+  (``torch_cluster.random_walk``) on the same unweighted graph, same number of walks and length;
+  ours also weighted, and with Node2Vec's p/q (which torch-cluster can only do unweighted);
+- skip-gram: our SGNS (``graph.skipgram``) against gensim's Word2Vec (sg=1, same walks, dim,
+  window, negatives, epochs, 2 workers) — time and next-item HitRate@20 on the held-out pairs of
+  the job's evaluation (``leave_last_transition``).
+
+Writes docs/bench/graph-<size>.{json,md}. Nothing here asserts a time; a missing peer (torch-cluster
+is compiled from source by `make bench-deps`) is recorded as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recfactory.graph.embeddings import hit_rate, nearest
+from recfactory.graph.item_graph import GraphSpec, build_edges, leave_last_transition
+from recfactory.graph.skipgram import SkipGram, TrainSpec, train
+from recfactory.graph.walks import Graph, random_walks, walk_ids
+from recfactory.jobs.runtime.bench import OUT, SIZES
+from recfactory.jobs.runtime.job import as_of_end, run_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.ray]
+
+DIM, WINDOW, NEG, EPOCHS, WALKS, LENGTH, K = 64, 5, 5, 5, 10, 20, 20
+
+
+def _pyg_walks(g: Graph, starts: np.ndarray, length: int):
+    import torch
+    import torch_cluster
+
+    row = torch.as_tensor(np.repeat(np.arange(g.n), g.degree()))
+    col = torch.as_tensor(g.indices.astype(np.int64))
+    t0 = time.time()
+    out = torch_cluster.random_walk(row, col, torch.as_tensor(starts), length - 1, num_nodes=g.n)
+    return time.time() - t0, out
+
+
+def _gensim(walks: np.ndarray, seed: int):
+    from gensim.models import Word2Vec
+
+    sentences = [[str(x) for x in w[w >= 0]] for w in walks]
+    t0 = time.time()
+    model = Word2Vec(sentences, vector_size=DIM, window=WINDOW, negative=NEG, sg=1, min_count=1,
+                     epochs=EPOCHS, workers=2, seed=seed)
+    return time.time() - t0, model
+
+
+def test_bench_graph(spark, tmp_path):
+    size = os.environ.get("BENCH_SIZE", "small")
+    movielens = size == "movielens"
+    wh = str(tmp_path / "wh")
+    as_of = "1998-04-30" if movielens else "2026-11-28"
+    args = ["--warehouse", wh, "--as-of", as_of]
+    if movielens:
+        run_job("ingest", args, spark=spark)
+    else:
+        run_job("ingest", [*args, "--dataset", "synthetic", "--synthetic-events", str(SIZES[size])], spark=spark)
+    run_job("build_sessions", args, spark=spark)
+    sessions = spark.read.format("delta").load(f"{wh}/sessions").drop("ds")
+    train_s, test = leave_last_transition(sessions)
+    import datetime as dt
+
+    edges = build_edges(train_s, as_of_end(dt.date.fromisoformat(as_of)), GraphSpec()).where("kept").toPandas()
+    tp = test.toPandas()
+    ids = np.union1d(edges["src"].to_numpy(dtype=object), edges["dst"].to_numpy(dtype=object))
+    index = pd.Series(np.arange(len(ids)), index=ids)
+    g = Graph.from_edges(index[edges["src"]].to_numpy(), index[edges["dst"]].to_numpy(), edges["weight"].to_numpy(), len(ids))
+    unweighted = Graph(g.indptr, g.indices, np.ones_like(g.weights))
+    tp = tp[tp["trigger"].isin(index.index) & tp["target"].isin(index.index)]
+    trig, targ = index[tp["trigger"]].to_numpy(), index[tp["target"]].to_numpy()
+    starts = walk_ids(g.n, WALKS, np.flatnonzero(g.degree() > 0))
+    res = {"size": size, "nodes": g.n, "edges": int(len(g.indices)), "walks": int(len(starts)), "walk_length": LENGTH,
+           "test_pairs": int(len(targ)), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+
+    random_walks(unweighted, 1, 3, seed=0, progress=False)        # Ray up and its workers warm
+    rates = {}
+    for name, graph, p, q in (("ours_unweighted", unweighted, 1.0, 1.0), ("ours_weighted", g, 1.0, 1.0),
+                              ("ours_weighted_node2vec_p1_q0.5", g, 1.0, 0.5)):
+        t0 = time.time()
+        walks = random_walks(graph, WALKS, LENGTH, p, q, seed=7, progress=False)
+        rates[name] = round(len(walks) / (time.time() - t0), 1)
+        if name == "ours_weighted":
+            dw_walks = walks
+    try:
+        _pyg_walks(unweighted, starts[:100] % g.n, LENGTH)           # first call loads the extension
+        secs, _ = _pyg_walks(unweighted, starts % g.n, LENGTH)
+        rates["pyg_torch_cluster_unweighted"] = round(len(starts) / secs, 1)
+        res["pyg_skipped"] = None
+    except ImportError as e:
+        res["pyg_skipped"] = f"torch-cluster not installed ({e}); `make bench-deps` compiles it"
+    res["walks_per_s"] = rates
+    res["ratio_walks_ours_to_pyg"] = (round(rates["ours_unweighted"] / rates["pyg_torch_cluster_unweighted"], 2)
+                                      if "pyg_torch_cluster_unweighted" in rates else None)
+
+    spec = TrainSpec(dim=DIM, window=WINDOW, negatives=NEG, epochs=EPOCHS, threads=2, seed=7)
+    model = SkipGram(g.n, DIM)
+    t0 = time.time()
+    train(model, dw_walks, spec, progress=False)
+    res["ours_skipgram_s"] = round(time.time() - t0, 2)
+    seen = np.zeros(g.n, dtype=bool)
+    seen[dw_walks[dw_walks >= 0]] = True
+    res["ours_hr@20"] = round(hit_rate(nearest(model.vectors(), seen, trig, K), targ, (K,))[K], 6)
+    try:
+        secs, w2v = _gensim(dw_walks, 7)
+        vec = np.zeros((g.n, DIM), dtype=np.float32)
+        has = np.zeros(g.n, dtype=bool)
+        for node in range(g.n):
+            if str(node) in w2v.wv.key_to_index:
+                vec[node], has[node] = w2v.wv[str(node)], True
+        res["gensim_s"] = round(secs, 2)
+        res["gensim_hr@20"] = round(hit_rate(nearest(vec, has, trig, K), targ, (K,))[K], 6)
+        res["ratio_skipgram_time_ours_to_gensim"] = round(res["ours_skipgram_s"] / res["gensim_s"], 2)
+        res["gensim_skipped"] = None
+    except ImportError as e:
+        res["gensim_skipped"] = f"gensim not installed ({e}); `make bench-deps` installs it"
+        res.update(gensim_s=None, ratio_skipgram_time_ours_to_gensim=None)
+        res["gensim_hr@20"] = None
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"graph-{size}.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = [f"Graph embeddings, {size}: {g.n:,} nodes, {res['edges']:,} weighted directed edges (the training "
+          f"sessions' item graph), {len(starts):,} walks of {LENGTH} nodes, {res['machine']['cpus']} cores.", "",
+          "| walker | walks/s |", "|---|---|", *[f"| {k} | {v:,} |" for k, v in rates.items()],
+          "", f"Ours / PyG (unweighted, p = q = 1): {res['ratio_walks_ours_to_pyg']}×"
+          + (f" — {res['pyg_skipped']}" if res["pyg_skipped"] else ""), "",
+          f"| skip-gram on the same weighted DeepWalk walks (dim {DIM}, window {WINDOW}, {NEG} negatives, "
+          f"{EPOCHS} epochs) | seconds | HR@{K} |", "|---|---|---|",
+          f"| ours (torch SGNS, SparseAdam, 2 threads) | {res['ours_skipgram_s']} | {res['ours_hr@20']} |",
+          f"| gensim Word2Vec (sg=1, 2 workers) | {res['gensim_s']} | {res['gensim_hr@20']} |", "",
+          f"Time ours / gensim: {res['ratio_skipgram_time_ours_to_gensim']}×"
+          + (f" — {res['gensim_skipped']}" if res["gensim_skipped"] else ""), ""]
+    (OUT / f"graph-{size}.md").write_text("\n".join(md) + "\n")
+    print(json.dumps(res, indent=2))
