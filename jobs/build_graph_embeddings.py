@@ -62,9 +62,8 @@ class GraphEmbeddingParams(JobParams):
     window: int = Field(5, ge=1, description="Skip-gram window (word2vec: 5).")
     negatives: int = Field(5, ge=1, description="Negatives per positive pair, from unigram^0.75.")
     epochs: int = Field(5, ge=1, description="Passes over the walks (word2vec: 5).")
-    lr: float = Field(0.025, gt=0, description="SparseAdam learning rate (MovieLens HR@20 of DeepWalk: "
-                      "0.163 at 0.01, 0.176 at 0.025).")
-    batch_size: int = Field(4096, ge=1, description="Skip-gram pairs per step.")
+    lr: float = Field(0.2, gt=0, description="Row-wise Adagrad learning rate (EGES: SparseAdam at lr/8).")
+    walks_per_batch: int = Field(256, ge=1, description="Walks whose positions form one training step.")
     shards: int = Field(0, ge=0, description="Walk shards (Ray tasks); 0: 4 per CPU. Never changes the walks.")
     evaluate: bool = Field(True, description="Train on a held-out graph first and record HitRate@K.")
     eval_k: list[int] = Field([10, 20, 50], description="K values of HitRate@K.")
@@ -76,7 +75,7 @@ class GraphEmbeddingParams(JobParams):
 
     def embedding_spec(self) -> EmbeddingSpec:
         tr = TrainSpec(dim=self.dim, window=self.window, negatives=self.negatives, epochs=self.epochs,
-                       lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+                       lr=self.lr, walks_per_batch=self.walks_per_batch, seed=self.seed)
         return EmbeddingSpec(methods=tuple(dict.fromkeys(self.methods)), walks_per_node=self.walks_per_node,
                              walk_length=self.walk_length, p=self.p, q=self.q, train=tr, shards=self.shards)
 

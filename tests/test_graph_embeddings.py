@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from recfactory.graph.skipgram import context_pairs
+from recfactory.graph.skipgram import centers_contexts
 from recfactory.graph.walks import Graph, walk, walk_ids
 
 # a small weighted directed graph with triangles, two-cycles and uneven weights
@@ -64,16 +64,37 @@ def test_walks_stop_at_sinks_and_do_not_depend_on_sharding():
     assert not np.array_equal(whole, walk(g.arrays(), ids, 6, 0.5, 2.0, seed=6))
 
 
-def test_context_pairs_equal_brute_force_without_shrinking():
+def test_centers_contexts_equal_brute_force_and_shrink_like_word2vec():
     walks = np.array([[0, 1, 2, 3], [4, 5, -1, -1]])
-    got = sorted(zip(*context_pairs(walks, 1, np.random.default_rng(0))))
+    c, x = centers_contexts(walks, 1, np.random.default_rng(0))
+    got = sorted((a, b) for a, row in zip(c.tolist(), x.tolist()) for b in row if b >= 0)
     want = sorted((a, b) for row in walks.tolist() for i, a in enumerate(row) for j, b in enumerate(row)
                   if abs(i - j) == 1 and a >= 0 and b >= 0)
-    assert got == want
-    # window 3: distance 1 always kept, distance 3 about a third of the time
-    c, x = context_pairs(np.tile(np.arange(10), (2000, 1)), 3, np.random.default_rng(0))
-    d = Counter(np.abs(c - x).tolist())
+    assert got == want and len(c) == 6          # every position with a context is a center
+    # window 3: the center's window b ~ U{1..3}, so distance d is kept with probability (3 − d + 1)/3
+    walks = np.tile(np.arange(10), (2000, 1))
+    c, x = centers_contexts(walks, 3, np.random.default_rng(0))
+    d = Counter(abs(a - b) for a, row in zip(c.tolist(), x.tolist()) for b in row if b >= 0)
     assert d[1] == 2000 * 9 * 2 and abs(d[3] / (2000 * 7 * 2) - 1 / 3) < 0.02
+
+
+@pytest.mark.parametrize("eges", [False, True])
+def test_skipgram_step_descends_its_loss(eges):
+    """The analytic step (row-wise Adagrad) and EGES's autograd step both lower the loss they
+    report on a fixed batch."""
+    import torch
+
+    from recfactory.graph.skipgram import EGES, SkipGram
+
+    torch.manual_seed(0)
+    model = EGES(6, 8, np.arange(6)[:, None] % 2, [2]) if eges else SkipGram(6, 8)
+    c, x = torch.tensor([0, 1, 2]), torch.tensor([[1, -1], [2, 0], [3, -1]])
+    neg = torch.tensor([[4, 5], [5, 4], [4, 4]])
+    first = model.step(c, x, neg, 0.2)
+    assert abs(first - model.loss(c, x, neg).detach().item()) > 0       # the step changed the parameters
+    for _ in range(50):
+        last = model.step(c, x, neg, 0.2)
+    assert last < first * 0.5
 
 
 def _communities(k=4, size=25, seed=0):
@@ -104,7 +125,7 @@ def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
     g = Graph.from_edges(src, g.indices[keep], g.weights[keep], g.n)
     a, b = random_walks(g, 3, 8, seed=1, shards=1), random_walks(g, 3, 8, seed=1, shards=5)
     assert np.array_equal(a, b)   # same walks whatever the number of Ray tasks
-    spec = EmbeddingSpec(walks_per_node=10, walk_length=10, train=TrainSpec(dim=16, epochs=3, lr=0.02, seed=1))
+    spec = EmbeddingSpec(walks_per_node=10, walk_length=10, train=TrainSpec(dim=16, epochs=3, seed=1))
     fitted = fit(g, comm[:, None], [4], ["community"], spec, seed=1, progress=False)
     warm = np.setdiff1d(np.arange(g.n), cold)
     for m, f in fitted.items():
