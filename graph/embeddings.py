@@ -28,7 +28,7 @@ class EmbeddingSpec:
     p: float = 1.0          # node2vec return parameter
     q: float = 0.5          # node2vec in-out parameter (< 1: outward, DFS-like)
     train: TrainSpec = field(default_factory=TrainSpec)
-    shards: int = 0         # walk shards (Ray tasks); 0: 4 per CPU
+    shards: int = 0         # walk shards (Ray tasks); 0: one per CPU
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]

@@ -15,10 +15,13 @@ edges). No O(Σ deg²) table of second-order transitions is ever built:
   probability α(t, x) / max(1/p, 1, 1/q); "t → x exists" is a ``searchsorted`` over the sorted
   edge keys t·n + x. The expected number of proposals per step is at most max(1/p,1,1/q)/min(…).
 
-Randomness is counter-based: every uniform is a hash (SplitMix64) of (seed, walk id, step,
-proposal), so a walk depends only on its id — the same walks for the same seed whatever the
-number of shards or Ray workers. Walk id = round · n + start node. A walk stops early at a node
-without out-edges; the rest of its row is −1.
+Randomness is counter-based: the uniforms of step s, proposal j come from a Philox stream keyed
+by (seed, s, j), and walk number w (its position in the run's list of walk ids) reads position w of
+it — a shard jumps straight to its first walk (Philox's ``advance``). A walk therefore depends only
+on its position, so the walks are the same for the same seed whatever the number of shards or Ray
+workers. Walk id = round · n + start node. When every row's weights are equal (an unweighted
+graph) the draw is direct, indptr[v] + ⌊u·deg(v)⌋, without the search. A walk stops early at a
+node without out-edges; the rest of its row is −1.
 """
 
 from __future__ import annotations
@@ -27,24 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, vectorised (uint64 arithmetic wraps modulo 2^64)."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
-
-
-def uniforms(seed: int, walk: np.ndarray, step: int, proposal: int) -> np.ndarray:
-    """U[0, 1) for each walk id, a pure function of (seed, walk, step, proposal)."""
-    with np.errstate(over="ignore"):
-        x = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + _GOLD * np.uint64(1 + step * 65_537 + proposal))
-        x = _mix(x ^ (walk.astype(np.uint64) * _GOLD))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+def uniforms(seed: int, step: int, proposal: int, start: int, count: int) -> np.ndarray:
+    """U[0, 1) at positions start .. start + count − 1 of the (seed, step, proposal) stream."""
+    bg = np.random.Philox(key=[seed & 0xFFFFFFFFFFFFFFFF, step * 65_537 + proposal])
+    bg.advance(start // 4)                 # a Philox counter step yields four 64-bit outputs
+    raw = bg.random_raw(count + start % 4)[start % 4:]
+    return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
 @dataclass(frozen=True)
@@ -89,59 +80,76 @@ class Graph:
         total = local[self.indptr[1:][rows] - 1]
         key = rows + np.minimum(local / total, 1.0)
         ekey = rows * self.n + self.indices
-        return {"indptr": self.indptr, "indices": self.indices, "key": key, "ekey": ekey}
+        uniform = bool(np.all(self.weights == self.weights[self.indptr[:-1][rows]])) if len(rows) else True
+        return {"indptr": self.indptr, "indices": self.indices, "key": key, "ekey": ekey,
+                "uniform": np.array(uniform)}
+
+
+def _sorted_search(keys: np.ndarray, needles: np.ndarray, side: str) -> np.ndarray:
+    """np.searchsorted with the needles sorted first: NumPy then resumes each search from the
+    previous hit instead of from the whole array (measured 5× faster on 400k edges, 200k walkers)."""
+    order = np.argsort(needles, kind="stable")
+    out = np.empty(len(needles), dtype=np.int64)
+    out[order] = np.searchsorted(keys, needles[order], side=side)
+    return out
 
 
 def _first_order(a: dict, cur: np.ndarray, u: np.ndarray) -> np.ndarray:
     """The next node of walkers at `cur` (all with out-edges), drawn by the uniforms `u`."""
-    e = np.searchsorted(a["key"], cur + u, side="right")
-    e = np.clip(e, a["indptr"][cur], a["indptr"][cur + 1] - 1)
+    lo = a["indptr"][cur]
+    if a["uniform"]:
+        e = lo + (u * (a["indptr"][cur + 1] - lo)).astype(np.int64)
+    else:
+        e = _sorted_search(a["key"], cur + u, "right")
+        e = np.clip(e, lo, a["indptr"][cur + 1] - 1)
     return a["indices"][e].astype(np.int64)
 
 
 def _has_edge(a: dict, t: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
     k = t * n + x
-    pos = np.minimum(np.searchsorted(a["ekey"], k), max(len(a["ekey"]) - 1, 0))
+    pos = np.minimum(_sorted_search(a["ekey"], k, "left"), max(len(a["ekey"]) - 1, 0))
     return a["ekey"][pos] == k if len(a["ekey"]) else np.zeros(len(k), dtype=bool)
 
 
 def walk(a: dict, walk_ids: np.ndarray, length: int, p: float = 1.0, q: float = 1.0,
-         seed: int = 0, max_proposals: int = 10_000) -> np.ndarray:
-    """Walks (len(walk_ids) × length, int32, −1 after an early stop) for the given walk ids; walk
-    id w starts at node w mod n. `a` is ``Graph.arrays()``."""
+         seed: int = 0, offset: int = 0, max_proposals: int = 10_000) -> np.ndarray:
+    """Walks (len(walk_ids) × length, int32, −1 after an early stop); walk id w starts at node
+    w mod n, and walk_ids[i] is walk number offset + i of the run (its random stream position).
+    `a` is ``Graph.arrays()``."""
     if p <= 0 or q <= 0 or length < 1:
         raise ValueError("p and q must be > 0, length >= 1")
     indptr = a["indptr"]
     n = len(indptr) - 1
     walk_ids = np.asarray(walk_ids, dtype=np.int64)
-    out = np.full((len(walk_ids), length), -1, dtype=np.int32)
+    m = len(walk_ids)
+    out = np.full((m, length), -1, dtype=np.int32)
     cur = walk_ids % n
     out[:, 0] = cur
-    prev = np.full(len(walk_ids), -1, dtype=np.int64)
-    alive = np.arange(len(walk_ids))
+    prev = np.full(m, -1, dtype=np.int64)
+    alive = np.arange(m)
     biased = not (p == 1.0 and q == 1.0)
     top = max(1.0 / p, 1.0, 1.0 / q)
     for step in range(1, length):
         alive = alive[indptr[cur[alive] + 1] > indptr[cur[alive]]]
         if not alive.size:
             break
-        nxt = np.empty(alive.size, dtype=np.int64)
-        todo = np.arange(alive.size)
-        for proposal in range(max_proposals):
-            w = walk_ids[alive[todo]]
-            x = _first_order(a, cur[alive[todo]], uniforms(seed, w, step, 2 * proposal))
-            if not biased or step == 1:
-                nxt[todo] = x
-                break
-            t = prev[alive[todo]]
-            alpha = np.where(x == t, 1.0 / p, np.where(_has_edge(a, t, x, n), 1.0, 1.0 / q))
-            ok = uniforms(seed, w, step, 2 * proposal + 1) * top < alpha
-            nxt[todo[ok]] = x[ok]
-            todo = todo[~ok]
-            if not todo.size:
-                break
+        if not biased or step == 1:
+            nxt = _first_order(a, cur[alive], uniforms(seed, step, 0, offset, m)[alive])
         else:
-            raise RuntimeError(f"rejection sampling did not converge in {max_proposals} proposals")
+            nxt = np.empty(alive.size, dtype=np.int64)
+            todo = np.arange(alive.size)
+            for proposal in range(max_proposals):
+                w = alive[todo]
+                x = _first_order(a, cur[w], uniforms(seed, step, 2 * proposal, offset, m)[w])
+                t = prev[w]
+                alpha = np.where(x == t, 1.0 / p, np.where(_has_edge(a, t, x, n), 1.0, 1.0 / q))
+                ok = uniforms(seed, step, 2 * proposal + 1, offset, m)[w] * top < alpha
+                nxt[todo[ok]] = x[ok]
+                todo = todo[~ok]
+                if not todo.size:
+                    break
+            else:
+                raise RuntimeError(f"rejection sampling did not converge in {max_proposals} proposals")
         prev[alive] = cur[alive]
         cur[alive] = nxt
         out[alive, step] = nxt
@@ -157,7 +165,7 @@ def walk_ids(n: int, walks_per_node: int, nodes: np.ndarray | None = None) -> np
 def random_walks(graph: Graph, walks_per_node: int, length: int, p: float = 1.0, q: float = 1.0,
                  seed: int = 0, shards: int = 0, progress: bool = True) -> np.ndarray:
     """All walks of the graph's nodes with out-edges, computed by Ray tasks over shards of walk ids
-    (the CSR put once in the object store). shards = 0: 4 per available CPU. Rows are in walk-id
+    (the CSR put once in the object store). shards = 0: one per CPU (more past 1M walks each). Rows are in walk-id
     order, so the result does not depend on the shard count."""
     import ray
 
@@ -167,11 +175,12 @@ def random_walks(graph: Graph, walks_per_node: int, length: int, p: float = 1.0,
     ids = walk_ids(graph.n, walks_per_node, np.flatnonzero(graph.degree() > 0))
     if not ids.size:
         return np.zeros((0, length), dtype=np.int32)
-    shards = shards or max(1, 4 * int(ray.available_resources().get("CPU", 1)))
-    parts = np.array_split(ids, min(shards, ids.size))
+    # one shard per CPU, more when a shard would pass 1M walks (its output is walks × length ints)
+    shards = shards or max(int(ray.available_resources().get("CPU", 1)), -(-ids.size // 1_000_000))
+    parts = np.array_split(np.arange(ids.size), min(shards, ids.size))
     ref = ray.put(graph.arrays())
     task = ray.remote(num_cpus=1)(walk)
-    futures = [task.remote(ref, part, length, p, q, seed) for part in parts]
+    futures = [task.remote(ref, ids[part], length, p, q, seed, int(part[0])) for part in parts]
     _progress(ray, futures, progress, "walks")
     return np.concatenate(ray.get(futures))
 

@@ -64,7 +64,8 @@ class GraphEmbeddingParams(JobParams):
     epochs: int = Field(5, ge=1, description="Passes over the walks (word2vec: 5).")
     lr: float = Field(0.2, gt=0, description="Row-wise Adagrad learning rate (EGES: SparseAdam at lr/8).")
     walks_per_batch: int = Field(256, ge=1, description="Walks whose positions form one training step.")
-    shards: int = Field(0, ge=0, description="Walk shards (Ray tasks); 0: 4 per CPU. Never changes the walks.")
+    shards: int = Field(0, ge=0, description="Walk shards (Ray tasks); 0: one per CPU (more past 1M walks each). "
+                        "Never changes the walks.")
     evaluate: bool = Field(True, description="Train on a held-out graph first and record HitRate@K.")
     eval_k: list[int] = Field([10, 20, 50], description="K values of HitRate@K.")
     cold_holdout: float = Field(0.05, ge=0, lt=1, description="Share of graph items held out as cold in the evaluation.")

@@ -52,6 +52,24 @@ def test_walk_transitions_match_node2vec_probabilities(p, q):
     assert min(pvalues) > 1e-3, pvalues   # seeded: the same walks every run
 
 
+def test_philox_positions_do_not_depend_on_where_a_shard_starts():
+    from recfactory.graph.walks import uniforms
+
+    full = uniforms(9, 3, 1, 0, 1000)
+    for start in (1, 4, 7, 333, 998):
+        assert np.array_equal(uniforms(9, 3, 1, start, 1000 - start), full[start:])
+    assert not np.array_equal(full, uniforms(9, 3, 2, 0, 1000)) and ((full >= 0) & (full < 1)).all()
+
+
+def test_unweighted_fast_path_draws_uniformly():
+    src, dst = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 0])
+    g = Graph.from_edges(src, dst, np.ones(4), 4)
+    assert bool(g.arrays()["uniform"]) and not bool(Graph.from_edges(src, dst, np.arange(1.0, 5.0), 4).arrays()["uniform"])
+    out = walk(g.arrays(), np.zeros(30_000, dtype=np.int64), 2, seed=1)
+    obs = np.bincount(out[:, 1], minlength=4)[1:]
+    assert chisquare(obs).pvalue > 1e-3
+
+
 def test_walks_stop_at_sinks_and_do_not_depend_on_sharding():
     g = Graph.from_edges(np.array([0, 1]), np.array([1, 2]), np.array([1.0, 1.0]), 3)   # 0 → 1 → 2, 2 a sink
     out = walk(g.arrays(), walk_ids(3, 2, np.array([0, 1])), 4, seed=3)
@@ -59,7 +77,8 @@ def test_walks_stop_at_sinks_and_do_not_depend_on_sharding():
     g = Graph.from_edges(SRC, DST, W, 5)
     ids = walk_ids(5, 50)
     whole = walk(g.arrays(), ids, 6, 0.5, 2.0, seed=5)
-    parts = np.concatenate([walk(g.arrays(), part, 6, 0.5, 2.0, seed=5) for part in np.array_split(ids, 7)])
+    parts = np.concatenate([walk(g.arrays(), ids[pos], 6, 0.5, 2.0, seed=5, offset=int(pos[0]))
+                            for pos in np.array_split(np.arange(len(ids)), 7)])
     assert np.array_equal(whole, parts)
     assert not np.array_equal(whole, walk(g.arrays(), ids, 6, 0.5, 2.0, seed=6))
 
