@@ -52,19 +52,35 @@ def test_walk_transitions_match_node2vec_probabilities(p, q):
     assert min(pvalues) > 1e-3, pvalues   # seeded: the same walks every run
 
 
-def test_philox_positions_do_not_depend_on_where_a_shard_starts():
+def test_uniforms_are_a_pure_function_of_position():
     from recfactory.graph.walks import uniforms
 
-    full = uniforms(9, 3, 1, 0, 1000)
-    for start in (1, 4, 7, 333, 998):
-        assert np.array_equal(uniforms(9, 3, 1, start, 1000 - start), full[start:])
-    assert not np.array_equal(full, uniforms(9, 3, 2, 0, 1000)) and ((full >= 0) & (full < 1)).all()
+    full = uniforms(9, np.arange(20_000), 3, 1)
+    assert np.array_equal(uniforms(9, np.arange(333, 400), 3, 1), full[333:400])
+    assert not np.array_equal(full, uniforms(9, np.arange(20_000), 3, 2))
+    assert ((full >= 0) & (full < 1)).all() and chisquare(np.bincount((full * 10).astype(int))).pvalue > 1e-3
 
 
-def test_unweighted_fast_path_draws_uniformly():
+def test_alias_tables_encode_the_row_distributions_exactly():
+    from recfactory.graph.walks import _alias_tables
+
+    rng = np.random.default_rng(3)
+    deg = np.array([1, 2, 5, 17, 3])
+    indptr = np.concatenate([[0], np.cumsum(deg)]).astype(np.int64)
+    w = rng.random(indptr[-1]) * 10 + 0.01
+    prob, alias = _alias_tables(indptr, w)
+    for v in range(len(deg)):
+        lo, hi = indptr[v], indptr[v + 1]
+        implied = np.zeros(hi - lo)
+        for k in range(lo, hi):          # slot k: itself with prob[k], else its alias
+            implied[k - lo] += prob[k]
+            implied[alias[k] - lo] += 1 - prob[k]
+        assert np.allclose(implied / deg[v], w[lo:hi] / w[lo:hi].sum(), atol=1e-12)
+
+
+def test_unweighted_rows_draw_uniformly():
     src, dst = np.array([0, 0, 0, 1]), np.array([1, 2, 3, 0])
     g = Graph.from_edges(src, dst, np.ones(4), 4)
-    assert bool(g.arrays()["uniform"]) and not bool(Graph.from_edges(src, dst, np.arange(1.0, 5.0), 4).arrays()["uniform"])
     out = walk(g.arrays(), np.zeros(30_000, dtype=np.int64), 2, seed=1)
     obs = np.bincount(out[:, 1], minlength=4)[1:]
     assert chisquare(obs).pvalue > 1e-3
