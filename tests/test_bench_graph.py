@@ -32,6 +32,7 @@ from recfactory.jobs.runtime.job import as_of_end, run_job
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.ray]
 
 DIM, WINDOW, NEG, EPOCHS, WALKS, LENGTH, K = 64, 5, 5, 5, 10, 20, 20
+REPEATS = 3
 
 
 def _pyg_walks(g: Graph, starts: np.ndarray, length: int):
@@ -91,13 +92,16 @@ def test_bench_graph(spark, tmp_path):
     rates = {}
     for name, graph, p, q in (("ours_unweighted", unweighted, 1.0, 1.0), ("ours_weighted", g, 1.0, 1.0),
                               ("ours_weighted_node2vec_p1_q0.5", g, 1.0, 0.5)):
-        t0 = time.time()
-        walks = random_walks(graph, rounds, LENGTH, p, q, seed=7, progress=False)
-        rates[name] = round(len(walks) / (time.time() - t0), 1)
+        best = float("inf")
+        for _ in range(REPEATS):
+            t0 = time.time()
+            walks = random_walks(graph, rounds, LENGTH, p, q, seed=7, progress=False)
+            best = min(best, time.time() - t0)
+        rates[name] = round(len(walks) / best, 1)
     del walks
     try:
         _pyg_walks(unweighted, starts[:100] % g.n, LENGTH)           # first call loads the extension
-        secs, _ = _pyg_walks(unweighted, many % g.n, LENGTH)
+        secs = min(_pyg_walks(unweighted, many % g.n, LENGTH)[0] for _ in range(REPEATS))
         rates["pyg_torch_cluster_unweighted"] = round(len(many) / secs, 1)
         res["pyg_skipped"] = None
     except ImportError as e:
@@ -107,15 +111,20 @@ def test_bench_graph(spark, tmp_path):
                                       if "pyg_torch_cluster_unweighted" in rates else None)
 
     spec = TrainSpec(dim=DIM, window=WINDOW, negatives=NEG, epochs=EPOCHS, threads=2, seed=7)
-    model = SkipGram(g.n, DIM)
-    t0 = time.time()
-    train(model, dw_walks, spec, progress=False)
-    res["ours_skipgram_s"] = round(time.time() - t0, 2)
+    times = []
+    for _ in range(REPEATS):   # best of REPEATS, both sides: single runs here vary by ±30%
+        model = SkipGram(g.n, DIM)
+        t0 = time.time()
+        train(model, dw_walks, spec, progress=False)
+        times.append(round(time.time() - t0, 2))
+    res["ours_skipgram_s"], res["ours_skipgram_runs_s"] = min(times), times
     seen = np.zeros(g.n, dtype=bool)
     seen[dw_walks[dw_walks >= 0]] = True
     res["ours_hr@20"] = round(hit_rate(nearest(model.vectors(), seen, trig, K), targ, (K,))[K], 6)
     try:
-        secs, w2v = _gensim(dw_walks, 7)
+        runs = [_gensim(dw_walks, 7) for _ in range(REPEATS)]
+        secs, w2v = min(r[0] for r in runs), runs[0][1]
+        res["gensim_runs_s"] = [round(r[0], 2) for r in runs]
         vec = np.zeros((g.n, DIM), dtype=np.float32)
         has = np.zeros(g.n, dtype=bool)
         for node in range(g.n):
@@ -133,12 +142,12 @@ def test_bench_graph(spark, tmp_path):
     (OUT / f"graph-{size}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [f"Graph embeddings, {size}: {g.n:,} nodes, {res['edges']:,} weighted directed edges (the training "
           f"sessions' item graph), {len(starts):,} walks of {LENGTH} nodes, {res['machine']['cpus']} cores.", "",
-          f"Walk throughput over {res['throughput_walks']:,} walks (the same for every walker):", "",
+          f"Walk throughput over {res['throughput_walks']:,} walks (the same for every walker; best of {REPEATS}):", "",
           "| walker | walks/s |", "|---|---|", *[f"| {k} | {v:,} |" for k, v in rates.items()],
           "", f"Ours / PyG (unweighted, p = q = 1): {res['ratio_walks_ours_to_pyg']}×"
           + (f" — {res['pyg_skipped']}" if res["pyg_skipped"] else ""), "",
           f"| skip-gram on the same weighted DeepWalk walks (dim {DIM}, window {WINDOW}, {NEG} negatives, "
-          f"{EPOCHS} epochs) | seconds | HR@{K} |", "|---|---|---|",
+          f"{EPOCHS} epochs) | seconds (best of {REPEATS}) | HR@{K} |", "|---|---|---|",
           f"| ours (torch SGNS, row-wise Adagrad, 2 threads) | {res['ours_skipgram_s']} | {res['ours_hr@20']} |",
           f"| gensim Word2Vec (sg=1, 2 workers) | {res['gensim_s']} | {res['gensim_hr@20']} |", "",
           f"Time ours / gensim: {res['ratio_skipgram_time_ours_to_gensim']}×"
