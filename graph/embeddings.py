@@ -80,7 +80,9 @@ def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[st
     from recfactory.jobs.runtime.ray_runtime import init_ray
 
     init_ray()
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    # the training task takes every CPU of one node (the largest alive one): asking for the
+    # cluster's total would never schedule on a multi-node cluster
+    cpus = max([1] + [int(nd["Resources"].get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")])
     tspec = spec.train if spec.train.threads else TrainSpec(**{**spec.train.to_dict(), "threads": cpus})
     task = ray.remote(num_cpus=cpus)(_train_task)
     walks: dict[tuple[float, float], np.ndarray] = {}
