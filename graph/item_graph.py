@@ -93,17 +93,11 @@ def build_nodes(items: DataFrame, edges: DataFrame, spec: GraphSpec) -> tuple[Da
     return nodes, fields, notes
 
 
-def unknown_endpoints(edges: DataFrame, items: DataFrame) -> DataFrame:
-    """Edges whose endpoint is not in the catalog snapshot (counted and reported by the job)."""
+def in_catalog(edges: DataFrame, items: DataFrame) -> DataFrame:
+    """The edges whose two endpoints are catalog items."""
     ids = items.select("item_id")
-    return (edges.join(ids.withColumnRenamed("item_id", "src"), "src", "left_anti")
-            .unionByName(edges.join(ids.withColumnRenamed("item_id", "dst"), "dst", "left_anti"))
-            .select("src", "dst").distinct())
-
-
-def node_index(nodes: DataFrame) -> DataFrame:
-    """Dense node ids 0..n−1 in item_id order (the CSR's rows)."""
-    return nodes.withColumn("node", (F.row_number().over(Window.orderBy("item_id")) - 1).cast("int"))
+    return (edges.join(ids.withColumnRenamed("item_id", "src"), "src", "left_semi")
+            .join(ids.withColumnRenamed("item_id", "dst"), "dst", "left_semi"))
 
 
 def leave_last_transition(sessions: DataFrame) -> tuple[DataFrame, DataFrame]:

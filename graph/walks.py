@@ -135,6 +135,13 @@ class Graph:
         m.sort_indices()
         return cls(m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data.astype(np.float64))
 
+    @classmethod
+    def from_labelled(cls, edges, index) -> "Graph":
+        """From a pandas frame of (src, dst, weight) item ids, `index` mapping every item id to its
+        node (a pandas Series over nodes 0..len(index)−1)."""
+        return cls.from_edges(index[edges["src"]].to_numpy(), index[edges["dst"]].to_numpy(),
+                              edges["weight"].to_numpy(), len(index))
+
     def degree(self) -> np.ndarray:
         return np.diff(self.indptr)
 

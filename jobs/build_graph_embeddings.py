@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recfactory.graph.embeddings import METHODS, EmbeddingSpec, Fitted, fit, hit_rate, nearest
-from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, build_edges, build_nodes, leave_last_transition
+from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, build_edges, build_nodes, in_catalog, leave_last_transition
 from recfactory.graph.skipgram import TrainSpec
 from recfactory.graph.walks import Graph
 from recfactory.jobs.runtime.inputs import item_snapshot
@@ -81,11 +81,6 @@ class GraphEmbeddingParams(JobParams):
                              walk_length=self.walk_length, p=self.p, q=self.q, train=tr, shards=self.shards)
 
 
-def _graph(edges: pd.DataFrame, index: pd.Series, n: int) -> Graph:
-    return Graph.from_edges(index[edges["src"]].to_numpy(), index[edges["dst"]].to_numpy(),
-                            edges["weight"].to_numpy(), n)
-
-
 class BuildGraphEmbeddingsJob(Job):
     name = "build_graph_embeddings"
     Params = GraphEmbeddingParams
@@ -100,10 +95,8 @@ class BuildGraphEmbeddingsJob(Job):
         if sessions.limit(1).count() == 0:
             raise ValueError(f"sessions has no partition ds={ctx.as_of}: run build_sessions for that date first")
         items = item_snapshot(ctx)
-        catalog = items.select("item_id")
         edges = build_edges(sessions, ctx.cutoff, gspec)
-        known = (edges.join(catalog.withColumnRenamed("item_id", "src"), "src", "left_semi")
-                 .join(catalog.withColumnRenamed("item_id", "dst"), "dst", "left_semi"))
+        known = in_catalog(edges, items)
         edges = edges.persist(StorageLevel.MEMORY_AND_DISK)
         known = known.persist(StorageLevel.MEMORY_AND_DISK)
         try:
@@ -126,8 +119,8 @@ class BuildGraphEmbeddingsJob(Job):
             if len(kept) == 0:
                 raise QualityGateError("the item graph has no edge: no valid session with two distinct items")
             if p.evaluate:
-                self._evaluate(ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec, n)
-            fitted = fit(_graph(kept, index, n), field_codes, vocab, fields, espec, seed=p.seed)
+                self._evaluate(ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec)
+            fitted = fit(Graph.from_labelled(kept, index), field_codes, vocab, fields, espec, seed=p.seed)
             for m, f in fitted.items():
                 for i, loss in enumerate(f.losses):
                     ctx.metrics[f"loss.{m}.epoch{i + 1}"] = round(loss, 6)
@@ -156,16 +149,13 @@ class BuildGraphEmbeddingsJob(Job):
         out = ctx.spark.createDataFrame(pd.concat(frames, ignore_index=True), EMB_SCHEMA)
         return out.withColumn("ds", F.lit(ctx.as_of))
 
-    def _evaluate(self, ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec, n) -> None:
+    def _evaluate(self, ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec) -> None:
         from recfactory.graph.similarity import SimilaritySpec, apply_caps, neighbor_lists
 
         ks = tuple(sorted(set(p.eval_k)))
         kmax = max(ks)
         train, test = leave_last_transition(sessions)
-        catalog = items.select("item_id")
-        tr_edges = (build_edges(train, ctx.cutoff, gspec).where("kept")
-                    .join(catalog.withColumnRenamed("item_id", "src"), "src", "left_semi")
-                    .join(catalog.withColumnRenamed("item_id", "dst"), "dst", "left_semi")
+        tr_edges = (in_catalog(build_edges(train, ctx.cutoff, gspec).where("kept"), items)
                     .select("src", "dst", "weight", "transitions").toPandas())
         graph_items = np.union1d(tr_edges["src"].to_numpy(dtype=object), tr_edges["dst"].to_numpy(dtype=object))
         h = pd.util.hash_pandas_object(pd.Series(graph_items, dtype=object), index=False,
@@ -174,7 +164,7 @@ class BuildGraphEmbeddingsJob(Job):
         touches = tr_edges["src"].isin(cold) | tr_edges["dst"].isin(cold)
         cold_pairs = tr_edges[~tr_edges["src"].isin(cold) & tr_edges["dst"].isin(cold)][["src", "dst"]]
         warm_edges = tr_edges[~touches]
-        fitted = fit(_graph(warm_edges, index, n), field_codes, vocab, fields, espec, seed=p.seed, progress=False)
+        fitted = fit(Graph.from_labelled(warm_edges, index), field_codes, vocab, fields, espec, seed=p.seed, progress=False)
         tp = test.toPandas()
         tp = tp[tp["trigger"].isin(index.index) & tp["target"].isin(index.index)
                 & ~tp["trigger"].isin(cold) & ~tp["target"].isin(cold)]

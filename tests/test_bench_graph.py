@@ -75,7 +75,7 @@ def test_bench_graph(spark, tmp_path):
     tp = test.toPandas()
     ids = np.union1d(edges["src"].to_numpy(dtype=object), edges["dst"].to_numpy(dtype=object))
     index = pd.Series(np.arange(len(ids)), index=ids)
-    g = Graph.from_edges(index[edges["src"]].to_numpy(), index[edges["dst"]].to_numpy(), edges["weight"].to_numpy(), len(ids))
+    g = Graph.from_labelled(edges, index)
     unweighted = Graph(g.indptr, g.indices, np.ones_like(g.weights))
     tp = tp[tp["trigger"].isin(index.index) & tp["target"].isin(index.index)]
     trig, targ = index[tp["trigger"]].to_numpy(), index[tp["target"]].to_numpy()
