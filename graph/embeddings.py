@@ -2,8 +2,9 @@
 nearest-neighbour evaluation with faiss. No Spark and no I/O here (the job feeds it arrays).
 
 Methods: ``deepwalk`` (weighted walks, p = q = 1), ``node2vec`` (weighted walks biased by p, q),
-``eges`` (DeepWalk's walks, the EGES model over the side-information fields). Training runs as one
-Ray task that takes every CPU of its node (torch's intra-op threads): the embeddings are sparse
+``eges`` (DeepWalk's walks, the EGES model over the side-information fields). Each method trains
+in one Ray task, submitted together: DeepWalk / Node2Vec on one CPU each (the skip-gram kernel is
+sequential), EGES on every CPU of a node (torch's intra-op threads). The embeddings are sparse
 and small, and data-parallel DDP would all-reduce dense copies of them every step — on a few
 cores that costs more than it saves.
 """
@@ -77,23 +78,23 @@ def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[st
     of every node (EGES); walks are shared between DeepWalk and EGES."""
     import ray
 
-    from recfactory.jobs.runtime.ray_runtime import init_ray
+    from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
 
     init_ray()
-    # the training task takes every CPU of one node (the largest alive one): asking for the
-    # cluster's total would never schedule on a multi-node cluster
-    cpus = max([1] + [int(nd["Resources"].get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")])
+    # EGES trains with torch threads and takes every CPU of one node (`node_cpus`); DeepWalk and
+    # Node2Vec train with the single-threaded skip-gram kernel, one CPU each, side by side
+    cpus = node_cpus()[0]
     tspec = spec.train if spec.train.threads else TrainSpec(**{**spec.train.to_dict(), "threads": cpus})
-    task = ray.remote(num_cpus=cpus)(_train_task)
-    walks: dict[tuple[float, float], np.ndarray] = {}
-    out = {}
+    walks: dict[tuple[float, float], ray.ObjectRef] = {}
+    futures = {}
     for m in spec.methods:
         pq = (spec.p, spec.q) if m == "node2vec" else (1.0, 1.0)
         if pq not in walks:
-            walks[pq] = random_walks(graph, spec.walks_per_node, spec.walk_length, *pq, seed=seed,
-                                     shards=spec.shards, progress=progress)
-        out[m] = ray.get(task.remote(m, walks[pq], graph.n, fields, vocab, field_names, tspec, progress))
-    return out
+            walks[pq] = ray.put(random_walks(graph, spec.walks_per_node, spec.walk_length, *pq, seed=seed,
+                                             shards=spec.shards, progress=progress))
+        task = ray.remote(num_cpus=cpus if m == "eges" else 1)(_train_task)
+        futures[m] = task.remote(m, walks[pq], graph.n, fields, vocab, field_names, tspec, progress)
+    return {m: ray.get(f) for m, f in futures.items()}
 
 
 def nearest(vectors: np.ndarray, valid: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

@@ -12,12 +12,20 @@ with m_v its number of contexts: the negatives are shared by the center's pairs 
 per pair, which keeps the expected objective of per-pair SGNS (each pair still meets `negatives`
 noise draws in expectation) and cuts the memory traffic of a step by ~2.5×.
 
-Training is sparse: a step touches only its batch's rows. ``SkipGram`` applies the gradient
-analytically (no autograd) with row-wise Adagrad — one accumulated squared-gradient scalar per row,
-the optimizer TorchRec/FBGEMM use for embedding tables — and scatters the context updates with one
-sparse-dense product per step. Measured on MovieLens-100K walks (dim 64, window 5, 5 negatives,
-5 epochs, 2 threads): autograd + SparseAdam per pair 22 s and HR@20 0.152; this trainer ~3 s and
-HR@20 0.175.
+Training is sparse: a step touches only the rows of its center, contexts and negatives, with
+row-wise Adagrad — one accumulated squared-gradient scalar per row, the optimizer TorchRec/FBGEMM
+use for embedding tables. The parameters are torch tables (``nn.Embedding``); the SGNS update runs
+as one compiled kernel (numba, over the tables' memory, no copies) that walks the walks itself:
+per center it gathers the window and the negatives, computes the gradient analytically and applies
+it — word2vec's loop, sequential and so deterministic. Measured (dim 64, window 5, 5 negatives,
+5 epochs; docs/bench/graph-*.md): a batched torch step (gathers, bmm, one sparse scatter per step)
+took 1.5–1.8× gensim's 2-worker time; this kernel takes ~0.45× of it on one thread. Randomness is
+counter-based (the walker's SplitMix64 of (seed, epoch·W + walk row, position, draw)), so a walk's
+window draws, subsampling and negatives do not depend on how the epoch is chunked.
+
+Frequent nodes are subsampled as in word2vec (``sample``, 1e-3 as gensim's default): a node of
+walk frequency f is kept with probability (√(f/s) + 1)·s/f, the dropped positions removed before
+windowing.
 
 Why not PyG's ``Node2Vec`` model: it ties the input and context vectors (one table) and draws
 negatives uniformly; both cost quality on popularity-skewed item graphs (and 2.8.1 refuses to start
@@ -25,8 +33,8 @@ without pyg-lib).
 
 ``EGES`` (Wang et al., KDD 2018) replaces the input vector by a per-item attention-weighted mix of
 the item-id embedding and one embedding per side-information field (category, brand, ...):
-H_v = Σ_j e^{a_vj} W_j[v] / Σ_j e^{a_vj}, a_v learned per item; the same loss, through autograd
-with SparseAdam. A cold item (no walk) gets the average of its side-information embeddings (the
+H_v = Σ_j e^{a_vj} W_j[v] / Σ_j e^{a_vj}, a_v learned per item; the same loss on batches of
+centers (``centers_contexts``), through torch autograd with SparseAdam. A cold item (no walk) gets the average of its side-information embeddings (the
 paper's cold start).
 """
 
@@ -35,9 +43,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numba
 import numpy as np
 import torch
 from torch import nn
+
+from recfactory.graph.walks import _alias_tables, _hash
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,8 @@ class TrainSpec:
     negatives: int = 5
     epochs: int = 5
     lr: float = 0.2                 # row-wise Adagrad (SkipGram); EGES's SparseAdam uses lr / 8
-    walks_per_batch: int = 256      # walks whose centers form one step
+    walks_per_batch: int = 256      # EGES: walks whose centers form one step
+    sample: float = 1e-3            # word2vec's subsampling of frequent nodes; 0: off
     threads: int = 0                # torch threads; 0: torch's default
     seed: int = 0
 
@@ -56,16 +68,51 @@ class TrainSpec:
             raise ValueError("dim, window, negatives, epochs, walks_per_batch must be >= 1")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
+        if not 0 <= self.sample < 1:
+            raise ValueError("sample must be in [0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def unigram_cdf(walks: np.ndarray, n: int, power: float = 0.75) -> torch.Tensor:
-    """Cumulative negative-sampling distribution: node frequency in the walks to the power 0.75."""
-    counts = np.bincount(walks[walks >= 0].ravel(), minlength=n).astype(np.float64) ** power
-    total = counts.sum()
-    return torch.as_tensor(np.cumsum(counts) / total if total else counts)
+class Unigram:
+    """Negative-sampling distribution: node frequency in the walks to the power 0.75 (word2vec's),
+    drawn in O(1) from a Vose alias table (a binary search of the CDF took 10% of training)."""
+
+    def __init__(self, walks: np.ndarray, n: int, power: float = 0.75):
+        counts = np.bincount(walks[walks >= 0].ravel(), minlength=n).astype(np.float64)
+        self.weights = counts ** power
+        self.empty = not self.weights.sum()
+        prob, alias = _alias_tables(np.array([0, n], dtype=np.int64), np.where(self.weights > 0, self.weights, 0.0))
+        self.prob_np, self.alias_np = prob, alias
+        self.prob, self.alias = torch.as_tensor(prob), torch.as_tensor(alias)
+
+    def probabilities(self) -> np.ndarray:
+        return self.weights / self.weights.sum()
+
+    def draw(self, size: int, gen: torch.Generator) -> torch.Tensor:
+        k = torch.randint(len(self.prob), (size,), generator=gen)
+        coin = torch.rand(size, generator=gen, dtype=torch.float64)
+        return torch.where(coin < self.prob[k], k, self.alias[k])
+
+
+def subsample(walks: np.ndarray, keep: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+    """word2vec's subsampling of frequent nodes: each position is kept with its node's probability
+    `keep`, and the kept nodes of a walk move left over the dropped ones (word2vec drops them
+    before windowing, so windows reach past them); −1 pads the rest."""
+    ok = (walks >= 0) & (gen.random(walks.shape) < keep[np.maximum(walks, 0)])
+    order = np.argsort(~ok, axis=1, kind="stable")
+    return np.where(np.take_along_axis(ok, order, 1), np.take_along_axis(walks, order, 1), -1)
+
+
+def keep_probability(walks: np.ndarray, n: int, sample: float) -> np.ndarray:
+    """word2vec's keep probability of a node of frequency f: (√(f/s) + 1)·s/f, capped at 1."""
+    counts = np.bincount(walks[walks >= 0].ravel(), minlength=n).astype(np.float64)
+    f = counts / max(counts.sum(), 1.0)
+    if not sample:
+        return np.ones(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(f > 0, np.minimum(1.0, (np.sqrt(f / sample) + 1) * sample / f), 1.0)
 
 
 def centers_contexts(walks: np.ndarray, window: int, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +129,120 @@ def centers_contexts(walks: np.ndarray, window: int, gen: np.random.Generator) -
     centers = walks.reshape(-1)
     keep = (centers >= 0) & (ctx >= 0).any(1)
     return centers[keep].astype(np.int64), ctx[keep].astype(np.int64)
+
+
+_U32 = 2.3283064365386963e-10      # 2^-32
+
+
+@numba.njit(cache=True, fastmath=True)
+def _center(emb, ctx, g_emb, g_ctx, v, slots, s, cnt, lr, h, gh, coef):
+    """SGNS + row-wise Adagrad update of center v: slots[:cnt] its contexts, slots[cnt:s] its
+    negatives (weighted by cnt, shared by the center's pairs). Returns the center's loss."""
+    d = emb.shape[1]
+    loss, hn = 0.0, 0.0
+    for q in range(d):
+        h[q] = emb[v, q]
+        gh[q] = 0.0
+        hn += h[q] * h[q]
+    for t in range(s):
+        u = slots[t]
+        dot = 0.0
+        for q in range(d):
+            dot += h[q] * ctx[u, q]
+        if t < cnt:
+            sg = 1.0 / (1.0 + math.exp(-dot))                 # σ(h·c)
+            loss -= math.log(max(sg, 1e-30))
+            coef[t] = sg - 1.0
+        else:
+            sg = 1.0 / (1.0 + math.exp(dot))                  # σ(−h·n)
+            loss -= cnt * math.log(max(sg, 1e-30))
+            coef[t] = (1.0 - sg) * cnt
+        for q in range(d):
+            gh[q] += coef[t] * ctx[u, q]
+    for t in range(s):                  # all squared gradients first, as a batched step would
+        g_ctx[slots[t]] += coef[t] * coef[t] * hn / d
+    for t in range(s):
+        u = slots[t]
+        a = -lr * coef[t] / (math.sqrt(g_ctx[u]) + 1e-10)
+        for q in range(d):
+            ctx[u, q] += a * h[q]
+    gn = 0.0
+    for q in range(d):
+        gn += gh[q] * gh[q]
+    g_emb[v] += gn / d
+    a = -lr / (math.sqrt(g_emb[v]) + 1e-10)
+    for q in range(d):
+        emb[v, q] += a * gh[q]
+    return loss
+
+
+@numba.njit(cache=True)
+def _train_walks(emb, ctx, g_emb, g_ctx, walks, rows, keep, prob, alias, window, negatives, lr, seed, epoch):
+    """One pass over walks[rows] in that order: subsampling, shrunk windows, alias negatives, and
+    `_center` for every center with a context. Returns (summed loss, centers)."""
+    length, nodes = walks.shape[1], len(prob)
+    kept = np.empty(length, dtype=np.int64)
+    slots = np.empty(2 * window + negatives, dtype=np.int64)
+    coef = np.empty(2 * window + negatives)
+    h = np.empty(emb.shape[1], dtype=emb.dtype)
+    gh = np.empty(emb.shape[1], dtype=emb.dtype)
+    total, centers = 0.0, 0
+    for r in rows:
+        pos = np.int64(epoch) * walks.shape[0] + r
+        m = 0
+        for j in range(length):
+            v = walks[r, j]
+            if v < 0:
+                break
+            if keep[v] < 1.0 and np.float64(_hash(seed, pos, j, 0) >> np.uint64(11)) * (1.0 / 9007199254740992.0) >= keep[v]:
+                continue
+            kept[m] = v
+            m += 1
+        for c in range(m):
+            b = 1 + np.int64(_hash(seed, pos, c, 1) % np.uint64(window))
+            s = 0
+            for j in range(max(0, c - b), min(m, c + b + 1)):
+                if j != c:
+                    slots[s] = kept[j]
+                    s += 1
+            if s == 0:
+                continue
+            cnt = s
+            for t in range(negatives):
+                x = _hash(seed, pos, c, 2 + t)          # one hash: the alias slot and its coin
+                k = min(np.int64(np.float64(x >> np.uint64(32)) * nodes * _U32), nodes - 1)
+                if np.float64(x & np.uint64(0xFFFFFFFF)) * _U32 >= prob[k]:
+                    k = alias[k]
+                slots[s] = k
+                s += 1
+            total += _center(emb, ctx, g_emb, g_ctx, kept[c], slots, s, cnt, lr, h, gh, coef)
+            centers += 1
+    return total, centers
+
+
+@numba.njit(cache=True)
+def _train_batch(emb, ctx, g_emb, g_ctx, centers, contexts, negatives, lr):
+    """`_center` over explicit (centers, contexts −1-padded, negatives) rows, in order."""
+    w, k = contexts.shape[1], negatives.shape[1]
+    slots = np.empty(w + k, dtype=np.int64)
+    coef = np.empty(w + k)
+    h = np.empty(emb.shape[1], dtype=emb.dtype)
+    gh = np.empty(emb.shape[1], dtype=emb.dtype)
+    total = 0.0
+    for i in range(len(centers)):
+        s = 0
+        for j in range(w):
+            if contexts[i, j] >= 0:
+                slots[s] = contexts[i, j]
+                s += 1
+        if s == 0:
+            continue
+        cnt = s
+        for j in range(k):
+            slots[s] = negatives[i, j]
+            s += 1
+        total += _center(emb, ctx, g_emb, g_ctx, centers[i], slots, s, cnt, lr, h, gh, coef)
+    return total
 
 
 class SkipGram(nn.Module):
@@ -108,34 +269,25 @@ class SkipGram(nn.Module):
         per = -(nn.functional.logsigmoid(pos) * mask).sum(1) - mask.sum(1) * nn.functional.logsigmoid(-neg).sum(1)
         return per.mean()
 
+    def _tables(self):
+        return (self.emb.weight.detach().numpy(), self.ctx.weight.detach().numpy(),
+                self.g_emb.numpy(), self.g_ctx.numpy())
+
     @torch.no_grad()
     def step(self, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor, lr: float) -> float:
-        """One analytic SGD step of the summed center losses with row-wise Adagrad; returns the
-        mean center loss before the step."""
-        emb, ctx, d = self.emb.weight, self.ctx.weight, self.emb.embedding_dim
-        mask = (contexts >= 0).float()
-        xc = contexts.clamp(min=0)
-        h, u, nv = emb[centers], ctx[xc], ctx[negatives]
-        pos = torch.bmm(u, h.unsqueeze(-1)).squeeze(-1)
-        neg = torch.bmm(nv, h.unsqueeze(-1)).squeeze(-1)
-        cnt = mask.sum(1, keepdim=True)
-        loss = -(nn.functional.logsigmoid(pos) * mask).sum(1) - cnt.squeeze(1) * nn.functional.logsigmoid(-neg).sum(1)
-        sp = (torch.sigmoid(pos) - 1) * mask                   # ∂loss/∂(h·c) of the contexts
-        sn = torch.sigmoid(neg) * cnt                          # … of the negatives
-        gh = torch.bmm(sp.unsqueeze(1), u).squeeze(1) + torch.bmm(sn.unsqueeze(1), nv).squeeze(1)
-        # context rows get coef·h: their squared norms are coef²·|h|², no need to materialise them
-        idx = torch.cat([xc, negatives], 1).reshape(-1)
-        coef = torch.cat([sp, sn], 1)
-        self.g_ctx.index_add_(0, idx, (coef * coef * (h * h).sum(1, keepdim=True)).reshape(-1) / d)
-        self.g_emb.index_add_(0, centers, (gh * gh).sum(1) / d)
-        emb.index_add_(0, centers, gh * (-lr / (self.g_emb[centers].sqrt() + 1e-10)).unsqueeze(1))
-        a = coef * (-lr / (self.g_ctx[idx].reshape(coef.shape).sqrt() + 1e-10))
-        uniq, inv = torch.unique(idx, return_inverse=True)
-        cols = torch.arange(len(centers)).repeat_interleave(coef.shape[1])
-        scatter = torch.sparse_coo_tensor(torch.stack([inv, cols]), a.reshape(-1), (len(uniq), len(centers)),
-                                          check_invariants=False)
-        ctx.index_add_(0, uniq, torch.sparse.mm(scatter, h))
-        return float(loss.mean())
+        """SGNS + row-wise Adagrad over the batch's centers, one after the other (the compiled
+        kernel); returns their mean loss, each taken just before its own update."""
+        c = centers.numpy().astype(np.int64)
+        total = _train_batch(*self._tables(), c, contexts.numpy().astype(np.int64),
+                             negatives.numpy().astype(np.int64), float(lr))
+        return total / max(int((contexts >= 0).any(1).sum()), 1)
+
+    def fit_walks(self, walks: np.ndarray, rows: np.ndarray, keep: np.ndarray, noise: "Unigram",
+                  spec: TrainSpec, epoch: int) -> tuple[float, int]:
+        """One pass of the compiled kernel over walks[rows]: (summed loss, centers)."""
+        with torch.no_grad():
+            return _train_walks(*self._tables(), walks, rows, keep, noise.prob_np, noise.alias_np,
+                                spec.window, spec.negatives, float(spec.lr), np.uint64(spec.seed), epoch)
 
     @torch.no_grad()
     def vectors(self) -> np.ndarray:
@@ -195,7 +347,8 @@ class EGES(SkipGram):
 
 def train(model: SkipGram, walks: np.ndarray, spec: TrainSpec, progress: bool = True) -> list[float]:
     """Trains `model` on the walks; returns the mean center loss of each epoch. Seeded (spec.seed):
-    the walk order, the window shrinking and the negatives come from seeded generators."""
+    the walk order, the subsampling, the window shrinking and the negatives come from seeded
+    generators."""
     from tqdm.auto import tqdm
 
     if spec.threads:
@@ -203,22 +356,36 @@ def train(model: SkipGram, walks: np.ndarray, spec: TrainSpec, progress: bool = 
     gen = np.random.default_rng(spec.seed)
     tgen = torch.Generator().manual_seed(spec.seed)
     n = model.emb.num_embeddings
-    cdf = unigram_cdf(walks, n)
-    if not len(walks) or float(cdf[-1]) == 0:
+    noise = Unigram(walks, n)
+    if not len(walks) or noise.empty:
         return []
+    keep = keep_probability(walks, n, spec.sample)
     losses = []
+    if type(model) is SkipGram:
+        walks = np.ascontiguousarray(walks, dtype=np.int32)
+        chunks = max(1, math.ceil(len(walks) / max(spec.walks_per_batch * 64, 1)))   # progress granularity
+        for epoch in range(spec.epochs):
+            order = gen.permutation(len(walks))
+            total, centers = 0.0, 0
+            for part in tqdm(np.array_split(order, chunks), desc=f"skip-gram epoch {epoch + 1}/{spec.epochs}",
+                             disable=not progress, mininterval=5.0):
+                t, c = model.fit_walks(walks, part, keep, noise, spec, epoch)
+                total, centers = total + t, centers + c
+            losses.append(total / max(centers, 1))
+        return losses
     batches = math.ceil(len(walks) / spec.walks_per_batch)
     for epoch in range(spec.epochs):
         order = gen.permutation(len(walks))
         total, steps = 0.0, 0
-        for b in tqdm(range(batches), desc=f"skip-gram epoch {epoch + 1}/{spec.epochs}", disable=not progress,
+        for b in tqdm(range(batches), desc=f"EGES epoch {epoch + 1}/{spec.epochs}", disable=not progress,
                       mininterval=5.0):
-            c, x = centers_contexts(walks[order[b * spec.walks_per_batch:(b + 1) * spec.walks_per_batch]],
-                                    spec.window, gen)
+            chunk = walks[order[b * spec.walks_per_batch:(b + 1) * spec.walks_per_batch]]
+            if spec.sample:
+                chunk = subsample(chunk, keep, gen)
+            c, x = centers_contexts(chunk, spec.window, gen)
             if not len(c):
                 continue
-            neg = torch.searchsorted(cdf, torch.rand(len(c) * spec.negatives, generator=tgen, dtype=torch.float64))
-            neg = neg.clamp_(max=n - 1).view(-1, spec.negatives)
+            neg = noise.draw(len(c) * spec.negatives, tgen).view(-1, spec.negatives)
             total += model.step(torch.as_tensor(c), torch.as_tensor(x), neg, spec.lr)
             steps += 1
         losses.append(total / max(steps, 1))

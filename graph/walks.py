@@ -163,60 +163,75 @@ def _has_edge(indptr, indices, t, x):
     return lo < indptr[t + 1] and indices[lo] == x
 
 
-@numba.njit(cache=True, nogil=True)
-def _walk(indptr, indices, prob, alias, starts, offset, length, p, q, seed, max_proposals):
+@numba.njit(cache=True, inline="always")
+def _walk_one(indptr, indices, prob, alias, out, i, start, pos, length, p, q, biased, top, seed, max_proposals):
+    """Walk number `pos` of the run from `start` into out[i]; False if rejection sampling failed."""
+    cur = start
+    prev = -1
+    out[i, 0] = cur
+    for step in range(1, length):
+        lo = indptr[cur]
+        deg = indptr[cur + 1] - lo
+        if deg == 0:
+            break
+        x = -1
+        for j in range(max_proposals):
+            # one 64-bit hash, two 32-bit uniforms: the alias slot and its coin
+            h = _hash(seed, pos, step, 2 * j)
+            k = lo + min(np.int64(np.float64(h >> np.uint64(32)) * deg * 2.3283064365386963e-10), deg - 1)
+            if np.float64(h & np.uint64(0xFFFFFFFF)) * 2.3283064365386963e-10 >= prob[k]:
+                k = alias[k]
+            x = indices[k]
+            if not biased or step == 1:
+                break
+            if x == prev:
+                a = 1.0 / p
+            elif _has_edge(indptr, indices, prev, x):
+                a = 1.0
+            else:
+                a = 1.0 / q
+            if _uniform(seed, pos, step, 2 * j + 1) * top < a:
+                break
+            x = -1
+        if x < 0:
+            return False
+        prev = cur
+        cur = x
+        out[i, step] = x
+    return True
+
+
+@numba.njit(cache=True, parallel=True)
+def _walk(indptr, indices, prob, alias, starts, offset, length, p, q, seed, max_proposals, blocks):
+    """All walks, in `blocks` split over numba's threads (each walk writes its own row)."""
     m = len(starts)
     out = np.full((m, length), -1, dtype=np.int32)
     biased = not (p == 1.0 and q == 1.0)
     top = max(1.0 / p, max(1.0, 1.0 / q))
-    for i in range(m):
-        pos = offset + i
-        cur = starts[i]
-        prev = -1
-        out[i, 0] = cur
-        for step in range(1, length):
-            lo = indptr[cur]
-            deg = indptr[cur + 1] - lo
-            if deg == 0:
+    blocks = max(1, min(m, blocks))
+    ok = np.ones(blocks, dtype=np.bool_)
+    for blk in numba.prange(blocks):
+        for i in range(blk * m // blocks, (blk + 1) * m // blocks):
+            if not _walk_one(indptr, indices, prob, alias, out, i, starts[i], offset + i, length, p, q,
+                             biased, top, seed, max_proposals):
+                ok[blk] = False
                 break
-            x = -1
-            for j in range(max_proposals):
-                # one 64-bit hash, two 32-bit uniforms: the alias slot and its coin
-                h = _hash(seed, pos, step, 2 * j)
-                k = lo + min(np.int64(np.float64(h >> np.uint64(32)) * deg * 2.3283064365386963e-10), deg - 1)
-                if np.float64(h & np.uint64(0xFFFFFFFF)) * 2.3283064365386963e-10 >= prob[k]:
-                    k = alias[k]
-                x = indices[k]
-                if not biased or step == 1:
-                    break
-                if x == prev:
-                    a = 1.0 / p
-                elif _has_edge(indptr, indices, prev, x):
-                    a = 1.0
-                else:
-                    a = 1.0 / q
-                if _uniform(seed, pos, step, 2 * j + 1) * top < a:
-                    break
-                x = -1
-            if x < 0:
-                return out, False
-            prev = cur
-            cur = x
-            out[i, step] = x
-    return out, True
+    return out, ok.all()
 
 
 def walk(a: dict, walk_ids: np.ndarray, length: int, p: float = 1.0, q: float = 1.0,
-         seed: int = 0, offset: int = 0, max_proposals: int = 10_000) -> np.ndarray:
+         seed: int = 0, offset: int = 0, max_proposals: int = 10_000, threads: int = 1) -> np.ndarray:
     """Walks (len(walk_ids) × length, int32, −1 after an early stop); walk id w starts at node
     w mod n, and walk_ids[i] is walk number offset + i of the run (its random stream position).
-    `a` is ``Graph.arrays()``."""
+    `a` is ``Graph.arrays()``; `threads` numba threads share the walks (never changes them)."""
     if p <= 0 or q <= 0 or length < 1:
         raise ValueError("p and q must be > 0, length >= 1")
+    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
     n = len(a["indptr"]) - 1
     starts = np.asarray(walk_ids, dtype=np.int64) % max(n, 1)
     out, ok = _walk(a["indptr"], a["indices"], a["prob"], a["alias"], starts, np.int64(offset), int(length),
-                    float(p), float(q), np.uint64(seed & 0xFFFFFFFFFFFFFFFF), int(max_proposals))
+                    float(p), float(q), np.uint64(seed & 0xFFFFFFFFFFFFFFFF), int(max_proposals), 8 * threads)
     if not ok:
         raise RuntimeError(f"rejection sampling did not converge in {max_proposals} proposals")
     return out
@@ -231,24 +246,27 @@ def walk_ids(n: int, walks_per_node: int, nodes: np.ndarray | None = None) -> np
 def random_walks(graph: Graph, walks_per_node: int, length: int, p: float = 1.0, q: float = 1.0,
                  seed: int = 0, shards: int = 0, progress: bool = True) -> np.ndarray:
     """All walks of the graph's nodes with out-edges, computed by Ray tasks over shards of walk ids
-    (the CSR put once in the object store). shards = 0: one per CPU (more past 1M walks each). Rows are in walk-id
-    order, so the result does not depend on the shard count."""
+    (the CSR put once in the object store), each shard's walks shared by its task's threads.
+    shards = 0: one per node's worth of CPUs, more past 4M walks each (a shard's output is
+    walks × length ints). Rows are in walk-id order: the result does not depend on the shards."""
     import ray
 
-    from recfactory.jobs.runtime.ray_runtime import init_ray
+    from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
 
     init_ray()
     ids = walk_ids(graph.n, walks_per_node, np.flatnonzero(graph.degree() > 0))
     if not ids.size:
         return np.zeros((0, length), dtype=np.int32)
-    # one shard per CPU, more when a shard would pass 1M walks (its output is walks × length ints)
-    shards = shards or max(int(ray.available_resources().get("CPU", 1)), -(-ids.size // 1_000_000))
-    parts = np.array_split(np.arange(ids.size), min(shards, ids.size))
+    per_node, total = node_cpus()
+    shards = min(shards or max(-(-total // per_node), -(-ids.size // 4_000_000)), ids.size)
+    threads = max(1, min(per_node, total // shards))
+    parts = np.array_split(np.arange(ids.size), shards)
     ref = ray.put(graph.arrays())
-    task = ray.remote(num_cpus=1)(walk)
-    futures = [task.remote(ref, ids[part], length, p, q, seed, int(part[0])) for part in parts]
+    task = ray.remote(num_cpus=threads)(walk)
+    futures = [task.remote(ref, ids[part], length, p, q, seed, int(part[0]), threads=threads) for part in parts]
     _progress(ray, futures, progress, "walks")
-    return np.concatenate(ray.get(futures))
+    out = ray.get(futures)
+    return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 def _progress(ray, futures: list, enabled: bool, what: str) -> None:

@@ -63,7 +63,9 @@ class GraphEmbeddingParams(JobParams):
     negatives: int = Field(5, ge=1, description="Negatives per positive pair, from unigram^0.75.")
     epochs: int = Field(5, ge=1, description="Passes over the walks (word2vec: 5).")
     lr: float = Field(0.2, gt=0, description="Row-wise Adagrad learning rate (EGES: SparseAdam at lr/8).")
-    walks_per_batch: int = Field(256, ge=1, description="Walks whose positions form one training step.")
+    sample: float = Field(1e-3, ge=0, lt=1, description="word2vec's subsampling of frequent nodes: a node of walk "
+                          "frequency f is kept with probability (√(f/s) + 1)·s/f; 0: off.")
+    walks_per_batch: int = Field(256, ge=1, description="EGES: walks whose positions form one training step.")
     shards: int = Field(0, ge=0, description="Walk shards (Ray tasks); 0: one per CPU (more past 1M walks each). "
                         "Never changes the walks.")
     evaluate: bool = Field(True, description="Train on a held-out graph first and record HitRate@K.")
@@ -76,7 +78,7 @@ class GraphEmbeddingParams(JobParams):
 
     def embedding_spec(self) -> EmbeddingSpec:
         tr = TrainSpec(dim=self.dim, window=self.window, negatives=self.negatives, epochs=self.epochs,
-                       lr=self.lr, walks_per_batch=self.walks_per_batch, seed=self.seed)
+                       lr=self.lr, walks_per_batch=self.walks_per_batch, sample=self.sample, seed=self.seed)
         return EmbeddingSpec(methods=tuple(dict.fromkeys(self.methods)), walks_per_node=self.walks_per_node,
                              walk_length=self.walk_length, p=self.p, q=self.q, train=tr, shards=self.shards)
 
@@ -181,9 +183,9 @@ class BuildGraphEmbeddingsJob(Job):
                 ctx.metrics[f"{prefix}@{k}.{method}"] = round(hr[k], 6)
 
         n_warm = len(np.union1d(warm_edges["src"], warm_edges["dst"]))
-        for m, f in fitted.items():
-            record("next_item", m, nearest(f.vectors, f.has_vector, trig, kmax), targ, n_warm)
-            record("cold_item", m, nearest(f.vectors, f.has_vector, ctrig, kmax), ctarg, n_warm + len(cold))
+        for m, f in fitted.items():   # coverage over the items the method can recommend (has a vector for)
+            record("next_item", m, nearest(f.vectors, f.has_vector, trig, kmax), targ, int(f.has_vector.sum()))
+            record("cold_item", m, nearest(f.vectors, f.has_vector, ctrig, kmax), ctarg, int(f.has_vector.sum()))
         # baselines on the same training sessions: Swing neighbors and popularity (in-weight)
         ui = (train.select("user_id", F.explode("items").alias("item_id")).distinct()
               .where(~F.col("item_id").isin(list(cold)) if cold else F.lit(True))

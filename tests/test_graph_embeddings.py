@@ -86,7 +86,7 @@ def test_unweighted_rows_draw_uniformly():
     assert chisquare(obs).pvalue > 1e-3
 
 
-def test_walks_stop_at_sinks_and_do_not_depend_on_sharding():
+def test_walks_stop_at_sinks_and_do_not_depend_on_sharding_or_threads():
     g = Graph.from_edges(np.array([0, 1]), np.array([1, 2]), np.array([1.0, 1.0]), 3)   # 0 → 1 → 2, 2 a sink
     out = walk(g.arrays(), walk_ids(3, 2, np.array([0, 1])), 4, seed=3)
     assert out.tolist() == [[0, 1, 2, -1], [1, 2, -1, -1]] * 2
@@ -96,6 +96,7 @@ def test_walks_stop_at_sinks_and_do_not_depend_on_sharding():
     parts = np.concatenate([walk(g.arrays(), ids[pos], 6, 0.5, 2.0, seed=5, offset=int(pos[0]))
                             for pos in np.array_split(np.arange(len(ids)), 7)])
     assert np.array_equal(whole, parts)
+    assert np.array_equal(whole, walk(g.arrays(), ids, 6, 0.5, 2.0, seed=5, threads=2))
     assert not np.array_equal(whole, walk(g.arrays(), ids, 6, 0.5, 2.0, seed=6))
 
 
@@ -130,6 +131,71 @@ def test_skipgram_step_descends_its_loss(eges):
     for _ in range(50):
         last = model.step(c, x, neg, 0.2)
     assert last < first * 0.5
+
+
+def test_skipgram_kernel_applies_adagrad_to_the_autograd_gradient():
+    """The compiled SGNS update of one center equals row-wise Adagrad applied to the autograd
+    gradient of `SkipGram.loss` (contexts and negatives weighted by the context count)."""
+    import torch
+
+    from recfactory.graph.skipgram import SkipGram
+
+    torch.manual_seed(0)
+    model = SkipGram(6, 8)
+    torch.nn.init.normal_(model.ctx.weight, std=0.3)
+    torch.nn.init.normal_(model.emb.weight, std=0.3)
+    model.g_emb += 0.5
+    model.g_ctx += 0.25
+    c, x, neg = torch.tensor([0]), torch.tensor([[1, 2, -1]]), torch.tensor([[4, 5]])
+    emb0, ctx0 = model.emb.weight.detach().clone(), model.ctx.weight.detach().clone()
+    ge0, gc0 = model.g_emb.clone(), model.g_ctx.clone()
+    loss = model.loss(c, x, neg)
+    loss.backward()
+    ge_, gc_ = model.emb.weight.grad.to_dense(), model.ctx.weight.grad.to_dense()
+    got = model.step(c, x, neg, 0.1)
+    assert got == pytest.approx(loss.item(), rel=1e-5)
+    want_g_emb = ge0 + (ge_ * ge_).sum(1) / 8
+    want_g_ctx = gc0 + (gc_ * gc_).sum(1) / 8
+    want_emb = emb0 - 0.1 * ge_ / want_g_emb.sqrt().unsqueeze(1)
+    want_ctx = ctx0 - 0.1 * gc_ / want_g_ctx.sqrt().unsqueeze(1)
+    torch.testing.assert_close(model.g_emb, want_g_emb)
+    torch.testing.assert_close(model.g_ctx, want_g_ctx)
+    torch.testing.assert_close(model.emb.weight.detach(), want_emb)
+    torch.testing.assert_close(model.ctx.weight.detach(), want_ctx)
+
+
+def test_skipgram_training_is_seeded_and_independent_of_chunking():
+    from recfactory.graph.skipgram import SkipGram, TrainSpec, Unigram, keep_probability, train
+
+    rng = np.random.default_rng(3)
+    walks = rng.integers(0, 30, size=(200, 8)).astype(np.int32)
+    walks[::7, 5:] = -1                                      # early stops
+    spec = TrainSpec(dim=8, epochs=2, seed=4, sample=0.05)
+    a, b, c = SkipGram(30, 8), SkipGram(30, 8), SkipGram(30, 8)
+    for m in (a, b, c):
+        m.load_state_dict(a.state_dict())
+    la, lb = train(a, walks, spec, progress=False), train(b, walks, spec, progress=False)
+    assert la == lb and np.array_equal(a.vectors(), b.vectors()) and la[1] < la[0]
+    keep, noise = keep_probability(walks, 30, spec.sample), Unigram(walks, 30)
+    order = np.random.default_rng(0).permutation(len(walks))
+    d = SkipGram(30, 8)
+    d.load_state_dict(c.state_dict())
+    whole = c.fit_walks(walks, order, keep, noise, spec, 0)
+    parts = [d.fit_walks(walks, part, keep, noise, spec, 0) for part in np.array_split(order, 7)]
+    assert np.array_equal(c.vectors(), d.vectors())
+    assert whole[1] == sum(p[1] for p in parts) and whole[0] == pytest.approx(sum(p[0] for p in parts))
+
+
+def test_subsampling_keeps_word2vec_probabilities_and_closes_gaps():
+    from recfactory.graph.skipgram import keep_probability, subsample
+
+    walks = np.array([[0, 0, 0, 1], [0, 2, -1, -1]])
+    keep = keep_probability(walks, 4, 0.1)
+    f = np.array([4, 1, 1, 0]) / 6
+    assert keep[0] == pytest.approx((np.sqrt(f[0] / 0.1) + 1) * 0.1 / f[0]) and keep[3] == 1.0
+    out = subsample(walks, np.array([0.0, 1.0, 1.0, 1.0]), np.random.default_rng(0))
+    assert out.tolist() == [[1, -1, -1, -1], [2, -1, -1, -1]]
+    assert np.array_equal(keep_probability(walks, 4, 0.0), np.ones(4))
 
 
 def _communities(k=4, size=25, seed=0):

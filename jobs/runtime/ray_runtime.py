@@ -58,3 +58,13 @@ def shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def node_cpus() -> tuple[int, int]:
+    """(CPUs of the largest alive node, CPUs of the cluster): a task that wants a whole node's
+    threads asks for the first — asking for the cluster's total never schedules on several nodes."""
+    import ray
+
+    cpus = [int(nd["Resources"].get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")]
+    return max([1, *cpus]), max(1, sum(cpus))
+
