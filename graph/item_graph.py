@@ -57,13 +57,12 @@ def build_edges(sessions: DataFrame, cutoff: dt.datetime, spec: GraphSpec) -> Da
     return e.withColumn("kept", F.col("weight") >= F.lit(spec.min_weight))
 
 
-def build_nodes(items: DataFrame, edges: DataFrame, spec: GraphSpec) -> tuple[DataFrame, list[str], list[str]]:
-    """(nodes, side fields used, notes). nodes: item_id, one string column per side field, in/out
-    degree and weight over kept edges, is_cold (on no kept edge)."""
+def side_field_columns(items: DataFrame, spec: GraphSpec) -> tuple[DataFrame, list[str], list[str]]:
+    """(items with a string column per usable side field — a missing value is its own MISSING
+    token —, the fields used, notes on the fields dropped). price_bucket is derived from price."""
     notes: list[str] = []
-    cols = items.columns
     df = items
-    if "price_bucket" in spec.side_fields and "price" in cols:
+    if "price_bucket" in spec.side_fields and "price" in items.columns:
         # log-spaced quantile buckets of the catalog's prices (exact for these sizes: approxQuantile
         # with relative error 0 is the exact "lower" quantile)
         probs = [i / spec.price_buckets for i in range(1, spec.price_buckets)]
@@ -81,13 +80,20 @@ def build_nodes(items: DataFrame, edges: DataFrame, spec: GraphSpec) -> tuple[Da
             notes.append(f"side field {f} dropped: no item has a value")
         else:
             fields.append(f)
+    out = df.select("item_id", *[F.coalesce(F.col(f).cast("string"), F.lit(MISSING)).alias(f) for f in fields])
+    return out, fields, notes
+
+
+def build_nodes(items: DataFrame, edges: DataFrame, spec: GraphSpec) -> tuple[DataFrame, list[str], list[str]]:
+    """(nodes, side fields used, notes). nodes: item_id, one string column per side field, in/out
+    degree and weight over kept edges, is_cold (on no kept edge)."""
+    df, fields, notes = side_field_columns(items, spec)
     kept = edges.where("kept")
     outd = kept.groupBy(F.col("src").alias("item_id")).agg(F.count(F.lit(1)).alias("out_degree"),
                                                            F.sum("weight").alias("out_weight"))
     ind = kept.groupBy(F.col("dst").alias("item_id")).agg(F.count(F.lit(1)).alias("in_degree"),
                                                           F.sum("weight").alias("in_weight"))
-    nodes = (df.select("item_id", *[F.coalesce(F.col(f).cast("string"), F.lit(MISSING)).alias(f) for f in fields])
-             .join(outd, "item_id", "left").join(ind, "item_id", "left")
+    nodes = (df.join(outd, "item_id", "left").join(ind, "item_id", "left")
              .fillna({"out_degree": 0, "in_degree": 0, "out_weight": 0.0, "in_weight": 0.0}))
     nodes = nodes.withColumn("is_cold", (F.col("out_degree") + F.col("in_degree")) == 0)
     return nodes, fields, notes

@@ -42,6 +42,7 @@ JOBS: dict[str, str] = {
     "build_similarity": "recfactory.jobs.build_similarity:BuildSimilarityJob",
     "build_graph_embeddings": "recfactory.jobs.build_graph_embeddings:BuildGraphEmbeddingsJob",
     "build_content_embeddings": "recfactory.jobs.build_content_embeddings:BuildContentEmbeddingsJob",
+    "align_embeddings": "recfactory.jobs.align_embeddings:AlignEmbeddingsJob",
 }
 
 

@@ -1,0 +1,278 @@
+"""align_embeddings: content_embeddings + item_similarity + graph_embeddings + events_clean →
+aligned_embeddings (+ aligned_models, alignment_metrics, simtier_features), ds = as-of.
+
+    spark-submit jobs/align_embeddings.py --warehouse W --as-of 1998-04-30
+
+QARM item alignment (``recfactory.tokenizers.qarm``): a projector over the frozen content vectors
+and learned side-information embeddings, trained on Ray Train (DDP on CPU workers) with in-batch
+InfoNCE on behaviour pairs — I2I: items and their top Swing neighbours; U2I: each user's positive
+target and its trigger, the most similar (in the graph-embedding ID space) of the user's latest
+positives before it. A seeded share of source items' Swing pairs and every user's last positive
+(after the one before it) are held out; the **quality gate** compares recall@K of those pairs in
+the raw content space and in the aligned space, records both, and publishes nothing unless the
+aligned space wins on both. SimTier features (the histogram of cos(target, history) over
+buckets of [−1, 1]) are written for the date's training samples when they exist.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recfactory.features.schema import POSITIVE_EVENT_TYPES
+from recfactory.features.sequences import visible_events
+from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, side_field_columns
+from recfactory.jobs.runtime.inputs import clean_events, item_snapshot
+from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
+from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k, simtier, u2i_pairs
+
+METRICS_SCHEMA = T.StructType([
+    T.StructField("split", T.StringType(), False), T.StructField("space", T.StringType(), False),
+    T.StructField("k", T.IntegerType(), False), T.StructField("recall", T.DoubleType()),
+    T.StructField("pairs", T.LongType()), T.StructField("ds", T.DateType()),
+])
+EMB_SCHEMA = T.StructType([
+    T.StructField("item_id", T.StringType(), False), T.StructField("vector", T.ArrayType(T.FloatType())),
+    T.StructField("dim", T.IntegerType(), False), T.StructField("content_encoder", T.StringType(), False),
+    T.StructField("model_version", T.StringType(), False), T.StructField("run_id", T.StringType(), False),
+])
+MODEL_SCHEMA = T.StructType([
+    T.StructField("model_version", T.StringType(), False), T.StructField("weights", T.BinaryType(), False),
+    T.StructField("config", T.StringType(), False), T.StructField("checkpoint", T.StringType()),
+])
+SIMTIER_SCHEMA = T.StructType([
+    T.StructField("sample_id", T.StringType(), False), T.StructField("user_id", T.StringType()),
+    T.StructField("item_id", T.StringType()), T.StructField("simtier", T.ArrayType(T.IntegerType())),
+    T.StructField("history", T.IntegerType()),
+])
+
+
+class AlignParams(JobParams):
+    content_encoder: str = Field("minilm-onnx", description="Which content_embeddings encoder to align.")
+    i2i_algo: str = Field("swing", description="item_similarity algorithm of the I2I positives.")
+    i2i_top_n: int = Field(10, ge=1, description="Neighbours per item taken as I2I positives (highest scores).")
+    i2i_min_score: float = Field(0.0, ge=0, description="I2I positives need a score above this.")
+    id_method: Literal["deepwalk", "node2vec", "eges"] = Field("deepwalk", description="graph_embeddings method "
+                                                               "of the ID space that picks U2I triggers.")
+    u2i_window: int = Field(50, ge=1, description="A U2I trigger is chosen among the user's latest this many "
+                            "positives before the target.")
+    event_types: list[str] = Field(list(POSITIVE_EVENT_TYPES), description="Event types that count as positives.")
+    side_fields: list[str] = Field(list(SIDE_FIELDS), description="Side-information fields embedded by the projector.")
+    price_buckets: int = Field(10, ge=1, description="Log-price quantile buckets of price_bucket.")
+    out_dim: int = Field(128, ge=2, description="Aligned vector dimension.")
+    hidden: int = Field(512, ge=1, description="Projector MLP hidden width.")
+    side_dim: int = Field(16, ge=1, description="Side-information embedding width per field.")
+    batch_size: int = Field(512, ge=2, description="Pairs per worker per step (in-batch negatives: batch − 1).")
+    epochs: int = Field(20, ge=1, description="Passes over the training pairs.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    temperature: float = Field(0.07, gt=0, lt=1, description="Initial InfoNCE temperature (learned).")
+    workers: int = Field(2, ge=1, description="Ray Train workers (DDP over CPU, gloo).")
+    checkpoint_every: int = Field(5, ge=1, description="Epochs between checkpoints (and the last one).")
+    holdout: float = Field(0.1, gt=0, lt=1, description="Share of source items whose Swing pairs are held out "
+                           "for the gate (seeded hash).")
+    eval_k: list[int] = Field([10, 50], description="K values of recall@K.")
+    gate_k: int = Field(50, ge=1, description="K of the quality gate's recall@K.")
+    gate_min_gain: float = Field(0.0, ge=0, description="The aligned recall must exceed the raw one by more "
+                                 "than this, on both held-out splits.")
+    simtier_buckets: int = Field(10, ge=2, description="SimTier buckets over [−1, 1].")
+    simtier_history: int = Field(50, ge=1, description="SimTier: the user's latest positives before the sample.")
+
+    def align_spec(self) -> AlignSpec:
+        return AlignSpec(out_dim=self.out_dim, hidden=self.hidden, side_dim=self.side_dim, batch_size=self.batch_size,
+                         epochs=self.epochs, lr=self.lr, temperature=self.temperature, workers=self.workers,
+                         checkpoint_every=self.checkpoint_every, seed=self.seed)
+
+
+def _date(df, ctx, what: str):
+    out = df.where(F.col("ds") == F.lit(ctx.as_of)).drop("ds")
+    if out.limit(1).count() == 0:
+        raise ValueError(f"{what} has no partition ds={ctx.as_of}: run its job for that date first")
+    return out
+
+
+class AlignEmbeddingsJob(Job):
+    name = "align_embeddings"
+    Params = AlignParams
+    description = "QARM alignment of content vectors to behaviour (Swing I2I + ID-space U2I pairs) on Ray Train, gated."
+    outputs = ("aligned_embeddings", "aligned_models", "alignment_metrics", "simtier_features")
+
+    def run(self, ctx: RunContext) -> None:
+        p: AlignParams = ctx.params
+        spark = ctx.spark
+        content = _date(ctx.read("content_embeddings"), ctx, "content_embeddings").where(
+            F.col("encoder") == p.content_encoder)
+        cpdf = content.select("item_id", "vector").orderBy("item_id").toPandas()
+        if not len(cpdf):
+            raise ValueError(f"content_embeddings has no {p.content_encoder} vectors for {ctx.as_of}")
+        n = len(cpdf)
+        index = pd.Series(np.arange(n), index=cpdf["item_id"].to_numpy())
+        X = np.stack(cpdf["vector"].to_numpy()).astype(np.float32)
+        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        items = item_snapshot(ctx)
+        side, fields, notes = side_field_columns(items, GraphSpec(side_fields=tuple(p.side_fields),
+                                                                  price_buckets=p.price_buckets))
+        for i, note in enumerate(notes):
+            ctx.notes[f"side_fields.{i}"] = note
+        spdf = side.toPandas().set_index("item_id").reindex(cpdf["item_id"])
+        codes, vocab = np.zeros((n, len(fields)), dtype=np.int64), []
+        for j, f in enumerate(fields):       # an item missing from the catalog snapshot: its own code
+            c, u = pd.factorize(spdf[f].fillna("__MISSING__"), sort=True)
+            codes[:, j] = c
+            vocab.append(len(u))
+        ctx.row_counts["items"] = n
+
+        # I2I positives from the Swing table; a seeded share of source items held out
+        sims = _date(ctx.read("item_similarity"), ctx, "item_similarity").where(F.col("algo") == p.i2i_algo)
+        i2i = (sims.select("item_id", F.posexplode("neighbors").alias("rank", "nb"))
+               .where((F.col("rank") < p.i2i_top_n) & (F.col("nb.score") > p.i2i_min_score))
+               .select(F.col("item_id").alias("a"), F.col("nb.item_id").alias("b")).toPandas())
+        known = i2i["a"].isin(index.index) & i2i["b"].isin(index.index)
+        ctx.row_counts.update({"i2i_pairs": len(i2i), "i2i_pairs_without_content": int((~known).sum())})
+        i2i = i2i[known]
+        ia, ib = index[i2i["a"]].to_numpy(), index[i2i["b"]].to_numpy()
+        h = pd.util.hash_pandas_object(pd.Series(i2i["a"].to_numpy(), dtype=object), index=False,
+                                       hash_key=f"qarm{p.seed:012d}"[:16]).to_numpy()
+        held = (h % 1_000_000) < p.holdout * 1_000_000
+        ctx.row_counts.update({"i2i_train_pairs": int((~held).sum()), "i2i_heldout_pairs": int(held.sum())})
+
+        # U2I positives: triggers in the ID space; each user's last positive held out (next-item)
+        ids = _date(ctx.read("graph_embeddings"), ctx, "graph_embeddings").where(F.col("method") == p.id_method)
+        gpdf = ids.select("item_id", "vector").toPandas()
+        gpdf = gpdf[gpdf["item_id"].isin(index.index) & gpdf["vector"].notna()]
+        idv = np.zeros((n, max([len(v) for v in gpdf["vector"]] + [1])), dtype=np.float32)
+        has_id = np.zeros(n, dtype=bool)
+        if len(gpdf):
+            rows = index[gpdf["item_id"]].to_numpy()
+            idv[rows], has_id[rows] = np.stack(gpdf["vector"].to_numpy()), True
+        pos = (visible_events(clean_events(ctx), ctx.cutoff).where(F.col("event_type").isin(*p.event_types))
+               .join(content.select("item_id"), "item_id", "left_semi")
+               .select("user_id", "item_id", "ts", "event_id"))
+        u2i, nxt = self._u2i(spark, pos, index, idv, has_id, p.u2i_window)
+        ctx.row_counts.update({"u2i_pairs": len(u2i), "next_item_pairs": len(nxt)})
+        train = np.concatenate([np.stack([ia[~held], ib[~held]], 1), u2i]).astype(np.int64)
+        ctx.row_counts["train_pairs"] = len(train)
+        if len(train) < 2:
+            raise QualityGateError(f"only {len(train)} training pairs: nothing to align")
+
+        spec = p.align_spec()
+        # Ray Train's storage goes through pyarrow's filesystems, which know s3://, not Hadoop's s3a://
+        storage = ctx.warehouse.root.replace("s3a://", "s3://", 1) + "/_checkpoints/align_embeddings"
+        res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{ctx.manifest()['params_hash']}")
+        for e in res.history:
+            ctx.metrics[f"loss.epoch{int(e['epoch']) + 1}"] = round(float(e["loss"]), 6)
+        ctx.metrics["temperature"] = round(float(res.history[-1]["temperature"]), 6) if res.history else spec.temperature
+        Z = project(res.model, X, codes)
+
+        # the gate: held-out pairs, raw content space vs aligned space
+        ks = tuple(sorted(set(p.eval_k) | {p.gate_k}))
+        valid = np.ones(n, dtype=bool)
+        rows, rec = [], {}
+        for split, (a, b) in {"i2i": (ia[held], ib[held]), "next_item": (nxt[:, 0], nxt[:, 1])}.items():
+            for space, vec in (("content", X), ("aligned", Z)):
+                r = recall_at_k(vec, valid, a, b, ks)
+                rec[(split, space)] = r[p.gate_k]
+                for k in ks:
+                    rows.append((split, space, k, r[k], len(a), ctx.as_of))
+                    ctx.metrics[f"recall@{k}.{split}.{space}"] = round(r[k], 6)
+        worse = [s for s in ("i2i", "next_item")
+                 if not rec[(s, "aligned")] > rec[(s, "content")] + p.gate_min_gain]
+        if worse:
+            raise QualityGateError(
+                "alignment did not beat the raw content space on " + ", ".join(
+                    f"{s} (recall@{p.gate_k} aligned {rec[(s, 'aligned')]:.4f} vs content {rec[(s, 'content')]:.4f})"
+                    for s in worse) + ": aligned_embeddings not published")
+        ctx.write(spark.createDataFrame(rows, METRICS_SCHEMA), "alignment_metrics")
+
+        version = f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}"
+        ctx.notes["model_version"] = version
+        emb = pd.DataFrame({"item_id": cpdf["item_id"], "vector": list(Z), "dim": Z.shape[1],
+                            "content_encoder": p.content_encoder, "model_version": version, "run_id": ctx.run_id})
+        ref = ctx.write(spark.createDataFrame(emb, EMB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "aligned_embeddings")
+        ctx.row_counts["aligned_embeddings"] = ref.rows
+        from safetensors.torch import save
+
+        config = {"spec": spec.to_dict(), "in_dim": int(X.shape[1]), "fields": fields, "vocab": vocab,
+                  "content_encoder": p.content_encoder}
+        ctx.write(spark.createDataFrame([(version, bytearray(save(res.model.state_dict())), json.dumps(config),
+                                          res.checkpoint)], MODEL_SCHEMA).withColumn("ds", F.lit(ctx.as_of)),
+                  "aligned_models")
+        self._simtier(ctx, p, index, Z, pos)
+
+    @staticmethod
+    def _u2i(spark, pos, index: pd.Series, idv: np.ndarray, has_id: np.ndarray, window: int):
+        """(U2I training pairs (trigger, target), next-item test pairs (previous positive, last
+        positive)) over every user's positives in time order."""
+        schema = T.StructType([T.StructField("kind", T.StringType()), T.StructField("a", T.LongType()),
+                               T.StructField("b", T.LongType())])
+        lookup = index.to_dict()
+
+        def per_user(pdf: pd.DataFrame) -> pd.DataFrame:
+            pdf = pdf.sort_values(["ts", "event_id"], kind="stable")
+            seq = np.array([lookup[i] for i in pdf["item_id"] if i in lookup], dtype=np.int64)
+            if len(seq) < 2:
+                return pd.DataFrame({"kind": [], "a": [], "b": []})
+            rows = u2i_pairs(seq, idv, has_id, window)
+            last = len(seq) - 1
+            train = rows[rows[:, 2] != last]
+            return pd.DataFrame({"kind": ["u2i"] * len(train) + ["next"], "a": [*train[:, 0], seq[last - 1]],
+                                 "b": [*train[:, 1], seq[last]]})
+
+        out = pos.groupBy("user_id").applyInPandas(per_user, schema).toPandas()
+        u2i = out[out["kind"] == "u2i"][["a", "b"]].to_numpy(dtype=np.int64).reshape(-1, 2)
+        nxt = out[out["kind"] == "next"][["a", "b"]].to_numpy(dtype=np.int64).reshape(-1, 2)
+        return u2i, nxt
+
+    @staticmethod
+    def _simtier(ctx: RunContext, p: AlignParams, index: pd.Series, Z: np.ndarray, pos) -> None:
+        """SimTier per training sample of the date (when build_training_samples ran for it)."""
+        if not ctx.warehouse.exists("training_samples"):
+            ctx.notes["simtier"] = "skipped: no training_samples table"
+            return
+        samples = ctx.read("training_samples").where(F.col("ds") == F.lit(ctx.as_of))
+        if samples.limit(1).count() == 0:
+            ctx.notes["simtier"] = f"skipped: training_samples has no partition ds={ctx.as_of}"
+            return
+        lookup, buckets, hist = index.to_dict(), p.simtier_buckets, p.simtier_history
+
+        def per_user(s: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
+            h = h.sort_values(["ts", "event_id"], kind="stable")
+            hts = h["ts"].to_numpy()
+            hrow = np.array([lookup.get(i, -1) for i in h["item_id"]], dtype=np.int64)
+            out = []
+            for sid, uid, iid, ts in zip(s["sample_id"], s["user_id"], s["item_id"], s["ts"]):
+                t = lookup.get(iid)
+                end = np.searchsorted(hts, np.datetime64(ts), side="left") if len(hts) else 0
+                rows = hrow[max(0, end - hist):end]
+                rows = rows[rows >= 0]
+                tier = None if t is None else simtier(Z[t], Z[rows], buckets).tolist()
+                out.append((sid, uid, iid, tier, int(len(rows))))
+            return pd.DataFrame(out, columns=["sample_id", "user_id", "item_id", "simtier", "history"])
+
+        s = samples.select(F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
+        feats = (s.groupBy("user_id").cogroup(pos.groupBy("user_id")).applyInPandas(per_user, SIMTIER_SCHEMA)
+                 .persist(StorageLevel.MEMORY_AND_DISK))
+        try:
+            n_feats, n_samples = feats.count(), samples.count()
+            ctx.row_counts.update({"training_samples": n_samples, "simtier_without_vector":
+                                   feats.where(F.col("simtier").isNull()).count()})
+            if n_feats != n_samples:
+                raise QualityGateError(f"simtier_features has {n_feats} rows for {n_samples} training samples")
+            ref = ctx.write(feats.withColumn("ds", F.lit(ctx.as_of)), "simtier_features")
+            ctx.row_counts["simtier_features"] = ref.rows
+        finally:
+            feats.unpersist()
+
+
+if __name__ == "__main__":
+    from recfactory.jobs.runtime.cli import job_script_main
+
+    job_script_main("align_embeddings")

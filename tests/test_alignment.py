@@ -1,0 +1,141 @@
+"""QARM alignment: pair mining, the masked InfoNCE, SimTier, Ray Train fitting with resume, and
+the align_embeddings job with its quality gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recfactory.tokenizers.qarm import info_nce, pair_keys, simtier, u2i_pairs
+
+
+def test_u2i_triggers_match_a_hand_computation():
+    # ID space: items 0 and 1 point the same way, 2 is orthogonal, 3 opposite to 0; 4 has no vector
+    idv = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0], [0, 0]], dtype=np.float32)
+    has = np.array([True, True, True, True, False])
+    seq = np.array([2, 0, 3, 1, 4, 1])
+    got = u2i_pairs(seq, idv, has, window=50).tolist()
+    # t=1 target 0: candidates [2] → 2; t=2 target 3: [2, 0] → cos 0 vs −1 → 2;
+    # t=3 target 1: [2, 0, 3] → 0; t=4 target 4: no vector; t=5 target 1: [2, 0, 3, 4] minus 4 → 0
+    assert got == [[2, 0, 1], [2, 3, 2], [0, 1, 3], [0, 1, 5]]
+    # a window of 1: only the previous positive (excluding the target itself)
+    assert u2i_pairs(seq, idv, has, window=1).tolist() == [[2, 0, 1], [0, 3, 2], [3, 1, 3]]
+
+
+def test_info_nce_masks_known_pairs_and_repeated_items():
+    torch.manual_seed(0)
+    za = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    zb = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    a, b = torch.tensor([0, 1, 2]), torch.tensor([5, 6, 5])        # b_0 == b_2: the same item
+    keys = torch.as_tensor(pair_keys(np.array([0]), np.array([6]), 10))   # (0, 6) is also a positive
+    scale = torch.tensor(10.0)
+    got = info_nce(za, zb, a, b, keys, 10, scale)
+    logits = (za @ zb.T * 10).numpy().astype(np.float64)
+    mask = np.zeros((3, 3), dtype=bool)
+    mask[0, 1] = True                 # (a_0, b_1) = (0, 6): a known pair
+    mask[0, 2] = mask[2, 0] = True    # b_2 == b_0 and b_0 == b_2
+    lg = np.where(mask, -np.inf, logits)
+
+    def ce(m):
+        return np.mean([np.log(np.exp(m[i]).sum()) - m[i, i] for i in range(3)])
+
+    assert float(got) == pytest.approx(0.5 * (ce(lg) + ce(lg.T)), rel=1e-5)
+
+
+def test_simtier_histogram():
+    t = np.array([1.0, 0.0])
+    h = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8], [2.0, 0.0]])   # cos 1, 0, −1, 0.6, 1
+    assert simtier(t, h, 4).tolist() == [1, 0, 1, 3]          # [−1,−.5) [−.5,0) [0,.5) [.5,1]
+    assert simtier(t, h[:0], 4).tolist() == [0, 0, 0, 0]
+
+
+def _planted(seed=0, n=300, k=15, d=24):
+    rng = np.random.default_rng(seed)
+    cl = rng.integers(0, k, n)
+    content = rng.normal(size=(n, d)) + 0.3 * rng.normal(size=(k, d))[cl]
+    content /= np.linalg.norm(content, axis=1, keepdims=True)
+    pairs = []
+    for i in range(n):
+        same = np.flatnonzero(cl == cl[i])
+        pairs += [(i, j) for j in rng.choice(same[same != i], 3)]
+    return content.astype(np.float32), np.array(pairs)
+
+
+@pytest.mark.ray
+def test_fit_on_ray_train_aligns_a_planted_fixture_and_resumes_from_its_checkpoint(tmp_path):
+    from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k
+
+    content, pairs = _planted()
+    codes = np.zeros((len(content), 1), dtype=np.int64)
+    test = np.arange(len(pairs)) % 5 == 0
+    spec = AlignSpec(epochs=4, batch_size=64, out_dim=24, hidden=64, lr=5e-3, checkpoint_every=2, seed=3)
+    first = fit(content, codes, [1], pairs[~test], spec, str(tmp_path), "run")
+    assert [e["epoch"] for e in first.history] == [0, 1, 2, 3]
+    # the same run name with more epochs resumes after epoch 3 instead of starting over
+    more = AlignSpec(**{**spec.to_dict(), "epochs": 24, "checkpoint_every": 24})
+    res = fit(content, codes, [1], pairs[~test], more, str(tmp_path), "run")
+    assert res.history[:4] == first.history and len(res.history) == 24
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    valid = np.ones(len(content), dtype=bool)
+    raw = recall_at_k(content, valid, pairs[test, 0], pairs[test, 1], (10,))[10]
+    aligned = recall_at_k(project(res.model, content, codes), valid, pairs[test, 0], pairs[test, 1], (10,))[10]
+    assert aligned > 2 * raw
+
+
+@pytest.fixture(scope="module")
+def aligned_warehouse(spark, tmp_path_factory):
+    """MovieLens-100K through every input of align_embeddings (lean settings)."""
+    from recfactory.jobs.runtime.job import run_job
+
+    wh = str(tmp_path_factory.mktemp("align") / "wh")
+    base = ["--warehouse", wh, "--as-of", "1998-04-30"]
+    run_job("ingest", base, spark=spark)
+    run_job("build_sessions", base, spark=spark)
+    run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)
+    run_job("build_graph_embeddings", [*base, "--methods", "deepwalk", "--no-evaluate", "--epochs", "2"], spark=spark)
+    run_job("build_content_embeddings", base, spark=spark)
+    run_job("build_training_samples", base, spark=spark)
+    return wh, base
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+def test_align_embeddings_job_beats_raw_content_and_writes_simtier(spark, aligned_warehouse):
+    from recfactory.jobs.runtime.job import run_job
+
+    wh, base = aligned_warehouse
+    ctx = run_job("align_embeddings", [*base, "--epochs", "6"], spark=spark)
+    m, rc = ctx.metrics, ctx.row_counts
+    for split in ("i2i", "next_item"):
+        assert m[f"recall@50.{split}.aligned"] > m[f"recall@50.{split}.content"]
+    assert rc["aligned_embeddings"] == rc["items"] == 1682
+    assert rc["train_pairs"] == rc["i2i_train_pairs"] + rc["u2i_pairs"] > 0
+    assert rc["i2i_train_pairs"] + rc["i2i_heldout_pairs"] + rc["i2i_pairs_without_content"] == rc["i2i_pairs"]
+    emb = spark.read.format("delta").load(f"{wh}/aligned_embeddings").toPandas()
+    v = np.stack(emb["vector"].to_numpy())
+    assert v.shape == (1682, 128) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    st = spark.read.format("delta").load(f"{wh}/simtier_features")
+    assert st.count() == rc["training_samples"] == rc["simtier_features"]
+    row = st.where("history > 0 and simtier is not null").first()
+    assert len(row["simtier"]) == 10 and sum(row["simtier"]) == row["history"] <= 50
+    model = spark.read.format("delta").load(f"{wh}/aligned_models").first()
+    from safetensors.torch import load
+
+    assert "skip.weight" in load(bytes(model["weights"]))
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+def test_a_failed_alignment_gate_publishes_nothing(spark, aligned_warehouse):
+    from recfactory.jobs.runtime.delta_io import Warehouse
+    from recfactory.jobs.runtime.job import QualityGateError, run_job
+
+    wh, base = aligned_warehouse
+    before = Warehouse(spark, wh).latest_version("aligned_embeddings")
+    with pytest.raises(QualityGateError, match="did not beat the raw content space"):
+        run_job("align_embeddings", [*base, "--epochs", "1", "--gate-min-gain", "1.0"], spark=spark)
+    assert Warehouse(spark, wh).latest_version("aligned_embeddings") == before
+    runs = spark.read.format("delta").load(f"{wh}/_runs").where("job = 'align_embeddings' and status = 'failed'")
+    last = runs.orderBy("started_at", ascending=False).first()
+    assert "recall@50.i2i.content" in last["metrics"] and "recall@50.i2i.aligned" in last["metrics"]
