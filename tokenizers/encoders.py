@@ -60,6 +60,7 @@ class MiniLMOnnx:
     name: ClassVar[str] = "minilm-onnx"
     input: ClassVar[str] = "text"
     dim: ClassVar[int] = 384
+    batch: ClassVar[int] = 32
 
     def __init__(self, threads: int = 1):
         import onnxruntime as ort
@@ -86,12 +87,20 @@ class MiniLMOnnx:
         if not len(inputs):
             return np.zeros((0, self.dim), dtype=np.float32)
         enc = self.tokenizer.encode_batch([str(t) for t in inputs])
-        ids = np.array([e.ids for e in enc], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        tokens = self.session.run(None, {k: feed[k] for k in self.feeds})[0]        # B × T × 384
-        m = mask[:, :, None].astype(np.float32)
-        return _normalize((tokens * m).sum(1) / np.maximum(m.sum(1), 1e-9))
+        # like sentence-transformers: batches of similar lengths, each padded to its longest
+        lengths = np.array([sum(e.attention_mask) for e in enc])
+        out = np.empty((len(enc), self.dim), dtype=np.float32)
+        order = np.argsort(-lengths, kind="stable")
+        for lo in range(0, len(order), self.batch):
+            rows = order[lo:lo + self.batch]
+            width = int(lengths[rows].max())
+            ids = np.array([enc[i].ids[:width] for i in rows], dtype=np.int64)
+            mask = np.array([enc[i].attention_mask[:width] for i in rows], dtype=np.int64)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            tokens = self.session.run(None, {k: feed[k] for k in self.feeds})[0]        # B × T × 384
+            m = mask[:, :, None].astype(np.float32)
+            out[rows] = (tokens * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return _normalize(out)
 
 
 class MiniLMSentenceTransformers:
