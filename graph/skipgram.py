@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recfactory.graph.walks import _alias_tables, _hash
+from recfactory.graph.walks import _alias_draw, _alias_tables, _hash, _uniform
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,9 @@ class Unigram:
         counts = np.bincount(walks[walks >= 0].ravel(), minlength=n).astype(np.float64)
         self.weights = counts ** power
         self.empty = not self.weights.sum()
-        prob, alias = _alias_tables(np.array([0, n], dtype=np.int64), np.where(self.weights > 0, self.weights, 0.0))
+        prob, alias = _alias_tables(np.array([0, n], dtype=np.int64), self.weights)
         self.prob_np, self.alias_np = prob, alias
         self.prob, self.alias = torch.as_tensor(prob), torch.as_tensor(alias)
-
-    def probabilities(self) -> np.ndarray:
-        return self.weights / self.weights.sum()
 
     def draw(self, size: int, gen: torch.Generator) -> torch.Tensor:
         k = torch.randint(len(self.prob), (size,), generator=gen)
@@ -129,9 +126,6 @@ def centers_contexts(walks: np.ndarray, window: int, gen: np.random.Generator) -
     centers = walks.reshape(-1)
     keep = (centers >= 0) & (ctx >= 0).any(1)
     return centers[keep].astype(np.int64), ctx[keep].astype(np.int64)
-
-
-_U32 = 2.3283064365386963e-10      # 2^-32
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -194,7 +188,7 @@ def _train_walks(emb, ctx, g_emb, g_ctx, walks, rows, keep, prob, alias, window,
             v = walks[r, j]
             if v < 0:
                 break
-            if keep[v] < 1.0 and np.float64(_hash(seed, pos, j, 0) >> np.uint64(11)) * (1.0 / 9007199254740992.0) >= keep[v]:
+            if keep[v] < 1.0 and _uniform(seed, pos, j, 0) >= keep[v]:
                 continue
             kept[m] = v
             m += 1
@@ -209,11 +203,7 @@ def _train_walks(emb, ctx, g_emb, g_ctx, walks, rows, keep, prob, alias, window,
                 continue
             cnt = s
             for t in range(negatives):
-                x = _hash(seed, pos, c, 2 + t)          # one hash: the alias slot and its coin
-                k = min(np.int64(np.float64(x >> np.uint64(32)) * nodes * _U32), nodes - 1)
-                if np.float64(x & np.uint64(0xFFFFFFFF)) * _U32 >= prob[k]:
-                    k = alias[k]
-                slots[s] = k
+                slots[s] = _alias_draw(_hash(seed, pos, c, 2 + t), 0, nodes, prob, alias)
                 s += 1
             total += _center(emb, ctx, g_emb, g_ctx, kept[c], slots, s, cnt, lr, h, gh, coef)
             centers += 1

@@ -52,6 +52,16 @@ def _uniform(seed, position, step, draw):
     return np.float64(_hash(seed, position, step, draw) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
+@numba.njit(cache=True, inline="always")
+def _alias_draw(h, lo, deg, prob, alias):
+    """An edge index of the alias table over [lo, lo + deg) from one 64-bit hash: its high 32 bits
+    pick the slot, its low 32 bits flip the slot's coin."""
+    k = lo + min(np.int64(np.float64(h >> np.uint64(32)) * deg * 2.3283064365386963e-10), deg - 1)
+    if np.float64(h & np.uint64(0xFFFFFFFF)) * 2.3283064365386963e-10 >= prob[k]:
+        k = alias[k]
+    return k
+
+
 def uniforms(seed: int, positions: np.ndarray, step: int, draw: int) -> np.ndarray:
     """The walker's uniforms for these walk positions (tests and diagnostics)."""
     return _uniforms(np.uint64(seed), np.asarray(positions, dtype=np.int64), step, draw)
@@ -176,12 +186,7 @@ def _walk_one(indptr, indices, prob, alias, out, i, start, pos, length, p, q, bi
             break
         x = -1
         for j in range(max_proposals):
-            # one 64-bit hash, two 32-bit uniforms: the alias slot and its coin
-            h = _hash(seed, pos, step, 2 * j)
-            k = lo + min(np.int64(np.float64(h >> np.uint64(32)) * deg * 2.3283064365386963e-10), deg - 1)
-            if np.float64(h & np.uint64(0xFFFFFFFF)) * 2.3283064365386963e-10 >= prob[k]:
-                k = alias[k]
-            x = indices[k]
+            x = indices[_alias_draw(_hash(seed, pos, step, 2 * j), lo, deg, prob, alias)]
             if not biased or step == 1:
                 break
             if x == prev:

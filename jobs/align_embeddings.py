@@ -30,7 +30,7 @@ from pyspark.sql import types as T
 from recfactory.features.schema import POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
 from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, side_field_columns
-from recfactory.jobs.runtime.inputs import clean_events, item_snapshot
+from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k, simtier, u2i_pairs
@@ -92,13 +92,6 @@ class AlignParams(JobParams):
                          checkpoint_every=self.checkpoint_every, seed=self.seed)
 
 
-def _date(df, ctx, what: str):
-    out = df.where(F.col("ds") == F.lit(ctx.as_of)).drop("ds")
-    if out.limit(1).count() == 0:
-        raise ValueError(f"{what} has no partition ds={ctx.as_of}: run its job for that date first")
-    return out
-
-
 class AlignEmbeddingsJob(Job):
     name = "align_embeddings"
     Params = AlignParams
@@ -108,7 +101,7 @@ class AlignEmbeddingsJob(Job):
     def run(self, ctx: RunContext) -> None:
         p: AlignParams = ctx.params
         spark = ctx.spark
-        content = _date(ctx.read("content_embeddings"), ctx, "content_embeddings").where(
+        content = date_partition(ctx, "content_embeddings", "build_content_embeddings").where(
             F.col("encoder") == p.content_encoder)
         cpdf = content.select("item_id", "vector").orderBy("item_id").toPandas()
         if not len(cpdf):
@@ -131,7 +124,7 @@ class AlignEmbeddingsJob(Job):
         ctx.row_counts["items"] = n
 
         # I2I positives from the Swing table; a seeded share of source items held out
-        sims = _date(ctx.read("item_similarity"), ctx, "item_similarity").where(F.col("algo") == p.i2i_algo)
+        sims = date_partition(ctx, "item_similarity", "build_similarity").where(F.col("algo") == p.i2i_algo)
         i2i = (sims.select("item_id", F.posexplode("neighbors").alias("rank", "nb"))
                .where((F.col("rank") < p.i2i_top_n) & (F.col("nb.score") > p.i2i_min_score))
                .select(F.col("item_id").alias("a"), F.col("nb.item_id").alias("b")).toPandas())
@@ -145,7 +138,7 @@ class AlignEmbeddingsJob(Job):
         ctx.row_counts.update({"i2i_train_pairs": int((~held).sum()), "i2i_heldout_pairs": int(held.sum())})
 
         # U2I positives: triggers in the ID space; each user's last positive held out (next-item)
-        ids = _date(ctx.read("graph_embeddings"), ctx, "graph_embeddings").where(F.col("method") == p.id_method)
+        ids = date_partition(ctx, "graph_embeddings", "build_graph_embeddings").where(F.col("method") == p.id_method)
         gpdf = ids.select("item_id", "vector").toPandas()
         gpdf = gpdf[gpdf["item_id"].isin(index.index) & gpdf["vector"].notna()]
         idv = np.zeros((n, max([len(v) for v in gpdf["vector"]] + [1])), dtype=np.float32)

@@ -20,7 +20,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recfactory.jobs.runtime.inputs import item_snapshot
+from recfactory.jobs.runtime.inputs import item_snapshot, latest_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers.content import encode, encoder_inputs, reuse
@@ -60,9 +60,7 @@ class BuildContentEmbeddingsJob(Job):
         ctx.row_counts["items"] = n_items
         previous = None
         if p.reuse_previous and ctx.warehouse.exists("content_embeddings"):
-            prev = ctx.read("content_embeddings").where(F.col("ds") <= F.lit(ctx.as_of))
-            last = prev.agg(F.max("ds")).first()[0]
-            previous = prev.where(F.col("ds") == F.lit(last)) if last is not None else None
+            previous = latest_snapshot(ctx, "content_embeddings")
         cores = ctx.spark.sparkContext.defaultParallelism
         outs, bad, cached = [], [], [items]
         try:

@@ -30,7 +30,7 @@ from recfactory.graph.embeddings import METHODS, EmbeddingSpec, Fitted, fit, hit
 from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, build_edges, build_nodes, in_catalog, leave_last_transition
 from recfactory.graph.skipgram import TrainSpec
 from recfactory.graph.walks import Graph
-from recfactory.jobs.runtime.inputs import item_snapshot
+from recfactory.jobs.runtime.inputs import date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 
@@ -92,10 +92,7 @@ class BuildGraphEmbeddingsJob(Job):
     def run(self, ctx: RunContext) -> None:
         p: GraphEmbeddingParams = ctx.params
         gspec, espec = p.graph_spec(), p.embedding_spec()
-        sessions = ctx.read("sessions").where(F.col("ds") == F.lit(ctx.as_of)).drop("ds")
-        sessions = sessions.persist(StorageLevel.MEMORY_AND_DISK)
-        if sessions.limit(1).count() == 0:
-            raise ValueError(f"sessions has no partition ds={ctx.as_of}: run build_sessions for that date first")
+        sessions = date_partition(ctx, "sessions", "build_sessions").persist(StorageLevel.MEMORY_AND_DISK)
         items = item_snapshot(ctx)
         edges = build_edges(sessions, ctx.cutoff, gspec)
         known = in_catalog(edges, items)

@@ -52,7 +52,7 @@ def encoder_inputs(items: DataFrame, encoder: str, text_fields: tuple[str, ...] 
             if kind == "text":
                 value = item_text(pdf, fields)
             elif "image_path" in pdf.columns:
-                value = pdf["image_path"].astype(object).where(pdf["image_path"].notna() & (pdf["image_path"] != ""), None)
+                value = pdf["image_path"].astype(object)
             else:
                 value = pd.Series([None] * len(pdf), index=pdf.index, dtype=object)
             value = value.where(value.map(lambda v: isinstance(v, str) and v != ""), None)

@@ -144,41 +144,36 @@ def _batches(n_pairs: int, batch: int, world: int, rank: int, epoch: int, seed: 
 
 
 def _train_loop(config: dict) -> None:
-    """Ray Train worker loop (also callable without Ray for tests: world of one, no checkpoints)."""
+    """Ray Train worker loop: this worker's share of every epoch, a checkpoint (rank 0) every
+    `checkpoint_every` epochs, resuming after the run's last checkpoint."""
     import logging
 
     import ray
+    import ray.train
+    import ray.train.torch
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    data = ray.get(config["data"]) if isinstance(config["data"], ray.ObjectRef) else config["data"]
+    data = ray.get(config["data"])
     spec = AlignSpec(**config["spec"])
     torch.set_num_threads(config.get("threads", 1))
     torch.manual_seed(spec.seed)
     content, codes = torch.as_tensor(data["content"]), torch.as_tensor(data["codes"])
     pairs, keys, n = data["pairs"], torch.as_tensor(data["keys"]), len(data["content"])
     model = Projector(content.shape[1], data["vocab"], spec)
-    distributed = config.get("distributed", True)
-    if distributed:
-        import ray.train
-        import ray.train.torch
-
-        model = ray.train.torch.prepare_model(model)
-        ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    else:
-        rank, world = 0, 1
+    model = ray.train.torch.prepare_model(model)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     core = model.module if hasattr(model, "module") else model
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     start, history = 0, []
-    if distributed:
-        ckpt = ray.train.get_checkpoint()
-        if ckpt:
-            with ckpt.as_directory() as d:
-                state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
-            core.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            start = int(state["epoch"]) + 1
-            history = json.loads(state["history"])
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
+        core.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["epoch"]) + 1
+        history = json.loads(state["history"])
     for epoch in range(start, spec.epochs):
         total, steps = 0.0, 0
         for idx in _batches(len(pairs), spec.batch_size, world, rank, epoch, spec.seed):
@@ -191,8 +186,6 @@ def _train_loop(config: dict) -> None:
             opt.step()
             total, steps = total + loss.item(), steps + 1
         history.append({"epoch": epoch, "loss": total / max(steps, 1), "temperature": float(1 / core.scale().detach())})
-        if not distributed:
-            continue
         # a report is a round trip to the Ray Train controller (~2 s here): only at checkpoints,
         # carrying the epochs since the last one
         if (epoch + 1) % spec.checkpoint_every and epoch + 1 < spec.epochs:
@@ -205,8 +198,6 @@ def _train_loop(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
                 ray.train.report(metrics)
-    if not distributed:
-        config["model"], config["history"] = core, history
 
 
 @dataclass
