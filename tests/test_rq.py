@@ -138,6 +138,11 @@ def test_reassign_strategy_moves_to_free_candidates_and_reports_fallbacks(sigma)
         with pytest.raises(ValueError, match="cannot get unique SIDs"):
             resolve(tokens, fixed, fixed_suffix, "reassign", order=np.arange(n), last_candidates=cand,
                     sizes=(3, k), max_per_sid=1)
+        omitted = tokens.copy()
+        omitted[:20, 0] = -1                  # 20 items on the pattern (−1, c): only k = 8 rows
+        with pytest.raises(ValueError, match="20 items cannot get unique SIDs from 8 codes"):
+            resolve(omitted, np.zeros(n, bool), fixed_suffix, "reassign", order=np.arange(n),
+                    last_candidates=cand, sizes=(30, k), max_per_sid=1)
     again = resolve(tokens, fixed, fixed_suffix, "reassign", order=np.arange(n), last_candidates=cand,
                     sizes=(30, k), max_per_sid=sigma, seed=1)
     assert (again.tokens == res.tokens).all()

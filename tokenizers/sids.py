@@ -104,10 +104,15 @@ def resolve(tokens: np.ndarray, fixed: np.ndarray, fixed_suffix: np.ndarray, str
             raise ValueError("reassign needs each item's last-level candidates and the codebook sizes")
         if max_per_sid < 1:
             raise ValueError("max_per_sid must be >= 1")
-        room = max_per_sid * math.prod(sizes)
-        if n > room:
-            raise ValueError(f"{n} items cannot get unique SIDs from {' × '.join(map(str, sizes))} codes with at "
-                             f"most {max_per_sid} per SID ({room}): add a level, larger codebooks or use 'suffix'")
+        # every pattern of omitted levels is its own SID space: Π of its kept levels' sizes × σ rows
+        patterns, counts = np.unique(tokens < 0, axis=0, return_counts=True)
+        for pat, c in zip(patterns, counts):
+            room = max_per_sid * math.prod(k for k, omitted in zip(sizes, pat) if not omitted)
+            if c > room:
+                kept = " × ".join(str(k) for k, omitted in zip(sizes, pat) if not omitted)
+                raise ValueError(f"{c} items cannot get unique SIDs from {kept} codes with at most {max_per_sid} "
+                                 f"per SID ({room}): add a level, use larger codebooks, remove fewer tokens or use "
+                                 "'suffix'")
         moved, fell = _reassign(tokens, fixed, order, last_candidates, sizes, max_per_sid, seed)
     elif strategy != "suffix":
         raise ValueError(f"unknown collision strategy {strategy!r} (suffix or reassign)")
@@ -162,7 +167,8 @@ def _reassign(tokens: np.ndarray, fixed: np.ndarray, order: np.ndarray, cand: np
             free = [c for c in range(k_last) if load.get(prefix + (c,), 0) < sigma]
             if free:
                 target = prefix + (free[int(rng.integers(len(free)))],)
-            else:   # the whole prefix is full: a random free row with the same omitted levels
+            else:   # the whole prefix is full: a random free row with the same omitted levels (one exists:
+                # resolve checked each pattern's room)
                 while target is None or load.get(target, 0) >= sigma:
                     target = tuple(int(rng.integers(sizes[lv])) if tokens[i, lv] >= 0 else -1
                                    for lv in range(len(sizes)))

@@ -65,14 +65,21 @@ def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _none_or_str(value: str) -> str | None:
+    """An optional parameter's flag value: "none" (any case) is None."""
+    return None if value.strip().lower() == "none" else value
+
+
 def build_parser(model: type[BaseModel], prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for name, field in model.model_fields.items():
-        tp, _ = _unwrap_optional(field.annotation)
+        tp, optional = _unwrap_optional(field.annotation)
         origin = typing.get_origin(tp)
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        if optional and tp is not bool and origin not in (list, tuple):
+            kwargs["type"] = _none_or_str
         help_ = field.description or ""
         if field.is_required():
             kwargs["required"] = True

@@ -1,0 +1,179 @@
+"""build_sids on real local Spark + Ray + Delta: MovieLens-100K DeepWalk vectors → semantic IDs,
+then a day with catalog changes, a new generation, the other collision strategy, hourglass options
+and a failing gate."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.spark, pytest.mark.ray]
+
+D1, D2, D3 = "1998-04-30", "1998-05-01", "1998-05-02"
+SMALL = ["--embeddings", "graph_embeddings", "--embedding-filter", "method = 'deepwalk'",
+         "--codebook-sizes", "16,16,16", "--sample-size", "1000"]
+
+
+@pytest.fixture(scope="module")
+def sid_warehouse(spark, tmp_path_factory):
+    """MovieLens-100K: ingest → sessions → Swing → DeepWalk (lean), then build_sids for D1."""
+    from recfactory.jobs.runtime.job import run_job
+
+    wh = str(tmp_path_factory.mktemp("sids") / "wh")
+    base = ["--warehouse", wh, "--as-of", D1]
+    run_job("ingest", base, spark=spark)
+    run_job("build_sessions", base, spark=spark)
+    run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)
+    run_job("build_graph_embeddings", [*base, "--methods", "deepwalk", "--no-evaluate", "--epochs", "2"], spark=spark)
+    ctx = run_job("build_sids", [*base, *SMALL], spark=spark)
+    return wh, ctx
+
+
+def _table(spark, wh, name, ds):
+    return spark.read.format("delta").load(f"{wh}/{name}").where(f"ds = '{ds}'").toPandas()
+
+
+def test_first_run_publishes_unique_balanced_sids_with_metrics(spark, sid_warehouse):
+    wh, ctx = sid_warehouse
+    rc, m = ctx.row_counts, ctx.metrics
+    emb = _table(spark, wh, "graph_embeddings", D1)
+    emb = emb[emb["method"] == "deepwalk"]
+    # every embedding row is either encoded or quarantined (DeepWalk leaves unreached items NULL)
+    assert rc["embedding_rows"] == len(emb) == rc["items"] + rc["quarantined"]
+    q = _table(spark, wh, "sid_quarantine", D1)
+    assert len(q) == rc["quarantined"] == int(emb["vector"].isna().sum()) > 0
+    assert set(q["reason"]) == {"null vector"}
+    sids = _table(spark, wh, "semantic_ids", D1)
+    assert len(sids) == rc["items"] and sids["sid"].is_unique and (sids["generation"] == 1).all()
+    assert sids["in_catalog"].all() and (sids["codes"].map(len) == 3).all()
+    codes = np.stack(sids["rq_codes"].to_numpy())
+    n = len(sids)
+    assert np.bincount(codes[:, 0]).max() <= int(np.ceil(2 * n / 16))        # balance 1.0 on level 1
+    look = _table(spark, wh, "sid_lookup", D1)
+    assert dict(zip(look["sid"], look["item_id"])) == dict(zip(sids["sid"], sids["item_id"]))
+    feats = _table(spark, wh, "sid_features", D1)
+    assert len(feats) == n and (feats["prefix_ngram_ids"].map(len) == 3).all()
+    assert (feats["bigram_ids"].map(len) == 2).all()
+    cb = _table(spark, wh, "sid_codebooks", D1)
+    assert len(cb) == 48 and (cb["generation"] == 1).all()
+    met = _table(spark, wh, "sid_metrics", D1).sort_values("level")
+    assert met["level"].tolist() == [0, 1, 2, 3]
+    total = met.iloc[0]
+    assert total["collision_rate_after"] == 0.0 and total["items"] == n
+    assert total["collision_rate_before"] == pytest.approx(m["collision_rate_before"], abs=1e-6)
+    lv = met.iloc[1:]
+    assert (lv["recon_error"].diff().dropna() < 0).all()                     # each level refines
+    assert lv["prefix_recall"].iloc[0] > 2 * lv["prefix_recall_random"].iloc[0]   # level 1 groups neighbours
+    # the codebooks reproduce the published codes' reconstruction error
+    vec = emb.dropna(subset=["vector"]).set_index("item_id")["vector"]
+    X = np.stack(vec.reindex(sids["item_id"]).to_numpy()).astype(np.float64)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    rec = sum(np.stack(cb[cb["level"] == lvl].sort_values("code")["centroid"].to_numpy())[codes[:, lvl - 1]]
+              for lvl in (1, 2, 3))
+    assert np.linalg.norm(X - rec, axis=1).mean() == pytest.approx(total["recon_error"], rel=1e-4)
+
+
+def _next_day(spark, wh, src, dst, drop, add):
+    """The DeepWalk partition of `src` again as `dst`, without `drop` items and with `add` new ones
+    (perturbed copies of existing vectors under new ids)."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.format("delta").load(f"{wh}/graph_embeddings").where(f"ds = '{src}' and method = 'deepwalk'")
+    pdf = df.toPandas()
+    keep = pdf[~pdf["item_id"].isin(drop)]
+    rng = np.random.default_rng(0)
+    base = pdf.dropna(subset=["vector"]).iloc[:add].copy()
+    base["item_id"] = [f"new{i}" for i in range(add)]
+    base["vector"] = [list(np.asarray(v) + 0.05 * rng.normal(size=len(v))) for v in base["vector"]]
+    import pandas as pd
+
+    out = spark.createDataFrame(pd.concat([keep, base]).drop(columns=["ds"]), df.drop("ds").schema)
+    out.withColumn("ds", F.lit(dt.date.fromisoformat(dst))).write.format("delta").mode("overwrite") \
+        .option("replaceWhere", f"ds = '{dst}'").partitionBy("ds").save(f"{wh}/graph_embeddings")
+
+
+def test_daily_runs_keep_published_sids_and_a_new_generation_remaps(spark, sid_warehouse):
+    from recfactory.jobs.runtime.job import run_job
+
+    wh, _ = sid_warehouse
+    day1 = _table(spark, wh, "semantic_ids", D1).set_index("item_id")
+    gone = list(day1.index[:5])
+    _next_day(spark, wh, D1, D2, gone, 40)
+    ctx = run_job("build_sids", ["--warehouse", wh, "--as-of", D2, *SMALL], spark=spark)
+    day2 = _table(spark, wh, "semantic_ids", D2).set_index("item_id")
+    assert ctx.row_counts["new_items"] == 40 and ctx.row_counts["kept_items"] == len(day1)
+    # published SIDs never move; removed items keep their row, flagged
+    assert (day2.loc[day1.index, "sid"] == day1["sid"]).all()
+    assert not day2.loc[gone, "in_catalog"].any() and day2.drop(index=gone)["in_catalog"].all()
+    assert day2["sid"].is_unique and len(day2) == len(day1) + 40
+    assert (day2.loc[[f"new{i}" for i in range(40)], "assigned_ds"] == dt.date.fromisoformat(D2)).all()
+    assert spark.read.format("delta").load(f"{wh}/sid_codebooks").where(f"ds = '{D2}'").count() == 0
+    # rerunning the date gives the same state (prior = the latest partition before the date)
+    run_job("build_sids", ["--warehouse", wh, "--as-of", D2, *SMALL], spark=spark)
+    again = _table(spark, wh, "semantic_ids", D2).set_index("item_id")
+    assert (again.sort_index()["sid"] == day2.sort_index()["sid"]).all()
+
+    # a new generation: refit, every catalog item re-encoded, remap old → new
+    _next_day(spark, wh, D2, D3, [], 0)
+    ctx = run_job("build_sids", ["--warehouse", wh, "--as-of", D3, *SMALL, "--new-generation"], spark=spark)
+    day3 = _table(spark, wh, "semantic_ids", D3).set_index("item_id")
+    assert (day3["generation"] == 2).all() and day3["sid"].is_unique
+    remap = _table(spark, wh, "sid_remap", D3).set_index("item_id")
+    assert len(remap) == len(day2) and (remap["old_generation"] == 1).all() and (remap["new_generation"] == 2).all()
+    assert (remap.loc[day3.index, "new_sid"] == day3["sid"]).all()
+    assert (remap.loc[day3.index, "old_sid"] == day2.loc[day3.index, "sid"]).all()
+    assert remap.loc[gone, "new_sid"].isna().all()            # they had no vector any more
+    cb = spark.read.format("delta").load(f"{wh}/sid_codebooks").where("generation = 2").count()
+    assert cb == 48
+
+
+def test_same_seed_same_sids_whatever_the_partitioning(spark, sid_warehouse, tmp_path):
+    """The embedding table rewritten into 7 files in another warehouse: identical SIDs."""
+    from recfactory.jobs.runtime.job import run_job
+
+    wh, _ = sid_warehouse
+    other = str(tmp_path / "wh")
+    spark.read.format("delta").load(f"{wh}/graph_embeddings").where(f"ds = '{D1}'").repartition(7) \
+        .write.format("delta").partitionBy("ds").save(f"{other}/graph_embeddings")
+    run_job("build_sids", ["--warehouse", other, "--as-of", D1, *SMALL], spark=spark)
+    a = _table(spark, wh, "semantic_ids", D1).set_index("item_id").sort_index()
+    b = _table(spark, other, "semantic_ids", D1).set_index("item_id").sort_index()
+    assert (a["sid"] == b["sid"]).all()
+
+
+def test_reassign_and_hourglass_options(spark, sid_warehouse, tmp_path):
+    from recfactory.jobs.runtime.job import run_job
+
+    wh, _ = sid_warehouse
+    other = str(tmp_path / "wh")
+    spark.read.format("delta").load(f"{wh}/graph_embeddings").where(f"ds = '{D1}'") \
+        .write.format("delta").partitionBy("ds").save(f"{other}/graph_embeddings")
+    # reassign after a plain last level (collisions to resolve): 4 × 8 prefixes, 256 last codes
+    ctx = run_job("build_sids", ["--warehouse", other, "--as-of", D1, *SMALL[:4], "--codebook-sizes", "4,8,256",
+                                 "--prefix-balance", "none", "--collision", "reassign", "--reassign-candidates", "4",
+                                 "--remove-top-tokens", "1", "--gate-max-collision-rate", "1"], spark=spark)
+    sids = _table(spark, other, "semantic_ids", D1)
+    assert sids["sid"].is_unique and not sids["sid"].str.contains("<s_").any()
+    _, counts = np.unique(np.stack(sids["rq_codes"].to_numpy()), axis=0, return_counts=True)
+    assert counts.max() == 1                                            # σ = 1: one item per code row
+    assert ctx.metrics["moved"] > 0 and 0 <= ctx.metrics["fell_back_fraction"] <= 1
+    # the most frequent level-2 token is gone from its items' SIDs (variable length)
+    lens = sids["codes"].map(len)
+    assert set(lens) == {2, 3}
+    assert (~sids["sid"].str.contains("<b_")).sum() == (lens == 2).sum()
+
+
+def test_a_failing_gate_publishes_nothing(spark, sid_warehouse):
+    from recfactory.jobs.runtime.delta_io import Warehouse
+    from recfactory.jobs.runtime.job import QualityGateError, run_job
+
+    wh, _ = sid_warehouse
+    before = {t: Warehouse(spark, wh).latest_version(t) for t in ("semantic_ids", "sid_codebooks", "sid_metrics")}
+    with pytest.raises(QualityGateError, match="collision rate before handling"):
+        run_job("build_sids", ["--warehouse", wh, "--as-of", D1, "--new-generation", *SMALL[:4],
+                               "--codebook-sizes", "4,4", "--gate-max-collision-rate", "0.01"], spark=spark)
+    assert {t: Warehouse(spark, wh).latest_version(t) for t in before} == before
+    runs = spark.read.format("delta").load(f"{wh}/_runs").where("job = 'build_sids' and status = 'failed'")
+    assert "collision_rate_before" in runs.orderBy("started_at", ascending=False).first()["metrics"]
