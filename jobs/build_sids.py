@@ -75,7 +75,7 @@ LEVEL_METRICS = ("codebook_size", "items", "utilization", "entropy", "perplexity
                  "top_token_share", "max_code_size", "mean_code_size", "removed_tokens", "recon_error",
                  "relative_recon_error", "prefix_recall", "prefix_recall_random")
 TOTAL_METRICS = ("collision_rate_before", "collision_rate_after", "max_items_per_sid_before", "sid_gini_before",
-                 "sid_gini_after", "moved", "fell_back_fraction", "second_pass_items", "new_items", "kept_items",
+                 "sid_gini_after", "moved", "fell_back_fraction", "candidates_full_items", "new_items", "kept_items",
                  "removed_items", "new_recon_error", "kept_recon_error", "fit_seconds", "encode_seconds")
 METRICS_SCHEMA = T.StructType([T.StructField("generation", T.IntegerType(), False),
                                T.StructField("level", T.IntegerType(), False)]
@@ -92,13 +92,15 @@ class SidParams(JobParams):
                                  "sid_remap); the first run always does.")
     codebook_sizes: list[int] = Field([256, 256, 256], description="Codes per level (e.g. 1024,4096,32768).")
     balance: float | None = Field(1.0, ge=0, description="Levels 1..L−1: a code holds at most (1 + balance)·N/K "
-                                  "items; empty: plain k-means.")
+                                  "items; none: plain k-means.")
     prefix_balance: float | None = Field(0.0, ge=0, description="Last level: at most (1 + prefix_balance)·n/K "
-                                         "items per code among the n items of a prefix; empty: plain nearest code.")
+                                         "items per code among the n items of a prefix; none: plain nearest code.")
     kmeans_iterations: int = Field(20, ge=1, description="faiss k-means iterations per level.")
     balanced_iterations: int = Field(10, ge=0, description="Capacity-constrained Lloyd iterations per level.")
     candidates: int = Field(32, ge=2, description="Nearest codes ranked per item by the balanced assignment.")
     sample_size: int = Field(65536, ge=2, description="Items the codebooks are fitted on (seeded bottom-k sample).")
+    encode_shard_rows: int = Field(131072, ge=1, description="Items per Ray task of the catalog's nearest-code "
+                                   "search (the codebooks are broadcast; the result does not depend on it).")
     drop_levels: list[int] = Field([], description="Hourglass: levels (1-based, not the last) left out of the SIDs.")
     remove_top_tokens: int = Field(0, ge=0, description="Hourglass: the most frequent tokens of --top-token-level "
                                    "removed from the SIDs of their items (variable-length SIDs).")
@@ -134,23 +136,54 @@ class SidParams(JobParams):
                 "vector_column": self.vector_column}
 
 
-def _fit_encode_task(sample, x, spec_dict, books_centroids, prior, cpus):
-    """Ray task: (fit when no codebooks are given, then) encode. Threads = the task's CPUs."""
+def _fit_task(sample: np.ndarray, spec_dict: dict, cpus: int):
+    """Ray task: the codebooks, with the task's CPUs as faiss / numba threads."""
     import time
 
     import faiss
     import numba
 
-    from recfactory.tokenizers.rq import Codebooks, RQSpec, encode, fit
+    from recfactory.tokenizers.rq import RQSpec, fit
 
     faiss.omp_set_num_threads(cpus)
     numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
-    spec = RQSpec(**spec_dict)
     t0 = time.time()
-    books = fit(sample, spec) if books_centroids is None else Codebooks(books_centroids)
-    t1 = time.time()
-    enc = encode(x, books, spec, prior=prior)
-    return books.centroids, enc, t1 - t0, time.time() - t1
+    return fit(sample, RQSpec(**spec_dict)).centroids, time.time() - t0
+
+
+def _search_task(r: np.ndarray, c: np.ndarray, m: int):
+    import faiss
+
+    from recfactory.tokenizers.rq import ranked_candidates
+
+    faiss.omp_set_num_threads(1)
+    d, ids = ranked_candidates(r, c, m)
+    return d, ids.astype(np.int32)
+
+
+class ShardedSearch:
+    """The nearest-code search of the catalog assignment as Ray tasks over fixed-size row shards,
+    the codebook broadcast once per level through the object store. Shards are cut by row count
+    (rows are in item-id order), so neither the input's partitioning nor the cluster's size
+    changes a row's candidates — and ``ranked_candidates`` re-scores them in float64 per row."""
+
+    def __init__(self, shard_rows: int):
+        self.shard_rows = shard_rows
+        self.tasks = 0
+
+    def __call__(self, r: np.ndarray, c: np.ndarray, m: int):
+        from recfactory.tokenizers.rq import ranked_candidates
+
+        if len(r) <= self.shard_rows:
+            return ranked_candidates(r, c, m)
+        import ray
+
+        task = ray.remote(num_cpus=1)(_search_task)
+        c_ref = ray.put(np.ascontiguousarray(c))
+        refs = [task.remote(r[lo:lo + self.shard_rows], c_ref, m) for lo in range(0, len(r), self.shard_rows)]
+        self.tasks += len(refs)
+        parts = ray.get(refs)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.int64)
 
 
 class BuildSidsJob(Job):
@@ -196,9 +229,24 @@ class BuildSidsJob(Job):
         if fresh:
             sample = X[self._sample_rows(ids, p.sample_size, p.seed)]
             ctx.row_counts["fit_sample"] = len(sample)
-        cents, enc, fit_s, enc_s = self._on_ray(sample, X[new_rows], spec, None if fresh else books_prev, prior_codes)
-        books = Codebooks(cents)
-        ctx.metrics.update({"fit_seconds": round(fit_s, 3), "encode_seconds": round(enc_s, 3)})
+        import time
+
+        from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
+        from recfactory.tokenizers.rq import encode
+
+        ray = init_ray()
+        fit_s = 0.0
+        if fresh:
+            cpus = node_cpus()[0]
+            cents, fit_s = ray.get(ray.remote(num_cpus=cpus)(_fit_task).remote(sample, spec.to_dict(), cpus))
+            books = Codebooks(cents)
+        else:
+            books = Codebooks(books_prev)
+        t0 = time.time()
+        search = ShardedSearch(p.encode_shard_rows)
+        enc = encode(X[new_rows], books, spec, prior=prior_codes, search=search)
+        ctx.metrics.update({"fit_seconds": round(fit_s, 3), "encode_seconds": round(time.time() - t0, 3),
+                            "search_tasks": search.tasks})
 
         # hourglass removal (fixed per generation: computed on the fit, read back afterwards)
         L = spec.levels
@@ -352,17 +400,6 @@ class BuildSidsJob(Job):
                                        hash_key=f"sid{seed:013d}"[:16]).to_numpy()
         return np.sort(np.argsort(h, kind="stable")[:size])
 
-    @staticmethod
-    def _on_ray(sample, x, spec: RQSpec, books, prior):
-        import ray
-
-        from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
-
-        init_ray()
-        cpus = node_cpus()[0]
-        task = ray.remote(num_cpus=cpus)(_fit_encode_task)
-        return ray.get(task.remote(sample, x, spec.to_dict(), books, prior, cpus))
-
     # ---- metrics ----------------------------------------------------------------------------
     def _metrics(self, ctx: RunContext, p: SidParams, generation: int, X: np.ndarray, codes: np.ndarray,
                  before: np.ndarray, after: np.ndarray, suffix: np.ndarray, is_new: np.ndarray, items: np.ndarray,
@@ -396,7 +433,7 @@ class BuildSidsJob(Job):
                  "max_items_per_sid_before": float(n_before.max(initial=0)), "sid_gini_before": S.gini(n_before),
                  "sid_gini_after": S.gini(n_after), "moved": float(res.moved),
                  "fell_back_fraction": res.fell_back / res.moved if res.moved else 0.0,
-                 "second_pass_items": float(second_pass), "new_items": float(is_new.sum()),
+                 "candidates_full_items": float(second_pass), "new_items": float(is_new.sum()),
                  "kept_items": float((~is_new).sum()), "removed_items": float(gone),
                  "recon_error": rows[-1]["recon_error"], "relative_recon_error": rows[-1]["relative_recon_error"],
                  "new_recon_error": float(err[is_new].mean()) if is_new.any() else np.nan,

@@ -130,14 +130,17 @@ def test_daily_runs_keep_published_sids_and_a_new_generation_remaps(spark, sid_w
 
 
 def test_same_seed_same_sids_whatever_the_partitioning(spark, sid_warehouse, tmp_path):
-    """The embedding table rewritten into 7 files in another warehouse: identical SIDs."""
+    """The embedding table rewritten into 7 files in another warehouse, and the catalog's search
+    spread over Ray tasks of 300 items: identical SIDs."""
     from recfactory.jobs.runtime.job import run_job
 
     wh, _ = sid_warehouse
     other = str(tmp_path / "wh")
     spark.read.format("delta").load(f"{wh}/graph_embeddings").where(f"ds = '{D1}'").repartition(7) \
         .write.format("delta").partitionBy("ds").save(f"{other}/graph_embeddings")
-    run_job("build_sids", ["--warehouse", other, "--as-of", D1, *SMALL], spark=spark)
+    ctx = run_job("build_sids", ["--warehouse", other, "--as-of", D1, *SMALL, "--encode-shard-rows", "300"],
+                  spark=spark)
+    assert ctx.metrics["search_tasks"] >= 3 * 5
     a = _table(spark, wh, "semantic_ids", D1).set_index("item_id").sort_index()
     b = _table(spark, other, "semantic_ids", D1).set_index("item_id").sort_index()
     assert (a["sid"] == b["sid"]).all()

@@ -10,10 +10,14 @@ and r^{l+1} = r^l − C_l[c_l]. What makes it *balanced*:
   assignment step is that capacity-constrained assignment, so the centroids sit where the
   constrained assignment puts the points.
 - **level L: a capacity per code within each prefix.** Items sharing the codes c_1 … c_{L−1} get
-  at most ``⌈(1 + prefix_balance)·n_prefix/K_L⌉`` of them per last code: with the default 0, items
-  of a prefix with at most K_L members all get different last codes. That is where full-SID
-  collisions are made or avoided, and the last level's residuals are the smallest, so spreading
-  there costs the least reconstruction error.
+  at most ``⌈(1 + prefix_balance)·n_prefix/K_L⌉`` of them per last code among their
+  ``candidates`` nearest codes: with the default 0, items of a prefix spread over distinct nearby
+  last codes. That is where full-SID collisions are made or avoided, and the last level's residuals
+  are the smallest, so spreading there costs the least reconstruction error. An item whose nearby
+  codes are all taken keeps its nearest one (a collision, left to the collision handling): a far
+  code would cost more reconstruction error than it saves collisions (1M × 64-d items in 2,000 Zipf
+  blobs, 256³ codes: mean error 4.30 with a hard cap, 3.63 this way, 3.41 for faiss's RQ; collision
+  rate 0.13, 0.31 and 0.90).
 
 The constrained assignment (``_greedy``) is the regret-ordered greedy of capacitated assignment:
 every item ranks its ``candidates`` nearest codes (faiss search, then re-scored in float64 so a
@@ -89,7 +93,8 @@ class Encoding:
     codes: np.ndarray              # N × L int64
     residual_norms: np.ndarray     # N × L: ‖e − Σ_{l' ≤ l} C_l'[c_l']‖ after each level
     last_candidates: np.ndarray    # N × m: the last level's nearest codes, nearest first
-    second_pass: list[int]         # per level: items placed after all their candidates were full
+    second_pass: list[int]         # per level: items whose candidates were all full (placed in a second
+                                   # pass; on the last level, left on their nearest code)
 
 
 def capacity(n: int, k: int, balance: float | None) -> int:
@@ -102,15 +107,18 @@ def capacity(n: int, k: int, balance: float | None) -> int:
 def ranked_candidates(r: np.ndarray, c: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """(squared distances float64, code ids) of each row's m nearest codes, nearest first, ties by
     code id. faiss finds them; the distances are recomputed exactly per row in float64, so the
-    result does not depend on how rows were batched."""
+    result does not depend on how rows were batched. When the candidates are the whole codebook,
+    the exact scoring alone ranks them (no search needed)."""
     import faiss
 
     m = min(m, len(c))
+    r32, c32 = np.ascontiguousarray(r, dtype=np.float32), np.ascontiguousarray(c, dtype=np.float32)
+    if m == len(c):
+        return _exact_ranked(r32, c32, np.tile(np.arange(len(c), dtype=np.int64), (len(r), 1)))
     index = faiss.IndexFlatL2(c.shape[1])
     index.add(np.ascontiguousarray(c, dtype=np.float32))
-    _, ids = index.search(np.ascontiguousarray(r, dtype=np.float32), m)
-    ids = ids.astype(np.int64)
-    return _exact_ranked(np.ascontiguousarray(r, dtype=np.float32), np.ascontiguousarray(c, dtype=np.float32), ids)
+    _, ids = index.search(r32, m)
+    return _exact_ranked(r32, c32, ids.astype(np.int64))
 
 
 @numba.njit(cache=True, parallel=True)
@@ -168,16 +176,21 @@ def _greedy(rows, starts, cand, k, caps, prior_start, prior_codes):
 
 def constrained_assign(r: np.ndarray, c: np.ndarray, groups: np.ndarray, balance: float | None, candidates: int,
                        prior_groups: np.ndarray | None = None, prior_codes: np.ndarray | None = None,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                       search=ranked_candidates, overflow: str = "any") -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Assign rows of r to codes of c with a capacity per (group, code) of ⌈(1+balance)·n_g/K⌉,
     n_g counting the group's rows and its prior items (which keep their codes).
 
-    Returns (codes, candidate distances, candidate ids (nearest first), rows placed in the second pass).
+    overflow: what happens to rows whose candidates are all full — "any": a second pass over every
+    code (the capacity is hard); "nearest": they take their nearest code over capacity.
+    Returns (codes, candidate distances, candidate ids (nearest first), rows whose candidates were
+    all full).
+    ``search(r, c, m)`` ranks candidates (``ranked_candidates``, or a distributed equivalent: its
+    rows must not depend on how they are batched).
     """
     n, k = len(r), len(c)
     prior_groups = np.zeros(0, dtype=np.int64) if prior_groups is None else np.asarray(prior_groups, np.int64)
     prior_codes = np.zeros(0, dtype=np.int64) if prior_codes is None else np.asarray(prior_codes, np.int64)
-    d, cand = ranked_candidates(r, c, candidates)
+    d, cand = search(r, c, candidates)
     if balance is None:
         return cand[:, 0].copy(), d, cand, 0
     ng = int(max(groups.max(initial=-1), prior_groups.max(initial=-1))) + 1
@@ -190,11 +203,13 @@ def constrained_assign(r: np.ndarray, c: np.ndarray, groups: np.ndarray, balance
     pstart = np.searchsorted(prior_groups[po], np.arange(ng + 1)).astype(np.int64)
     codes = _greedy(rows, starts, cand, k, caps, pstart, prior_codes[po])
     rest = np.flatnonzero(codes < 0)
-    if len(rest):   # all candidates full: every code, with everything placed so far counted
+    if len(rest) and overflow == "nearest":   # over capacity on the nearest code rather than a far one
+        codes[rest] = cand[rest, 0]
+    elif len(rest):   # all candidates full: every code, with everything placed so far counted
         placed = codes >= 0
         pg = np.concatenate([prior_groups, groups[placed]])
         pc = np.concatenate([prior_codes, codes[placed]])
-        _, cand_all = ranked_candidates(r[rest], c, k)
+        _, cand_all = search(r[rest], c, k)
         sub = np.lexsort((np.arange(len(rest)), -regret[rest], groups[rest])).astype(np.int64)
         sg = groups[rest][sub]
         starts2 = np.searchsorted(sg, np.arange(ng + 1)).astype(np.int64)
@@ -243,9 +258,13 @@ def fit_level(x: np.ndarray, k: int, balance: float | None, spec: RQSpec, seed: 
     if balance is None:
         return c
     zero = np.zeros(len(x), dtype=np.int64)
+    prev = None
     for _ in range(spec.balanced_iterations):
         codes, *_ = constrained_assign(x, c, zero, balance, spec.candidates)
+        if prev is not None and np.array_equal(codes, prev):
+            break                                  # converged: the means would not move
         c = _means(x, codes, c)
+        prev = codes
     return c
 
 
@@ -280,9 +299,12 @@ def _group_ids(*prefixes: np.ndarray) -> list[np.ndarray]:
     return np.split(ids, np.cumsum(sizes)[:-1])
 
 
-def encode(x: np.ndarray, books: Codebooks, spec: RQSpec, prior: np.ndarray | None = None) -> Encoding:
+def encode(x: np.ndarray, books: Codebooks, spec: RQSpec, prior: np.ndarray | None = None,
+           search=ranked_candidates) -> Encoding:
     """Codes of the rows of x. ``prior``: codes (M × L) of items already published with these
-    codebooks; they count in every capacity and keep their codes."""
+    codebooks; they count in every capacity and keep their codes. ``search``: see
+    ``constrained_assign`` — the nearest-code search is the O(N·K·d) part and can run distributed;
+    the capacity bookkeeping after it is O(N·candidates) and runs here."""
     if x.shape[1] != books.centroids[0].shape[1]:
         raise ValueError(f"embeddings are {x.shape[1]}-d but the codebooks are {books.centroids[0].shape[1]}-d")
     if not np.isfinite(x).all():
@@ -301,7 +323,10 @@ def encode(x: np.ndarray, books: Codebooks, spec: RQSpec, prior: np.ndarray | No
         else:
             groups, pgroups = np.zeros(n, np.int64), np.zeros(len(prior), np.int64)
             balance = spec.balance
-        a, _, cand, n2 = constrained_assign(r, c, groups, balance, spec.candidates, pgroups, prior[:, level])
+        # the last level: an item whose nearest `candidates` codes are all taken in its prefix keeps its
+        # nearest code (a collision for the collision handling) rather than a far one
+        a, _, cand, n2 = constrained_assign(r, c, groups, balance, spec.candidates, pgroups, prior[:, level], search,
+                                            overflow="nearest" if last else "any")
         codes[:, level] = a
         second.append(n2)
         if last:
