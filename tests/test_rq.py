@@ -86,6 +86,8 @@ def test_prior_items_count_in_capacity_and_keep_their_codes():
     books = fit(x[:800], spec)
     old = encode(x[:800], books, spec).codes
     new = encode(x[800:], books, spec, prior=old).codes
+    none = encode(x[:0], books, spec, prior=old)                # a day without new items
+    assert none.codes.shape == (0, 2) and none.last_candidates.shape[0] == 0
     both = np.vstack([old, new])
     assert np.bincount(both[:, 0]).max() <= capacity(1200, 8, 0.0)
     _, prefix = np.unique(both[:, :1], axis=0, return_inverse=True)
