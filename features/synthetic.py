@@ -67,6 +67,15 @@ def uniform(seed: int, *keys: Column | str, salt: str) -> Column:
     return (h.bitwiseAND(F.lit((1 << 53) - 1))).cast("double") / F.lit(_U53)
 
 
+def seeded_hash(values, seed: int, salt: str):
+    """The NumPy-side counterpart of `uniform`: a seeded 64-bit hash (uint64 array) of each value,
+    independent of row order and partitioning (pandas' hash with the key salt + zero-padded seed)."""
+    import pandas as pd
+
+    key = f"{salt}{seed:0{16 - len(salt)}d}"[:16]
+    return pd.util.hash_pandas_object(pd.Series(values, dtype=object), index=False, hash_key=key).to_numpy()
+
+
 def zipf_rank(u: Column, n: int, s: float) -> Column:
     """Rank in [0, n) from U[0,1), by the inverse CDF of a power law on [1, n+1) (exponent s)."""
     if abs(s - 1.0) < 1e-9:

@@ -16,14 +16,12 @@ buckets of [−1, 1]) are written for the date's training samples when they exis
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -31,6 +29,7 @@ from recfactory.features.schema import POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
 from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, side_field_columns
 from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
+from recfactory.features.synthetic import seeded_hash
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k, simtier, u2i_pairs
@@ -132,8 +131,7 @@ class AlignEmbeddingsJob(Job):
         ctx.row_counts.update({"i2i_pairs": len(i2i), "i2i_pairs_without_content": int((~known).sum())})
         i2i = i2i[known]
         ia, ib = index[i2i["a"]].to_numpy(), index[i2i["b"]].to_numpy()
-        h = pd.util.hash_pandas_object(pd.Series(i2i["a"].to_numpy(), dtype=object), index=False,
-                                       hash_key=f"qarm{p.seed:012d}"[:16]).to_numpy()
+        h = seeded_hash(i2i["a"].to_numpy(), p.seed, "qarm")
         held = (h % 1_000_000) < p.holdout * 1_000_000
         ctx.row_counts.update({"i2i_train_pairs": int((~held).sum()), "i2i_heldout_pairs": int(held.sum())})
 

@@ -31,6 +31,7 @@ from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, build_edges, bui
 from recfactory.graph.skipgram import TrainSpec
 from recfactory.graph.walks import Graph
 from recfactory.jobs.runtime.inputs import date_partition, item_snapshot
+from recfactory.features.synthetic import seeded_hash
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 
@@ -157,8 +158,7 @@ class BuildGraphEmbeddingsJob(Job):
         tr_edges = (in_catalog(build_edges(train, ctx.cutoff, gspec).where("kept"), items)
                     .select("src", "dst", "weight", "transitions").toPandas())
         graph_items = np.union1d(tr_edges["src"].to_numpy(dtype=object), tr_edges["dst"].to_numpy(dtype=object))
-        h = pd.util.hash_pandas_object(pd.Series(graph_items, dtype=object), index=False,
-                                       hash_key=f"cold{p.seed:012d}"[:16]).to_numpy()
+        h = seeded_hash(graph_items, p.seed, "cold")
         cold = set(graph_items[(h % 1_000_000) < p.cold_holdout * 1_000_000])
         touches = tr_edges["src"].isin(cold) | tr_edges["dst"].isin(cold)
         cold_pairs = tr_edges[~tr_edges["src"].isin(cold) & tr_edges["dst"].isin(cold)][["src", "dst"]]

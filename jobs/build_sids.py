@@ -34,6 +34,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recfactory.features.synthetic import seeded_hash
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers import sids as S
@@ -266,8 +267,7 @@ class BuildSidsJob(Job):
         res = S.resolve(tokens, fixed, fixed_suffix, gspec["collision"], order=order,
                         last_candidates=cand[:, :gspec["reassign_candidates"]], sizes=spec.codebook_sizes,
                         max_per_sid=gspec["max_per_sid"], seed=p.seed)
-        rq_codes = all_codes.copy()
-        rq_codes = np.where(res.tokens >= 0, res.tokens, rq_codes)   # reassign moved some tokens
+        rq_codes = np.where(res.tokens >= 0, res.tokens, all_codes)   # reassign moved some tokens
         with_suffix = gspec["collision"] == "suffix" or gspec["max_per_sid"] > 1
         sid = np.array(S.sid_strings(res.tokens, res.suffix, with_suffix), dtype=object)
         if len(set(sid)) != len(sid):
@@ -350,8 +350,7 @@ class BuildSidsJob(Job):
             X = np.stack(pdf.loc[ok, "v"].to_numpy()).astype(np.float32)
         finite = np.isfinite(X).all(1)
         norms = np.linalg.norm(X, axis=1)
-        bad = ok.to_numpy().copy()
-        idx_ok = np.flatnonzero(bad)
+        idx_ok = np.flatnonzero(ok.to_numpy())
         reasons.iloc[idx_ok[~finite]] = "non-finite vector values"
         reasons.iloc[idx_ok[finite & (norms == 0)]] = "zero vector"
         keep = finite & (norms > 0)
@@ -396,8 +395,7 @@ class BuildSidsJob(Job):
         depend on row order or partitioning), in id order."""
         if len(ids) <= size:
             return np.arange(len(ids))
-        h = pd.util.hash_pandas_object(pd.Series(ids, dtype=object), index=False,
-                                       hash_key=f"sid{seed:013d}"[:16]).to_numpy()
+        h = seeded_hash(ids, seed, "sid")
         return np.sort(np.argsort(h, kind="stable")[:size])
 
     # ---- metrics ----------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def ranked_candidates(r: np.ndarray, c: np.ndarray, m: int) -> tuple[np.ndarray,
     if m == len(c):
         return _exact_ranked(r32, c32, np.tile(np.arange(len(c), dtype=np.int64), (len(r), 1)))
     index = faiss.IndexFlatL2(c.shape[1])
-    index.add(np.ascontiguousarray(c, dtype=np.float32))
+    index.add(c32)
     _, ids = index.search(r32, m)
     return _exact_ranked(r32, c32, ids.astype(np.int64))
 
@@ -174,6 +174,16 @@ def _greedy(rows, starts, cand, k, caps, prior_start, prior_codes):
     return codes
 
 
+def _greedy_by_group(groups, regret, cand, k, caps, ng, prior_groups, prior_codes):
+    """``_greedy`` over rows ordered by group, then regret (descending), then position, with each
+    group's prior codes counted. Returns codes (−1 where every candidate was full)."""
+    rows = np.lexsort((np.arange(len(groups)), -regret, groups)).astype(np.int64)
+    starts = np.searchsorted(groups[rows], np.arange(ng + 1)).astype(np.int64)
+    po = np.argsort(prior_groups, kind="stable")
+    pstart = np.searchsorted(prior_groups[po], np.arange(ng + 1)).astype(np.int64)
+    return _greedy(rows, starts, cand, k, caps, pstart, prior_codes[po])
+
+
 def constrained_assign(r: np.ndarray, c: np.ndarray, groups: np.ndarray, balance: float | None, candidates: int,
                        prior_groups: np.ndarray | None = None, prior_codes: np.ndarray | None = None,
                        search=ranked_candidates, overflow: str = "any") -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -197,11 +207,7 @@ def constrained_assign(r: np.ndarray, c: np.ndarray, groups: np.ndarray, balance
     sizes = np.bincount(groups, minlength=ng) + np.bincount(prior_groups, minlength=ng)
     caps = np.array([capacity(int(s), k, balance) for s in sizes], dtype=np.int64)
     regret = d[:, 1] - d[:, 0] if d.shape[1] > 1 else np.zeros(n)
-    rows = np.lexsort((np.arange(n), -regret, groups)).astype(np.int64)   # by group, regret desc, index
-    starts = np.searchsorted(groups[rows], np.arange(ng + 1)).astype(np.int64)
-    po = np.argsort(prior_groups, kind="stable")
-    pstart = np.searchsorted(prior_groups[po], np.arange(ng + 1)).astype(np.int64)
-    codes = _greedy(rows, starts, cand, k, caps, pstart, prior_codes[po])
+    codes = _greedy_by_group(groups, regret, cand, k, caps, ng, prior_groups, prior_codes)
     rest = np.flatnonzero(codes < 0)
     if len(rest) and overflow == "nearest":   # over capacity on the nearest code rather than a far one
         codes[rest] = cand[rest, 0]
@@ -210,12 +216,7 @@ def constrained_assign(r: np.ndarray, c: np.ndarray, groups: np.ndarray, balance
         pg = np.concatenate([prior_groups, groups[placed]])
         pc = np.concatenate([prior_codes, codes[placed]])
         _, cand_all = search(r[rest], c, k)
-        sub = np.lexsort((np.arange(len(rest)), -regret[rest], groups[rest])).astype(np.int64)
-        sg = groups[rest][sub]
-        starts2 = np.searchsorted(sg, np.arange(ng + 1)).astype(np.int64)
-        po2 = np.argsort(pg, kind="stable")
-        pstart2 = np.searchsorted(pg[po2], np.arange(ng + 1)).astype(np.int64)
-        codes2 = _greedy(sub, starts2, cand_all, k, caps, pstart2, pc[po2])
+        codes2 = _greedy_by_group(groups[rest], regret[rest], cand_all, k, caps, ng, pg, pc)
         if (codes2 < 0).any():   # cannot happen: cap·K ≥ n_g for every group
             raise AssertionError("constrained assignment left items without a code")
         codes[rest] = codes2

@@ -94,7 +94,6 @@ def resolve(tokens: np.ndarray, fixed: np.ndarray, fixed_suffix: np.ndarray, str
     passes the rank of the item id, new items after published ones); last_candidates: each row's
     last-level codes nearest first, and sizes: the codebook sizes (reassign).
     """
-    n = len(tokens)
     before = collision_rate(tokens)
     tokens = tokens.copy()
     suffix = np.where(fixed, fixed_suffix, -1).astype(np.int64)
