@@ -1,0 +1,77 @@
+"""GBDT leaf tokenizer: the global leaf vocabulary, encoding, recalibration and the NE metrics."""
+
+import numpy as np
+import pytest
+
+from recfactory.features.samples import recalibrate
+from recfactory.tokenizers.gbdt import (GBDTSpec, calibration_ratio, encode_leaves, leaf_vocab, normalized_entropy,
+                                        one_hot, train, tree_offsets)
+
+
+def data(n=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    logit = 1.5 * X[:, 0] - X[:, 1] * X[:, 2] - 2.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float64)
+    return X, y
+
+
+def test_leaf_vocabulary_is_dense_and_encodes_the_raw_score():
+    X, y = data()
+    spec = GBDTSpec(num_trees=12, num_leaves=8, min_data_in_leaf=20, bagging_fraction=1.0, feature_fraction=1.0,
+                    threads=1)
+    booster = train(X, y, spec, [f"x{i}" for i in range(5)])
+    vocab = leaf_vocab(booster)
+    assert vocab["global_id"].tolist() == list(range(len(vocab)))
+    for t, g in vocab.groupby("tree"):
+        assert g["leaf"].tolist() == list(range(len(g)))
+        assert g["count"].sum() == len(X)                       # no bagging: every row reaches one leaf
+    leaves = encode_leaves(booster, X, tree_offsets(vocab))
+    assert leaves.shape == (len(X), 12)
+    direct = booster.predict(X, pred_leaf=True)
+    assert (leaves - tree_offsets(vocab)[None, :] == direct).all()
+    # the leaf values of a row's leaves add up to the booster's raw score
+    raw = vocab["leaf_value"].to_numpy()[leaves].sum(1)
+    np.testing.assert_allclose(raw, booster.predict(X, raw_score=True), rtol=1e-9, atol=1e-9)
+    oh = one_hot(leaves, len(vocab))
+    assert oh.shape == (len(X), len(vocab)) and (oh.sum(1) == 12).all()
+
+
+def test_recalibration_recovers_the_true_rate_after_negative_downsampling():
+    """Four buckets with known click rates; negatives kept at rate w: the downsampled rate of each
+    bucket, recalibrated, is the true rate again (up to sampling noise)."""
+    rng = np.random.default_rng(1)
+    rates = np.array([0.01, 0.05, 0.1, 0.3])
+    bucket = rng.integers(0, 4, 800_000)
+    y = rng.random(len(bucket)) < rates[bucket]
+    for w in (0.5, 0.1, 0.02):
+        keep = y | (rng.random(len(y)) < w)
+        seen = np.array([y[keep & (bucket == b)].mean() for b in range(4)])
+        assert (seen > rates * 1.5).all()                                 # downsampling inflates the rate
+        np.testing.assert_allclose(recalibrate(seen, w), rates, rtol=0.06)
+
+
+def test_a_gbdt_on_downsampled_rows_is_calibrated_after_recalibration():
+    rng = np.random.default_rng(2)
+    X, y = data(n=60_000, seed=2)
+    w = 0.1
+    keep = (y == 1) | (rng.random(len(y)) < w)
+    booster = train(X[keep], y[keep], GBDTSpec(num_trees=200, num_leaves=8, threads=1), [f"x{i}" for i in range(5)])
+    p = booster.predict(X)
+    q = recalibrate(p, w)
+    assert calibration_ratio(y, p) > 2 and calibration_ratio(y, q) == pytest.approx(1.0, abs=0.1)
+    assert normalized_entropy(y, q) < min(1.0, normalized_entropy(y, p))
+
+
+def test_normalized_entropy_against_its_definition():
+    y = np.array([1, 0, 0, 0], dtype=float)
+    assert normalized_entropy(y, np.full(4, 0.25)) == pytest.approx(1.0)
+    p = np.array([0.9, 0.1, 0.2, 0.1])
+    ll = -np.mean([np.log(0.9), np.log(0.9), np.log(0.8), np.log(0.9)])
+    h = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    assert normalized_entropy(y, p) == pytest.approx(ll / h)
+
+
+def test_single_label_is_refused():
+    with pytest.raises(ValueError, match="single label"):
+        train(np.zeros((10, 1)), np.zeros(10), GBDTSpec(), ["x"])
