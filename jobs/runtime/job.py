@@ -43,6 +43,7 @@ JOBS: dict[str, str] = {
     "build_graph_embeddings": "recfactory.jobs.build_graph_embeddings:BuildGraphEmbeddingsJob",
     "build_content_embeddings": "recfactory.jobs.build_content_embeddings:BuildContentEmbeddingsJob",
     "align_embeddings": "recfactory.jobs.align_embeddings:AlignEmbeddingsJob",
+    "train_gbdt": "recfactory.jobs.train_gbdt:TrainGBDTJob",
     "build_sids": "recfactory.jobs.build_sids:BuildSidsJob",
 }
 

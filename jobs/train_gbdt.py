@@ -1,0 +1,242 @@
+"""train_gbdt: training_samples → gbdt_models, gbdt_leaf_vocab, gbdt_metrics (+ a report), ds = as-of.
+
+    spark-submit jobs/train_gbdt.py --warehouse W --as-of 1998-04-30
+
+A LightGBM binary model on the point-in-time features of ``training_samples`` (cross statistics,
+context, history length), trained in a Ray task, stored as LightGBM's text format (no pickle)
+with its global leaf vocabulary (``recfactory.tokenizers.gbdt``).
+
+Splits (time-based, from build_training_samples): the train split is cut by time at
+``--tree-fraction``; the trees learn on the earlier part, the downstream models of the Facebook
+comparison (LR on one-hot leaves, LR on raw features) on the later part — disjoint, so leaf
+features never carry the labels they were fitted on into the downstream model (scikit-learn's
+GBDT+LR recipe). Everything is evaluated on the test split.
+
+Negatives of the train split were kept at rate w by build_training_samples (``negative_rate``),
+and ``--negative-rate`` can thin the tree rows further; predictions are recalibrated with
+q = p / (p + (1 − p)/w) before any metric.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
+from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.tokenizers.gbdt import GBDTSpec
+
+CONTEXT_FEATURES = ("ctx_hour_of_day", "ctx_day_of_week", "ctx_position", "hist_len")
+MODEL_SCHEMA = T.StructType([
+    T.StructField("model_version", T.StringType(), False), T.StructField("model_text", T.StringType(), False),
+    T.StructField("params", T.StringType(), False), T.StructField("feature_names", T.ArrayType(T.StringType()), False),
+    T.StructField("negative_rate", T.DoubleType(), False), T.StructField("metrics", T.StringType(), False),
+])
+VOCAB_SCHEMA = T.StructType([
+    T.StructField("model_version", T.StringType(), False), T.StructField("tree", T.IntegerType(), False),
+    T.StructField("leaf", T.IntegerType(), False), T.StructField("global_id", T.IntegerType(), False),
+    T.StructField("leaf_value", T.DoubleType(), False), T.StructField("count", T.LongType(), False),
+])
+METRICS_SCHEMA = T.StructType([
+    T.StructField("model_version", T.StringType(), False), T.StructField("model", T.StringType(), False),
+    T.StructField("split", T.StringType(), False), T.StructField("slice_column", T.StringType()),
+    T.StructField("slice_value", T.StringType()), T.StructField("rows", T.LongType(), False),
+    T.StructField("positives", T.LongType(), False), T.StructField("auc", T.DoubleType()),
+    T.StructField("ne", T.DoubleType()), T.StructField("rig", T.DoubleType()),
+    T.StructField("calibration_ratio", T.DoubleType()),
+])
+
+
+class TrainGBDTParams(JobParams):
+    label: str = Field("label_click", description="The binary label column of training_samples.")
+    features: list[str] = Field([], description="Feature columns; empty: every f_* column plus "
+                                + ", ".join(CONTEXT_FEATURES) + " (those present).")
+    tree_fraction: float = Field(0.5, gt=0, lt=1, description="Earliest share (by ts) of the train split the "
+                                 "trees learn on; the rest trains the downstream models.")
+    negative_rate: float = Field(1.0, gt=0, le=1, description="Further negative downsampling of the tree rows "
+                                 "(seeded hash), on top of the samples' own rate; recalibrated.")
+    num_trees: int = Field(200, ge=1, description="Boosting rounds (trees).")
+    num_leaves: int = Field(31, ge=2, description="Leaves per tree.")
+    learning_rate: float = Field(0.05, gt=0, description="Shrinkage.")
+    min_data_in_leaf: int = Field(100, ge=1, description="Smallest leaf.")
+    feature_fraction: float = Field(0.8, gt=0, le=1, description="Features sampled per tree.")
+    bagging_fraction: float = Field(0.8, gt=0, le=1, description="Rows sampled per tree.")
+    slices: list[str] = Field(["category"], description="Columns the calibration is also reported by.")
+    max_slice_values: int = Field(10, ge=1, description="Most frequent values reported per slice column.")
+    gate_min_auc: float = Field(0.55, ge=0, le=1, description="The GBDT's test AUC must reach this.")
+    gate_max_ne: float = Field(1.0, gt=0, description="The GBDT's test NE must stay below this (1: the base rate).")
+
+    def gbdt_spec(self) -> GBDTSpec:
+        return GBDTSpec(num_trees=self.num_trees, num_leaves=self.num_leaves, learning_rate=self.learning_rate,
+                        min_data_in_leaf=self.min_data_in_leaf, feature_fraction=self.feature_fraction,
+                        bagging_fraction=self.bagging_fraction, seed=self.seed)
+
+
+def _train_task(X: np.ndarray, y: np.ndarray, spec_dict: dict, names: list[str], cpus: int) -> str:
+    """Ray task: the booster as LightGBM model text."""
+    from recfactory.tokenizers.gbdt import GBDTSpec, train
+
+    spec = GBDTSpec(**{**spec_dict, "threads": cpus})
+    return train(X, y, spec, names).model_to_string()
+
+
+class TrainGBDTJob(Job):
+    name = "train_gbdt"
+    Params = TrainGBDTParams
+    description = "LightGBM on training_samples in a Ray task; model text, global leaf vocabulary, calibrated metrics."
+    outputs = ("gbdt_models", "gbdt_leaf_vocab", "gbdt_metrics")
+
+    def run(self, ctx: RunContext) -> None:
+        import lightgbm as lgb
+
+        from recfactory.features.samples import recalibrate
+        from recfactory.jobs.runtime.inputs import date_partition
+        from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
+        from recfactory.tokenizers import gbdt
+
+        p: TrainGBDTParams = ctx.params
+        spark = ctx.spark
+        df = date_partition(ctx, "training_samples", "build_training_samples")
+        names = self._feature_names(df, p)
+        slices = [s for s in p.slices if s in df.columns]
+        pdf = df.select(F.col("sample_id").cast("string").alias("sample_id"), "ts", "split",
+                        F.col(p.label).cast("double").alias("_y"), "negative_rate",
+                        *[F.col(c).cast("double").alias(c) for c in names], *slices).toPandas()
+        ctx.row_counts["samples"] = len(pdf)
+        bad = pdf["_y"].isna() | ~pdf["_y"].isin([0.0, 1.0])
+        if bad.any():
+            raise ValueError(f"{p.label} must be 0/1 on every row; {int(bad.sum())} rows are not")
+
+        train = pdf[pdf["split"] == "train"].sort_values(["ts", "sample_id"], kind="stable")
+        test = pdf[pdf["split"] == "test"]
+        if not len(train) or not len(test):
+            raise ValueError(f"training_samples of {ctx.as_of} needs train and test rows (has "
+                             f"{pdf['split'].value_counts().to_dict()})")
+        cut = int(len(train) * p.tree_fraction)
+        tree, down = train.iloc[:cut], train.iloc[cut:]
+        w_samples = train["negative_rate"].unique()
+        if len(w_samples) != 1:
+            raise ValueError(f"the train split mixes negative rates {sorted(w_samples)}")
+        h = pd.util.hash_pandas_object(tree["sample_id"], index=False, hash_key=f"gbdt{p.seed:012d}"[:16]).to_numpy()
+        keep = (tree["_y"].to_numpy() == 1) | ((h % 1_000_000) < p.negative_rate * 1_000_000)
+        tree = tree[keep]
+        w_tree = float(w_samples[0]) * p.negative_rate
+        w_down = float(w_samples[0])
+        ctx.row_counts.update({"tree_rows": len(tree), "downstream_rows": len(down), "test_rows": len(test),
+                               "tree_rows_negative_downsampled": int((~keep).sum())})
+
+        ray = init_ray()
+        cpus = node_cpus()[0]
+        spec = p.gbdt_spec()
+        text = ray.get(ray.remote(num_cpus=cpus)(_train_task).remote(
+            tree[names].to_numpy(), tree["_y"].to_numpy(), spec.to_dict(), names, cpus))
+        booster = lgb.Booster(model_str=text)
+        vocab = gbdt.leaf_vocab(booster)
+        offsets = gbdt.tree_offsets(vocab)
+
+        # evaluation on the test split (recalibrated): GBDT, LR on leaves, LR on raw features
+        Xt, yt = test[names].to_numpy(), test["_y"].to_numpy()
+        scores = {"gbdt": recalibrate(booster.predict(Xt), w_tree)}
+        if len(down) and len(np.unique(down["_y"])) == 2:
+            scores.update(self._lr_models(booster, offsets, len(vocab), down[names].to_numpy(),
+                                          down["_y"].to_numpy(), Xt, w_down))
+        else:
+            ctx.notes["downstream"] = "skipped: the downstream rows have a single label"
+        version = f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}"
+        rows = []
+        for model, q in scores.items():
+            rows.append(self._metric_row(version, model, "test", None, None, yt, q))
+        for col in slices:
+            top = test[col].astype(str).value_counts().index[:p.max_slice_values]
+            for v in top:
+                m = (test[col].astype(str) == v).to_numpy()
+                rows.append(self._metric_row(version, "gbdt", "test", col, v, yt[m], scores["gbdt"][m]))
+        met = pd.DataFrame(rows, columns=[f.name for f in METRICS_SCHEMA.fields])
+        for r in met[met["slice_column"].isna()].itertuples():
+            for k in ("auc", "ne", "rig", "calibration_ratio"):
+                if getattr(r, k) is not None and np.isfinite(getattr(r, k)):
+                    ctx.metrics[f"{k}.{r.model}"] = round(float(getattr(r, k)), 6)
+        gain = booster.feature_importance("gain")
+        importance = dict(sorted(zip(names, (gain / max(gain.sum(), 1e-12)).round(6).tolist()),
+                                 key=lambda kv: -kv[1]))
+        g = met[(met["model"] == "gbdt") & met["slice_column"].isna()].iloc[0]
+        failed = []
+        if not g["auc"] >= p.gate_min_auc:
+            failed.append(f"test AUC {g['auc']:.4f} < {p.gate_min_auc}")
+        if not g["ne"] < p.gate_max_ne:
+            failed.append(f"test NE {g['ne']:.4f} >= {p.gate_max_ne}")
+        if failed:
+            raise QualityGateError("GBDT not published: " + "; ".join(failed))
+
+        summary = {"test": {r.model: {"auc": r.auc, "ne": r.ne, "calibration_ratio": r.calibration_ratio}
+                            for r in met[met["slice_column"].isna()].itertuples()},
+                   "importance_gain": importance, "negative_rate": w_tree}
+        ctx.notes["model_version"] = version
+        ctx.write(spark.createDataFrame([(version, text, json.dumps(spec.to_dict()), names, w_tree,
+                                          json.dumps(summary))], MODEL_SCHEMA).withColumn("ds", F.lit(ctx.as_of)),
+                  "gbdt_models")
+        vocab.insert(0, "model_version", version)
+        ref = ctx.write(spark.createDataFrame(vocab, VOCAB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_leaf_vocab")
+        ctx.row_counts["leaves"] = ref.rows
+        ctx.write(spark.createDataFrame(met, METRICS_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_metrics")
+
+    @staticmethod
+    def _feature_names(df, p: TrainGBDTParams) -> list[str]:
+        numeric = {f.name for f in df.schema.fields if isinstance(f.dataType, T.NumericType)}
+        if p.features:
+            missing = [c for c in p.features if c not in df.columns]
+            if missing:
+                raise ValueError(f"training_samples has no column(s) {missing}")
+            wrong = [c for c in p.features if c not in numeric]
+            if wrong:
+                raise ValueError(f"feature column(s) {wrong} are not numeric")
+            return list(p.features)
+        names = sorted(c for c in df.columns if c.startswith("f_") and c in numeric)
+        names += [c for c in CONTEXT_FEATURES if c in numeric]
+        if not names:
+            raise ValueError("training_samples has no numeric f_* or context columns to train on")
+        return names
+
+    @staticmethod
+    def _lr_models(booster, offsets, vocab_size, Xd, yd, Xt, w) -> dict[str, np.ndarray]:
+        """The Facebook comparison, trained on the downstream rows: LR on one-hot leaves and LR on
+        the raw features (median-imputed, standardized), both recalibrated with w."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from recfactory.features.samples import recalibrate
+        from recfactory.tokenizers.gbdt import encode_leaves, one_hot
+
+        lr_leaves = LogisticRegression(C=1.0, max_iter=1000)
+        lr_leaves.fit(one_hot(encode_leaves(booster, Xd, offsets), vocab_size), yd)
+        q_leaves = lr_leaves.predict_proba(one_hot(encode_leaves(booster, Xt, offsets), vocab_size))[:, 1]
+        med = np.nanmedian(np.where(np.isfinite(Xd), Xd, np.nan), axis=0)
+        med = np.where(np.isfinite(med), med, 0.0)
+
+        def impute(X):
+            return np.where(np.isfinite(X), X, med[None, :])
+
+        lr_raw = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        lr_raw.fit(impute(Xd), yd)
+        q_raw = lr_raw.predict_proba(impute(Xt))[:, 1]
+        return {"lr_leaves": recalibrate(q_leaves, w), "lr_raw": recalibrate(q_raw, w)}
+
+    @staticmethod
+    def _metric_row(version, model, split, col, value, y, q):
+        from recfactory.tokenizers.gbdt import auc, calibration_ratio, normalized_entropy
+
+        both = len(np.unique(y)) == 2
+        ne = normalized_entropy(y, q) if both else None
+        return (version, model, split, col, value, int(len(y)), int(y.sum()), auc(y, q) if both else None, ne,
+                None if ne is None else 1 - ne, calibration_ratio(y, q) if y.sum() else None)
+
+
+if __name__ == "__main__":
+    from recfactory.jobs.runtime.cli import job_script_main
+
+    job_script_main("train_gbdt")
