@@ -31,6 +31,7 @@ from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers.gbdt import GBDTSpec
 
 CONTEXT_FEATURES = ("ctx_hour_of_day", "ctx_day_of_week", "ctx_position", "hist_len")
+LEAF_LR_C = (1.0, 0.1, 0.03, 0.01, 0.003, 0.001)
 MODEL_SCHEMA = T.StructType([
     T.StructField("model_version", T.StringType(), False), T.StructField("model_text", T.StringType(), False),
     T.StructField("params", T.StringType(), False), T.StructField("feature_names", T.ArrayType(T.StringType()), False),
@@ -142,8 +143,10 @@ class TrainGBDTJob(Job):
         Xt, yt = test[names].to_numpy(), test["_y"].to_numpy()
         scores = {"gbdt": recalibrate(booster.predict(Xt), w_tree)}
         if len(down) and len(np.unique(down["_y"])) == 2:
-            scores.update(self._lr_models(booster, offsets, len(vocab), down[names].to_numpy(),
-                                          down["_y"].to_numpy(), Xt, w_down))
+            lr, c = self._lr_models(booster, offsets, len(vocab), down[names].to_numpy(), down["_y"].to_numpy(),
+                                    Xt, w_down)
+            scores.update(lr)
+            ctx.metrics["lr_leaves_C"] = c
         else:
             ctx.notes["downstream"] = "skipped: the downstream rows have a single label"
         version = f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}"
@@ -212,8 +215,18 @@ class TrainGBDTJob(Job):
         from recfactory.features.samples import recalibrate
         from recfactory.tokenizers.gbdt import encode_leaves, one_hot
 
-        lr_leaves = LogisticRegression(C=1.0, max_iter=1000)
-        lr_leaves.fit(one_hot(encode_leaves(booster, Xd, offsets), vocab_size), yd)
+        from recfactory.tokenizers.gbdt import normalized_entropy
+
+        # L2 strength picked on the latest fifth of the downstream rows (they are in time order),
+        # then refitted on all of them: thousands of one-hot leaves overfit without it
+        Ld = one_hot(encode_leaves(booster, Xd, offsets), vocab_size)
+        cut = int(len(yd) * 0.8)
+        best = (np.inf, 1.0)
+        if len(np.unique(yd[:cut])) == 2 and len(np.unique(yd[cut:])) == 2:
+            for C in LEAF_LR_C:
+                m = LogisticRegression(C=C, max_iter=1000).fit(Ld[:cut], yd[:cut])
+                best = min(best, (normalized_entropy(yd[cut:], m.predict_proba(Ld[cut:])[:, 1]), C))
+        lr_leaves = LogisticRegression(C=best[1], max_iter=1000).fit(Ld, yd)
         q_leaves = lr_leaves.predict_proba(one_hot(encode_leaves(booster, Xt, offsets), vocab_size))[:, 1]
         med = np.nanmedian(np.where(np.isfinite(Xd), Xd, np.nan), axis=0)
         med = np.where(np.isfinite(med), med, 0.0)
@@ -224,7 +237,7 @@ class TrainGBDTJob(Job):
         lr_raw = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
         lr_raw.fit(impute(Xd), yd)
         q_raw = lr_raw.predict_proba(impute(Xt))[:, 1]
-        return {"lr_leaves": recalibrate(q_leaves, w), "lr_raw": recalibrate(q_raw, w)}
+        return {"lr_leaves": recalibrate(q_leaves, w), "lr_raw": recalibrate(q_raw, w)}, best[1]
 
     @staticmethod
     def _metric_row(version, model, split, col, value, y, q):

@@ -44,6 +44,7 @@ JOBS: dict[str, str] = {
     "build_content_embeddings": "recfactory.jobs.build_content_embeddings:BuildContentEmbeddingsJob",
     "align_embeddings": "recfactory.jobs.align_embeddings:AlignEmbeddingsJob",
     "train_gbdt": "recfactory.jobs.train_gbdt:TrainGBDTJob",
+    "build_gbdt_leaves": "recfactory.jobs.build_gbdt_leaves:BuildGBDTLeavesJob",
     "build_sids": "recfactory.jobs.build_sids:BuildSidsJob",
 }
 

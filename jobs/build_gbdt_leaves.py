@@ -1,0 +1,113 @@
+"""build_gbdt_leaves: gbdt_models + any table with the model's feature columns → gbdt_leaves, ds = as-of.
+
+    spark-submit jobs/build_gbdt_leaves.py --warehouse W --as-of 1998-04-30
+
+Encodes every row of the input's ds = as-of partition (``training_samples`` by default, or fresh
+rows of any table) into the global leaf ids of a GBDT (``train_gbdt``): Spark ``mapInPandas``, the
+model text broadcast once and parsed once per Python worker, LightGBM's ``pred_leaf`` per batch
+plus the per-tree offsets of ``gbdt_leaf_vocab``. Rows must carry exactly the model's feature
+columns as numbers: a missing or non-numeric column stops the job with its name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recfactory.jobs.runtime.job import Job, RunContext
+from recfactory.jobs.runtime.params import Field, JobParams
+
+LEAVES_SCHEMA = T.StructType([
+    T.StructField("sample_id", T.StringType(), False), T.StructField("model_version", T.StringType(), False),
+    T.StructField("leaf_ids", T.ArrayType(T.IntegerType()), False),
+])
+
+_BOOSTERS: dict[str, object] = {}      # per Python worker: model version → parsed booster
+
+
+def _booster(version: str, text: str):
+    if version not in _BOOSTERS:
+        import lightgbm as lgb
+
+        _BOOSTERS.clear()
+        _BOOSTERS[version] = lgb.Booster(model_str=text)
+    return _BOOSTERS[version]
+
+
+class GBDTLeavesParams(JobParams):
+    model_version: str | None = Field(None, description="gbdt_models version; none: the latest model written "
+                                      "at or before the as-of.")
+    input: str = Field("training_samples", description="Table whose ds = as-of rows are encoded.")
+    id_column: str = Field("sample_id", description="Row id column of the input (written as sample_id).")
+    batch_size: int = Field(10_000, ge=1, description="Rows per pred_leaf call.")
+
+
+class BuildGBDTLeavesJob(Job):
+    name = "build_gbdt_leaves"
+    Params = GBDTLeavesParams
+    description = "Global GBDT leaf ids for every row of a table (Spark mapInPandas, model broadcast)."
+    outputs = ("gbdt_leaves",)
+
+    def run(self, ctx: RunContext) -> None:
+        from recfactory.jobs.runtime.inputs import date_partition
+        from recfactory.tokenizers.gbdt import tree_offsets
+
+        p: GBDTLeavesParams = ctx.params
+        spark = ctx.spark
+        models = ctx.read("gbdt_models").where(F.col("ds") <= F.lit(ctx.as_of))
+        if p.model_version:
+            models = models.where(F.col("model_version") == p.model_version)
+        row = models.orderBy(F.col("ds").desc(), F.col("model_version").desc()).first()
+        if row is None:
+            raise ValueError(f"gbdt_models has no model {p.model_version or ''} at or before {ctx.as_of}: run "
+                             "train_gbdt first")
+        version, text, names = row["model_version"], row["model_text"], list(row["feature_names"])
+        ctx.notes["model_version"] = version
+        vocab = ctx.read("gbdt_leaf_vocab").where(F.col("model_version") == version).select("tree", "global_id") \
+            .toPandas()
+        offsets = tree_offsets(vocab)
+
+        df = date_partition(ctx, p.input, "the job that writes " + p.input)
+        self._check_schema(df, names, p)
+        text_b = spark.sparkContext.broadcast(text)
+        batch = p.batch_size
+
+        def encode(batches):
+            booster = _booster(version, text_b.value)
+            for pdf in batches:
+                for lo in range(0, len(pdf), batch):
+                    part = pdf.iloc[lo:lo + batch]
+                    X = part[names].to_numpy(dtype=np.float64, na_value=np.nan)
+                    leaves = booster.predict(X, pred_leaf=True).astype(np.int64).reshape(len(part), -1)
+                    ids = (leaves + offsets[None, :leaves.shape[1]]).astype(np.int32)
+                    yield pd.DataFrame({"sample_id": part["_id"].to_numpy(), "model_version": version,
+                                        "leaf_ids": list(ids)})
+
+        rows = df.select(F.col(p.id_column).cast("string").alias("_id"),
+                         *[F.col(c).cast("double").alias(c) for c in names])
+        out = rows.mapInPandas(encode, LEAVES_SCHEMA).withColumn("ds", F.lit(ctx.as_of))
+        ref = ctx.write(out, "gbdt_leaves")
+        n_in = df.count()
+        ctx.row_counts.update({"input_rows": n_in, "gbdt_leaves": ref.rows})
+        if ref.rows != n_in:
+            raise AssertionError(f"gbdt_leaves has {ref.rows} rows for {n_in} input rows")
+
+    @staticmethod
+    def _check_schema(df, names: list[str], p: GBDTLeavesParams) -> None:
+        fields = {f.name: f.dataType for f in df.schema.fields}
+        if p.id_column not in fields:
+            raise ValueError(f"{p.input} has no id column {p.id_column!r}")
+        missing = [c for c in names if c not in fields]
+        wrong = [c for c in names if c in fields and not isinstance(fields[c], T.NumericType)]
+        if missing or wrong:
+            raise ValueError(f"{p.input} does not match the model's features: "
+                             + "; ".join(x for x in (f"missing {missing}" if missing else "",
+                                                     f"not numeric {wrong}" if wrong else "") if x))
+
+
+if __name__ == "__main__":
+    from recfactory.jobs.runtime.cli import job_script_main
+
+    job_script_main("build_gbdt_leaves")
