@@ -186,6 +186,76 @@ class TrainGBDTJob(Job):
         ref = ctx.write(spark.createDataFrame(vocab, VOCAB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_leaf_vocab")
         ctx.row_counts["leaves"] = ref.rows
         ctx.write(spark.createDataFrame(met, METRICS_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_metrics")
+        ctx.notes["report"] = self._report(ctx, version, met, importance, yt, scores, ctx.metrics.get("lr_leaves_C"))
+
+    @staticmethod
+    def _report(ctx: RunContext, version: str, met: pd.DataFrame, importance: dict, y: np.ndarray,
+                scores: dict[str, np.ndarray], c_leaves) -> str:
+        """report.md + calibration.png + importance.png under <warehouse>/_reports/train_gbdt/<as-of>/
+        (any filesystem pyarrow knows). Returns the folder."""
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from pyarrow import fs
+
+        folder = f"{ctx.warehouse.root.replace('s3a://', 's3://', 1)}/_reports/train_gbdt/{ctx.as_of.isoformat()}"
+        filesystem, path = fs.FileSystem.from_uri(folder if "://" in folder else "file://" + folder)
+        filesystem.create_dir(path, recursive=True)
+
+        def put(name: str, data: bytes) -> None:
+            with filesystem.open_output_stream(f"{path}/{name}") as f:
+                f.write(data)
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        edges = np.quantile(scores["gbdt"], np.linspace(0, 1, 11))
+        for model, q in scores.items():
+            b = np.clip(np.searchsorted(edges, q, side="right") - 1, 0, 9)
+            xs = [q[b == i].mean() for i in range(10) if (b == i).any()]
+            ys = [y[b == i].mean() for i in range(10) if (b == i).any()]
+            ax.plot(xs, ys, marker="o", label=model)
+        top = max(float(y.mean()) * 3, max(float(q.max()) for q in scores.values()))
+        ax.plot([0, top], [0, top], "k:", lw=1)
+        ax.set(xlabel="mean prediction (recalibrated)", ylabel="observed rate", title="test calibration by decile")
+        ax.legend()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        put("calibration.png", buf.getvalue())
+        fig, ax = plt.subplots(figsize=(6, 5))
+        items = list(importance.items())[:20][::-1]
+        ax.barh([k for k, _ in items], [v for _, v in items])
+        ax.set(xlabel="share of total gain", title="feature importance (gain)")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        put("importance.png", buf.getvalue())
+
+        overall = met[met["slice_column"].isna()]
+        sliced = met[met["slice_column"].notna()]
+        md = [f"# GBDT {version}", "", f"Test split: {int(overall['rows'].iloc[0]):,} rows, "
+              f"{int(overall['positives'].iloc[0]):,} positives. Predictions recalibrated q = p/(p + (1−p)/w).", "",
+              "## Facebook comparison (test NE; lower is better)", "",
+              "| model | AUC | NE | RIG | calibration |", "|---|---|---|---|---|"]
+        labels = {"gbdt": "GBDT alone", "lr_leaves": f"LR on one-hot leaves (C = {c_leaves})",
+                  "lr_raw": "LR on raw features"}
+        for r in overall.itertuples():
+            md.append(f"| {labels.get(r.model, r.model)} | {r.auc:.4f} | {r.ne:.4f} | {r.rig:.4f} | "
+                      f"{r.calibration_ratio:.3f} |")
+        if len(sliced):
+            md += ["", "## Calibration by slice (GBDT)", "", "| slice | rows | AUC | NE | calibration |",
+                   "|---|---|---|---|---|"]
+            for r in sliced.itertuples():
+                fmt = (lambda v, d: "–" if v is None or not np.isfinite(v) else f"{v:.{d}f}")
+                md.append(f"| {r.slice_column} = {r.slice_value} | {r.rows:,} | {fmt(r.auc, 4)} | {fmt(r.ne, 4)} | "
+                          f"{fmt(r.calibration_ratio, 3)} |")
+        md += ["", "![calibration](calibration.png)", "", "## Feature importance (total gain)", "",
+               "| feature | share |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in list(importance.items())[:20]]
+        md += ["", "![importance](importance.png)", ""]
+        put("report.md", "\n".join(md).encode())
+        return folder
 
     @staticmethod
     def _feature_names(df, p: TrainGBDTParams) -> list[str]:

@@ -43,6 +43,13 @@ def test_train_gbdt_publishes_model_text_a_dense_vocabulary_and_calibrated_metri
     assert {"ne.lr_leaves", "ne.lr_raw", "lr_leaves_C"} <= set(m)
     met = _read(spark, wh, "gbdt_metrics")
     assert set(met["model"]) == {"gbdt", "lr_leaves", "lr_raw"} and (met["slice_column"] == "category").any()
+    from pathlib import Path
+
+    report = Path(ctx.notes["report"])
+    text = (report / "report.md").read_text()
+    assert "LR on one-hot leaves" in text and "Calibration by slice" in text and "f_" in text
+    for png in ("calibration.png", "importance.png"):
+        assert (report / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_spark_leaf_encoding_equals_pred_leaf_row_for_row(spark, gbdt_warehouse):
