@@ -66,6 +66,9 @@ class TrainGBDTParams(JobParams):
     min_data_in_leaf: int = Field(100, ge=1, description="Smallest leaf.")
     feature_fraction: float = Field(0.8, gt=0, le=1, description="Features sampled per tree.")
     bagging_fraction: float = Field(0.8, gt=0, le=1, description="Rows sampled per tree.")
+    distributed_rows: int = Field(5_000_000, ge=1, description="Tree rows from which training runs data-parallel "
+                                  "on Ray Train (LightGBMTrainer) instead of one Ray task.")
+    workers: int = Field(2, ge=1, description="Ray Train workers of the data-parallel training.")
     slices: list[str] = Field(["category"], description="Columns the calibration is also reported by.")
     max_slice_values: int = Field(10, ge=1, description="Most frequent values reported per slice column.")
     gate_min_auc: float = Field(0.55, ge=0, le=1, description="The GBDT's test AUC must reach this.")
@@ -133,8 +136,20 @@ class TrainGBDTJob(Job):
         ray = init_ray()
         cpus = node_cpus()[0]
         spec = p.gbdt_spec()
-        text = ray.get(ray.remote(num_cpus=cpus)(_train_task).remote(
-            tree[names].to_numpy(), tree["_y"].to_numpy(), spec.to_dict(), names, cpus))
+        if len(tree) >= p.distributed_rows:
+            storage = ctx.warehouse.root.replace("s3a://", "s3://", 1) + "/_checkpoints/train_gbdt"
+            if "://" not in storage:
+                import os
+
+                storage = os.path.abspath(storage)
+            booster = gbdt.train_distributed(tree[names].to_numpy(), tree["_y"].to_numpy(), spec, names, p.workers,
+                                             storage, f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}")
+            text = booster.model_to_string()
+            ctx.notes["training"] = f"Ray Train LightGBMTrainer, {p.workers} workers"
+        else:
+            text = ray.get(ray.remote(num_cpus=cpus)(_train_task).remote(
+                tree[names].to_numpy(), tree["_y"].to_numpy(), spec.to_dict(), names, cpus))
+            ctx.notes["training"] = f"one Ray task, {cpus} threads"
         booster = lgb.Booster(model_str=text)
         vocab = gbdt.leaf_vocab(booster)
         offsets = gbdt.tree_offsets(vocab)

@@ -85,3 +85,26 @@ def test_a_table_without_the_model_features_is_refused(spark, gbdt_warehouse):
         .withColumn(text, F.lit("x")).write.format("delta").partitionBy("ds").save(f"{wh}/fresh_rows")
     with pytest.raises(ValueError, match=rf"missing \['{gone}'\]; not numeric \['{text}'\]"):
         run_job("build_gbdt_leaves", [*base, "--input", "fresh_rows"], spark=spark)
+
+
+def test_large_training_runs_data_parallel_on_ray_train(spark, gbdt_warehouse, tmp_path):
+    """The same samples above the distributed threshold: LightGBMTrainer with 2 workers gives a
+    model of the same quality."""
+    import subprocess
+    import sys
+
+    wh, base, single = gbdt_warehouse
+    other = str(tmp_path / "wh")
+    spark.read.format("delta").load(f"{wh}/training_samples").write.format("delta").partitionBy("ds") \
+        .save(f"{other}/training_samples")
+    # a fresh interpreter: Ray Train V2 (2.60) can stall a later trainer started by one driver
+    code = ("from recfactory.jobs.runtime.job import run_job; import json; "
+            f"c = run_job('train_gbdt', ['--warehouse', '{other}', '--as-of', '{D}', '--num-trees', '40', "
+            "'--distributed-rows', '1000']); print('RESULT', json.dumps([c.notes['training'], c.metrics['auc.gbdt']]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    training, auc = json.loads(line[len("RESULT "):])
+    assert training.startswith("Ray Train") and abs(auc - single.metrics["auc.gbdt"]) < 0.03

@@ -129,3 +129,36 @@ def one_hot(leaves: np.ndarray, vocab_size: int):
     n, t = leaves.shape
     return sp.csr_matrix((np.ones(n * t, dtype=np.float32), leaves.reshape(-1), np.arange(0, n * t + 1, t)),
                          shape=(n, vocab_size))
+
+
+def train_distributed(X: np.ndarray, y: np.ndarray, spec: GBDTSpec, feature_names: list[str], workers: int,
+                      storage_path: str, run_name: str):
+    """Data-parallel LightGBM on Ray Train (``LightGBMTrainer``, one CPU per worker, LightGBM's
+    data-parallel tree learner over the workers' row shards). Returns the booster of the final
+    checkpoint."""
+    import lightgbm as lgb
+    import ray.data
+    import ray.train
+    from ray.train.lightgbm import LightGBMTrainer, RayTrainReportCallback
+
+    if len(np.unique(y)) < 2:
+        raise ValueError("the training rows have a single label: nothing to learn")
+    frame = pd.DataFrame(X, columns=list(feature_names))
+    frame["__label"] = y
+    names = list(feature_names)
+
+    def loop(config: dict) -> None:
+        import ray.train.lightgbm as rtl
+
+        shard = ray.train.get_dataset_shard("train").materialize().to_pandas()
+        data = lgb.Dataset(shard[names].to_numpy(), label=shard["__label"].to_numpy(), feature_name=names)
+        params = {**config["params"], "tree_learner": "data", "num_threads": 1, **rtl.get_network_params()}
+        lgb.train(params, data, num_boost_round=config["rounds"], callbacks=[RayTrainReportCallback()])
+
+    trainer = LightGBMTrainer(
+        loop, train_loop_config={"params": spec.lgb_params(), "rounds": spec.num_trees},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(storage_path=storage_path, name=run_name),
+        datasets={"train": ray.data.from_pandas(frame)})
+    result = trainer.fit()
+    return RayTrainReportCallback.get_model(result.checkpoint)
