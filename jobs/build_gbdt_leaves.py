@@ -4,8 +4,9 @@
 
 Encodes every row of the input's ds = as-of partition (``training_samples`` by default, or fresh
 rows of any table) into the global leaf ids of a GBDT (``train_gbdt``): Spark, the
-model text broadcast once and parsed once per Python worker, LightGBM's ``pred_leaf`` per batch
-plus the per-tree offsets of ``gbdt_leaf_vocab`` (``mapInArrow``: the id lists are built from one
+model text broadcast once and parsed once per Python worker, LightGBM's ``pred_leaf`` compiled
+(`recfactory.tokenizers.gbdt.LeafEncoder`, equal row for row) plus the per-tree offsets of
+``gbdt_leaf_vocab`` (``mapInArrow``: the id lists are built from one
 flat array, with no per-row Python objects). Rows must carry exactly the model's feature
 columns as numbers: a missing or non-numeric column stops the job with its name.
 """
@@ -24,16 +25,44 @@ LEAVES_SCHEMA = T.StructType([
     T.StructField("leaf_ids", T.ArrayType(T.IntegerType()), False),
 ])
 
-_BOOSTERS: dict[str, object] = {}      # per Python worker: model version → parsed booster
+_ENCODERS: dict[str, object] = {}      # per Python worker: model version → parsed LeafEncoder
 
 
-def _booster(version: str, text: str):
-    if version not in _BOOSTERS:
-        import lightgbm as lgb
+def _encoder(version: str, text: str, offsets: np.ndarray):
+    if version not in _ENCODERS:
+        from recfactory.tokenizers.gbdt import LeafEncoder
 
-        _BOOSTERS.clear()
-        _BOOSTERS[version] = lgb.Booster(model_str=text)
-    return _BOOSTERS[version]
+        _ENCODERS.clear()
+        _ENCODERS[version] = LeafEncoder(text, offsets)
+    return _ENCODERS[version]
+
+
+def encode_frame(df, id_column: str, names: list[str], version: str, text: str, offsets: np.ndarray,
+                 batch: int = 10_000):
+    """(sample_id, model_version, leaf_ids) for every row of ``df``: the model text broadcast once,
+    parsed once per Python worker into a `LeafEncoder` (LightGBM's pred_leaf, compiled, offsets
+    added), run on Arrow batches of ``batch`` rows; the id lists are built from one flat array
+    (mapInArrow, no per-row Python objects)."""
+    text_b = df.sparkSession.sparkContext.broadcast(text)
+
+    def encode(batches):
+        import pyarrow as pa
+
+        encoder = _encoder(version, text_b.value, offsets)
+        for rb in batches:
+            for lo in range(0, rb.num_rows, batch):
+                part = rb.slice(lo, batch)
+                X = np.column_stack([part.column(c).to_numpy(zero_copy_only=False) for c in names]) \
+                    if names else np.zeros((part.num_rows, 0))
+                ids = encoder.encode(X)          # one thread: Spark already runs one task per core
+                t = ids.shape[1]
+                lists = pa.ListArray.from_arrays(pa.array(np.arange(0, part.num_rows * t + 1, t, dtype=np.int32)),
+                                                 pa.array(ids.reshape(-1)))
+                yield pa.RecordBatch.from_arrays([part.column("_id"), lists], names=["sample_id", "leaf_ids"])
+
+    rows = df.select(F.col(id_column).cast("string").alias("_id"), *[F.col(c).cast("double").alias(c) for c in names])
+    out = rows.mapInArrow(encode, T.StructType([LEAVES_SCHEMA["sample_id"], LEAVES_SCHEMA["leaf_ids"]]))
+    return out.select("sample_id", F.lit(version).alias("model_version"), "leaf_ids")
 
 
 class GBDTLeavesParams(JobParams):
@@ -55,7 +84,6 @@ class BuildGBDTLeavesJob(Job):
         from recfactory.tokenizers.gbdt import tree_offsets
 
         p: GBDTLeavesParams = ctx.params
-        spark = ctx.spark
         models = ctx.read("gbdt_models").where(F.col("ds") <= F.lit(ctx.as_of))
         if p.model_version:
             models = models.where(F.col("model_version") == p.model_version)
@@ -71,31 +99,8 @@ class BuildGBDTLeavesJob(Job):
 
         df = date_partition(ctx, p.input, "the job that writes " + p.input)
         self._check_schema(df, names, p)
-        text_b = spark.sparkContext.broadcast(text)
-        batch = p.batch_size
-
-        def encode(batches):
-            import pyarrow as pa
-
-            booster = _booster(version, text_b.value)
-            for rb in batches:
-                for lo in range(0, rb.num_rows, batch):
-                    part = rb.slice(lo, batch)
-                    X = np.column_stack([part.column(c).to_numpy(zero_copy_only=False) for c in names]) \
-                        if names else np.zeros((part.num_rows, 0))
-                    leaves = booster.predict(X.astype(np.float64), pred_leaf=True).astype(np.int64)
-                    ids = (leaves.reshape(part.num_rows, -1) + offsets[None, :]).astype(np.int32)
-                    t = ids.shape[1]
-                    lists = pa.ListArray.from_arrays(pa.array(np.arange(0, part.num_rows * t + 1, t, dtype=np.int32)),
-                                                     pa.array(ids.reshape(-1)))
-                    yield pa.RecordBatch.from_arrays(
-                        [part.column("_id"), pa.array([version] * part.num_rows, pa.string()), lists],
-                        names=["sample_id", "model_version", "leaf_ids"])
-
-        rows = df.select(F.col(p.id_column).cast("string").alias("_id"),
-                         *[F.col(c).cast("double").alias(c) for c in names])
-        # Arrow in, Arrow out: the leaf-id lists are built from one flat array, no per-row objects
-        out = rows.mapInArrow(encode, LEAVES_SCHEMA).withColumn("ds", F.lit(ctx.as_of))
+        out = encode_frame(df, p.id_column, names, version, text, offsets, p.batch_size) \
+            .withColumn("ds", F.lit(ctx.as_of))
         ref = ctx.write(out, "gbdt_leaves")
         n_in = df.count()
         ctx.row_counts.update({"input_rows": n_in, "gbdt_leaves": ref.rows})

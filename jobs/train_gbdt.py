@@ -98,6 +98,7 @@ class TrainGBDTJob(Job):
         import lightgbm as lgb
 
         from recfactory.features.samples import recalibrate
+        from recfactory.features.synthetic import seeded_hash
         from recfactory.jobs.runtime.inputs import date_partition
         from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
         from recfactory.tokenizers import gbdt
@@ -125,13 +126,14 @@ class TrainGBDTJob(Job):
         w_samples = train["negative_rate"].unique()
         if len(w_samples) != 1:
             raise ValueError(f"the train split mixes negative rates {sorted(w_samples)}")
-        h = pd.util.hash_pandas_object(tree["sample_id"], index=False, hash_key=f"gbdt{p.seed:012d}"[:16]).to_numpy()
+        h = seeded_hash(tree["sample_id"].to_numpy(), p.seed, "gbdt")
         keep = (tree["_y"].to_numpy() == 1) | ((h % 1_000_000) < p.negative_rate * 1_000_000)
         tree = tree[keep]
         w_tree = float(w_samples[0]) * p.negative_rate
         w_down = float(w_samples[0])
         ctx.row_counts.update({"tree_rows": len(tree), "downstream_rows": len(down), "test_rows": len(test),
-                               "tree_rows_negative_downsampled": int((~keep).sum())})
+                               "tree_rows_negative_downsampled": int((~keep).sum()),
+                               "unused_rows": len(pdf) - len(train) - len(test)})  # the val split
 
         ray = init_ray()
         cpus = node_cpus()[0]

@@ -75,3 +75,55 @@ def test_normalized_entropy_against_its_definition():
 def test_single_label_is_refused():
     with pytest.raises(ValueError, match="single label"):
         train(np.zeros((10, 1)), np.zeros(10), GBDTSpec(), ["x"])
+
+
+@pytest.mark.parametrize("zero_as_missing", [False, True])
+def test_compiled_leaf_encoder_equals_lightgbm_pred_leaf(zero_as_missing):
+    import lightgbm as lgb
+
+    from recfactory.tokenizers.gbdt import LeafEncoder
+
+    rng = np.random.default_rng(3)
+    X, y = data(6000, seed=3)
+    X[rng.random(X.shape) < 0.1] = np.nan                       # missing values, both directions
+    X[:, 3] = np.where(rng.random(len(X)) < 0.3, 0.0, X[:, 3])  # a column with many zeros
+    X[:, 4] = np.round(X[:, 4])                                  # ties on thresholds
+    params = {"objective": "binary", "num_leaves": 15, "min_data_in_leaf": 20, "verbose": -1,
+              "zero_as_missing": zero_as_missing, "seed": 1, "deterministic": True}
+    booster = lgb.train(params, lgb.Dataset(X, label=y), num_boost_round=30)
+    offsets = tree_offsets(leaf_vocab(booster))
+    enc = LeafEncoder(booster.model_to_string(), offsets)
+    assert not enc.categorical and enc.num_trees == 30
+    Xt, _ = data(3000, seed=4)
+    Xt[rng.random(Xt.shape) < 0.1] = np.nan
+    Xt[:300] = 0.0
+    Xt[300:400] = 1e-40                                          # LightGBM reads |x| <= 1e-35 as zero
+    Xt[400:500] = -np.inf
+    Xt[500:600] = np.inf
+    Xt[:, 4] = np.round(Xt[:, 4])
+    expected = booster.predict(Xt, pred_leaf=True) + offsets[None, :]
+    got = enc.encode(Xt)
+    assert got.dtype == np.int32 and np.array_equal(got, expected)
+
+
+def test_leaf_encoder_single_leaf_trees_and_categorical_fallback():
+    import lightgbm as lgb
+
+    from recfactory.tokenizers.gbdt import LeafEncoder
+
+    X, y = data(2000, seed=5)
+    # no split is worth its gain: single-leaf trees (no split arrays in the text)
+    stump = lgb.train({"objective": "binary", "num_leaves": 4, "min_data_in_leaf": 1500, "verbose": -1,
+                       "min_gain_to_split": 1e9}, lgb.Dataset(X, label=y), num_boost_round=3)
+    enc = LeafEncoder(stump.model_to_string())
+    assert enc.num_trees == stump.num_trees() >= 1 and (enc.n_leaves == 1).all()
+    assert np.array_equal(enc.encode(X), np.tile(np.arange(enc.num_trees), (len(X), 1)))
+    Xc = X.copy()
+    Xc[:, 0] = np.floor(np.abs(Xc[:, 0]) * 3)                      # a categorical column
+    cat = lgb.train({"objective": "binary", "num_leaves": 8, "min_data_in_leaf": 20, "verbose": -1,
+                     "min_data_per_group": 5, "cat_smooth": 1}, lgb.Dataset(Xc, label=y, categorical_feature=[0]),
+                    num_boost_round=10)
+    enc = LeafEncoder(cat.model_to_string())
+    assert enc.categorical
+    offsets = tree_offsets(leaf_vocab(cat))
+    assert np.array_equal(enc.encode(Xc), cat.predict(Xc, pred_leaf=True) + offsets[None, :])

@@ -33,7 +33,7 @@ def test_train_gbdt_publishes_model_text_a_dense_vocabulary_and_calibrated_metri
     wh, _, ctx = gbdt_warehouse
     rc, m = ctx.row_counts, ctx.metrics
     assert rc["tree_rows"] + rc["tree_rows_negative_downsampled"] + rc["downstream_rows"] + rc["test_rows"] \
-        == rc["samples"]
+        + rc["unused_rows"] == rc["samples"]
     model = _read(spark, wh, "gbdt_models").iloc[0]
     booster = lgb.Booster(model_str=model["model_text"])          # text, no pickle
     assert booster.num_trees() == 40 and list(model["feature_names"]) == booster.feature_name()
