@@ -52,15 +52,19 @@ def encode_frame(df, id_column: str, names: list[str], version: str, text: str, 
         for rb in batches:
             for lo in range(0, rb.num_rows, batch):
                 part = rb.slice(lo, batch)
-                X = np.column_stack([part.column(c).to_numpy(zero_copy_only=False) for c in names]) \
-                    if names else np.zeros((part.num_rows, 0))
+                # the features arrive as one flat double array per batch: a zero-copy N × F view
+                X = part.column("_x").flatten().to_numpy().reshape(part.num_rows, len(names)) if names \
+                    else np.zeros((part.num_rows, 0))
                 ids = encoder.encode(X)          # one thread: Spark already runs one task per core
                 t = ids.shape[1]
                 lists = pa.ListArray.from_arrays(pa.array(np.arange(0, part.num_rows * t + 1, t, dtype=np.int32)),
                                                  pa.array(ids.reshape(-1)))
                 yield pa.RecordBatch.from_arrays([part.column("_id"), lists], names=["sample_id", "leaf_ids"])
 
-    rows = df.select(F.col(id_column).cast("string").alias("_id"), *[F.col(c).cast("double").alias(c) for c in names])
+    # one array<double> column instead of F columns (a quarter less transfer time for ~180 features);
+    # null → NaN, LightGBM's missing value, so the flat values carry no null slots
+    rows = df.select(F.col(id_column).cast("string").alias("_id"),
+                     F.array(*[F.coalesce(F.col(c).cast("double"), F.lit(float("nan"))) for c in names]).alias("_x"))
     out = rows.mapInArrow(encode, T.StructType([LEAVES_SCHEMA["sample_id"], LEAVES_SCHEMA["leaf_ids"]]))
     return out.select("sample_id", F.lit(version).alias("model_version"), "leaf_ids")
 
@@ -99,9 +103,10 @@ class BuildGBDTLeavesJob(Job):
 
         df = date_partition(ctx, p.input, "the job that writes " + p.input)
         self._check_schema(df, names, p)
+        # one partition per (ds, source table): encoding fresh rows never replaces the samples' leaves
         out = encode_frame(df, p.id_column, names, version, text, offsets, p.batch_size) \
-            .withColumn("ds", F.lit(ctx.as_of))
-        ref = ctx.write(out, "gbdt_leaves")
+            .withColumn("source", F.lit(p.input)).withColumn("ds", F.lit(ctx.as_of))
+        ref = ctx.write(out, "gbdt_leaves", partition_by=("ds", "source"), where={"source": p.input})
         n_in = df.count()
         ctx.row_counts.update({"input_rows": n_in, "gbdt_leaves": ref.rows})
         if ref.rows != n_in:

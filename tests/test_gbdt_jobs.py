@@ -64,7 +64,8 @@ def test_spark_leaf_encoding_equals_pred_leaf_row_for_row(spark, gbdt_warehouse)
     names = list(model["feature_names"])
     samples = _read(spark, wh, "training_samples")
     samples["sample_id"] = samples["sample_id"].astype(str)
-    leaves = _read(spark, wh, "gbdt_leaves").set_index("sample_id")
+    leaves = _read(spark, wh, "gbdt_leaves")
+    leaves = leaves[leaves["source"] == "training_samples"].set_index("sample_id")
     assert len(leaves) == len(samples) == ctx.row_counts["input_rows"]
     vocab = _read(spark, wh, "gbdt_leaf_vocab")
     offsets = vocab.groupby("tree")["global_id"].min().sort_index().to_numpy()
@@ -108,3 +109,35 @@ def test_large_training_runs_data_parallel_on_ray_train(spark, gbdt_warehouse, t
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
     training, auc = json.loads(line[len("RESULT "):])
     assert training.startswith("Ray Train") and abs(auc - single.metrics["auc.gbdt"]) < 0.03
+
+
+def test_fresh_rows_with_nulls_encode_as_lightgbm_missing_values(spark, gbdt_warehouse):
+    """Another table (fresh rows, its own id column) whose features have nulls: null is LightGBM's
+    missing value (NaN), row for row."""
+    import lightgbm as lgb
+    from pyspark.sql import functions as F
+
+    from recfactory.jobs.runtime.job import run_job
+
+    wh, base, _ = gbdt_warehouse
+    model = _read(spark, wh, "gbdt_models").iloc[0]
+    names = list(model["feature_names"])
+    src = spark.read.format("delta").load(f"{wh}/training_samples").limit(3000) \
+        .withColumn("row_key", F.concat(F.lit("r"), F.col("sample_id").cast("string")))
+    for i, c in enumerate(names[:6]):
+        src = src.withColumn(c, F.when(F.xxhash64("row_key", F.lit(i)) % 3 == 0, F.lit(None)).otherwise(F.col(c)))
+    src.write.format("delta").partitionBy("ds").save(f"{wh}/fresh_nulls")
+    run_job("build_gbdt_leaves", base, spark=spark)                    # the samples' leaves of the date
+    ctx = run_job("build_gbdt_leaves", [*base, "--input", "fresh_nulls", "--id-column", "row_key"], spark=spark)
+    rows = _read(spark, wh, "fresh_nulls")
+    assert rows[names[:6]].isna().any().all() and ctx.row_counts["gbdt_leaves"] == len(rows) == 3000
+    booster = lgb.Booster(model_str=model["model_text"])
+    vocab = _read(spark, wh, "gbdt_leaf_vocab")
+    offsets = vocab.groupby("tree")["global_id"].min().sort_index().to_numpy()
+    direct = booster.predict(rows[names].astype(float).to_numpy(), pred_leaf=True) + offsets[None, :]
+    leaves = _read(spark, wh, "gbdt_leaves")
+    fresh = leaves[leaves["source"] == "fresh_nulls"].set_index("sample_id")
+    assert np.array_equal(np.stack(fresh.loc[rows["row_key"], "leaf_ids"].to_numpy()), direct)
+    # the training samples' leaves of the same date are still there
+    assert (leaves["source"] == "training_samples").sum() == spark.read.format("delta") \
+        .load(f"{wh}/training_samples").count()

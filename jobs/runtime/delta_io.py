@@ -151,10 +151,12 @@ class Warehouse:
         ds: dt.date | None = None,
         partition_by: tuple[str, ...] = ("ds",),
         mode: str = "partition",
+        where: dict[str, str] | None = None,
     ) -> OutputRef:
         """One atomic Delta commit.
 
-        mode="partition": replace partition ds (the df must have ds == `ds` on every row);
+        mode="partition": replace partition ds (the df must have ds == `ds` on every row), narrowed
+        by `where` (column → value, further partition columns: e.g. one source's rows of that ds);
         mode="append": append (idempotent when commit.txn_app_id/txn_version are set);
         mode="overwrite": replace the whole table.
         """
@@ -166,7 +168,9 @@ class Warehouse:
             if ds is None:
                 raise ValueError("mode='partition' needs ds")
             # mergeSchema: a feature table may gain columns when its spec grows
-            w = w.mode("overwrite").option("replaceWhere", f"ds = '{ds.isoformat()}'").option("mergeSchema", "true")
+            cond = " AND ".join([f"ds = '{ds.isoformat()}'"] + [
+                f"{k} = '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in (where or {}).items()])
+            w = w.mode("overwrite").option("replaceWhere", cond).option("mergeSchema", "true")
         elif mode == "append":
             w = w.mode("append")
         elif mode == "overwrite":

@@ -146,9 +146,11 @@ class RunContext:
             "notes": dict(self.notes),
         }
 
-    def write(self, df, name: str, mode: str = "partition", partition_by=("ds",)) -> OutputRef:
+    def write(self, df, name: str, mode: str = "partition", partition_by=("ds",),
+              where: dict[str, str] | None = None) -> OutputRef:
         commit = CommitProperties(run_id=self.run_id, user_metadata=self.manifest())
-        ref = self.warehouse.write(df, name, commit, ds=self.as_of, partition_by=partition_by, mode=mode)
+        ref = self.warehouse.write(df, name, commit, ds=self.as_of, partition_by=partition_by, mode=mode,
+                                   where=where)
         self.outputs.append(ref)
         log.info("wrote %s v%d (%d rows)", name, ref.version, ref.rows)
         return ref
@@ -223,8 +225,10 @@ def run_job(name: str, argv: list[str] | None = None, spark=None) -> RunContext:
 def execute(job_cls: type[Job], params: JobParams, spark=None) -> RunContext:
     from recfactory.jobs.runtime.spark import get_spark
 
-    logging.basicConfig(level=os.environ.get("RECFACTORY_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # libraries log at WARNING (py4j logs every transparently retried pooled connection at INFO, with
+    # a traceback); recfactory's own loggers at RECFACTORY_LOG_LEVEL
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("recfactory").setLevel(os.environ.get("RECFACTORY_LOG_LEVEL", "INFO"))
     spark = spark or get_spark(f"recfactory-{job_cls.name}")
     ctx = RunContext(spark=spark, warehouse=Warehouse(spark, params.warehouse), params=params,
                      job=job_cls.name)
