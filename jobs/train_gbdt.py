@@ -233,7 +233,7 @@ class TrainGBDTJob(Job):
             xs = [q[b == i].mean() for i in range(10) if (b == i).any()]
             ys = [y[b == i].mean() for i in range(10) if (b == i).any()]
             ax.plot(xs, ys, marker="o", label=model)
-        top = max(float(y.mean()) * 3, max(float(q.max()) for q in scores.values()))
+        top = min(1.0, max(float(y.mean()) * 3, max(float(q.max()) for q in scores.values())))
         ax.plot([0, top], [0, top], "k:", lw=1)
         ax.set(xlabel="mean prediction (recalibrated)", ylabel="observed rate", title="test calibration by decile")
         ax.legend()
