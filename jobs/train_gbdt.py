@@ -20,6 +20,7 @@ q = p / (p + (1 − p)/w) before any metric.
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -315,7 +316,9 @@ class TrainGBDTJob(Job):
                 best = min(best, (normalized_entropy(yd[cut:], m.predict_proba(Ld[cut:])[:, 1]), C))
         lr_leaves = LogisticRegression(C=best[1], max_iter=1000).fit(Ld, yd)
         q_leaves = lr_leaves.predict_proba(one_hot(encode_leaves(booster, Xt, offsets), vocab_size))[:, 1]
-        med = np.nanmedian(np.where(np.isfinite(Xd), Xd, np.nan), axis=0)
+        with warnings.catch_warnings():          # an all-missing column has no median: 0 below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(np.where(np.isfinite(Xd), Xd, np.nan), axis=0)
         med = np.where(np.isfinite(med), med, 0.0)
 
         def impute(X):
