@@ -104,6 +104,8 @@ def test_compiled_leaf_encoder_equals_lightgbm_pred_leaf(zero_as_missing):
     expected = booster.predict(Xt, pred_leaf=True) + offsets[None, :]
     got = enc.encode(Xt)
     assert got.dtype == np.int32 and np.array_equal(got, expected)
+    with pytest.raises(ValueError, match="features"):
+        enc.encode(Xt[:, :enc.num_features - 1])
 
 
 def test_leaf_encoder_single_leaf_trees_and_categorical_fallback():

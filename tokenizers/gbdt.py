@@ -163,6 +163,7 @@ class LeafEncoder:
                 arr[i, :k] = np.array(t[key].split(), dtype=np.float64 if key == "threshold" else np.int64)
             self.categorical |= bool((self._arrays[2][i, :k] & 1).any())
         self.n_leaves = n_leaves
+        self.num_features = int(self._arrays[0].max(initial=-1)) + 1   # columns the splits read
         self.offsets = (np.concatenate([[0], np.cumsum(n_leaves)[:-1]]) if offsets is None
                         else np.asarray(offsets)).astype(np.int64)
         if len(self.offsets) != self.num_trees:
@@ -172,6 +173,8 @@ class LeafEncoder:
     def encode(self, X: np.ndarray) -> np.ndarray:
         """N × trees int32 global leaf ids of the rows of X (float64; NaN = missing)."""
         X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] < self.num_features:      # the kernel does not bounds-check
+            raise ValueError(f"X must be N × {self.num_features} features, got shape {X.shape}")
         if self.categorical:
             import lightgbm as lgb
 
