@@ -155,8 +155,7 @@ class AlignEmbeddingsJob(Job):
             raise QualityGateError(f"only {len(train)} training pairs: nothing to align")
 
         spec = p.align_spec()
-        # Ray Train's storage goes through pyarrow's filesystems, which know s3://, not Hadoop's s3a://
-        storage = ctx.warehouse.root.replace("s3a://", "s3://", 1) + "/_checkpoints/align_embeddings"
+        storage = ctx.warehouse.arrow_path("_checkpoints", "align_embeddings")
         res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{ctx.manifest()['params_hash']}")
         for e in res.history:
             ctx.metrics[f"loss.epoch{int(e['epoch']) + 1}"] = round(float(e["loss"]), 6)

@@ -140,11 +140,7 @@ class TrainGBDTJob(Job):
         cpus = node_cpus()[0]
         spec = p.gbdt_spec()
         if len(tree) >= p.distributed_rows:
-            storage = ctx.warehouse.root.replace("s3a://", "s3://", 1) + "/_checkpoints/train_gbdt"
-            if "://" not in storage:
-                import os
-
-                storage = os.path.abspath(storage)
+            storage = ctx.warehouse.arrow_path("_checkpoints", "train_gbdt")
             booster = gbdt.train_distributed(tree[names].to_numpy(), tree["_y"].to_numpy(), spec, names, p.workers,
                                              storage, f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}")
             text = booster.model_to_string()
@@ -219,7 +215,7 @@ class TrainGBDTJob(Job):
         import matplotlib.pyplot as plt
         from pyarrow import fs
 
-        folder = f"{ctx.warehouse.root.replace('s3a://', 's3://', 1)}/_reports/train_gbdt/{ctx.as_of.isoformat()}"
+        folder = ctx.warehouse.arrow_path("_reports", "train_gbdt", ctx.as_of.isoformat())
         filesystem, path = fs.FileSystem.from_uri(folder if "://" in folder else "file://" + folder)
         filesystem.create_dir(path, recursive=True)
 

@@ -27,6 +27,19 @@ def _read(spark, wh, name):
     return spark.read.format("delta").load(f"{wh}/{name}").toPandas()
 
 
+def _pred_leaf(spark, wh, frame):
+    """The reference: LightGBM's own pred_leaf on the frame's feature columns, plus the published
+    per-tree offsets."""
+    import lightgbm as lgb
+
+    from recfactory.tokenizers.gbdt import encode_leaves, tree_offsets
+
+    model = _read(spark, wh, "gbdt_models").iloc[0]
+    X = frame[list(model["feature_names"])].astype(float).to_numpy()
+    return encode_leaves(lgb.Booster(model_str=model["model_text"]), X,
+                         tree_offsets(_read(spark, wh, "gbdt_leaf_vocab")))
+
+
 def test_train_gbdt_publishes_model_text_a_dense_vocabulary_and_calibrated_metrics(spark, gbdt_warehouse):
     import lightgbm as lgb
 
@@ -53,23 +66,16 @@ def test_train_gbdt_publishes_model_text_a_dense_vocabulary_and_calibrated_metri
 
 
 def test_spark_leaf_encoding_equals_pred_leaf_row_for_row(spark, gbdt_warehouse):
-    import lightgbm as lgb
-
     from recfactory.jobs.runtime.job import run_job
 
     wh, base, _ = gbdt_warehouse
     ctx = run_job("build_gbdt_leaves", [*base, "--batch-size", "777"], spark=spark)
-    model = _read(spark, wh, "gbdt_models").iloc[0]
-    booster = lgb.Booster(model_str=model["model_text"])
-    names = list(model["feature_names"])
     samples = _read(spark, wh, "training_samples")
     samples["sample_id"] = samples["sample_id"].astype(str)
     leaves = _read(spark, wh, "gbdt_leaves")
     leaves = leaves[leaves["source"] == "training_samples"].set_index("sample_id")
     assert len(leaves) == len(samples) == ctx.row_counts["input_rows"]
-    vocab = _read(spark, wh, "gbdt_leaf_vocab")
-    offsets = vocab.groupby("tree")["global_id"].min().sort_index().to_numpy()
-    direct = booster.predict(samples[names].astype(float).to_numpy(), pred_leaf=True) + offsets[None, :]
+    direct = _pred_leaf(spark, wh, samples)
     got = np.stack(leaves.loc[samples["sample_id"], "leaf_ids"].to_numpy())
     assert (got == direct).all()
 
@@ -114,7 +120,6 @@ def test_large_training_runs_data_parallel_on_ray_train(spark, gbdt_warehouse, t
 def test_fresh_rows_with_nulls_encode_as_lightgbm_missing_values(spark, gbdt_warehouse):
     """Another table (fresh rows, its own id column) whose features have nulls: null is LightGBM's
     missing value (NaN), row for row."""
-    import lightgbm as lgb
     from pyspark.sql import functions as F
 
     from recfactory.jobs.runtime.job import run_job
@@ -131,10 +136,7 @@ def test_fresh_rows_with_nulls_encode_as_lightgbm_missing_values(spark, gbdt_war
     ctx = run_job("build_gbdt_leaves", [*base, "--input", "fresh_nulls", "--id-column", "row_key"], spark=spark)
     rows = _read(spark, wh, "fresh_nulls")
     assert rows[names[:6]].isna().any().all() and ctx.row_counts["gbdt_leaves"] == len(rows) == 3000
-    booster = lgb.Booster(model_str=model["model_text"])
-    vocab = _read(spark, wh, "gbdt_leaf_vocab")
-    offsets = vocab.groupby("tree")["global_id"].min().sort_index().to_numpy()
-    direct = booster.predict(rows[names].astype(float).to_numpy(), pred_leaf=True) + offsets[None, :]
+    direct = _pred_leaf(spark, wh, rows)
     leaves = _read(spark, wh, "gbdt_leaves")
     fresh = leaves[leaves["source"] == "fresh_nulls"].set_index("sample_id")
     assert np.array_equal(np.stack(fresh.loc[rows["row_key"], "leaf_ids"].to_numpy()), direct)

@@ -79,6 +79,11 @@ class Warehouse:
     def path(self, name: str) -> str:
         return table_path(self.root, name)
 
+    def arrow_path(self, *parts: str) -> str:
+        """A location under the root as pyarrow's filesystems and Ray Train see it: Hadoop's
+        s3a:// is s3:// there; local roots stay absolute paths."""
+        return "/".join([self.root.replace("s3a://", "s3://", 1), *parts])
+
     def exists(self, name: str) -> bool:
         return is_delta(self.spark, self.path(name))
 
