@@ -24,9 +24,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m recfactory setup
 	touch $(STAMP)
 
-# The main job on the embedded default: MovieLens-100K from the recbole wheel into ./warehouse.
+# The main job on the embedded default: the whole daily pipeline (the recfactory_daily DAG's steps,
+# in one process) on MovieLens-100K from the recbole wheel, into ./warehouse.
 run: setup
-	$(PY) -m recfactory ingest --as-of $(AS_OF) --warehouse $(WAREHOUSE)
+	$(PY) -m recfactory pipeline --as-of $(AS_OF) --warehouse $(WAREHOUSE)
 
 test: setup
 	$(PY) -m pytest -m "not slow" tests

@@ -96,6 +96,8 @@ class AlignEmbeddingsJob(Job):
     Params = AlignParams
     description = "QARM alignment of content vectors to behaviour (Swing I2I + ID-space U2I pairs) on Ray Train, gated."
     outputs = ("aligned_embeddings", "aligned_models", "alignment_metrics", "simtier_features")
+    inputs = ("content_embeddings", "items", "item_similarity", "graph_embeddings", "events_clean",
+              "training_samples")
 
     def run(self, ctx: RunContext) -> None:
         p: AlignParams = ctx.params

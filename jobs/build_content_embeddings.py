@@ -50,6 +50,7 @@ class BuildContentEmbeddingsJob(Job):
     Params = ContentEmbeddingParams
     description = "Item text / image content embeddings from offline PyPI models, encoded on Spark, reused when unchanged."
     outputs = ("content_embeddings", "content_quarantine")
+    inputs = ("items",)
 
     def run(self, ctx: RunContext) -> None:
         p: ContentEmbeddingParams = ctx.params

@@ -68,6 +68,7 @@ class BuildCrossStatsJob(Job):
     description = ("Windowed counts per event type, distinct users, Bayesian-smoothed rates and recency "
                    "for every declared key × window.")
     outputs = ("cross_stats",)
+    inputs = ("events_clean", "items")
 
     def run(self, ctx: RunContext) -> None:
         events = clean_events(ctx)

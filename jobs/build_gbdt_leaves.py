@@ -83,6 +83,10 @@ class BuildGBDTLeavesJob(Job):
     description = "Global GBDT leaf ids for every row of a table (Spark mapInArrow, model broadcast)."
     outputs = ("gbdt_leaves",)
 
+    @classmethod
+    def input_tables(cls, params) -> tuple[str, ...]:
+        return ("gbdt_models", "gbdt_leaf_vocab", params.input)
+
     def run(self, ctx: RunContext) -> None:
         from recfactory.jobs.runtime.inputs import date_partition
         from recfactory.tokenizers.gbdt import tree_offsets

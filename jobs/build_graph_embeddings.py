@@ -89,6 +89,7 @@ class BuildGraphEmbeddingsJob(Job):
     Params = GraphEmbeddingParams
     description = "Session item graph, weighted DeepWalk / Node2Vec walks on Ray, skip-gram and EGES embeddings with cold start."
     outputs = ("item_graph", "graph_embeddings", "graph_embedding_metrics")
+    inputs = ("sessions", "items")
 
     def run(self, ctx: RunContext) -> None:
         p: GraphEmbeddingParams = ctx.params

@@ -39,6 +39,7 @@ class BuildSequencesJob(Job):
     description = ("Per-user most recent behavior as a typed, time-ordered array with per-type caps "
                    "(optionally bucketed by category).")
     outputs = ("user_sequences",)
+    inputs = ("events_clean", "items")
 
     def run(self, ctx: RunContext) -> None:
         p: SequenceParams = ctx.params

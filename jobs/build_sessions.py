@@ -31,6 +31,7 @@ class BuildSessionsJob(Job):
     Params = SessionParams
     description = "Sessionize events by inactivity gap (and end events); every session recorded, valid ones flagged."
     outputs = ("sessions",)
+    inputs = ("events_clean",)
 
     def run(self, ctx: RunContext) -> None:
         p: SessionParams = ctx.params

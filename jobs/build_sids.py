@@ -194,6 +194,10 @@ class BuildSidsJob(Job):
     outputs = ("semantic_ids", "sid_codebooks", "sid_lookup", "sid_features", "sid_metrics", "sid_remap",
                "sid_quarantine")
 
+    @classmethod
+    def input_tables(cls, params) -> tuple[str, ...]:
+        return (params.embeddings, "item_similarity")
+
     def run(self, ctx: RunContext) -> None:
         p: SidParams = ctx.params
         spark = ctx.spark

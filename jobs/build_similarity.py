@@ -81,6 +81,7 @@ class BuildSimilarityJob(Job):
     Params = SimilarityParams
     description = "Item-to-item neighbors: Swing (two forms) and ItemCF (cosine, IUF), top-K per item, evaluated."
     outputs = ("item_similarity", "similarity_metrics", "similarity_cap_report")
+    inputs = ("events_clean",)
 
     def run(self, ctx: RunContext) -> None:
         p: SimilarityParams = ctx.params

@@ -73,6 +73,7 @@ class BuildTrainingSamplesJob(Job):
     description = ("Labeled samples (click, dwell-weighted click, hard negatives) with point-in-time cross "
                    "statistics, last-k history, a time split and optional negative downsampling.")
     outputs = ("training_samples", "feature_quantiles")
+    inputs = ("events_clean", "items")
 
     def run(self, ctx: RunContext) -> None:
         p: TrainingSampleParams = ctx.params

@@ -94,6 +94,7 @@ class TrainGBDTJob(Job):
     Params = TrainGBDTParams
     description = "LightGBM on training_samples in a Ray task; model text, global leaf vocabulary, calibrated metrics."
     outputs = ("gbdt_models", "gbdt_leaf_vocab", "gbdt_metrics")
+    inputs = ("training_samples",)
 
     def run(self, ctx: RunContext) -> None:
         import lightgbm as lgb

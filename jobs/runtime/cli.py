@@ -5,16 +5,18 @@ Extra commands:
                           write them into pyspark's spark-defaults.conf for plain `spark-submit`
   recfactory jobs         list the jobs
   recfactory params-doc   the parameter tables of every job, as markdown (README source)
+  recfactory pipeline     the daily (or weekly) pipeline's jobs for one date in one process: the
+                          Airflow DAG's graph without Airflow (--help for its flags)
 """
 
 from __future__ import annotations
 
 import sys
 
-from recfactory.jobs.runtime.job import JOBS, load_job, run_job
+from recfactory.jobs.runtime.job import GATE_EXIT_CODE, JOBS, QualityGateError, load_job, run_job
 from recfactory.jobs.runtime.params import params_table
 
-USAGE = "usage: recfactory {setup,jobs,params-doc," + ",".join(JOBS) + "} [flags]  (--help per job)"
+USAGE = "usage: recfactory {setup,jobs,params-doc,pipeline," + ",".join(JOBS) + "} [flags]  (--help per job)"
 
 
 def setup() -> int:
@@ -51,10 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cmd == "params-doc":
         return params_doc()
+    if cmd == "pipeline":
+        from recfactory.jobs.runtime.pipeline import pipeline_main
+
+        return pipeline_main(rest)
     if cmd not in JOBS:
         print(f"unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
         return 2
-    run_job(cmd, rest)
+    try:
+        run_job(cmd, rest)
+    except QualityGateError as e:           # nothing was published; a distinct status for schedulers
+        print(f"{cmd}: quality gate failed, nothing published: {e}", file=sys.stderr)
+        return GATE_EXIT_CODE
     return 0
 
 

@@ -53,11 +53,32 @@ class QualityGateError(RuntimeError):
     """A quality check failed: nothing after it is published."""
 
 
+# exit status of a job process whose quality gate failed (nothing published): not worth a retry
+GATE_EXIT_CODE = 3
+
+
+def _new_run_id() -> str:
+    """A fresh id, or the one a scheduler chose (RECFACTORY_RUN_ID, consumed by the first run of the
+    process, so it can find this run's `_runs` row and output versions)."""
+    given = os.environ.pop("RECFACTORY_RUN_ID", "")
+    if given:
+        if not (len(given) == 32 and all(c in "0123456789abcdef" for c in given)):
+            raise ValueError(f"RECFACTORY_RUN_ID must be 32 lowercase hex characters, got {given!r}")
+        return given
+    return uuid.uuid4().hex
+
+
 class Job:
     name: ClassVar[str]
     Params: ClassVar[type[JobParams]] = JobParams
     description: ClassVar[str] = ""
     outputs: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[tuple[str, ...]] = ()      # warehouse tables read (the DAG's dependencies)
+
+    @classmethod
+    def input_tables(cls, params: JobParams) -> tuple[str, ...]:
+        """The warehouse tables this run reads (its own outputs excluded); params may choose them."""
+        return cls.inputs
 
     def run(self, ctx: "RunContext") -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -100,7 +121,7 @@ class RunContext:
     warehouse: Warehouse
     params: JobParams
     job: str
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_id: str = field(default_factory=_new_run_id)
     started: float = field(default_factory=time.time)
     inputs: list[InputRef] = field(default_factory=list)
     outputs: list[OutputRef] = field(default_factory=list)
