@@ -93,8 +93,9 @@ class RecfactoryJobOperator(SparkSubmitOperator):
 
     ui_color = "#f0e4d4"
 
-    def __init__(self, *, step: Step, **kwargs):
+    def __init__(self, *, step: Step, as_of_mode: str = "ds", **kwargs):
         self.step = step
+        self.as_of_mode = as_of_mode
         job_cls = load_job(step.job)
         py_files = os.environ.get("RECFACTORY_PY_FILES") or None
         conn_id = os.environ.get("RECFACTORY_SPARK_CONN", DEFAULT_CONN)
@@ -110,7 +111,8 @@ class RecfactoryJobOperator(SparkSubmitOperator):
     def execute(self, context) -> None:
         root = warehouse()
         conf = context["params"]
-        params = step_params(self.step, as_of(context), root, conf.get(self.step.task_id) or {}, conf.get("seed"))
+        params = step_params(self.step, as_of(context, self.as_of_mode), root, conf.get(self.step.task_id) or {},
+                             conf.get("seed"))
         run_id = uuid.uuid4().hex
         env = {"RECFACTORY_RUN_ID": run_id, "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
                # spark-submit from the same environment as this worker's Python (a venv's bin/)
@@ -182,11 +184,14 @@ class RecfactoryJobOperator(SparkSubmitOperator):
             super().on_kill()
 
 
-def as_of(context) -> str:
-    """The run's as-of: the last day of its data interval (daily: ds itself; weekly: the week's last
-    day, whose daily run it follows)."""
+def as_of(context, mode: str = "ds") -> str:
+    """The run's as-of. "ds": its logical date (a daily run, scheduled for [D, D + 1 day) or
+    triggered for D by hand); "interval_end": the last day of its data interval (the weekly run:
+    the week's last day, whose daily run it follows)."""
     end = context.get("data_interval_end")
-    return (end - dt.timedelta(days=1)).date().isoformat() if end is not None else context["ds"]
+    if mode == "interval_end" and end is not None:
+        return (end - dt.timedelta(days=1)).date().isoformat()
+    return context["ds"]
 
 
 def _ray_jobs_address() -> str | None:
@@ -215,7 +220,8 @@ def build_dag(dag_id: str, pipeline: str, cron: str, description: str, after: st
                       "max_retry_delay": dt.timedelta(minutes=30)},
     )
     with dag:
-        tasks = {s.task_id: RecfactoryJobOperator(step=s) for s in steps}
+        mode = "interval_end" if after else "ds"
+        tasks = {s.task_id: RecfactoryJobOperator(step=s, as_of_mode=mode) for s in steps}
         for task_id, ups in upstream(steps).items():
             for u in ups:
                 tasks[u] >> tasks[task_id]
