@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sqlite3
@@ -19,16 +20,19 @@ pytestmark = [pytest.mark.airflow]
 
 ROOT = Path(__file__).resolve().parents[1]
 D = "1998-05-02"            # a Saturday: the weekly run of [1998-04-26, 1998-05-03) has this as-of
+DAY = dt.date.fromisoformat(D)
 BIN = Path(sys.executable).parent
 # small but real: every step runs, with the heavy ones scaled down
 CONF = {
     "build_similarity": {"algos": ["swing"], "evaluate": False},
     "build_graph_embeddings": {"walks_per_node": 4, "walk_length": 20, "epochs": 1, "methods": ["deepwalk"],
                                "evaluate": False},
-    "align_embeddings": {"epochs": 2},
     "build_sids": {"codebook_sizes": [16, 16, 16], "embeddings": "aligned_embeddings"},
     "train_gbdt": {"num_trees": 30},
-    "build_training_samples": {"negative_rate": 0.5, "test_days": 30, "val_days": 0},
+    "build_cross_stats": {"keys": "user=user_id,item=item_id,category=category", "windows": "7d,all"},
+    "build_training_samples": {"negative_rate": 0.5, "test_days": 30, "val_days": 0, "windows": "7d,all",
+                               "keys": "user=user_id,item=item_id,category=category"},
+    "align_embeddings": {"epochs": 2, "workers": 1},
 }
 
 
@@ -126,35 +130,17 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env):
     if not (wh / "semantic_ids").exists():
         pytest.skip("needs the daily DAG run of the test above")
     tables = {"ingest": "events_clean", "build_sids": "semantic_ids"}
-    before = {t: DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", D)]) for t in tables.values()}
+    before = {t: DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)]) for t in tables.values()}
     versions = _delta_versions(wh)
     for task in tables:
         res = _airflow(env, "tasks", "test", "recfactory_daily", task, D, "-t", json.dumps(CONF))
         assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     for t in tables.values():
-        after = DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", D)])
+        after = DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)])
         assert len(after) == len(before[t]) and DeltaTable(str(wh / t)).version() == versions[t] + 1
     key = ["item_id", "sid"]
     assert before["semantic_ids"][key].sort_values(key).values.tolist() == \
-        DeltaTable(str(wh / "semantic_ids")).to_pandas(filters=[("ds", "=", D)])[key].sort_values(key).values.tolist()
-
-
-@pytest.mark.spark
-@pytest.mark.ray
-def test_a_failed_quality_gate_fails_the_task_and_publishes_nothing(airflow_env):
-    env, home = airflow_env
-    wh = home / "wh"
-    if not (wh / "gbdt_models").exists():
-        pytest.skip("needs the daily DAG run of the test above")
-    before = _delta_versions(wh)
-    res = _airflow(env, "tasks", "test", "recfactory_daily", "train_gbdt", D, "-t",
-                   json.dumps({**CONF, "train_gbdt": {"num_trees": 30, "gate_min_auc": 0.99}}))
-    text = res.stdout + res.stderr
-    assert res.returncode != 0 and "quality gate failed, nothing published" in text, text[-4000:]
-    after = _delta_versions(wh)
-    for table in ("gbdt_models", "gbdt_leaf_vocab", "gbdt_metrics"):
-        assert after[table] == before[table]
-    assert after["_runs"] == before["_runs"] + 1          # the failed run is recorded
+        DeltaTable(str(wh / "semantic_ids")).to_pandas(filters=[("ds", "=", DAY)])[key].sort_values(key).values.tolist()
 
 
 @pytest.mark.spark
@@ -166,13 +152,39 @@ def test_the_weekly_dag_refits_a_new_sid_generation_after_the_daily_run(airflow_
     wh = home / "wh"
     if not (wh / "semantic_ids").exists():
         pytest.skip("needs the daily DAG run of the test above")
-    gen = DeltaTable(str(wh / "semantic_ids")).to_pandas(filters=[("ds", "=", D)])["generation"].unique()
+    gen = DeltaTable(str(wh / "semantic_ids")).to_pandas(filters=[("ds", "=", DAY)])["generation"].unique()
     conf = {"refit_sids": CONF["build_sids"], "refit_gbdt": CONF["train_gbdt"]}
     res = _airflow(env, "dags", "test", "recfactory_weekly", "1998-05-03", "-c", json.dumps(conf))
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
-    sids = DeltaTable(str(wh / "semantic_ids")).to_pandas(filters=[("ds", "=", D)])
+    sids = DeltaTable(str(wh / "semantic_ids")).to_pandas(filters=[("ds", "=", DAY)])
     assert len(sids["generation"].unique()) == 1 and sids["generation"].iloc[0] != gen[0]
-    remap = DeltaTable(str(wh / "sid_remap")).to_pandas(filters=[("ds", "=", D)])
+    remap = DeltaTable(str(wh / "sid_remap")).to_pandas(filters=[("ds", "=", DAY)])
     assert len(remap) == len(sids)
     runs = DeltaTable(str(wh / "_runs")).to_pandas()
     assert (runs["job"] == "train_gbdt").sum() >= 2
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_nothing(airflow_env):
+    """The date again, with an impossible GBDT gate (every other task marked successful): the
+    task fails at once, the leaf encoding does not run, the tables keep their versions."""
+    env, home = airflow_env
+    wh = home / "wh"
+    if not (wh / "gbdt_models").exists():
+        pytest.skip("needs the daily DAG run of the test above")
+    before = _delta_versions(wh)
+    conf = {**CONF, "train_gbdt": {"num_trees": 30, "gate_min_auc": 0.99}}
+    res = _airflow(env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf),
+                   "--mark-success-pattern", "^(?!(train_gbdt|build_gbdt_leaves)$).*")
+    text = res.stdout + res.stderr
+    assert "quality gate failed, nothing published" in text, text[-4000:]
+    after = _delta_versions(wh)
+    for table in ("gbdt_models", "gbdt_leaf_vocab", "gbdt_metrics", "gbdt_leaves"):
+        assert after[table] == before[table]
+    assert after["_runs"] == before["_runs"] + 1          # the failed run is recorded
+    db = sqlite3.connect(str(home / "airflow.db"))
+    states = dict(db.execute("select ti.task_id, ti.state from task_instance ti join dag_run r "
+                             "on r.run_id = ti.run_id and r.dag_id = ti.dag_id "
+                             "where r.dag_id = 'recfactory_daily' order by r.id"))
+    assert states["train_gbdt"] == "failed" and states["build_gbdt_leaves"] == "upstream_failed"
