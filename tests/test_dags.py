@@ -97,6 +97,7 @@ def _delta_versions(wh: Path) -> dict[str, int]:
 
 @pytest.mark.spark
 @pytest.mark.ray
+@pytest.mark.timeout(2400)          # twelve spark-submits in a row
 def test_airflow_dags_test_runs_the_daily_dag(airflow_env):
     from deltalake import DeltaTable
 
