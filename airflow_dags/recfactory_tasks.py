@@ -102,6 +102,7 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         super().__init__(
             task_id=step.task_id, application=str(Path(sys.modules[job_cls.__module__].__file__)),
             name=f"recfactory-{step.task_id}", conn_id=conn_id, py_files=py_files,
+            conf={"spark.log.level": "WARN", **(kwargs.pop("conf", None) or {})},
             outlets=[table_asset(t) for t in job_cls.outputs],
             execution_timeout=dt.timedelta(minutes=step.timeout_minutes), depends_on_past=step.depends_on_past,
             **kwargs)
@@ -111,8 +112,11 @@ class RecfactoryJobOperator(SparkSubmitOperator):
     def execute(self, context) -> None:
         root = warehouse()
         conf = context["params"]
-        params = step_params(self.step, as_of(context, self.as_of_mode), root, conf.get(self.step.task_id) or {},
-                             conf.get("seed"))
+        try:
+            params = step_params(self.step, as_of(context, self.as_of_mode), root, conf.get(self.step.task_id) or {},
+                                 conf.get("seed"))
+        except ValueError as e:           # a bad override: a retry cannot fix it
+            raise AirflowFailException(str(e)) from None
         run_id = uuid.uuid4().hex
         env = {"RECFACTORY_RUN_ID": run_id, "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
                # spark-submit from the same environment as this worker's Python (a venv's bin/)
@@ -128,7 +132,7 @@ class RecfactoryJobOperator(SparkSubmitOperator):
                 super().execute(context)
         except Exception as e:
             row = read_run(root, run_id)
-            if row is not None and (row.get("error") or "").startswith("QualityGateError"):
+            if row is not None and (row.get("error") or "").split(":")[0].endswith("QualityGateError"):
                 raise AirflowFailException(f"{self.step.task_id}: quality gate failed, nothing published "
                                            f"(previous versions stay): {row['error']}") from e
             raise
