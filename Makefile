@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recfactory-installed
 AS_OF ?= 1998-04-30
 WAREHOUSE ?= ./warehouse
+# The embedded default's per-task overrides (MovieLens ends 1998-04-22: a 30-day test split, not 1).
+PARAMS ?= jobs/conf/movielens-100k.json
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
@@ -27,7 +29,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 # The main job on the embedded default: the whole daily pipeline (the recfactory_daily DAG's steps,
 # in one process) on MovieLens-100K from the recbole wheel, into ./warehouse.
 run: setup
-	$(PY) -m recfactory pipeline --as-of $(AS_OF) --warehouse $(WAREHOUSE)
+	$(PY) -m recfactory pipeline --as-of $(AS_OF) --warehouse $(WAREHOUSE) --params @$(PARAMS)
 
 test: setup
 	$(PY) -m pytest -m "not slow" tests

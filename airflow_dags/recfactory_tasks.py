@@ -37,6 +37,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, load_job
 from recfactory.jobs.runtime.pipeline import PIPELINES, Step, step_params, to_argv, upstream
+from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
 
 DEFAULT_CONN = "recfactory_spark"
 
@@ -123,12 +124,13 @@ class RecfactoryJobOperator(SparkSubmitOperator):
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         argv = to_argv(params, only_set=True)
         self.log.info("recfactory %s %s (run id %s)", self.step.job, shlex.join(argv), run_id)
+        self._ensure_conn()
         try:
             if self.step.ray and _ray_jobs_address():
                 self._submit_ray(argv, env, run_id, context)
             else:
                 self.application_args, self.env_vars, self._hook = argv, env, None
-                self._ensure_conn()
+                self.py_files = spark_py_files(self.py_files) if self.py_files else None
                 super().execute(context)
         except Exception as e:
             row = read_run(root, run_id)
@@ -161,9 +163,16 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         client = JobSubmissionClient(address)
         python = os.environ.get("RECFACTORY_RAY_PYTHON", "python")
         entry = shlex.join([python, "-m", "recfactory", self.step.job, *argv])
+        # The job's own Spark session (started in the Ray job's driver) uses the same Spark master and
+        # ships the same files as the spark-submit steps do.
         env = {k: v for k, v in env.items() if k != "PATH"}
+        env["RECFACTORY_SPARK_MASTER"] = self._get_hook()._connection["master"]
+        runtime_env: dict[str, Any] = {"env_vars": env}
+        if self.py_files:
+            env["RECFACTORY_PY_FILES"] = self.py_files
+            runtime_env["py_modules"] = ray_py_modules(self.py_files)
         self._ray_job = client.submit_job(entrypoint=entry, submission_id=f"recfactory-{self.step.task_id}-{run_id}",
-                                          runtime_env={"env_vars": env})
+                                          runtime_env=runtime_env)
         self.log.info("submitted Ray job %s to %s: %s", self._ray_job, address, entry)
         shown = 0
         while True:

@@ -1,14 +1,19 @@
-"""The Airflow DAGs: import, structure, and a real `airflow dags test` of the daily DAG on MovieLens
-(SQLite metadata DB, spark-submit local[*], local Ray), its rerun, and a failed quality gate."""
+"""The Airflow DAGs: import, structure, and a real `airflow dags test` of the daily DAG on a slice of
+MovieLens (SQLite metadata DB, spark-submit local[*], local Ray), its rerun, the weekly refit, a
+failed quality gate — and the same daily DAG on real clusters (a Spark standalone master + worker
+and a two-node Ray cluster on localhost, the package shipped as a wheel), whose tables must equal
+the local run's."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 D = "1998-05-02"            # a Saturday: the weekly run of [1998-04-26, 1998-05-03) has this as-of
 DAY = dt.date.fromisoformat(D)
 BIN = Path(sys.executable).parent
-# small but real: every step runs, with the heavy ones scaled down
+USERS = 200                 # the slice: MovieLens users 1..200 (19,747 of the 100,000 ratings), every item
+# small but real: every step runs, with the heavy ones scaled down (ingest's paths: the fixture's)
 CONF = {
     "build_similarity": {"algos": ["swing"], "evaluate": False},
     "build_graph_embeddings": {"walks_per_node": 4, "walk_length": 20, "epochs": 1, "methods": ["deepwalk"],
@@ -36,9 +42,9 @@ CONF = {
 }
 
 
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow")
+def _airflow_home(home: Path) -> dict[str, str]:
+    """A fresh Airflow deployment: its own home and SQLite metadata DB, warehouse <home>/wh. (One
+    warehouse per deployment: an asset's name, recfactory.<table>, is bound to its first URI.)"""
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
@@ -48,7 +54,27 @@ def airflow_env(tmp_path_factory):
     out = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return env, home
+    return env
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow")
+    return _airflow_home(home), home
+
+
+@pytest.fixture(scope="module")
+def conf(airflow_env):
+    """CONF plus ingest from the slice, written as parquet (ingest's --dataset tables)."""
+    from recfactory.features.sources import movielens_100k
+
+    _, home = airflow_env
+    src = movielens_100k()
+    events = src.events[src.events["user_id"].astype(int) <= USERS]
+    events.to_parquet(home / "events.parquet", index=False)
+    src.items.to_parquet(home / "items.parquet", index=False)
+    return {**CONF, "ingest": {"dataset": "tables", "events_path": str(home / "events.parquet"),
+                               "items_path": str(home / "items.parquet")}}
 
 
 def _airflow(env, *args, timeout=3600):
@@ -98,12 +124,12 @@ def _delta_versions(wh: Path) -> dict[str, int]:
 @pytest.mark.spark
 @pytest.mark.ray
 @pytest.mark.timeout(2400)          # twelve spark-submits in a row
-def test_airflow_dags_test_runs_the_daily_dag(airflow_env):
+def test_airflow_dags_test_runs_the_daily_dag(airflow_env, conf):
     from deltalake import DeltaTable
 
     env, home = airflow_env
     wh = home / "wh"
-    res = _airflow(env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(CONF))
+    res = _airflow(env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     runs = DeltaTable(str(wh / "_runs")).to_pandas()
     assert sorted(runs["job"]) == sorted(s.job for s in DAILY) and set(runs["status"]) == {"succeeded"}
@@ -121,7 +147,7 @@ def test_airflow_dags_test_runs_the_daily_dag(airflow_env):
 
 @pytest.mark.spark
 @pytest.mark.ray
-def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env):
+def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env, conf):
     """Retrying / rerunning tasks of a date (`airflow tasks test`, the operator as a retry runs it)
     replaces that date's partitions: same rows, one copy, new versions."""
     from deltalake import DeltaTable
@@ -134,7 +160,7 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env):
     before = {t: DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)]) for t in tables.values()}
     versions = _delta_versions(wh)
     for task in tables:
-        res = _airflow(env, "tasks", "test", "recfactory_daily", task, D, "-t", json.dumps(CONF))
+        res = _airflow(env, "tasks", "test", "recfactory_daily", task, D, "-t", json.dumps(conf))
         assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     for t in tables.values():
         after = DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)])
@@ -171,7 +197,7 @@ def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow
 
 @pytest.mark.spark
 @pytest.mark.ray
-def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_nothing(airflow_env):
+def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_nothing(airflow_env, conf):
     """The date again, with an impossible GBDT gate (every other task marked successful): the
     task fails at once, the leaf encoding does not run, the tables keep their versions."""
     env, home = airflow_env
@@ -179,7 +205,7 @@ def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_not
     if not (wh / "gbdt_models").exists():
         pytest.skip("needs the daily DAG run of the test above")
     before = _delta_versions(wh)
-    conf = {**CONF, "train_gbdt": {"num_trees": 30, "gate_min_auc": 0.99}}
+    conf = {**conf, "train_gbdt": {"num_trees": 30, "gate_min_auc": 0.99}}
     res = _airflow(env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf),
                    "--mark-success-pattern", "^(?!(train_gbdt|build_gbdt_leaves)$).*")
     text = res.stdout + res.stderr
@@ -193,3 +219,116 @@ def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_not
                              "on r.run_id = ti.run_id and r.dag_id = ti.dag_id "
                              "where r.dag_id = 'recfactory_daily' order by r.id"))
     assert states["train_gbdt"] == "failed" and states["build_gbdt_leaves"] == "upstream_failed"
+
+
+# -- real cluster mode ------------------------------------------------------------------------------
+
+RUN_COLUMNS = {"run_id"}       # which run wrote a row: the only column allowed to differ
+
+
+def _daily_outputs(wh: Path, which: str = "first") -> dict[str, int]:
+    """{table: Delta version} the daily run's jobs wrote, from `_runs` (its first run of each job)."""
+    from deltalake import DeltaTable
+
+    runs = DeltaTable(str(wh / "_runs")).to_pandas().sort_values("started_at")
+    runs = runs[runs["status"] == "succeeded"].drop_duplicates("job", keep=which)
+    return {o["name"]: int(o["version"]) for outs in runs["outputs"] for o in outs}
+
+
+def _table_rows(path: Path, version: int):
+    from deltalake import DeltaTable
+
+    df = DeltaTable(str(path), version=version).to_pandas()
+    df = df.drop(columns=[c for c in df.columns if c in RUN_COLUMNS])
+    cols = sorted(df.columns)
+    key = df[cols].astype(str).apply(lambda r: "\x1f".join(r), axis=1)
+    return df[cols].assign(_k=key).sort_values("_k").drop(columns="_k").reset_index(drop=True)
+
+
+def _build_wheel(dest: Path) -> Path:
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                          "-w", str(dest), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (wheel,) = dest.glob("recfactory-*.whl")
+    return wheel
+
+
+PROBE = """
+import json, sys
+import ray, recfactory
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+spark_files = sorted(set(spark.sparkContext.parallelize(range(8), 8)
+                         .map(lambda _: __import__("recfactory").__file__).collect()))
+print("PROBE " + json.dumps({"driver": recfactory.__file__, "executors": spark_files}))
+"""
+
+RAY_PROBE = """
+import json, ray, recfactory
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init()
+@ray.remote(num_cpus=1)
+def where():
+    import recfactory
+    return recfactory.__file__, ray.get_runtime_context().get_node_id()
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+tasks = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
+print("PROBE " + json.dumps({"driver": recfactory.__file__, "tasks": ray.get(tasks)}))
+"""
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+@pytest.mark.timeout(2400)
+def test_the_daily_dag_on_spark_standalone_and_a_two_node_ray_cluster_equals_local_mode(
+        airflow_env, conf, tmp_path, spark_cluster, ray_two_nodes):
+    """spark-submit --master spark://127.0.0.1:<port> --py-files recfactory.whl for the Spark steps,
+    the Ray Jobs API of a two-node Ray cluster (RAY_ADDRESS=http://…) for the Ray steps: every table
+    equals, row for row and value for value, what the local-mode run of the same date wrote."""
+    import pandas.testing
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
+
+    _, home = airflow_env
+    local_wh, cluster_wh = home / "wh", tmp_path / "wh"
+    if not (local_wh / "gbdt_leaves").exists():
+        pytest.skip("needs the local daily DAG run above")
+    env = _airflow_home(tmp_path)              # a second deployment, with its own warehouse
+    wheel = _build_wheel(tmp_path / "dist")
+    sc, rc = spark_cluster, ray_two_nodes
+    cenv = {**env, **{k: rc.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
+            "RECFACTORY_PY_FILES": str(wheel),
+            "AIRFLOW_CONN_RECFACTORY_SPARK": json.dumps({"conn_type": "spark", "host": sc.master_url}),
+            "RAY_ADDRESS": rc.dashboard_url, "RECFACTORY_RAY_PYTHON": sys.executable}
+    # the shipped wheel is what executors and Ray workers import (not this checkout)
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    res = subprocess.run([str(BIN / "spark-submit"), "--master", sc.master_url, "--py-files",
+                          spark_py_files(str(wheel)), str(probe)], env=cenv, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = json.loads([x for x in res.stdout.splitlines() if x.startswith("PROBE ")][-1][6:])
+    assert all(wheel.stem in f and not f.startswith(str(ROOT)) for f in [out["driver"], *out["executors"]]), out
+    client = JobSubmissionClient(rc.dashboard_url, headers=rc.auth_header())
+    job = client.submit_job(entrypoint=shlex.join([sys.executable, "-c", RAY_PROBE]),
+                            runtime_env={"py_modules": ray_py_modules(str(wheel))})
+    t0 = time.time()
+    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.time() - t0 < 300
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
+    out = json.loads([x for x in logs.splitlines() if x.startswith("PROBE ")][-1][6:])
+    assert not str(out["driver"]).startswith(str(ROOT)) and len({n for _, n in out["tasks"]}) == 2, out
+    assert not any(f.startswith(str(ROOT)) for f, _ in out["tasks"]), out
+
+    res = _airflow(cenv, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    text = res.stdout + res.stderr
+    assert sc.master_url in text and "submitted Ray job" in text
+
+    local, cluster = _daily_outputs(local_wh), _daily_outputs(cluster_wh)
+    assert set(local) == set(cluster) and len(local) > 20
+    for table in sorted(local):
+        a, b = _table_rows(local_wh / table, local[table]), _table_rows(cluster_wh / table, cluster[table])
+        pandas.testing.assert_frame_equal(a, b, check_exact=True, obj=table)

@@ -129,3 +129,60 @@ def test_jobs_writing_different_tables_run_concurrently(ingested):
     runs = DeltaTable(str(wh / "_runs")).to_pandas()
     assert set(runs.loc[runs["status"] == "succeeded", "job"]) >= {"build_sessions", "build_sequences"}
     assert DeltaTable(str(wh / "sessions")).version() == 0 and DeltaTable(str(wh / "user_sequences")).version() == 0
+
+
+def test_sigkill_of_ingest_between_its_commits_then_the_rerun_quarantines_nothing_as_duplicate(ingested):
+    """Ingest dedups against earlier loads. Killed after events_clean is committed but before the
+    catalog is, its rerun of the same date must not see that partial load as history: the same
+    clean events, one copy, no DUPLICATE quarantine rows, one `_runs` row."""
+    from deltalake import DeltaTable
+
+    src, base = ingested
+    wh = base / "ingest-killed"
+    proc = _start("ingest", str(wh))
+    assert _kill_when(proc, lambda: _committed(wh / "events_clean") and not _committed(wh / "items"))
+    mid = _snapshot(wh, ("events_clean", "events_quarantine", "items"))
+    assert set(mid) <= {"events_clean", "events_quarantine"} and mid["events_clean"][0] == 0
+    proc = _start("ingest", str(wh))
+    assert proc.wait(timeout=900) == 0, proc.stdout.read()[-3000:]
+    tables = ("events_clean", "events_quarantine", "items", "items_quarantine")
+    got, expected = _snapshot(wh, tables), _snapshot(src, tables)
+    for t in tables:
+        assert got[t][1] == expected[t][1], t
+    assert DeltaTable(str(wh / "events_quarantine")).to_pandas().empty
+    runs = DeltaTable(str(wh / "_runs")).to_pandas()
+    assert list(runs["job"]) == ["ingest"] and list(runs["status"]) == ["succeeded"]
+
+
+@pytest.mark.ray
+def test_sigkill_of_build_sids_after_its_new_codebooks_keeps_the_ids_a_rerun_assigns(ingested, spark):
+    """build_sids publishes a new generation's codebooks first, then the IDs. Killed between the two,
+    the rerun must not mistake the orphan codebooks for a generation in use: it refits and assigns
+    exactly the uninterrupted run's IDs, with one copy of the codebooks."""
+    from recfactory.jobs.runtime.job import run_job
+
+    src, base = ingested
+    prep = base / "sids-prep"
+    shutil.copytree(src, prep)
+    common = ["--warehouse", str(prep), "--as-of", D]
+    run_job("build_similarity", [*common, "--algos", "swing", "--no-evaluate"], spark=spark)
+    run_job("build_content_embeddings", common, spark=spark)
+    args = ("--embeddings", "content_embeddings", "--codebook-sizes", "16,16,16", "--sample-size", "1000",
+            "--gate-min-recall-lift", "0")
+    tables = ("sid_codebooks", "semantic_ids", "sid_lookup", "sid_features", "sid_quarantine", "sid_metrics")
+    ref, wh = base / "sids-ref", base / "sids-killed"
+    shutil.copytree(prep, ref)
+    shutil.copytree(prep, wh)
+    proc = _start("build_sids", str(ref), *args)
+    assert proc.wait(timeout=900) == 0, proc.stdout.read()[-3000:]
+    expected = _snapshot(ref, tables)
+    proc = _start("build_sids", str(wh), *args)
+    assert _kill_when(proc, lambda: _committed(wh / "sid_codebooks"))
+    mid = _snapshot(wh, tables)
+    assert set(mid) == {"sid_codebooks"} and mid["sid_codebooks"] == expected["sid_codebooks"]
+    proc = _start("build_sids", str(wh), *args)
+    assert proc.wait(timeout=900) == 0, proc.stdout.read()[-3000:]
+    got = _snapshot(wh, tables)
+    for t in tables:
+        assert got[t][1] == expected[t][1], t
+    assert got["sid_codebooks"][0] == 1                  # the orphan version replaced, not added to

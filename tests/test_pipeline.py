@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,17 @@ def test_bad_overrides_are_refused_naming_the_task_and_the_parameter():
         step_params(Step("train_gbdt"), "1998-04-30", "wh", {"as_of": "1999-01-01"})
     with pytest.raises(ValueError, match="JSON object"):
         parse_overrides('{"train_gbdt": 3}')
+
+
+def test_the_shipped_dataset_confs_are_valid_overrides():
+    """`make run --params @jobs/conf/<dataset>.json`: every shipped file parses and each override
+    is a parameter of its task."""
+    confs = sorted((Path(__file__).resolve().parents[1] / "jobs" / "conf").glob("*.json"))
+    assert confs
+    steps = {s.task_id: s for s in DAILY}
+    for path in confs:
+        for task, override in parse_overrides(f"@{path}").items():
+            step_params(steps[task], "1998-04-30", "wh", override)
 
 
 def _reference_upstream(steps):

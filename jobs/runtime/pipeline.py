@@ -126,9 +126,13 @@ def upstream(steps: tuple[Step, ...], params: dict[str, JobParams] | None = None
 
 
 def parse_overrides(text: str | None) -> dict[str, dict[str, Any]]:
-    """``{"task_id": {"param": value}}`` from JSON (the CLI's --params, the DAG's run conf)."""
+    """``{"task_id": {"param": value}}`` from JSON (the CLI's --params, the DAG's run conf), or from the
+    JSON file named after an ``@`` (``@jobs/conf/movielens-100k.json``)."""
     if not text:
         return {}
+    if text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as f:
+            text = f.read()
     data = json.loads(text)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError('overrides must be a JSON object {"task_id": {"param": value, ...}, ...}')
@@ -205,7 +209,8 @@ def pipeline_main(argv: list[str]) -> int:
     ap.add_argument("--as-of", required=True)
     ap.add_argument("--seed", type=int, default=None, help="Seed for every step (default: each job's).")
     ap.add_argument("--params", default=None,
-                    help='Per-task overrides as JSON: {"build_sids": {"codebook_sizes": [16, 16, 16]}}')
+                    help='Per-task overrides as JSON, {"build_sids": {"codebook_sizes": [16, 16, 16]}}, '
+                         "or @file.json (jobs/conf/ has one per embedded dataset).")
     ap.add_argument("--only", default=None, help="Comma-separated task ids to run (default: all).")
     a = ap.parse_args(argv)
     only = [t.strip() for t in a.only.split(",") if t.strip()] if a.only else None

@@ -67,4 +67,3 @@ def node_cpus() -> tuple[int, int]:
 
     cpus = [int(nd["Resources"].get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")]
     return max([1, *cpus]), max(1, sum(cpus))
-

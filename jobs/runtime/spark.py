@@ -3,7 +3,8 @@
 Two ways in:
 
 - ``python -m recfactory <job>`` / the ``recfactory`` command / tests: no JVM exists yet, so we start
-  one: ``local[*]`` unless ``RECFACTORY_SPARK_MASTER`` says otherwise, the Delta jars resolved by
+  one: ``local[*]`` unless ``RECFACTORY_SPARK_MASTER`` says otherwise (``RECFACTORY_PY_FILES``: files
+  shipped to its executors, as ``--py-files`` would), the Delta jars resolved by
   ``delta.configure_spark_with_delta_pip`` (``spark.jars.packages``) into an Ivy cache under
   ``RECFACTORY_CACHE``. The first run downloads them from Maven Central; every later run resolves
   from the cache, offline.
@@ -97,6 +98,10 @@ def get_spark(app_name: str = "recfactory", extra_conf: dict[str, str] | None = 
     conf["spark.jars.ivy"] = str(ivy_dir())
     conf["spark.local.dir"] = str(project_tmp() / "spark")
     conf.update(SESSION_CONF)
+    if os.environ.get("RECFACTORY_PY_FILES"):  # the package shipped to executors, as spark-submit --py-files
+        from recfactory.jobs.runtime.shipping import spark_py_files
+
+        conf["spark.submit.pyFiles"] = spark_py_files(os.environ["RECFACTORY_PY_FILES"])
     conf.update(extra_conf or {})
     for k, v in conf.items():
         builder = builder.config(k, v)
@@ -125,7 +130,8 @@ def ensure_delta(spark) -> None:
 
 
 def write_spark_defaults() -> Path:
-    """Put the Delta settings into the installed pyspark's spark-defaults.conf (idempotent).
+    """Put the Delta settings and the local defaults into the installed pyspark's
+    spark-defaults.conf (idempotent).
 
     Only keys we own are replaced; anything else a user put there is kept.
     """
@@ -134,16 +140,16 @@ def write_spark_defaults() -> Path:
     conf_dir = Path(os.environ.get("SPARK_CONF_DIR", Path(pyspark.__file__).parent / "conf"))
     conf_dir.mkdir(parents=True, exist_ok=True)
     path = conf_dir / "spark-defaults.conf"
+    # The local defaults an in-process session gets (shuffle partitions, driver memory, Arrow, ...),
+    # so `spark-submit jobs/<job>.py` on this install — by hand or from the Airflow DAG — runs as
+    # `recfactory <job>` does; --conf / --driver-memory on the command line still win.
     ours = {
         "spark.jars.packages": delta_maven_coordinate(),
         "spark.jars.ivy": str(ivy_dir()),
-        "spark.sql.extensions": DELTA_EXTENSION,
-        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
-        "spark.sql.session.timeZone": "UTC",
+        **{k: v for k, v in _LOCAL_DEFAULTS.items() if k != "spark.ui.enabled"},
+        **SESSION_CONF,
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
-        "spark.databricks.delta.snapshotPartitions": "2",
-        "spark.ui.showConsoleProgress": "true",
     }
     marker = "# written by `recfactory setup`"
     kept = []
