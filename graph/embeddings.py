@@ -56,9 +56,9 @@ def _train_task(method: str, walks: np.ndarray, n: int, fields: np.ndarray, voca
     seen = np.zeros(n, dtype=bool)
     seen[walks[walks >= 0]] = True
     if method == "eges":
-        model = EGES(n, spec.dim, fields, vocab)
+        model = EGES(n, spec.dim, fields, vocab, seed=spec.seed)
     else:
-        model = SkipGram(n, spec.dim)
+        model = SkipGram(n, spec.dim, seed=spec.seed)
     losses = train(model, walks, spec, progress=progress)
     cold = ~seen
     if method == "eges":

@@ -238,11 +238,14 @@ def _train_batch(emb, ctx, g_emb, g_ctx, centers, contexts, negatives, lr):
 class SkipGram(nn.Module):
     """SGNS: input vectors `emb` (the output of the method) and context vectors `ctx`."""
 
-    def __init__(self, n: int, dim: int):
+    def __init__(self, n: int, dim: int, seed: int = 0):
         super().__init__()
         self.emb = nn.Embedding(n, dim, sparse=True)
         self.ctx = nn.Embedding(n, dim, sparse=True)
-        nn.init.uniform_(self.emb.weight, -0.5 / dim, 0.5 / dim)   # word2vec's initialisation
+        # word2vec's initialisation, from the seed (not torch's process-global generator: a rerun, or
+        # another machine, must start from the same vectors)
+        gen = torch.Generator().manual_seed(seed)
+        nn.init.uniform_(self.emb.weight, -0.5 / dim, 0.5 / dim, generator=gen)
         nn.init.zeros_(self.ctx.weight)
         self.register_buffer("g_emb", torch.zeros(n))              # row-wise Adagrad state
         self.register_buffer("g_ctx", torch.zeros(n))
@@ -288,12 +291,13 @@ class EGES(SkipGram):
     """EGES: `fields` is an (n × F) int array of side-information codes (one column per field,
     code 0..vocab−1), `vocab` the per-field vocabulary sizes. Trained through autograd."""
 
-    def __init__(self, n: int, dim: int, fields: np.ndarray, vocab: list[int]):
-        super().__init__(n, dim)
+    def __init__(self, n: int, dim: int, fields: np.ndarray, vocab: list[int], seed: int = 0):
+        super().__init__(n, dim, seed)
         self.register_buffer("fields", torch.as_tensor(np.array(fields, dtype=np.int64).reshape(n, -1)))
         self.side = nn.ModuleList(nn.Embedding(v, dim, sparse=True) for v in vocab)
+        gen = torch.Generator().manual_seed(seed + 1)
         for e in self.side:
-            nn.init.uniform_(e.weight, -0.5 / dim, 0.5 / dim)
+            nn.init.uniform_(e.weight, -0.5 / dim, 0.5 / dim, generator=gen)
         self.attn = nn.Embedding(n, 1 + len(vocab), sparse=True)
         nn.init.zeros_(self.attn.weight)   # uniform attention at the start
         self._opt: torch.optim.Optimizer | None = None

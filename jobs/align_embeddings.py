@@ -152,6 +152,9 @@ class AlignEmbeddingsJob(Job):
         u2i, nxt = self._u2i(spark, pos, index, idv, has_id, p.u2i_window)
         ctx.row_counts.update({"u2i_pairs": len(u2i), "next_item_pairs": len(nxt)})
         train = np.concatenate([np.stack([ia[~held], ib[~held]], 1), u2i]).astype(np.int64)
+        # one canonical order: Spark's collect order follows file names and shuffles, and the
+        # seeded epochs batch pairs in the order given (same inputs → same model, on any cluster)
+        train = train[np.lexsort((train[:, 1], train[:, 0]))]
         ctx.row_counts["train_pairs"] = len(train)
         if len(train) < 2:
             raise QualityGateError(f"only {len(train)} training pairs: nothing to align")

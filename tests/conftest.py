@@ -70,7 +70,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
     for p in reversed(procs):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.time() + 30
+    deadline = time.time() + 10
     for p in reversed(procs):
         try:
             p.wait(timeout=max(1.0, deadline - time.time()))
@@ -187,5 +187,5 @@ def spark_cluster(tmp_path):
 def ray_two_nodes():
     # short path: Ray's socket names must fit in 107 characters. Two logical CPUs per node, as a
     # local Ray on this machine has: tasks that take a whole node's threads run with the same count.
-    with tempfile.TemporaryDirectory(prefix="rf-ray-") as d, ray_cluster(Path(d), nodes=2, cpus_per_node=2) as c:
+    with tempfile.TemporaryDirectory(prefix="rf-raycl-") as d, ray_cluster(Path(d), nodes=2, cpus_per_node=2) as c:
         yield c

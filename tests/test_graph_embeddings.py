@@ -186,6 +186,21 @@ def test_skipgram_training_is_seeded_and_independent_of_chunking():
     assert whole[1] == sum(p[1] for p in parts) and whole[0] == pytest.approx(sum(p[0] for p in parts))
 
 
+def test_models_start_from_their_seed_not_from_torchs_global_generator():
+    import torch
+
+    from recfactory.graph.skipgram import EGES, SkipGram
+
+    fields = np.arange(6)[:, None] % 2
+    for make in (lambda s: SkipGram(6, 8, seed=s), lambda s: EGES(6, 8, fields, [2], seed=s)):
+        torch.manual_seed(1)
+        a = make(7).state_dict()
+        torch.manual_seed(2)
+        b, c = make(7).state_dict(), make(8).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not torch.equal(a["emb.weight"], c["emb.weight"])
+
+
 def test_subsampling_keeps_word2vec_probabilities_and_closes_gaps():
     from recfactory.graph.skipgram import keep_probability, subsample
 
