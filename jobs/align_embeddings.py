@@ -214,7 +214,10 @@ class AlignEmbeddingsJob(Job):
             pdf = pdf.sort_values(["ts", "event_id"], kind="stable")
             seq = np.array([lookup[i] for i in pdf["item_id"] if i in lookup], dtype=np.int64)
             if len(seq) < 2:
-                return pd.DataFrame({"kind": [], "a": [], "b": []})
+                # typed: an untyped empty frame is float64, which Arrow 26 turns into a chunked
+                # string column that Spark then fails to batch (any user with < 2 positives)
+                return pd.DataFrame({"kind": pd.Series([], dtype=object), "a": pd.Series([], dtype="int64"),
+                                     "b": pd.Series([], dtype="int64")})
             rows = u2i_pairs(seq, idv, has_id, window)
             last = len(seq) - 1
             train = rows[rows[:, 2] != last]

@@ -23,6 +23,28 @@ def test_u2i_triggers_match_a_hand_computation():
     assert u2i_pairs(seq, idv, has, window=1).tolist() == [[2, 0, 1], [0, 3, 2], [3, 1, 3]]
 
 
+@pytest.mark.spark
+def test_u2i_pairs_on_spark_with_users_too_short_to_pair(spark):
+    """Users with fewer than two positives give no rows (the 1M synthetic set has many); the others
+    give u2i_pairs' rows and their last pair as the next-item pair."""
+    import datetime as dt
+
+    import pandas as pd
+
+    from recfactory.jobs.align_embeddings import AlignEmbeddingsJob
+
+    index = pd.Series(np.arange(4), index=["i0", "i1", "i2", "i3"])
+    idv = np.eye(4, dtype=np.float32)
+    idv[2] = idv[1]                                      # i2's nearest earlier item is i1
+    t0 = dt.datetime(2026, 1, 1)
+    rows = [("u1", "i0", t0, 1), ("u1", "i1", t0 + dt.timedelta(1), 2), ("u1", "i2", t0 + dt.timedelta(2), 3),
+            ("u2", "i3", t0, 4)]                         # u2: a single positive
+    pos = spark.createDataFrame(rows, "user_id string, item_id string, ts timestamp, event_id long")
+    u2i, nxt = AlignEmbeddingsJob._u2i(spark, pos, index, idv, np.ones(4, bool), 50)
+    ref = u2i_pairs(np.array([0, 1, 2]), idv, np.ones(4, bool), 50)
+    assert u2i.tolist() == ref[ref[:, 2] != 2][:, :2].tolist() and nxt.tolist() == [[1, 2]]
+
+
 def test_info_nce_masks_known_pairs_and_repeated_items():
     torch.manual_seed(0)
     za = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
