@@ -32,7 +32,7 @@ run: setup
 	$(PY) -m recfactory pipeline --as-of $(AS_OF) --warehouse $(WAREHOUSE) --params @$(PARAMS)
 
 test: setup
-	$(PY) -m pytest -m "not slow" tests
+	$(PY) -m pytest -m "not slow" --durations=25 tests
 
 # Benchmarks (never in CI): BENCH_SIZE=small|1m|10m; results in docs/bench/.
 BENCH_SIZE ?= small
