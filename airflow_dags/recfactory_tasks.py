@@ -171,8 +171,16 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         if self.py_files:
             env["RECFACTORY_PY_FILES"] = self.py_files
             runtime_env["py_modules"] = ray_py_modules(self.py_files)
-        self._ray_job = client.submit_job(entrypoint=entry, submission_id=f"recfactory-{self.step.task_id}-{run_id}",
-                                          runtime_env=runtime_env)
+        for attempt in range(12):          # a head whose job agent is still starting: "try again later"
+            try:
+                self._ray_job = client.submit_job(entrypoint=entry, runtime_env=runtime_env,
+                                                  submission_id=f"recfactory-{self.step.task_id}-{run_id}")
+                break
+            except RuntimeError as e:
+                if "No available agent" not in str(e) or attempt == 11:
+                    raise
+                self.log.warning("Ray Jobs API not ready (%s); retrying in 5 s", e)
+                time.sleep(5)
         self.log.info("submitted Ray job %s to %s: %s", self._ray_job, address, entry)
         shown = 0
         while True:

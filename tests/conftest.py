@@ -139,6 +139,19 @@ class RayCluster:
         process cannot switch to it through the environment)."""
         return {"Authorization": f"Bearer {Path(self.env['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"}
 
+    def runs_a_job(self) -> bool:
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        client = JobSubmissionClient(self.dashboard_url, headers=self.auth_header())
+        job = client.submit_job(entrypoint="true")
+        t0 = time.time()
+        while time.time() - t0 < 60:
+            status = client.get_job_status(job)
+            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                return status == JobStatus.SUCCEEDED
+            time.sleep(0.5)
+        return False
+
     def alive_nodes(self) -> int:
         req = urllib.request.Request(f"{self.dashboard_url}/api/v0/nodes", headers=self.auth_header())
         with urllib.request.urlopen(req, timeout=5) as r:
@@ -163,15 +176,23 @@ def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1, object_store_
     common = ["--block", "--num-cpus", str(cpus_per_node), "--object-store-memory", str(object_store_mb << 20),
               "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     logs = [tmp / f"ray-node{i}.log" for i in range(nodes)]
+
+    def own_ports() -> list[str]:
+        # every node's agent defaults to HTTP port 52365: on one host the nodes would race for it,
+        # and a head whose agent lost takes no job ("No available agent to submit job")
+        return ["--dashboard-agent-listen-port", str(free_port())]
+
     try:
         cluster.procs.append(_spawn([str(BIN / "ray"), "start", "--head", "--port", str(gcs), "--dashboard-host",
-                                     "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(tmp), *common],
-                                    env, logs[0]))
+                                     "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(tmp), *common,
+                                     *own_ports()], env, logs[0]))
         _wait(lambda: cluster.alive_nodes() >= 1, "Ray head", logs)
         for i in range(1, nodes):
-            cluster.procs.append(_spawn([str(BIN / "ray"), "start", "--address", cluster.gcs_address, *common],
-                                        env, logs[i]))
+            cluster.procs.append(_spawn([str(BIN / "ray"), "start", "--address", cluster.gcs_address, *common,
+                                         *own_ports()], env, logs[i]))
         _wait(lambda: cluster.alive_nodes() >= nodes, f"{nodes} Ray nodes", logs)
+        # nodes are alive before the head's job agent takes submissions ("No available agent")
+        _wait(cluster.runs_a_job, "the Ray Jobs API", logs)
         yield cluster
     finally:
         _stop(cluster.procs)

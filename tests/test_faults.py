@@ -69,7 +69,8 @@ def _snapshot(wh: Path, tables) -> dict[str, tuple[int, list]]:
         if _committed(wh / t):
             dt_ = DeltaTable(str(wh / t))
             df = dt_.to_pandas()
-            out[t] = (dt_.version(), sorted(map(str, df.drop(columns=[c for c in ("run_id",) if c in df])
+            run_specific = [c for c in df if c == "run_id" or c.endswith("_seconds")]    # ids, timings
+            out[t] = (dt_.version(), sorted(map(str, df.drop(columns=run_specific)
                                                  .astype(str).itertuples(index=False))))
     return out
 
