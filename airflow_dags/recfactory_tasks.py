@@ -35,6 +35,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from recfactory.jobs.runtime.env import arrow_uri
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, load_job
 from recfactory.jobs.runtime.pipeline import PIPELINES, Step, step_params, to_argv, upstream
 from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
@@ -50,7 +51,7 @@ def table_uri(table: str, root: str | None = None) -> str:
     """The table's location as an Asset URI (file:// for local paths, s3:// for s3a://)."""
     root = root or warehouse()
     if "://" in root:
-        return f"{root.replace('s3a://', 's3://', 1).rstrip('/')}/{table}"
+        return arrow_uri(root.rstrip("/"), table)
     return f"file://{Path(root).resolve()}/{table}"
 
 
@@ -74,7 +75,7 @@ def read_run(root: str, run_id: str) -> dict[str, Any] | None:
     import pyarrow.compute as pc
     from deltalake import DeltaTable
 
-    path = root.replace("s3a://", "s3://", 1) + "/_runs"
+    path = arrow_uri(root, "_runs")
     try:
         table = DeltaTable(path).to_pyarrow_dataset().to_table(filter=pc.field("run_id") == run_id)
     except Exception:  # noqa: BLE001 - no _runs table yet

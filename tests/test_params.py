@@ -61,6 +61,13 @@ def test_table_path_resolves_under_the_warehouse(tmp_path):
     assert table_path("s3a://bucket/wh/", "items") == "s3a://bucket/wh/items"
 
 
+def test_arrow_uri_is_what_pyarrow_and_delta_rs_read():
+    from recfactory.jobs.runtime.env import arrow_uri
+
+    assert arrow_uri("s3a://bucket/wh", "_runs") == "s3://bucket/wh/_runs"
+    assert arrow_uri("/data/wh", "_checkpoints", "align") == "/data/wh/_checkpoints/align"
+
+
 def test_credentials_in_uris_never_reach_manifests():
     from recfactory.jobs.runtime.env import redact
 

@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from recfactory.jobs.runtime.env import normalize_warehouse, table_path, validate_table_name
+from recfactory.jobs.runtime.env import arrow_uri, normalize_warehouse, table_path, validate_table_name
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,8 @@ class Warehouse:
         return table_path(self.root, name)
 
     def arrow_path(self, *parts: str) -> str:
-        """A location under the root as pyarrow's filesystems and Ray Train see it: Hadoop's
-        s3a:// is s3:// there; local roots stay absolute paths."""
-        return "/".join([self.root.replace("s3a://", "s3://", 1), *parts])
+        """A location under the root as pyarrow's filesystems and Ray Train see it (`arrow_uri`)."""
+        return arrow_uri(self.root, *parts)
 
     def exists(self, name: str) -> bool:
         return is_delta(self.spark, self.path(name))

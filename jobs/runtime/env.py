@@ -75,3 +75,9 @@ def normalize_warehouse(warehouse: str) -> str:
 
 def table_path(warehouse: str, name: str) -> str:
     return f"{normalize_warehouse(warehouse)}/{validate_table_name(name)}"
+
+
+def arrow_uri(root: str, *parts: str) -> str:
+    """A location under a warehouse root as pyarrow's filesystems, delta-rs and Ray Train see it:
+    Hadoop's s3a:// is s3:// there; local roots stay paths."""
+    return "/".join([root.replace("s3a://", "s3://", 1), *parts])
