@@ -11,7 +11,7 @@ PARAMS ?= jobs/conf/movielens-100k.json
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: setup run test bench bench-deps params-doc clean
+.PHONY: setup run test browser bench bench-deps params-doc clean
 
 setup: $(STAMP)
 
@@ -31,15 +31,25 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 run: setup
 	$(PY) -m recfactory pipeline --as-of $(AS_OF) --warehouse $(WAREHOUSE) --params @$(PARAMS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -m "not slow" --durations=25 tests
 
-# Benchmarks (never in CI): BENCH_SIZE=small|1m|10m; results in docs/bench/.
+# The report test opens the report in Debian's Chromium (driven by Playwright, which downloads no browser).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { echo "installing Debian's chromium (the report test's browser)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+# Benchmarks (never in CI): every stage against its peer in one run (BENCH_SIZE=small|1m|10m, or
+# movielens), then one results file for the run: docs/bench/results-$(BENCH_SIZE).{json,md}.
 BENCH_SIZE ?= small
 bench: setup bench-deps
-	BENCH_SIZE=$(BENCH_SIZE) RECFACTORY_DRIVER_MEMORY=$${RECFACTORY_DRIVER_MEMORY:-12g} \
-	RECFACTORY_SHUFFLE_PARTITIONS=$${RECFACTORY_SHUFFLE_PARTITIONS:-16} \
-	$(PY) -m pytest -m slow -s tests
+	@export BENCH_RUN=$$(date -u +%Y%m%dT%H%M%SZ) BENCH_SIZE=$(BENCH_SIZE) \
+	  RECFACTORY_DRIVER_MEMORY=$${RECFACTORY_DRIVER_MEMORY:-12g} \
+	  RECFACTORY_SHUFFLE_PARTITIONS=$${RECFACTORY_SHUFFLE_PARTITIONS:-16}; \
+	echo "bench run $$BENCH_RUN, size $(BENCH_SIZE)"; \
+	$(PY) -m pytest -m slow -s --durations=0 tests; status=$$?; \
+	$(PY) -m recfactory.jobs.runtime.bench --size $(BENCH_SIZE) --run $$BENCH_RUN && exit $$status
 
 # The benchmarks' peers, not needed by recfactory itself: gensim (wheel), and torch-cluster (PyG's
 # walker; PyPI has only its source, compiled once against the installed torch, CPU only, then

@@ -2,7 +2,7 @@
 
 ingest → sequences / sessions / cross stats / training samples → similarity → graph embeddings →
 content embeddings → alignment → semantic IDs (daily assignment in the current generation) → GBDT
-training and leaf encoding; each task waits for the tasks writing the tables it reads. Steps and
+training and leaf encoding → the run's report (HTML + PNGs); each task waits for the tasks writing the tables it reads. Steps and
 parameters: ``recfactory.jobs.runtime.pipeline.DAILY``; settings: ``recfactory_tasks``.
 """
 

@@ -208,45 +208,12 @@ class TrainGBDTJob(Job):
                 scores: dict[str, np.ndarray], c_leaves) -> str:
         """report.md + calibration.png + importance.png under <warehouse>/_reports/train_gbdt/<as-of>/
         (any filesystem pyarrow knows). Returns the folder."""
-        import io
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from pyarrow import fs
+        from recfactory.jobs.runtime.reports import ReportFolder, calibration_figure, importance_figure
 
         folder = ctx.warehouse.arrow_path("_reports", "train_gbdt", ctx.as_of.isoformat())
-        filesystem, path = fs.FileSystem.from_uri(folder if "://" in folder else "file://" + folder)
-        filesystem.create_dir(path, recursive=True)
-
-        def put(name: str, data: bytes) -> None:
-            with filesystem.open_output_stream(f"{path}/{name}") as f:
-                f.write(data)
-
-        fig, ax = plt.subplots(figsize=(5, 5))
-        edges = np.quantile(scores["gbdt"], np.linspace(0, 1, 11))
-        for model, q in scores.items():
-            b = np.clip(np.searchsorted(edges, q, side="right") - 1, 0, 9)
-            xs = [q[b == i].mean() for i in range(10) if (b == i).any()]
-            ys = [y[b == i].mean() for i in range(10) if (b == i).any()]
-            ax.plot(xs, ys, marker="o", label=model)
-        top = min(1.0, max(float(y.mean()) * 3, max(float(q.max()) for q in scores.values())))
-        ax.plot([0, top], [0, top], "k:", lw=1)
-        ax.set(xlabel="mean prediction (recalibrated)", ylabel="observed rate", title="test calibration by decile")
-        ax.legend()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        put("calibration.png", buf.getvalue())
-        fig, ax = plt.subplots(figsize=(6, 5))
-        items = list(importance.items())[:20][::-1]
-        ax.barh([k for k, _ in items], [v for _, v in items])
-        ax.set(xlabel="share of total gain", title="feature importance (gain)")
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        put("importance.png", buf.getvalue())
+        out = ReportFolder(folder)
+        out.put_figure("calibration.png", calibration_figure(y, scores))
+        out.put_figure("importance.png", importance_figure(importance))
 
         overall = met[met["slice_column"].isna()]
         sliced = met[met["slice_column"].notna()]
@@ -269,7 +236,7 @@ class TrainGBDTJob(Job):
         md += ["", "![calibration](calibration.png)", "", "## Feature importance (total gain)", "",
                "| feature | share |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in list(importance.items())[:20]]
         md += ["", "![importance](importance.png)", ""]
-        put("report.md", "\n".join(md).encode())
+        out.put("report.md", "\n".join(md).encode())
         return folder
 
     @staticmethod

@@ -210,3 +210,70 @@ def ray_two_nodes():
     # local Ray on this machine has: tasks that take a whole node's threads run with the same count.
     with tempfile.TemporaryDirectory(prefix="rf-raycl-") as d, ray_cluster(Path(d), nodes=2, cpus_per_node=2) as c:
         yield c
+
+
+# -- Airflow -------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_airflow_home(home: Path) -> dict[str, str]:
+    """A fresh Airflow deployment: its own home and SQLite metadata DB, warehouse <home>/wh. (One
+    warehouse per deployment: an asset's name, recfactory.<table>, is bound to its first URI.)
+    Returns the environment its commands run with."""
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+           "RECFACTORY_WAREHOUSE": str(home / "wh"), "RECFACTORY_START_DATE": "1998-04-01",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow_home():
+    """`make_airflow_home(home)` → the environment of a fresh Airflow deployment under home."""
+    return make_airflow_home
+
+
+# -- the report in a real browser ---------------------------------------------------------------------
+
+def open_in_chromium(page: Path, screenshot: Path) -> dict:
+    """Open a local HTML page in headless Chromium (Debian's package, driven by Playwright, which
+    downloads no browser) and report what a reader would hit: console errors and warnings, uncaught
+    page errors, failed requests (a missing PNG is one), images that did not decode, the section
+    headings. Saves a full-page screenshot."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    exe = os.environ.get("RECFACTORY_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "Chromium not found: `make test` installs Debian's chromium package (or set RECFACTORY_CHROMIUM)"
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1300, "height": 900})
+        tab.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+               if m.type in ("error", "warning") else None)
+        tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        tab.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
+        response = tab.goto(page.resolve().as_uri(), wait_until="load")
+        info = tab.evaluate("""() => ({
+            images: document.images.length,
+            broken: Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
+            sections: Array.from(document.querySelectorAll('section')).map(s => s.id),
+            headings: Array.from(document.querySelectorAll('section > h2')).map(h => h.textContent),
+            missing: Array.from(document.querySelectorAll('.missing')).map(e => e.textContent),
+            title: document.title})""")
+        tab.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return {**info, "problems": problems, "ok": response is not None and response.ok}
+
+
+@pytest.fixture()
+def chromium():
+    """`open_in_chromium(page, screenshot)`."""
+    return open_in_chromium

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from recfactory.jobs.runtime.bench import OUT
+from recfactory.jobs.runtime.bench import write_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -49,8 +49,6 @@ def test_bench_content(spark, tmp_path):
     ctx = run_job("build_content_embeddings", [*base, "--encoders", "minilm-onnx,minilm-st"], spark=spark)
     res["job_items_per_s"] = {k.split(".", 1)[1]: v for k, v in ctx.metrics.items() if k.startswith("encode_items_per_s")}
     res["job_rows"] = ctx.row_counts
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "content-clothing.json").write_text(json.dumps(res, indent=2) + "\n")
     ip = res["in_process"]
     md = [f"Content encoders on the clothing-reviews catalog: {len(texts):,} items, {res['mean_chars']} characters "
           f"of text on average, {res['machine']['cpus']} cores.", "",
@@ -59,5 +57,5 @@ def test_bench_content(spark, tmp_path):
           *[f"| {n} | {ip[n + '@1']} | {ip[n + '@2']} | {res['job_items_per_s'].get(n)} |" for n in ("minilm-onnx", "minilm-st")],
           "", f"int8 ONNX / float32 sentence-transformers, 1 thread: {ip['minilm-onnx@1'] / ip['minilm-st@1']:.2f}×; "
           f"cosine between their vectors: min {res['cosine_onnx_vs_st']['min']}, mean {res['cosine_onnx_vs_st']['mean']}.", ""]
-    (OUT / "content-clothing.md").write_text("\n".join(md) + "\n")
+    write_results("content-clothing", res, md)
     print(json.dumps(res, indent=2))

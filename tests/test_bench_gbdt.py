@@ -12,7 +12,6 @@ Writes docs/bench/gbdt-<size>.{json,md}. Nothing here asserts a time.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfactory.jobs.runtime.bench import OUT, SIZES
+from recfactory.jobs.runtime.bench import SIZES, bench_size, write_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.ray]
 
@@ -47,7 +46,7 @@ def test_bench_gbdt_leaves(spark, tmp_path):
     from recfactory.jobs.runtime.job import run_job
     from recfactory.tokenizers.gbdt import tree_offsets
 
-    size = os.environ.get("BENCH_SIZE", "small")
+    size = bench_size()
     n = SIZES.get(size, SIZES["small"])
     wh = str(tmp_path / "wh")
     day = dt.date.fromisoformat(D)
@@ -111,8 +110,6 @@ def test_bench_gbdt_leaves(spark, tmp_path):
            "raw_seconds_all_cores": round(best_raw_all, 2),
            "raw_all_cores_rows_per_s_per_core": round(n / best_raw_all / cores),
            "ratio": round((n / best_job / cores) / (n / best_raw), 3), "job_rows": ctx.row_counts["gbdt_leaves"]}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"gbdt-{size}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [f"# GBDT leaf encoding ({size})", "",
           f"{n:,} rows × {FEATURES} features, {res['trees']} trees of 31 leaves. The job (`build_gbdt_leaves`, whole "
           f"run incl. the Delta write, best of 3) on Spark local[{cores}] vs raw `pred_leaf` on one thread "
@@ -130,4 +127,4 @@ def test_bench_gbdt_leaves(spark, tmp_path):
           f"stage {res['encode_ratio']} (target ≥ 0.7). The job encodes with `LeafEncoder` (pred_leaf compiled, "
           "equal row for row); the whole job adds reading the model and the input partition, counting it and the "
           f"Delta write of {n * res['trees']:,} leaf ids (the row above: Spark's Parquet writer for array<int>).", ""]
-    (OUT / f"gbdt-{size}.md").write_text("\n".join(md) + "\n")
+    write_results(f"gbdt-{size}", res, md)

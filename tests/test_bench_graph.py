@@ -26,7 +26,7 @@ from recfactory.graph.embeddings import hit_rate, nearest
 from recfactory.graph.item_graph import GraphSpec, build_edges, leave_last_transition
 from recfactory.graph.skipgram import SkipGram, TrainSpec, train
 from recfactory.graph.walks import Graph, random_walks, walk_ids
-from recfactory.jobs.runtime.bench import OUT, SIZES
+from recfactory.jobs.runtime.bench import SIZES, bench_size, write_results
 from recfactory.jobs.runtime.job import as_of_end, run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.ray]
@@ -59,7 +59,7 @@ def _gensim(walks: np.ndarray, seed: int):
 
 
 def test_bench_graph(spark, tmp_path):
-    size = os.environ.get("BENCH_SIZE", "small")
+    size = bench_size()
     movielens = size == "movielens"
     wh = str(tmp_path / "wh")
     as_of = "1998-04-30" if movielens else "2026-11-28"
@@ -140,8 +140,6 @@ def test_bench_graph(spark, tmp_path):
         res["gensim_skipped"] = f"gensim not installed ({e}); `make bench-deps` installs it"
         res.update(gensim_s=None, ratio_skipgram_time_ours_to_gensim=None)
         res["gensim_hr@20"] = None
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"graph-{size}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [f"Graph embeddings, {size}: {g.n:,} nodes, {res['edges']:,} weighted directed edges (the training "
           f"sessions' item graph), {len(starts):,} walks of {LENGTH} nodes, {res['machine']['cpus']} cores.", "",
           f"Walk throughput over {res['throughput_walks']:,} walks (the same for every walker; best of {WALK_REPEATS}):", "",
@@ -154,5 +152,5 @@ def test_bench_graph(spark, tmp_path):
           f"| gensim Word2Vec (sg=1, 2 workers, sample 1e-3 like ours) | {res['gensim_s']} | {res['gensim_hr@20']} |", "",
           f"Time ours / gensim: {res['ratio_skipgram_time_ours_to_gensim']}×"
           + (f" — {res['gensim_skipped']}" if res["gensim_skipped"] else ""), ""]
-    (OUT / f"graph-{size}.md").write_text("\n".join(md) + "\n")
+    write_results(f"graph-{size}", res, md)
     print(json.dumps(res, indent=2))

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from recfactory.jobs.runtime.bench import OUT, SIZES, PeakRSS
+from recfactory.jobs.runtime.bench import PeakRSS, SIZES, bench_size, write_results
 from recfactory.jobs.runtime.job import run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
@@ -29,7 +29,7 @@ FEATURE_JOBS = (
 
 
 def test_bench_pipeline(spark, tmp_path):
-    size = os.environ.get("BENCH_SIZE", "small")
+    size = bench_size()
     movielens = size == "movielens"
     n = 100_000 if movielens else SIZES[size]
     wh = str(tmp_path / "wh")
@@ -68,12 +68,10 @@ def test_bench_pipeline(spark, tmp_path):
         if job == "build_training_samples":
             results["training_samples"] = {k: ctx.row_counts[k] for k in (
                 "candidates", "kept", "dropped_negative_downsampled", "train_rows", "validation_rows", "test_rows")}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"pipeline-{size}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = [f"{'MovieLens-100K' if movielens else 'Synthetic'} pipeline, {rows:,} raw events, {results['machine']['cpus']} cores, "
           f"Spark {results['machine']['spark_master']}.", "",
           "| stage | output | rows | seconds | rows/s | peak RSS GB |", "|---|---|---|---|---|---|"]
     md += [f"| {s['job']} | {s['output']} | {s['rows']:,} | {s['seconds']} | {s['rows_per_s']:,} | {s['peak_rss_gb']} |"
            for s in results["stages"]]
-    (OUT / f"pipeline-{size}.md").write_text("\n".join(md) + "\n")
+    write_results(f"pipeline-{size}", results, md)
     print(json.dumps(results, indent=2))

@@ -16,15 +16,13 @@ Writes docs/bench/sids-<size>.{json,md}. Nothing here asserts a time.
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 
 import numpy as np
 import pytest
 
-from recfactory.jobs.runtime.bench import OUT, SIZES
+from recfactory.jobs.runtime.bench import SIZES, bench_size, write_results
 from recfactory.tokenizers.rq import RQSpec, encode, fit, reconstruct
 from recfactory.tokenizers.sids import collision_rate, gini, row_ids
 
@@ -112,7 +110,7 @@ def _movielens_aligned(spark, tmp_path) -> np.ndarray:
 def test_bench_sids(spark, tmp_path):
     import faiss
 
-    size = os.environ.get("BENCH_SIZE", "small")
+    size = bench_size()
     faiss.omp_set_num_threads(THREADS)
     import numba
 
@@ -139,8 +137,6 @@ def test_bench_sids(spark, tmp_path):
                   "time_ours_over_faiss_rq": ours["seconds"] / peer["seconds"]}
         res["datasets"][name] = {"items": len(x), "dim": x.shape[1], "codebooks": list(sizes), "rows": rows,
                                  "ratios": ratios}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"sids-{size}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [f"# Semantic IDs: balanced RQ-KMeans vs faiss ({size})", "",
           f"{THREADS} threads; every method fits on the same seeded sample (≤ {SAMPLE:,} items) and encodes every "
           "item; collision rate = 1 − distinct SIDs / items, before collision handling; Gini over the items per "
@@ -158,4 +154,4 @@ def test_bench_sids(spark, tmp_path):
                f"{q['gini_faiss_rq_over_ours']:.1f}× (target ≥ 2×); recon error ours / faiss RQ "
                f"{q['recon_ours_over_faiss_rq']:.3f} (target ≤ 1.10); time ours / faiss RQ "
                f"{q['time_ours_over_faiss_rq']:.2f} (target ≤ 2).", ""]
-    (OUT / f"sids-{size}.md").write_text("\n".join(md) + "\n")
+    write_results(f"sids-{size}", res, md)

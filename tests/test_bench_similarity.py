@@ -22,7 +22,7 @@ from pyspark import StorageLevel
 
 from recfactory.graph import similarity_reference as peer
 from recfactory.graph.similarity import SimilaritySpec, apply_caps, block_count, neighbor_lists, user_items
-from recfactory.jobs.runtime.bench import OUT, SIZES, PeakRSS
+from recfactory.jobs.runtime.bench import PeakRSS, SIZES, bench_size, write_results
 from recfactory.jobs.runtime.job import run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
@@ -51,7 +51,7 @@ def compare(got: pa.Table, ref: pa.Table) -> tuple[int, list]:
 
 
 def test_bench_similarity(spark, tmp_path):
-    size = os.environ.get("BENCH_SIZE", "small")
+    size = bench_size()
     movielens = size == "movielens"
     wh = str(tmp_path / "wh")
     as_of = ["--warehouse", wh, "--as-of", "1998-04-30" if movielens else "2026-11-28"]
@@ -109,8 +109,6 @@ def test_bench_similarity(spark, tmp_path):
     res["job_peak_rss_gb"] = round(mem.peak / 2**30, 2)
     res["hit_rate"] = {k: v for k, v in ctx.metrics.items() if k.startswith(("hr@", "coverage@"))}
     res["caps_removed_mass_fraction"] = ctx.metrics["caps.removed_mass_fraction"]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"similarity-{size}.json").write_text(json.dumps(res, indent=2) + "\n")
     hr = res["hit_rate"]
     algos = [*spec.algos, "popularity"]
     md = [f"Swing/ItemCF, {res['events']:,} events → {n_pairs:,} user-item pairs after caps, "
@@ -128,6 +126,6 @@ def test_bench_similarity(spark, tmp_path):
           "| algo | HR@10 | HR@50 | coverage@50 |", "|---|---|---|---|"]
     md += [f"| {a} | {hr.get(f'hr@10.{a}', 0):.4f} | {hr.get(f'hr@50.{a}', 0):.4f} | {hr.get(f'coverage@50.{a}', 0):.4f} |"
            for a in algos]
-    (OUT / f"similarity-{size}.md").write_text("\n".join(md) + "\n")
+    write_results(f"similarity-{size}", res, md)
     print(json.dumps(res, indent=2))
     assert res["exact_agreement"] is not False, f"{res['mismatched_lists']} lists differ"

@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 USERS = 200                 # the slice: MovieLens users 1..200 (19,747 of the 100,000 ratings), every item
 # small but real: every step runs, with the heavy ones scaled down (ingest's paths: the fixture's)
 CONF = {
-    "build_similarity": {"algos": ["swing"], "evaluate": False},
+    "build_similarity": {"algos": ["swing"]},
     "build_graph_embeddings": {"walks_per_node": 4, "walk_length": 20, "epochs": 1, "methods": ["deepwalk"],
                                "evaluate": False},
     "build_sids": {"codebook_sizes": [16, 16, 16], "embeddings": "aligned_embeddings"},
@@ -43,25 +43,10 @@ CONF = {
 }
 
 
-def _airflow_home(home: Path) -> dict[str, str]:
-    """A fresh Airflow deployment: its own home and SQLite metadata DB, warehouse <home>/wh. (One
-    warehouse per deployment: an asset's name, recfactory.<table>, is bound to its first URI.)"""
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-           "RECFACTORY_WAREHOUSE": str(home / "wh"), "RECFACTORY_START_DATE": "1998-04-01",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return env
-
-
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory):
+def airflow_env(tmp_path_factory, airflow_home):
     home = tmp_path_factory.mktemp("airflow")
-    return _airflow_home(home), home
+    return airflow_home(home), home
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +129,36 @@ def test_airflow_dags_test_runs_the_daily_dag(airflow_env, conf):
             if table in versions:
                 ev = events[f"recfactory.{table}"]
                 assert ev["delta_version"] == versions[table] and ev["ds"] == D and ev["job"] == s.job
+
+
+@pytest.mark.spark
+def test_the_daily_runs_report_has_every_section_and_opens_in_chromium(airflow_env, tmp_path, chromium):
+    """The DAG's last task, `report`: every section built from the run's tables, the page opens in
+    headless Chromium with no console error, no failed request and every image decoded."""
+    from deltalake import DeltaTable
+
+    from recfactory.jobs.report import SECTIONS
+
+    _, home = airflow_env
+    wh = home / "wh"
+    if not (wh / "report_index").exists():
+        pytest.skip("needs the daily DAG run above")
+    index = DeltaTable(str(wh / "report_index")).to_pandas()
+    row = index[index["ds"].astype(str) == D].iloc[-1]
+    assert list(row["missing_sections"]) == [] and list(row["sections"]) == list(SECTIONS)
+    page_path = wh / "_reports" / "report" / D / "index.html"
+    assert row["path"] == str(page_path)
+    shot = tmp_path / "report.png"
+    page = chromium(page_path, shot)
+    print(f"screenshot of the daily run's report: {shot}")
+    assert page["ok"] and page["problems"] == [] and page["broken"] == []
+    # CONF runs the graph embeddings without their evaluation: the one note, naming the table
+    assert page["missing"] == ["graph_embedding_metrics does not exist (run build_graph_embeddings)"]
+    assert page["headings"] == list(SECTIONS) and page["images"] == row["images"] >= 7
+    html = page_path.read_text()
+    for text in ("Star Wars", "HR@10 / popularity", "Generation 1", "collision_rate_before", "auc",
+                 "events: input = clean + quarantined: <b>yes</b>", "build_gbdt_leaves"):
+        assert text in html, text
 
 
 def test_a_backfill_covers_each_date_of_the_range_in_order(airflow_env):
@@ -241,7 +256,7 @@ def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_not
 # -- real cluster mode ------------------------------------------------------------------------------
 
 # which run wrote a row (model versions are "<as-of>-<run id>"): the only columns allowed to differ
-RUN_COLUMNS = {"run_id", "model_version"}
+RUN_COLUMNS = {"run_id", "model_version", "html_bytes"}   # the report page names its run and time
 
 
 def _daily_outputs(wh: Path, which: str = "first") -> dict[str, int]:
@@ -300,7 +315,7 @@ print("PROBE " + json.dumps({"driver": recfactory.__file__, "tasks": ray.get(tas
 @pytest.mark.ray
 @pytest.mark.timeout(2400)
 def test_the_daily_dag_on_spark_standalone_and_a_two_node_ray_cluster_equals_local_mode(
-        airflow_env, conf, tmp_path, spark_cluster, ray_two_nodes):
+        airflow_env, conf, tmp_path, spark_cluster, ray_two_nodes, airflow_home):
     """spark-submit --master spark://127.0.0.1:<port> --py-files recfactory.whl for the Spark steps,
     the Ray Jobs API of a two-node Ray cluster (RAY_ADDRESS=http://…) for the Ray steps: every table
     equals, row for row and value for value, what the local-mode run of the same date wrote."""
@@ -313,7 +328,7 @@ def test_the_daily_dag_on_spark_standalone_and_a_two_node_ray_cluster_equals_loc
     local_wh, cluster_wh = home / "wh", tmp_path / "wh"
     if not (local_wh / "gbdt_leaves").exists():
         pytest.skip("needs the local daily DAG run above")
-    env = _airflow_home(tmp_path)              # a second deployment, with its own warehouse
+    env = airflow_home(tmp_path)               # a second deployment, with its own warehouse
     wheel = _build_wheel(tmp_path / "dist")
     sc, rc = spark_cluster, ray_two_nodes
     cenv = {**env, **{k: rc.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},

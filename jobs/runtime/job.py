@@ -46,6 +46,7 @@ JOBS: dict[str, str] = {
     "train_gbdt": "recfactory.jobs.train_gbdt:TrainGBDTJob",
     "build_gbdt_leaves": "recfactory.jobs.build_gbdt_leaves:BuildGBDTLeavesJob",
     "build_sids": "recfactory.jobs.build_sids:BuildSidsJob",
+    "report": "recfactory.jobs.report:ReportJob",
 }
 
 

@@ -32,6 +32,7 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)
     ray: bool = False                  # trains on Ray: a Ray Jobs API submission when RAY_ADDRESS is http(s)
     depends_on_past: bool = False      # needs the previous date's run (e.g. SID generations carry over)
+    last: bool = False                 # runs after every earlier step (the run's report), not only its writers
     timeout_minutes: int = 120
 
     def __post_init__(self):
@@ -52,6 +53,7 @@ DAILY: tuple[Step, ...] = (
     Step("build_sids", ray=True, depends_on_past=True),      # daily assignment in the current generation
     Step("train_gbdt", ray=True),
     Step("build_gbdt_leaves"),
+    Step("report", last=True),                               # the run's report: after every step above
 )
 
 WEEKLY: tuple[Step, ...] = (
@@ -120,6 +122,10 @@ def upstream(steps: tuple[Step, ...], params: dict[str, JobParams] | None = None
         p = (params or {}).get(s.task_id) or step_params(s, "2000-01-01", "./warehouse")
         reads = [t for t in job_cls.input_tables(p) if t not in job_cls.outputs]
         deps[s.task_id] = sorted({writers[t] for t in reads if t in writers})
+        if s.last:   # after every earlier step: the earlier steps no other earlier step waits for
+            earlier = [t for t in deps if t != s.task_id]
+            waited = {d for t in earlier for d in deps[t]}
+            deps[s.task_id] = sorted(t for t in earlier if t not in waited)
         for t in job_cls.outputs:
             writers[t] = s.task_id
     return deps
@@ -148,6 +154,7 @@ class StepResult:
     run_id: str | None = None
     error: str | None = None
     outputs: dict[str, int] = field(default_factory=dict)       # table → Delta version written
+    report: str | None = None                                    # a report the step wrote (its path)
 
 
 def run_pipeline(name: str, warehouse: str, as_of: str, overrides: dict[str, dict[str, Any]] | None = None,
@@ -183,7 +190,8 @@ def run_pipeline(name: str, warehouse: str, as_of: str, overrides: dict[str, dic
             ctx = execute(load_job(s.job), params[s.task_id], spark=spark)
             spark = ctx.spark
             results[s.task_id] = StepResult(s.task_id, s.job, "succeeded", time.time() - t0, ctx.run_id,
-                                            outputs={o.name: o.version for o in ctx.outputs})
+                                            outputs={o.name: o.version for o in ctx.outputs},
+                                            report=ctx.notes.get("report"))
         except QualityGateError as e:
             results[s.task_id] = StepResult(s.task_id, s.job, "gate_failed", time.time() - t0, error=str(e))
         except Exception as e:  # noqa: BLE001 - recorded in _runs by execute; reported in the summary
@@ -217,6 +225,9 @@ def pipeline_main(argv: list[str]) -> int:
         tail = ", ".join(f"{k} v{v}" for k, v in r.outputs.items()) if r.status == "succeeded" else (r.error or "")
         print(f"  {r.task_id:{width}s}  {r.status:15s} {r.seconds:7.1f}s  {tail[:200]}")
     print(f"  total {sum(r.seconds for r in results):.1f}s")
+    for r in results:
+        if r.report:
+            print(f"  {r.task_id} report: {r.report}")
     statuses = {r.status for r in results}
     if statuses <= {"succeeded"}:
         return 0
