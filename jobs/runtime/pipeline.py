@@ -227,7 +227,7 @@ def pipeline_main(argv: list[str]) -> int:
     print(f"  total {sum(r.seconds for r in results):.1f}s")
     for r in results:
         if r.report:
-            print(f"  {r.task_id} report: {r.report}")
+            print(f"  {r.task_id} wrote a report: {r.report}")
     statuses = {r.status for r in results}
     if statuses <= {"succeeded"}:
         return 0
