@@ -73,15 +73,21 @@ def _esc(x) -> str:
 
 
 def _table(df: pd.DataFrame, floats: int = 4) -> str:
-    """A pandas frame as an HTML table (escaped; floats rounded; thousands separators)."""
-    def fmt(v):
+    """A pandas frame as an HTML table (escaped; floats rounded, float columns holding only whole
+    numbers as integers; thousands separators)."""
+    whole = {c for c in df.columns if df[c].dtype.kind == "f" and df[c].notna().any()
+             and np.all(np.mod(df[c].dropna().to_numpy(), 1) == 0)}
+
+    def fmt(v, col):
         if isinstance(v, (float, np.floating)):
-            return "–" if not np.isfinite(v) else f"{v:,.{floats}f}"
+            if not np.isfinite(v):
+                return "–"
+            return f"{v:,.0f}" if col in whole else f"{v:,.{floats}f}"
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             return f"{v:,}"
         return _esc(v)
     head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v, c)}</td>" for v, c in zip(row, df.columns)) + "</tr>"
                    for row in df.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

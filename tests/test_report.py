@@ -34,9 +34,11 @@ def test_layered_layout_orders_a_layer_by_its_parents_to_avoid_crossings():
 
 def test_tables_escape_text_and_format_numbers():
     html = _table(pd.DataFrame({"title": ["<script>alert(1)</script>", "A & B"], "n": [1234567, 3],
-                                "x": [0.123456, float("nan")]}))
+                                "x": [0.123456, float("nan")], "size": [256.0, 1682.0], "r": [0.0, 0.5]}))
     assert "<script>" not in html and "&lt;script&gt;" in html and "A &amp; B" in html
     assert "1,234,567" in html and "0.1235" in html and "–" in html
+    assert "<td>256</td>" in html and "<td>1,682</td>" in html          # whole-number float column
+    assert "<td>0.0000</td>" in html and "<td>0.5000</td>" in html
 
 
 @pytest.mark.spark
