@@ -139,6 +139,7 @@ class ReportJob(Job):
         self.ctx, self.p = ctx, p
         self.images: list[str] = []
         self._titles: pd.Series | None = None
+        self._tables: dict = {}
         body, missing = [], []
         for title in SECTIONS:
             method = getattr(self, "_" + title.lower().replace("-", "_").replace(" ", "_"))
@@ -158,12 +159,18 @@ class ReportJob(Job):
         ctx.write(ctx.spark.createDataFrame([row], INDEX_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "report_index")
 
     # ---------------------------------------------------------------- helpers
+    def _load(self, name: str):
+        """The table, read (and recorded as an input) once per report: sections share the pinned version."""
+        if name not in self._tables:
+            self._tables[name] = self.ctx.read(name)
+        return self._tables[name]
+
     def _read(self, name: str, job: str, latest: bool = False):
         """The table's partition of the date (or, with latest, the latest one at or before it), ds kept
         out; Missing naming the job when there is none."""
         if not self.ctx.warehouse.exists(name):
             raise Missing(f"{name} does not exist (run {job})")
-        df = self.ctx.read(name)
+        df = self._load(name)
         if latest:
             ds = df.where(F.col("ds") <= F.lit(self.ctx.as_of)).agg(F.max("ds")).first()[0]
             if ds is None:
@@ -191,7 +198,7 @@ class ReportJob(Job):
     def _runs_of_date(self) -> pd.DataFrame:
         if not self.ctx.warehouse.exists(RUNS_TABLE):
             raise Missing(f"{RUNS_TABLE} does not exist (no job ran on this warehouse)")
-        runs = self.ctx.read(RUNS_TABLE).where((F.col("as_of") == F.lit(self.ctx.as_of))
+        runs = self._load(RUNS_TABLE).where((F.col("as_of") == F.lit(self.ctx.as_of))
                                                & (F.col("job") != self.name)).select(
             "run_id", "job", "status", "started_at", "duration_s", "inputs", "outputs", "row_counts", "error")
         pdf = runs.toPandas()
@@ -334,7 +341,7 @@ class ReportJob(Job):
 
     def _example_items(self) -> list[str]:
         """The most-interacted items (distinct users, ties by id) up to the as-of."""
-        events = self.ctx.read("events_clean").where(F.col("ds") <= F.lit(self.ctx.as_of))
+        events = self._load("events_clean").where(F.col("ds") <= F.lit(self.ctx.as_of))
         top = (events.groupBy("item_id").agg(F.countDistinct("user_id").alias("users"))
                .orderBy(F.desc("users"), "item_id").limit(self.p.example_items).toPandas())
         if not len(top):
@@ -550,7 +557,7 @@ class ReportJob(Job):
 
         models = self._read("gbdt_models", "train_gbdt", latest=True).toPandas()
         model = models.sort_values("model_version").iloc[-1]
-        met = self.ctx.read("gbdt_metrics").where(F.col("model_version") == model["model_version"]).toPandas()
+        met = self._load("gbdt_metrics").where(F.col("model_version") == model["model_version"]).toPandas()
         summary = json.loads(model["metrics"])
         run = self._train_run(model["model_version"])
         label = json.loads(run["params"]).get("label", "label_click") if run is not None else "label_click"
@@ -564,7 +571,7 @@ class ReportJob(Job):
                                                     "calibration_ratio"]]
         figs = []
         ds = trained_ds or self.ctx.as_of
-        samples = self.ctx.read("training_samples").where((F.col("ds") == F.lit(ds)) & (F.col("split") == "test"))
+        samples = self._load("training_samples").where((F.col("ds") == F.lit(ds)) & (F.col("split") == "test"))
         missing = [c for c in [*names, label] if c not in samples.columns]
         if missing:
             out.append(f'<p class="missing">training_samples of {ds} lacks {_esc(missing)}: no calibration curve.</p>')
@@ -590,7 +597,7 @@ class ReportJob(Job):
         """The _runs row of the train_gbdt run that published the model (its version ends in the run id's
         first 12 characters)."""
         suffix = model_version.rsplit("-", 1)[-1]
-        runs = (self.ctx.read(RUNS_TABLE).where((F.col("job") == "train_gbdt") & (F.col("status") == "succeeded")
+        runs = (self._load(RUNS_TABLE).where((F.col("job") == "train_gbdt") & (F.col("status") == "succeeded")
                                                 & F.col("run_id").startswith(suffix))
                 .select("params", "as_of").toPandas())
         return None if not len(runs) else runs.iloc[0]
@@ -602,7 +609,7 @@ class ReportJob(Job):
             if not self.ctx.warehouse.exists(name):
                 rows.append({"table": name, "rows": None, "note": "not built"})
                 continue
-            q = self.ctx.read(name).where(F.col("ds") == F.lit(self.ctx.as_of))
+            q = self._load(name).where(F.col("ds") == F.lit(self.ctx.as_of))
             if "reasons" in q.columns:
                 r = q.select(F.explode_outer("reasons").alias("reason"))
             else:
