@@ -132,7 +132,7 @@ def test_airflow_dags_test_runs_the_daily_dag(airflow_env, conf):
 
 
 @pytest.mark.spark
-def test_the_daily_runs_report_has_every_section_and_opens_in_chromium(airflow_env, tmp_path, chromium):
+def test_the_daily_runs_report_has_every_section_and_opens_in_chromium(airflow_env, tmp_path, chromium, capsys):
     """The DAG's last task, `report`: every section built from the run's tables, the page opens in
     headless Chromium with no console error, no failed request and every image decoded."""
     from deltalake import DeltaTable
@@ -150,7 +150,8 @@ def test_the_daily_runs_report_has_every_section_and_opens_in_chromium(airflow_e
     assert row["path"] == str(page_path)
     shot = tmp_path / "report.png"
     page = chromium(page_path, shot)
-    print(f"screenshot of the daily run's report: {shot}")
+    with capsys.disabled():     # in the test output even when it passes
+        print(f"\nscreenshot of the daily run's report: {shot} ({shot.stat().st_size:,} bytes)")
     assert page["ok"] and page["problems"] == [] and page["broken"] == []
     # CONF runs the graph embeddings without their evaluation: the one note, naming the table
     assert page["missing"] == ["graph_embedding_metrics does not exist (run build_graph_embeddings)"]

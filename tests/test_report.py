@@ -42,7 +42,8 @@ def test_tables_escape_text_and_format_numbers():
 
 
 @pytest.mark.spark
-def test_a_report_of_a_warehouse_with_only_ingest_names_the_jobs_to_run(spark, movielens_run, tmp_path, chromium):
+def test_a_report_of_a_warehouse_with_only_ingest_names_the_jobs_to_run(spark, movielens_run, tmp_path, chromium,
+                                                                         capsys):
     from deltalake import DeltaTable
 
     from recfactory.jobs.runtime.job import run_job
@@ -58,7 +59,8 @@ def test_a_report_of_a_warehouse_with_only_ingest_names_the_jobs_to_run(spark, m
     assert missing == ["Item-to-item quality", "Neighbor examples", "Embedding maps", "Semantic IDs", "GBDT"]
     assert ctx.row_counts["sections"] == len(SECTIONS) - len(missing)
     page = chromium(out / "index.html", tmp_path / "screenshot.png")
-    print(f"screenshot: {tmp_path / 'screenshot.png'}")
+    with capsys.disabled():     # in the test output even when it passes
+        print(f"\nscreenshot of the report: {tmp_path / 'screenshot.png'}")
     assert page["ok"] and page["problems"] == [] and page["broken"] == []
     assert page["headings"] == list(SECTIONS)
     text = " ".join(page["missing"])
