@@ -196,6 +196,12 @@ class ReportJob(Job):
         return self._titles
 
     def _runs_of_date(self) -> pd.DataFrame:
+        """The date's runs of the other jobs, in start order (collected once; three sections use them)."""
+        if getattr(self, "_runs_pdf", None) is None:
+            self._runs_pdf = self._collect_runs()
+        return self._runs_pdf
+
+    def _collect_runs(self) -> pd.DataFrame:
         if not self.ctx.warehouse.exists(RUNS_TABLE):
             raise Missing(f"{RUNS_TABLE} does not exist (no job ran on this warehouse)")
         runs = self._load(RUNS_TABLE).where((F.col("as_of") == F.lit(self.ctx.as_of))
