@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from recfactory.features.instants import ts_lit, utc_dow_col, utc_hour_col
 from recfactory.features.schema import EVENT_TYPES
 from recfactory.features.sequences import visible_events
 
@@ -196,9 +197,9 @@ def with_dims(events: DataFrame, items: DataFrame | None, dims: tuple[str, ...])
         out = out.join(items.select("item_id", *item_dims), "item_id", "left")
     for d in dims:
         if d == "hour":
-            out = out.withColumn("hour", F.hour("ts"))
+            out = out.withColumn("hour", utc_hour_col("ts"))
         elif d == "dow":
-            out = out.withColumn("dow", F.dayofweek("ts"))
+            out = out.withColumn("dow", utc_dow_col("ts"))
         elif d.startswith("ctx:"):
             out = out.withColumn(dim_column_name(d), F.col("context")[d[4:]])
     return out
@@ -274,11 +275,11 @@ def build_cross_stats(
     n_<type> per counted type, n_users (distinct users; null for keys over user_id), last_ts,
     days_since_last (from the last event to the cutoff), and per rate <rate>_raw (num/den, null
     when den = 0) and <rate> (smoothed)."""
-    cutoff_ts = F.lit(cutoff).cast("timestamp")
+    cutoff_ts = ts_lit(cutoff)
     ev = with_dims(visible_events(events, cutoff).where(F.col("event_type").isin(*spec.counted_types)),
                    items, spec.dims)
     windows = [F.when(F.lit(True) if w.seconds is None else
-                      F.col("ts") >= F.lit(cutoff - dt.timedelta(seconds=w.seconds)).cast("timestamp"),
+                      F.col("ts") >= ts_lit(cutoff - dt.timedelta(seconds=w.seconds)),
                       F.lit(w.name)) for w in spec.windows]
     ev = ev.withColumn("window", F.explode(F.filter(F.array(*windows), lambda x: x.isNotNull())))
     all_dim_cols = [dim_column_name(d) for d in spec.dims]

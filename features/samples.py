@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 from recfactory.features.cross_stats import (
     CrossStatsSpec, all_present, dim_column_name, rate_parts, with_dims,
 )
+from recfactory.features.instants import ts_lit, utc_dow_col, utc_hour_col
 from recfactory.features.schema import EVENT_TYPES, POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
 from recfactory.features.synthetic import uniform
@@ -201,7 +202,7 @@ def build_training_samples(
     subsampling: see `subsample`). Returns (frame, feature column names)."""
     visible = visible_events(events, cutoff)
     ev = with_dims(visible, items, tuple(dict.fromkeys(stats.dims + (("category",) if items is not None else ()))))
-    labeled = label_samples(ev, spec, mode).where(F.col("ts") >= F.lit(bounds.sample_start).cast("timestamp"))
+    labeled = label_samples(ev, spec, mode).where(F.col("ts") >= ts_lit(bounds.sample_start))
     added = [c for c in ev.columns if c not in visible.columns]  # the dimension columns with_dims added
     samples = labeled.join(ev.select("event_id", *added), "event_id").withColumnRenamed("event_id", "sample_id")
     sig = F.lit(1.0) / (F.lit(1.0) + F.exp(-(F.col("dwell_ms").cast("double") - spec.dwell_tau_ms) / spec.dwell_scale_ms))
@@ -210,10 +211,10 @@ def build_training_samples(
         (F.col("label_click") * F.coalesce(sig, F.lit(1.0))).alias("label_dwell"),
         F.col("dwell_ms").isNotNull().alias("dwell_known"),
         F.coalesce((F.col("label_click") == 1) & (F.col("dwell_ms") < spec.bounce_ms), F.lit(False)).alias("hard_negative"),
-        F.hour("ts").alias("ctx_hour_of_day"), F.dayofweek("ts").alias("ctx_day_of_week"),
+        utc_hour_col("ts").alias("ctx_hour_of_day"), utc_dow_col("ts").alias("ctx_day_of_week"),
         F.expr("try_cast(context['position'] AS INT)").alias("ctx_position"),
-        F.when(F.col("ts") >= F.lit(bounds.test_start).cast("timestamp"), "test")
-         .when(F.col("ts") >= F.lit(bounds.val_start).cast("timestamp"), "validation")
+        F.when(F.col("ts") >= ts_lit(bounds.test_start), "test")
+         .when(F.col("ts") >= ts_lit(bounds.val_start), "validation")
          .otherwise("train").alias("split"),
     )
     samples, names = point_in_time_features(ev, samples, stats, priors)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from recfactory.features.instants import ts_lit
+
 SEQ_FIELDS = ("item_id", "ts", "event_type", "dwell_ms")
 
 DEFAULT_TYPE_CAPS = {
@@ -54,7 +56,7 @@ def value_counts(values) -> Column:
 
 def visible_events(events: DataFrame, cutoff: dt.datetime) -> DataFrame:
     """Point in time: only events strictly before the cutoff (the end of the as-of date)."""
-    return events.where(F.col("ts") < F.lit(cutoff).cast("timestamp"))
+    return events.where(F.col("ts") < ts_lit(cutoff))
 
 
 def _ordered_entries() -> Column:
@@ -89,7 +91,7 @@ def build_sequences(
         _ordered_entries().alias("sequence"),
         F.max("ts").alias("last_ts"),
     )
-    cutoff_ts = F.lit(cutoff).cast("timestamp")
+    cutoff_ts = ts_lit(cutoff)
     out = out.select(
         "user_id", "sequence", F.size("sequence").alias("seq_len"), "last_ts",
         (cutoff_ts.cast("long") - F.col("last_ts").cast("long")).alias("secs_since_last"),

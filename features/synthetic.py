@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from recfactory.features.instants import day_start, ts_lit
+
 _U53 = float(1 << 53)
 
 
@@ -107,8 +109,8 @@ def synthetic_items(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
         uniform(s, i, salt="brand") * spec.brands_per_category).cast("long")
     price = F.round(F.exp(F.lit(3.0) + F.lit(0.8) * F.sqrt(F.lit(-2.0) * F.log(
         uniform(s, i, salt="p1") + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * uniform(s, i, salt="p2"))), 2)
-    end = dt.datetime.combine(spec.end, dt.time())
-    created = F.lit(end - dt.timedelta(days=365)).cast("timestamp") + F.make_dt_interval(
+    end = day_start(spec.end)   # an aware UTC instant (never the host's local midnight)
+    created = ts_lit(end - dt.timedelta(days=365)) + F.make_dt_interval(
         F.floor(uniform(s, i, salt="created") * 365).cast("int"))
     return spark.range(spec.items).select(
         F.concat(F.lit("i"), i.cast("string")).alias("item_id"),
@@ -129,12 +131,12 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     n_sessions = max(1, round(spec.n_events / expected_events_per_session(spec)))
     n_per_cat = max(1, spec.items // spec.n_categories)
     sid = F.col("id")
-    end = dt.datetime.combine(spec.end, dt.time())
+    end = day_start(spec.end)   # an aware UTC instant (never the host's local midnight)
     start0 = end - dt.timedelta(days=spec.days)
     day = F.floor(uniform(s, sid, salt="day") * spec.days).cast("int")
     # diurnal bias: mass concentrated in the evening (hour ~ 20) via a folded triangle
     hour = (F.lit(20.0) + (uniform(s, sid, salt="h1") - uniform(s, sid, salt="h2")) * 14.0 + 24.0) % 24.0
-    start = F.lit(start0).cast("timestamp") + F.make_dt_interval(
+    start = ts_lit(start0) + F.make_dt_interval(
         day, F.floor(hour).cast("int"), F.floor(uniform(s, sid, salt="min") * 60).cast("int"))
     steps = F.least(F.lit(200), F.lit(1) + F.floor(
         -F.log(uniform(s, sid, salt="len") + F.lit(1e-12)) * (spec.mean_session_steps - 1)).cast("int"))
@@ -187,4 +189,4 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
         "user_id", "item_id", F.col("e.event_type").alias("event_type"), F.col("e.ts").alias("ts"),
         F.col("e.dwell_ms").alias("dwell_ms"), F.col("position").cast("string").alias("position"), "device",
         F.lit("synthetic").alias("source"),
-    ).where(F.col("ts") < F.lit(end).cast("timestamp"))
+    ).where(F.col("ts") < ts_lit(end))

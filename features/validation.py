@@ -14,6 +14,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recfactory.features.instants import ts_lit
+
 from recfactory.features.schema import (
     EVENT_OPTIONAL,
     EVENT_REQUIRED,
@@ -27,6 +29,17 @@ from recfactory.features.schema import (
 CLEAN_EVENT_COLUMNS = (
     "event_id", "user_id", "item_id", "event_type", "ts", "dwell_ms", "context", "source",
 )
+# Which copy of an event (one event_id) is published when copies differ (e.g. in dwell): the
+# smallest under this content order — known dwell before unknown, then the smaller dwell, then the
+# context and the source. Within a load it picks the clean copy (the others are DUPLICATE); across
+# loads it is the MERGE condition of `ingest`, so the winner does not depend on the loads' order.
+def _preference_key(prefix: str) -> str:
+    return (f"struct({prefix}dwell_ms IS NULL, coalesce({prefix}dwell_ms, 0), to_json({prefix}context), "
+            f"{prefix}source)")
+
+
+EVENT_PREFERENCE = f"{_preference_key('s.')} < {_preference_key('t.')}"
+
 ITEM_COLUMNS = (
     "item_id", "title", "text", "category", "brand", "price", "image_path", "created_ts",
     "attributes", "source",
@@ -90,7 +103,6 @@ def validate_events(
     rules: EventRules,
     mapping: ColumnMapping = ColumnMapping(),
     items: DataFrame | None = None,
-    seen_event_ids: DataFrame | None = None,
     source: str = "user",
 ) -> DataFrame:
     """Annotate every raw event with its canonical columns and its quarantine reasons.
@@ -98,8 +110,9 @@ def validate_events(
     Returns one row per input row with the clean columns plus ``reasons array<string>`` (empty for
     a clean row), ``reason`` and the raw values; split it with :func:`split_validated`.
 
-    items: catalog (item_id) for the orphan check; seen_event_ids: event_id of already-ingested
-    events (earlier loads), so a re-delivered event is a DUPLICATE, not a second copy.
+    items: catalog (item_id) for the orphan check. A DUPLICATE is a second copy of an event within
+    this input; copies already published by other loads are `ingest`'s concern (it merges by
+    event_id), so the result depends on this input only.
     """
     cols = raw.columns
     check_columns(cols, EVENT_REQUIRED, mapping, "events")
@@ -148,7 +161,7 @@ def validate_events(
         ("BAD_TIMESTAMP", F.col("ts_raw").isNotNull() & F.col("ts").isNull()),
         ("UNKNOWN_EVENT_TYPE", F.col("event_type").isNotNull()
          & ~F.col("event_type").isin(*rules.event_types)),
-        ("FUTURE_TIMESTAMP", F.col("ts") >= F.lit(rules.cutoff).cast("timestamp")),
+        ("FUTURE_TIMESTAMP", F.col("ts") >= ts_lit(rules.cutoff)),
         ("BAD_DWELL", F.col("dwell_raw").isNotNull() & F.col("_dwell").isNull()),
         ("NEGATIVE_DWELL", F.col("_dwell") < 0),
     ]
@@ -161,17 +174,14 @@ def validate_events(
         F.filter(F.array(*[F.when(cond, F.lit(name)) for name, cond in checks]), lambda x: x.isNotNull()),
     )
     # Duplicates among the rows that are otherwise clean: keep one per event_id, chosen by content
-    # (not by arrival order) so the result does not depend on partitioning.
+    # (EVENT_PREFERENCE, then the raw row; not by arrival order) so the result does not depend on
+    # partitioning.
     ok = F.size("reasons") == 0
     w = Window.partitionBy("event_id", ok).orderBy(
-        F.col("dwell_ms").asc_nulls_last(), F.col("raw").asc()
+        F.col("dwell_ms").isNull(), F.coalesce("dwell_ms", F.lit(0)), F.to_json("context"), F.col("raw")
     )
     df = df.withColumn("_rank", F.when(ok, F.row_number().over(w)))
     dup = ok & (F.col("_rank") > 1)
-    if seen_event_ids is not None:
-        seen = seen_event_ids.select(F.col("event_id").alias("_seen_id")).distinct()
-        df = df.join(seen, df["event_id"] == seen["_seen_id"], "left")
-        dup = dup | (ok & F.col("_seen_id").isNotNull())
     df = df.withColumn("reasons", F.when(dup, F.array_append("reasons", F.lit("DUPLICATE")))
                        .otherwise(F.col("reasons")))
     return df.select(

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recfactory.features.instants import epoch_micros
+
 SIDE_FIELDS = ("category", "brand", "price_bucket")
 MISSING = "<missing>"
 
@@ -41,7 +43,7 @@ def transitions(sessions: DataFrame, cutoff: dt.datetime, spec: GraphSpec) -> Da
     s = sessions.where(F.col("is_valid") & (F.size("items") >= 2))
     w = F.lit(1.0)
     if spec.time_decay_days > 0:
-        age_days = (F.lit(cutoff.timestamp()) - F.col("end_ts").cast("double")) / 86400.0
+        age_days = (F.lit(epoch_micros(cutoff) / 1e6) - F.col("end_ts").cast("double")) / 86400.0
         w = F.exp(-F.greatest(age_days, F.lit(0.0)) / F.lit(spec.time_decay_days))
     steps = F.arrays_zip(F.slice("items", 1, F.size("items") - 1).alias("src"),
                          F.slice("items", 2, F.size("items")).alias("dst"))

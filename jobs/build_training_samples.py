@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recfactory.features.cross_stats import build_cross_stats
+from recfactory.features.instants import collect_instant, ts_lit
 from recfactory.features.samples import SPLITS, SampleSpec, SplitBounds, build_training_samples, subsample
 from recfactory.features.schema import EVENT_TYPES, POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
@@ -86,7 +87,7 @@ class BuildTrainingSamplesJob(Job):
         if mode == "auto":
             mode = "impressions" if "impression" in stats.event_types else "interactions"
         ctx.notes["mode"] = mode
-        first = visible.agg(F.min("ts")).first()[0]
+        first = collect_instant(visible, F.min("ts"))
         if first is None:
             raise ValueError(f"events_clean has no events before {ctx.cutoff}: run ingest first")
         bounds = SplitBounds.of(first, ctx.cutoff, spec)
@@ -130,7 +131,7 @@ class BuildTrainingSamplesJob(Job):
                 ctx.metrics[f"{split}_label_rate"] = pos / ctx.row_counts[f"{split}_rows"]
         # one pass over the visible events: the warm-up history, and the sample events in range
         is_sample = (F.col("event_type") == "impression") if mode == "impressions" else (F.col("event_type") != "impression")
-        in_range = F.col("ts") >= F.lit(bounds.sample_start).cast("timestamp")
+        in_range = F.col("ts") >= ts_lit(bounds.sample_start)
         row = visible.agg(F.count_if(~in_range).alias("history"), F.count_if(is_sample & in_range).alias("expected")).first()
         ctx.row_counts["history_only_events"] = row["history"]
         expected = row["expected"]

@@ -17,8 +17,10 @@ from pyspark.sql import functions as F
 from recfactory.features.schema import EVENT_TYPES, ColumnMapping
 from recfactory.features.sources import load_dataset
 from recfactory.features.synthetic import SyntheticSpec, synthetic_events, synthetic_items
+from recfactory.features.instants import ts_lit, utc_date_col
 from recfactory.features.validation import (
     CLEAN_EVENT_COLUMNS,
+    EVENT_PREFERENCE,
     ITEM_COLUMNS,
     EventRules,
     quarantine_columns,
@@ -52,11 +54,10 @@ class IngestParams(JobParams):
     ts_unit: Literal["auto", "s", "ms", "us"] = Field(
         "auto", description="Unit of numeric timestamps (auto: ms above 1e11, us above 1e14).")
     check_orphans: bool = Field(True, description="Quarantine events whose item is not in the catalog.")
-    dedup_history: bool = Field(True, description="Quarantine events already ingested by an earlier "
-                                "load (events_clean partitions before --as-of) as DUPLICATE.")
     max_quarantine_fraction: float = Field(
         0.2, ge=0.0, le=1.0, description="Quality gate: fail without publishing if more than this "
-        "fraction of input events is quarantined.")
+        "fraction of input events is quarantined (FUTURE_TIMESTAMP rows, which later loads publish, "
+        "are not counted against it).")
     synthetic_events: int = Field(100_000, ge=1, description="--dataset synthetic: number of events.")
     synthetic_items: int | None = Field(None, ge=1, description="--dataset synthetic: items (default events/20).")
     synthetic_users: int | None = Field(None, ge=1, description="--dataset synthetic: users (default events/40).")
@@ -103,16 +104,13 @@ class IngestJob(Job):
     def run(self, ctx: RunContext) -> None:
         p: IngestParams = ctx.params
         raw_events, raw_items, source = self.load(ctx)
-        ds = F.lit(ctx.as_of).alias("ds")
 
         items_ann = validate_items(raw_items, ColumnMapping.parse(p.items_columns), source=source)
         items_ann = items_ann.persist(StorageLevel.MEMORY_AND_DISK)
         items_clean, items_q = split_validated(items_ann)
-
-        seen = None
-        if p.dedup_history and ctx.warehouse.exists("events_clean"):
-            prior = ctx.read("events_clean")
-            seen = prior.where(F.col("ds") < F.lit(ctx.as_of)).select("event_id")
+        # the catalog as of D: items created after its end are not in it yet (counted, published by
+        # the load of a later date)
+        items_due = items_clean.where(F.col("created_ts").isNull() | (F.col("created_ts") < ts_lit(ctx.cutoff)))
 
         rules = EventRules(
             cutoff=ctx.cutoff,
@@ -122,16 +120,17 @@ class IngestJob(Job):
             check_orphans=p.check_orphans,
         )
         ann = validate_events(raw_events, rules, ColumnMapping.parse(p.events_columns),
-                              items=items_clean, seen_event_ids=seen, source=source)
+                              items=items_due, source=source)
         ann = ann.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            self._check_and_write(ctx, raw_events, ann, items_ann, items_clean, items_q, ds)
+            self._check_and_write(ctx, raw_events, ann, items_ann, items_due, items_q)
         finally:
             ann.unpersist()
             items_ann.unpersist()
 
-    def _check_and_write(self, ctx, raw_events, ann, items_ann, items_clean, items_q, ds):
+    def _check_and_write(self, ctx, raw_events, ann, items_ann, items_due, items_q):
         p: IngestParams = ctx.params
+        ds = F.lit(ctx.as_of).alias("ds")
         n_input = raw_events.count()
         by_reason = reason_counts(ann)
         n_clean = by_reason.pop("clean", 0)
@@ -140,36 +139,78 @@ class IngestJob(Job):
             raise AssertionError(f"event counts do not reconcile: {n_clean} clean + "
                                  f"{n_quarantined} quarantined != {n_input} input")
         item_reasons = reason_counts(items_ann)
-        n_items = item_reasons.pop("clean", 0)
+        n_valid_items = item_reasons.pop("clean", 0)
+        n_items = items_due.count()
         ctx.row_counts.update({
             "events_input": n_input, "events_clean": n_clean, "events_quarantine": n_quarantined,
-            "items_input": n_items + sum(item_reasons.values()), "items": n_items,
-            "items_quarantine": sum(item_reasons.values()),
+            "items_input": n_valid_items + sum(item_reasons.values()), "items": n_items,
+            "items_not_yet_created": n_valid_items - n_items, "items_quarantine": sum(item_reasons.values()),
         })
         ctx.row_counts.update({f"events_quarantine.{k}": v for k, v in by_reason.items()})
         ctx.row_counts.update({f"items_quarantine.{k}": v for k, v in item_reasons.items()})
-        frac = n_quarantined / n_input if n_input else 0.0
+        # rows with a timestamp after the date are not bad, only not due yet (a later date's load
+        # publishes them): they are quarantined, and not counted against the gate
+        n_bad = n_quarantined - by_reason.get("FUTURE_TIMESTAMP", 0)
+        judged = n_input - by_reason.get("FUTURE_TIMESTAMP", 0)
+        frac = n_bad / judged if judged else 0.0
         ctx.metrics["events_quarantine_fraction"] = frac
         log.info("events: %d input = %d clean + %d quarantined %s", n_input, n_clean,
                  n_quarantined, by_reason)
         if n_input == 0:
             raise QualityGateError("the events input is empty: nothing to publish")
+        if judged == 0:
+            raise QualityGateError(f"every input event is at or after the end of {ctx.as_of} "
+                                   f"(FUTURE_TIMESTAMP): nothing to publish; check --as-of and --ts-unit")
         if frac > p.max_quarantine_fraction:
             raise QualityGateError(
                 f"{frac:.1%} of input events were quarantined (> --max-quarantine-fraction "
                 f"{p.max_quarantine_fraction}); reasons: {by_reason}. Nothing was published.")
 
         clean, quarantine = split_validated(ann)
+        events = clean.select(*CLEAN_EVENT_COLUMNS, utc_date_col("ts").alias("ds"))
+        self._publish_events(ctx, events, n_clean)
         outs = {
-            "events_clean": clean.select(*CLEAN_EVENT_COLUMNS, ds),
             "events_quarantine": quarantine_columns(quarantine).select("*", ds),
-            "items": items_clean.select(*ITEM_COLUMNS, ds),
+            "items": items_due.select(*ITEM_COLUMNS, ds),
             "items_quarantine": quarantine_columns(items_q).select("*", ds),
         }
         for name, df in outs.items():
             ref = ctx.write(df, name)
             if ref.rows != ctx.row_counts[name]:
                 raise AssertionError(f"{name}: wrote {ref.rows} rows, expected {ctx.row_counts[name]}")
+
+    @staticmethod
+    def _publish_events(ctx: RunContext, events, n_clean: int) -> None:
+        """events_clean is partitioned by event date (UTC) and holds every event once, whichever
+        loads delivered it and in which order: the load's clean events are merged in by event_id;
+        one already published stays as it is unless this load's copy precedes it in the content
+        order of `validation.EVENT_PREFERENCE` (the same winner whatever the order of the loads)."""
+        name = "events_clean"
+        if ctx.warehouse.exists(name):
+            span = events.agg(F.min("ds"), F.max("ds")).first()
+            published = ctx.read(name)
+            if span[0] is not None:
+                published = published.where(F.col("ds").between(span[0], span[1]))
+            new = events.join(published.select("ds", "event_id"), ["ds", "event_id"], "left_anti")
+        else:
+            new = events
+        late = new.where(F.col("ds") < F.lit(ctx.as_of)).groupBy("ds").count().collect()
+        ctx.row_counts["events_backdated"] = sum(r["count"] for r in late)
+        if late:
+            days = sorted(str(r["ds"]) for r in late)
+            ctx.notes["backdated_dates"] = (f"{len(days)} dates, {days[0]}..{days[-1]}" if len(days) > 10
+                                            else ", ".join(days))
+        ref = ctx.upsert(events, name, key="event_id", partition="ds", prefer=EVENT_PREFERENCE)
+        ctx.row_counts.update({"events_published": ref.inserted, "events_republished": ref.updated,
+                               "events_already_published": n_clean - ref.inserted - ref.updated})
+        # every clean event of the load is in the table exactly once
+        now = ctx.warehouse.read(name, version=ref.version)[0]
+        span = events.agg(F.min("ds"), F.max("ds")).first()
+        if span[0] is not None:
+            now = now.where(F.col("ds").between(span[0], span[1]))
+        held = now.join(events.select("ds", "event_id"), ["ds", "event_id"], "left_semi").count()
+        if held != n_clean:
+            raise AssertionError(f"events_clean v{ref.version} holds {held} of the load's {n_clean} clean events")
 
 
 if __name__ == "__main__":

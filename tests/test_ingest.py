@@ -167,14 +167,22 @@ def test_each_kind_of_bad_row_is_quarantined_with_its_reason(spark, warehouse, b
 def test_second_load_pins_inputs_dedups_history_and_time_travels(spark, warehouse, bad_input):
     ev_path, it_path = bad_input
     first = run_job("ingest", bad_args(warehouse, ev_path, it_path), spark=spark)
-    # next day: the same delivery again. Already-ingested events are DUPLICATE; yesterday's
-    # future row is now in range and clean.
+    # next day: the same delivery again. Already-published events are not published twice (nor
+    # quarantined: the load's own quarantine depends on its input only); yesterday's future row is
+    # now in range and clean.
     second = run_job("ingest", bad_args(warehouse, ev_path, it_path, "2026-11-29"), spark=spark)
-    assert second.row_counts["events_clean"] == 1  # only the formerly-future event
-    assert second.row_counts["events_quarantine.DUPLICATE"] == first.row_counts["events_clean"] + 1
+    rc = second.row_counts
+    assert rc["events_clean"] == first.row_counts["events_clean"] + 1
+    assert rc["events_published"] == 1 and rc["events_republished"] == 0  # only the formerly-future event
+    assert rc["events_already_published"] == first.row_counts["events_clean"]
+    assert rc["events_quarantine.DUPLICATE"] == first.row_counts["events_quarantine.DUPLICATE"] == 1
+    assert "events_quarantine.FUTURE_TIMESTAMP" not in rc
     clean = spark.read.format("delta").load(f"{warehouse}/events_clean")
     assert clean.count() == first.row_counts["events_clean"] + 1
     assert clean.select("event_id").distinct().count() == clean.count()
+    # partitioned by event date (UTC), not by load
+    assert {str(r.ds) for r in clean.select("ds").distinct().collect()} == {"2025-11-27", "2026-11-27",
+                                                                            "2026-11-28", "2026-11-29"}
     # manifest: every input with the exact version read
     row = runs(spark, warehouse).where(F.col("run_id") == second.run_id).first()
     inputs = {i.name: i for i in row.inputs}

@@ -14,9 +14,11 @@ Every commit carries the run's manifest as its ``userMetadata``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,6 +60,36 @@ class OutputRef:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class UpsertRef:
+    """The commit of an upsert: rows inserted (new keys) and updated (a preferred version)."""
+
+    name: str
+    path: str
+    version: int
+    inserted: int
+    updated: int
+
+    def output(self, partition: str | None = None) -> OutputRef:
+        return OutputRef(self.name, self.path, self.version, self.inserted + self.updated, partition)
+
+
+_USER_METADATA_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _commit_user_metadata(spark, meta: str):
+    """A MERGE has no userMetadata option: Delta takes it from this session setting (held under a
+    lock so concurrent writers in one process never swap manifests)."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    with _USER_METADATA_LOCK:
+        spark.conf.set(key, meta)
+        try:
+            yield
+        finally:
+            spark.conf.unset(key)
 
 
 def is_delta(spark, path: str) -> bool:
@@ -186,6 +218,63 @@ class Warehouse:
         w.save(path)
         version, rows = self._commit_of(path, commit.run_id)
         return OutputRef(name, path, version, rows, ds.isoformat() if ds else None)
+
+    def upsert(self, df, name: str, commit: CommitProperties, key: str, partition: str,
+               prefer: str | None = None, attempts: int = 8) -> "UpsertRef":
+        """One atomic MERGE of `df` into table `name` on (`partition`, `key`): rows whose key is new
+        are inserted; a row whose key is already published replaces it only when `prefer` (a SQL
+        condition over ``s.`` the new and ``t.`` the published row; our own constant, never user
+        input) holds, so the published row is the same whichever loads ran and in which order.
+
+        Concurrent upserts touching the same partitions conflict in Delta (it tracks the files a
+        MERGE read); the loser re-runs the MERGE against the new snapshot, which is idempotent.
+        The table is created (partitioned by `partition`) when it does not exist.
+        """
+        import time
+
+        from delta.exceptions import DeltaConcurrentModificationException
+        from delta.tables import DeltaTable
+        from pyspark.sql import functions as F
+
+        path = self.path(name)
+        meta = json.dumps(commit.user_metadata, sort_keys=True, default=str)
+        span = df.agg(F.min(partition), F.max(partition)).first()
+        for attempt in range(attempts):
+            try:
+                if not self.exists(name):
+                    (df.write.format("delta").mode("append").option("userMetadata", meta)
+                     .partitionBy(partition).save(path))
+                    version, rows = self._commit_of(path, commit.run_id)
+                    return UpsertRef(name, path, version, inserted=rows, updated=0)
+                if span[0] is None:  # nothing to merge
+                    return UpsertRef(name, path, self.latest_version(path), inserted=0, updated=0)
+                # the partition range as literals, so Delta reads (and conflicts on) only those partitions
+                cond = (f"t.{partition} >= '{span[0]}' AND t.{partition} <= '{span[1]}' AND "
+                        f"t.{partition} = s.{partition} AND t.{key} = s.{key}")
+                merge = DeltaTable.forPath(self.spark, path).alias("t").merge(df.alias("s"), cond)
+                if prefer:
+                    merge = merge.whenMatchedUpdateAll(condition=prefer)
+                merge = merge.whenNotMatchedInsertAll()
+                with _commit_user_metadata(self.spark, meta):
+                    merge.execute()
+                version, metrics = self._commit_metrics(path, commit.run_id)
+                return UpsertRef(name, path, version, inserted=int(metrics.get("numTargetRowsInserted", 0)),
+                                 updated=int(metrics.get("numTargetRowsUpdated", 0)))
+            except Exception as e:  # noqa: BLE001 - only Delta's write conflicts are retried
+                conflict = isinstance(e, DeltaConcurrentModificationException) or any(
+                    s in type(e).__name__ or s in str(e)[:300] for s in
+                    ("ConcurrentAppend", "ConcurrentDelete", "ConcurrentWrite", "ProtocolChanged",
+                     "MetadataChanged", "DELTA_CONCURRENT", "FileAlreadyExists"))
+                if not conflict or attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _commit_metrics(self, path: str, run_id: str) -> tuple[int, dict]:
+        for row in self._history(path, 20).select("version", "userMetadata", "operationMetrics").collect():
+            if run_id in (row["userMetadata"] or ""):
+                return int(row["version"]), dict(row["operationMetrics"] or {})
+        return int(self._history(path, 1).select("version").first()[0]), {}
 
     def _commit_of(self, path: str, run_id: str) -> tuple[int, int]:
         """The version and row count of this run's commit (found by run id, not 'latest')."""

@@ -6,7 +6,9 @@ from pyspark.sql import functions as F
 
 
 def clean_events(ctx):
-    """events_clean loads up to the as-of (transforms then keep ts < the as-of's end)."""
+    """Every published event dated up to the as-of, whichever load published it: events_clean is
+    partitioned by the UTC date of ts, so ds <= as-of is exactly ts < the as-of's end (transforms
+    filter ts again)."""
     return ctx.read("events_clean").where(F.col("ds") <= F.lit(ctx.as_of)).drop("ds")
 
 
@@ -18,10 +20,16 @@ def latest_snapshot(ctx, name: str):
 
 
 def item_snapshot(ctx):
-    """The latest item-catalog snapshot at or before the as-of."""
+    """The item catalog as of the date: the latest snapshot at or before the as-of, without items
+    created after the date's end (ingest leaves them out already; a catalog written by another
+    tool may not)."""
+    from recfactory.features.instants import ts_lit
+
     items = latest_snapshot(ctx, "items")
     if items is None:
         raise ValueError(f"items has no snapshot at or before {ctx.as_of}: run ingest first")
+    if "created_ts" in items.columns:
+        items = items.where(F.col("created_ts").isNull() | (F.col("created_ts") < ts_lit(ctx.cutoff)))
     return items
 
 

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
+from recfactory.features.instants import day_end
 from recfactory.jobs.runtime.delta_io import CommitProperties, InputRef, OutputRef, Warehouse
 from recfactory.jobs.runtime.env import redact
 from recfactory.jobs.runtime.params import JobParams, params_hash, parse_params
@@ -112,8 +113,9 @@ def code_version() -> str:
 
 
 def as_of_end(as_of: dt.date) -> dt.datetime:
-    """Exclusive upper bound of the logical date: as_of + 1 day, 00:00 UTC (naive, Spark UTC)."""
-    return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    """Exclusive upper bound of the logical date: as_of + 1 day, 00:00 UTC, as an aware instant
+    (hand it to Spark with `features.instants.ts_lit`, never `F.lit`)."""
+    return day_end(as_of)
 
 
 @dataclass
@@ -178,6 +180,15 @@ class RunContext:
         return ref
 
 
+    def upsert(self, df, name: str, key: str, partition: str = "ds", prefer: str | None = None):
+        """One MERGE commit of `df` into `name` on (partition, key) (see `Warehouse.upsert`)."""
+        commit = CommitProperties(run_id=self.run_id, user_metadata=self.manifest())
+        ref = self.warehouse.upsert(df, name, commit, key=key, partition=partition, prefer=prefer)
+        self.outputs.append(ref.output())
+        log.info("merged into %s v%d (%d inserted, %d updated)", name, ref.version, ref.inserted, ref.updated)
+        return ref
+
+
 def _runs_schema():
     from pyspark.sql import types as T
 
@@ -217,8 +228,9 @@ def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
     m = ctx.manifest()
     row = (
         ctx.run_id, ctx.job, ctx.as_of, status,
-        dt.datetime.fromtimestamp(ctx.started, dt.timezone.utc).replace(tzinfo=None),
-        dt.datetime.fromtimestamp(finished, dt.timezone.utc).replace(tzinfo=None),
+        # aware datetimes: PySpark converts a naive one with the host's local time zone
+        dt.datetime.fromtimestamp(ctx.started, dt.timezone.utc),
+        dt.datetime.fromtimestamp(finished, dt.timezone.utc),
         round(finished - ctx.started, 3),
         json.dumps(m["params"], sort_keys=True), m["params_hash"], m["code_version"], ctx.params.seed,
         ctx.spark.sparkContext.master,
