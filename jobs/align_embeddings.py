@@ -11,11 +11,13 @@ positives before it. A seeded share of source items' Swing pairs and every user'
 (after the one before it) are held out; the **quality gate** compares recall@K of those pairs in
 the raw content space and in the aligned space, records both, and publishes nothing unless the
 aligned space wins on both. SimTier features (the histogram of cos(target, history) over
-buckets of [−1, 1]) are written for the date's training samples when they exist.
+buckets of [−1, 1]) are written for the date's training samples when they exist, from an earlier
+date's aligned embeddings only (`point_in_time_simtier`: no feature from a model that saw the label).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Literal
 
@@ -51,7 +53,7 @@ MODEL_SCHEMA = T.StructType([
 SIMTIER_SCHEMA = T.StructType([
     T.StructField("sample_id", T.StringType(), False), T.StructField("user_id", T.StringType()),
     T.StructField("item_id", T.StringType()), T.StructField("simtier", T.ArrayType(T.IntegerType())),
-    T.StructField("history", T.IntegerType()),
+    T.StructField("history", T.IntegerType()), T.StructField("model_ds", T.DateType()),
 ])
 
 
@@ -161,7 +163,11 @@ class AlignEmbeddingsJob(Job):
 
         spec = p.align_spec()
         storage = ctx.warehouse.arrow_path("_checkpoints", "align_embeddings")
-        res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{ctx.manifest()['params_hash']}")
+        # the checkpoint is keyed by the date, the params and every input version read: a rerun after
+        # an upstream change trains afresh instead of resuming a model of other data
+        key = hashlib.sha256(json.dumps([ctx.manifest()["params_hash"], sorted(
+            (r.name, r.path, r.version, r.fingerprint) for r in ctx.inputs)], default=str).encode()).hexdigest()[:16]
+        res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{key}")
         for e in res.history:
             ctx.metrics[f"loss.epoch{int(e['epoch']) + 1}"] = round(float(e["loss"]), 6)
         ctx.metrics["temperature"] = round(float(res.history[-1]["temperature"]), 6) if res.history else spec.temperature
@@ -200,7 +206,7 @@ class AlignEmbeddingsJob(Job):
         ctx.write(spark.createDataFrame([(version, bytearray(save(res.model.state_dict())), json.dumps(config),
                                           res.checkpoint)], MODEL_SCHEMA).withColumn("ds", F.lit(ctx.as_of)),
                   "aligned_models")
-        self._simtier(ctx, p, index, Z, pos)
+        self._simtier(ctx, p, pos)
 
     @staticmethod
     def _u2i(spark, pos, index: pd.Series, idv: np.ndarray, has_id: np.ndarray, window: int):
@@ -230,8 +236,9 @@ class AlignEmbeddingsJob(Job):
         return u2i, nxt
 
     @staticmethod
-    def _simtier(ctx: RunContext, p: AlignParams, index: pd.Series, Z: np.ndarray, pos) -> None:
-        """SimTier per training sample of the date (when build_training_samples ran for it)."""
+    def _simtier(ctx: RunContext, p: AlignParams, pos) -> None:
+        """SimTier per training sample of the date (when build_training_samples ran for it), from the
+        aligned embeddings of an earlier date only (`point_in_time_simtier`)."""
         if not ctx.warehouse.exists("training_samples"):
             ctx.notes["simtier"] = "skipped: no training_samples table"
             return
@@ -239,35 +246,75 @@ class AlignEmbeddingsJob(Job):
         if samples.limit(1).count() == 0:
             ctx.notes["simtier"] = f"skipped: training_samples has no partition ds={ctx.as_of}"
             return
-        lookup, buckets, hist = index.to_dict(), p.simtier_buckets, p.simtier_history
-
-        def per_user(s: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
-            h = h.sort_values(["ts", "event_id"], kind="stable")
-            hts = h["ts"].to_numpy()
-            hrow = np.array([lookup.get(i, -1) for i in h["item_id"]], dtype=np.int64)
-            out = []
-            for sid, uid, iid, ts in zip(s["sample_id"], s["user_id"], s["item_id"], s["ts"]):
-                t = lookup.get(iid)
-                end = np.searchsorted(hts, np.datetime64(ts), side="left") if len(hts) else 0
-                rows = hrow[max(0, end - hist):end]
-                rows = rows[rows >= 0]
-                tier = None if t is None else simtier(Z[t], Z[rows], buckets).tolist()
-                out.append((sid, uid, iid, tier, int(len(rows))))
-            return pd.DataFrame(out, columns=["sample_id", "user_id", "item_id", "simtier", "history"])
-
+        aligned = ctx.read("aligned_embeddings").where(F.col("content_encoder") == p.content_encoder)
         s = samples.select(F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
-        feats = (s.groupBy("user_id").cogroup(pos.groupBy("user_id")).applyInPandas(per_user, SIMTIER_SCHEMA)
-                 .persist(StorageLevel.MEMORY_AND_DISK))
+        feats, model_ds = point_in_time_simtier(s, pos, aligned, ctx.as_of, p.simtier_buckets, p.simtier_history)
+        ctx.notes["simtier_model"] = (f"aligned_embeddings ds={model_ds}" if model_ds else
+                                      f"none before {ctx.as_of}: every sample's simtier is null")
+        feats = feats.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             n_feats, n_samples = feats.count(), samples.count()
-            ctx.row_counts.update({"training_samples": n_samples, "simtier_without_vector":
-                                   feats.where(F.col("simtier").isNull()).count()})
+            ctx.row_counts.update({
+                "training_samples": n_samples,
+                "simtier_without_model": feats.where(F.col("model_ds").isNull()).count(),
+                "simtier_without_vector": feats.where(F.col("model_ds").isNotNull() & F.col("simtier").isNull()).count()})
             if n_feats != n_samples:
                 raise QualityGateError(f"simtier_features has {n_feats} rows for {n_samples} training samples")
             ref = ctx.write(feats.withColumn("ds", F.lit(ctx.as_of)), "simtier_features")
             ctx.row_counts["simtier_features"] = ref.rows
         finally:
             feats.unpersist()
+
+
+def point_in_time_simtier(samples, pos, aligned, as_of, buckets: int, history: int):
+    """(SimTier features of every sample, the date of the model used or None).
+
+    A sample's label is an event at or after its ts; embeddings trained on pairs that include that
+    event would put the label into the feature (a planted label-only signal would leak). So the
+    vectors are those published for the latest date before the as-of (``aligned``: item_id,
+    vector, ds), whose training saw only events before that date's end, and only samples at or after
+    that end are scored: for them the model never saw the label. Earlier samples — and every
+    sample when no earlier model exists — get a row with a null simtier and null model_ds (counted),
+    so a trainer joins each date's features to that date's new samples.
+
+    samples: sample_id, user_id, item_id, ts; pos: the users' positives (user_id, item_id, ts,
+    event_id), the history is the last `history` of them strictly before the sample."""
+    from recfactory.features.instants import day_end
+
+    earlier = aligned.where(F.col("ds") < F.lit(as_of))
+    model_ds = earlier.agg(F.max("ds")).first()[0]
+    if model_ds is None:
+        out = samples.select("sample_id", "user_id", "item_id", F.lit(None).cast("array<int>").alias("simtier"),
+                             F.lit(0).alias("history"), F.lit(None).cast("date").alias("model_ds"))
+        return out, None
+    zp = (earlier.where((F.col("ds") == F.lit(model_ds)) & F.col("vector").isNotNull())
+          .select("item_id", "vector").toPandas())
+    lookup = {i: r for r, i in enumerate(zp["item_id"])}
+    Z = (np.stack(zp["vector"].to_numpy()).astype(np.float32) if len(zp)
+         else np.zeros((0, 1), dtype=np.float32))
+    Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    start = np.datetime64(day_end(model_ds).replace(tzinfo=None))   # pandas gives UTC-naive (session UTC)
+
+    def per_user(s: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
+        h = h.sort_values(["ts", "event_id"], kind="stable")
+        hts = h["ts"].to_numpy()
+        hrow = np.array([lookup.get(i, -1) for i in h["item_id"]], dtype=np.int64)
+        out = []
+        for sid, uid, iid, ts in zip(s["sample_id"], s["user_id"], s["item_id"], s["ts"]):
+            t = np.datetime64(ts)
+            if t < start:
+                out.append((sid, uid, iid, None, 0, None))
+                continue
+            end = np.searchsorted(hts, t, side="left") if len(hts) else 0
+            rows = hrow[max(0, end - history):end]
+            rows = rows[rows >= 0]
+            target = lookup.get(iid)
+            tier = None if target is None else simtier(Z[target], Z[rows], buckets).tolist()
+            out.append((sid, uid, iid, tier, int(len(rows)), model_ds))
+        return pd.DataFrame(out, columns=["sample_id", "user_id", "item_id", "simtier", "history", "model_ds"])
+
+    feats = samples.groupBy("user_id").cogroup(pos.groupBy("user_id")).applyInPandas(per_user, SIMTIER_SCHEMA)
+    return feats, model_ds
 
 
 if __name__ == "__main__":

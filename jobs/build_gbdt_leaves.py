@@ -95,7 +95,11 @@ class BuildGBDTLeavesJob(Job):
         models = ctx.read("gbdt_models").where(F.col("ds") <= F.lit(ctx.as_of))
         if p.model_version:
             models = models.where(F.col("model_version") == p.model_version)
-        row = models.orderBy(F.col("ds").desc(), F.col("model_version").desc()).first()
+        # the newest model published for a date <= the as-of (a weekly refit after the day's model)
+        if "trained_at" not in models.columns:
+            models = models.withColumn("trained_at", F.lit(None).cast("timestamp"))
+        row = models.orderBy(F.col("ds").desc(), F.col("trained_at").desc_nulls_last(),
+                             F.col("model_version").desc()).first()
         if row is None:
             raise ValueError(f"gbdt_models has no model {p.model_version or ''} at or before {ctx.as_of}: run "
                              "train_gbdt first")

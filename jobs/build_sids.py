@@ -15,8 +15,14 @@ previous generation — writes ``sid_remap`` (old SID → new SID per item). Oth
 current generation (its spec and codebooks are read back from ``sid_codebooks``): published items
 keep their SIDs whatever their vectors do now, new items are encoded with every capacity counting
 the published items, and collision handling never moves a published item. Items that left the
-embedding table keep their row (``in_catalog`` false) and their SID stays reserved. Prior state is
-the latest ``semantic_ids`` partition before the as-of, so rerunning a date gives the same result.
+embedding table keep their row (``in_catalog`` false) and their SID stays reserved.
+
+**Chains.** A date continues the state published for the previous date (``semantic_ids`` ds = D − 1),
+so rerunning a date after later ones gives its first run's rows. A date with no state before it
+starts a chain of its own; a date whose previous date has no state while earlier dates do fails,
+naming the missing date (the DAG's ``depends_on_past`` runs dates in order). A generation's id is
+``<fit date>.<hash of its spec and centroids>`` (``generation_id``): unique across dates and runs,
+and a (generation, level, code) names exactly one centroid.
 
 **Gates** (before anything is written): collision rate before handling, codebook utilization per
 level, relative reconstruction error, and the level-1 prefix recall of behaviour neighbours over
@@ -26,6 +32,8 @@ construction, and the job asserts it.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 from typing import Literal
 
@@ -46,27 +54,27 @@ WRITERS = {"aligned_embeddings": "align_embeddings", "graph_embeddings": "build_
 SID_SCHEMA = T.StructType([
     T.StructField("item_id", T.StringType(), False), T.StructField("codes", T.ArrayType(T.IntegerType()), False),
     T.StructField("suffix", T.IntegerType(), False), T.StructField("sid", T.StringType(), False),
-    T.StructField("generation", T.IntegerType(), False), T.StructField("rq_codes", T.ArrayType(T.IntegerType()), False),
+    T.StructField("generation", T.StringType(), False), T.StructField("rq_codes", T.ArrayType(T.IntegerType()), False),
     T.StructField("in_catalog", T.BooleanType(), False), T.StructField("assigned_ds", T.DateType(), False),
 ])
 CODEBOOK_SCHEMA = T.StructType([
-    T.StructField("generation", T.IntegerType(), False), T.StructField("level", T.IntegerType(), False),
+    T.StructField("generation", T.StringType(), False), T.StructField("level", T.IntegerType(), False),
     T.StructField("code", T.IntegerType(), False), T.StructField("centroid", T.ArrayType(T.FloatType()), False),
     T.StructField("removed", T.BooleanType(), False), T.StructField("fit_items", T.LongType(), False),
     T.StructField("spec", T.StringType(), False),
 ])
 LOOKUP_SCHEMA = T.StructType([
     T.StructField("sid", T.StringType(), False), T.StructField("item_id", T.StringType(), False),
-    T.StructField("generation", T.IntegerType(), False), T.StructField("in_catalog", T.BooleanType(), False),
+    T.StructField("generation", T.StringType(), False), T.StructField("in_catalog", T.BooleanType(), False),
 ])
 FEATURE_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("generation", T.IntegerType(), False),
+    T.StructField("item_id", T.StringType(), False), T.StructField("generation", T.StringType(), False),
     T.StructField("sid", T.StringType(), False), T.StructField("prefix_ngram_ids", T.ArrayType(T.LongType()), False),
     T.StructField("bigram_ids", T.ArrayType(T.LongType()), False), T.StructField("vocab_size", T.LongType(), False),
 ])
 REMAP_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("old_generation", T.IntegerType(), False),
-    T.StructField("old_sid", T.StringType(), False), T.StructField("new_generation", T.IntegerType(), False),
+    T.StructField("item_id", T.StringType(), False), T.StructField("old_generation", T.StringType(), False),
+    T.StructField("old_sid", T.StringType(), False), T.StructField("new_generation", T.StringType(), False),
     T.StructField("new_sid", T.StringType()),
 ])
 QUARANTINE_SCHEMA = T.StructType([
@@ -78,9 +86,29 @@ LEVEL_METRICS = ("codebook_size", "items", "utilization", "entropy", "perplexity
 TOTAL_METRICS = ("collision_rate_before", "collision_rate_after", "max_items_per_sid_before", "sid_gini_before",
                  "sid_gini_after", "moved", "fell_back_fraction", "candidates_full_items", "new_items", "kept_items",
                  "removed_items", "new_recon_error", "kept_recon_error", "fit_seconds", "encode_seconds")
-METRICS_SCHEMA = T.StructType([T.StructField("generation", T.IntegerType(), False),
+METRICS_SCHEMA = T.StructType([T.StructField("generation", T.StringType(), False),
                                T.StructField("level", T.IntegerType(), False)]
                               + [T.StructField(m, T.DoubleType()) for m in LEVEL_METRICS + TOTAL_METRICS])
+
+
+class MissingPriorDateError(ValueError):
+    """The previous date's state is missing while earlier dates have some: run that date first."""
+
+
+def generation_id(as_of, gspec: dict, centroids: list[np.ndarray]) -> str:
+    """A generation's identity: its fit date and a hash of what it fixes (the spec and every
+    centroid). Unique across dates and runs; a rerun that fits the same codebooks gets the same id
+    (and replaces the same rows), one that fits different codebooks gets another, so a
+    (generation, level, code) always names exactly one centroid."""
+    h = hashlib.sha256(json.dumps(gspec, sort_keys=True).encode() + as_of.isoformat().encode())
+    for c in centroids:
+        h.update(np.ascontiguousarray(c, dtype=np.float32).tobytes())
+    return f"{as_of.isoformat()}.{h.hexdigest()[:12]}"
+
+
+def generation_seed(generation: str) -> int:
+    """The token-feature hash seed of a generation (stable, from its id)."""
+    return int(hashlib.sha256(generation.encode()).hexdigest()[:15], 16)
 
 
 class SidParams(JobParams):
@@ -202,11 +230,10 @@ class BuildSidsJob(Job):
         p: SidParams = ctx.params
         spark = ctx.spark
         ids, X, quarantine = self._vectors(ctx, p)
-        prior, gen_prev, books_prev, spec_prev, removed_prev = self._prior(ctx)
+        prior, gen_prev, books_prev, spec_prev, removed_prev = self._prior(ctx, p.new_generation)
         fresh = prior is None or p.new_generation
         gspec = p.generation_spec() if fresh else spec_prev
-        generation = (gen_prev or 0) + 1 if fresh else gen_prev
-        ctx.notes["generation"] = f"{generation} ({'new' if fresh else 'continued'})"
+        generation = gen_prev        # a new generation's id is its content's, known after the fit
         if not fresh and json.dumps(p.generation_spec(), sort_keys=True) != json.dumps(spec_prev, sort_keys=True):
             ctx.notes["spec"] = ("the run's codebook/SID parameters differ from generation "
                                  f"{generation}'s; its own were used (pass --new-generation to apply them)")
@@ -245,10 +272,12 @@ class BuildSidsJob(Job):
             cpus = node_cpus()[0]
             cents, fit_s = ray.get(ray.remote(num_cpus=cpus)(_fit_task).remote(sample, spec.to_dict(), cpus))
             books = Codebooks(cents)
+            generation = generation_id(ctx.as_of, gspec, books.centroids)
         else:
             books = Codebooks(books_prev)
         t0 = time.time()
         search = ShardedSearch(p.encode_shard_rows)
+        ctx.notes["generation"] = f"{generation} ({'new' if fresh else 'continued'})"
         enc = encode(X[new_rows], books, spec, prior=prior_codes, search=search)
         ctx.metrics.update({"fit_seconds": round(fit_s, 3), "encode_seconds": round(time.time() - t0, 3),
                             "search_tasks": search.tasks})
@@ -293,7 +322,10 @@ class BuildSidsJob(Job):
             cb = [(generation, lv + 1, code, books.centroids[lv][code].tolist(), bool(removed[lv][code]),
                    int(fit_counts[lv][code]), json.dumps(gspec, sort_keys=True))
                   for lv in range(L) for code in range(spec.codebook_sizes[lv])]
-            ctx.write(spark.createDataFrame(cb, CODEBOOK_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_codebooks")
+            # replaces this generation's rows only: another generation fitted for the date (a rerun on
+            # changed inputs) keeps its centroids, so no state that names it is ever orphaned
+            ctx.write(spark.createDataFrame(cb, CODEBOOK_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_codebooks",
+                      where={"generation": generation})
         assigned = np.concatenate([kept["assigned_ds"].to_numpy(dtype=object) if len(kept) else np.zeros(0, object),
                                    np.array([as_of] * len(new_rows), dtype=object)])
         state = pd.DataFrame({
@@ -305,7 +337,7 @@ class BuildSidsJob(Job):
         ctx.row_counts["semantic_ids"] = ref.rows
         lookup = state[["sid", "item_id", "generation", "in_catalog"]]
         ctx.write(spark.createDataFrame(lookup, LOOKUP_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_lookup")
-        pre, bi = S.token_features(res.tokens, p.feature_vocab, seed=generation)
+        pre, bi = S.token_features(res.tokens, p.feature_vocab, seed=generation_seed(generation))
         feats = pd.DataFrame({"item_id": item_of, "generation": generation, "sid": sid,
                               "prefix_ngram_ids": [r[r >= 0].tolist() for r in pre],
                               "bigram_ids": [r[r >= 0].tolist() for r in bi], "vocab_size": p.feature_vocab})
@@ -369,28 +401,47 @@ class BuildSidsJob(Job):
             X /= np.linalg.norm(X, axis=1, keepdims=True)
         return ids, np.ascontiguousarray(X), q
 
-    def _prior(self, ctx: RunContext):
-        """(state, generation, codebooks, generation spec, removed-token masks) of the latest
-        semantic_ids partition before the as-of, or Nones."""
+    def _prior(self, ctx: RunContext, new_generation: bool):
+        """(state, generation, codebooks, generation spec, removed-token masks) of the state published
+        for the day before the as-of, or Nones when no earlier date has state (a chain of its own).
+
+        A date continues from the previous date only: never from an older one across a gap (that
+        fails, naming the missing date, unless --new-generation starts a new chain), never from a
+        later one. So rerunning a date after later dates ran gives its first run's rows."""
         if not ctx.warehouse.exists("semantic_ids"):
             return None, None, None, None, None
-        sids = ctx.read("semantic_ids").where(F.col("ds") < F.lit(ctx.as_of))
-        latest = sids.agg(F.max("ds")).first()[0]
-        if latest is None:
-            return None, None, None, None, None
-        state = sids.where(F.col("ds") == F.lit(latest)).drop("ds").toPandas().sort_values("item_id", kind="stable")
-        gen = int(state["generation"].max())
-        cb = ctx.read("sid_codebooks").where((F.col("generation") == gen) & (F.col("ds") <= F.lit(ctx.as_of)))
+        prev = ctx.as_of - dt.timedelta(days=1)
+        sids = ctx.read("semantic_ids")
+        state = sids.where(F.col("ds") == F.lit(prev)).drop("ds").toPandas()
+        if not len(state):
+            older = sids.where(F.col("ds") < F.lit(prev)).agg(F.max("ds")).first()[0]
+            if older is None:
+                return None, None, None, None, None
+            if new_generation:
+                ctx.notes["prior"] = f"none: no state for {prev} (latest {older}); a new chain"
+                return None, None, None, None, None
+            raise MissingPriorDateError(
+                f"build_sids for {ctx.as_of} continues the semantic IDs of {prev}, which has none, while "
+                f"{older} has: run build_sids for {prev} first (dates after {older} in order), or pass "
+                "--new-generation to start a new chain")
+        state = state.sort_values("item_id", kind="stable")
+        gens = sorted(set(state["generation"]))
+        if len(gens) != 1:
+            raise ValueError(f"semantic_ids of {prev} mix generations {gens}")
+        gen = gens[0]
+        cb = ctx.read("sid_codebooks").where((F.col("generation") == F.lit(gen)) & (F.col("ds") <= F.lit(ctx.as_of)))
         cbp = cb.toPandas().sort_values(["level", "code"])
         if not len(cbp):
-            raise ValueError(f"sid_codebooks has no rows for generation {gen} (semantic_ids of {latest} use it)")
+            raise ValueError(f"sid_codebooks has no rows for generation {gen} (semantic_ids of {prev} use it)")
+        if cbp.duplicated(["level", "code"]).any():
+            raise AssertionError(f"generation {gen} has more than one centroid for a (level, code)")
         spec = json.loads(cbp["spec"].iloc[0])
         cents, removed = [], []
         for lv in sorted(cbp["level"].unique()):
             part = cbp[cbp["level"] == lv]
             cents.append(np.stack(part["centroid"].to_numpy()).astype(np.float32))
             removed.append(part["removed"].to_numpy(dtype=bool))
-        ctx.notes["prior"] = f"semantic_ids ds={latest}, generation {gen}"
+        ctx.notes["prior"] = f"semantic_ids ds={prev}, generation {gen}"
         return state.reset_index(drop=True), gen, cents, spec, removed
 
     @staticmethod
@@ -403,7 +454,7 @@ class BuildSidsJob(Job):
         return np.sort(np.argsort(h, kind="stable")[:size])
 
     # ---- metrics ----------------------------------------------------------------------------
-    def _metrics(self, ctx: RunContext, p: SidParams, generation: int, X: np.ndarray, codes: np.ndarray,
+    def _metrics(self, ctx: RunContext, p: SidParams, generation: str, X: np.ndarray, codes: np.ndarray,
                  before: np.ndarray, after: np.ndarray, suffix: np.ndarray, is_new: np.ndarray, items: np.ndarray,
                  books: Codebooks, removed: list[np.ndarray], res, second_pass: int, gone: int) -> pd.DataFrame:
         """One row per level plus a totals row (level 0), over the in-catalog items: X their current
@@ -451,7 +502,7 @@ class BuildSidsJob(Job):
                 if k != "level" and v is not None and np.isfinite(v):
                     ctx.metrics[f"{k}.level{r['level']}" if r["level"] else k] = round(float(v), 6)
         out = out[["generation", "level", *LEVEL_METRICS, *TOTAL_METRICS]]
-        return out.astype({c: float for c in LEVEL_METRICS + TOTAL_METRICS}).astype({"level": int, "generation": int})
+        return out.astype({c: float for c in LEVEL_METRICS + TOTAL_METRICS}).astype({"level": int, "generation": str})
 
     @staticmethod
     def _neighbors(ctx: RunContext, p: SidParams, items: np.ndarray) -> list[np.ndarray] | None:

@@ -499,7 +499,7 @@ class ReportJob(Job):
         plt = pyplot()
         sid = self._read("semantic_ids", "build_sids").where("in_catalog")
         met = self._read("sid_metrics", "build_sids").toPandas()
-        gen = int(met["generation"].max())
+        gen = str(met["generation"].max())   # one generation per date
         met = met[met["generation"] == gen]
         levels = met[met["level"] > 0].sort_values("level")
         summary = met[met["level"] == 0].iloc[0] if (met["level"] == 0).any() else None

@@ -19,6 +19,7 @@ q = p / (p + (1 − p)/w) before any metric.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import warnings
 
@@ -37,6 +38,7 @@ MODEL_SCHEMA = T.StructType([
     T.StructField("model_version", T.StringType(), False), T.StructField("model_text", T.StringType(), False),
     T.StructField("params", T.StringType(), False), T.StructField("feature_names", T.ArrayType(T.StringType()), False),
     T.StructField("negative_rate", T.DoubleType(), False), T.StructField("metrics", T.StringType(), False),
+    T.StructField("trained_at", T.TimestampType()),
 ])
 VOCAB_SCHEMA = T.StructType([
     T.StructField("model_version", T.StringType(), False), T.StructField("tree", T.IntegerType(), False),
@@ -194,13 +196,20 @@ class TrainGBDTJob(Job):
                             for r in met[met["slice_column"].isna()].itertuples()},
                    "importance_gain": importance, "negative_rate": w_tree}
         ctx.notes["model_version"] = version
+        # Each model version is an identity of its own (date + run id): its rows are written beside the
+        # date's other versions (the daily model and a weekly refit of the same date), never over
+        # them, so the gbdt_leaves rows that name a version always find its model and vocabulary.
+        own = {"model_version": version}
+        trained_at = dt.datetime.now(dt.timezone.utc)
         ctx.write(spark.createDataFrame([(version, text, json.dumps(spec.to_dict()), names, w_tree,
-                                          json.dumps(summary))], MODEL_SCHEMA).withColumn("ds", F.lit(ctx.as_of)),
-                  "gbdt_models")
+                                          json.dumps(summary), trained_at)], MODEL_SCHEMA)
+                  .withColumn("ds", F.lit(ctx.as_of)), "gbdt_models", where=own)
         vocab.insert(0, "model_version", version)
-        ref = ctx.write(spark.createDataFrame(vocab, VOCAB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_leaf_vocab")
+        ref = ctx.write(spark.createDataFrame(vocab, VOCAB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_leaf_vocab",
+                        where=own)
         ctx.row_counts["leaves"] = ref.rows
-        ctx.write(spark.createDataFrame(met, METRICS_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_metrics")
+        ctx.write(spark.createDataFrame(met, METRICS_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_metrics",
+                  where=own)
         ctx.notes["report"] = self._report(ctx, version, met, importance, yt, scores, ctx.metrics.get("lr_leaves_C"))
 
     @staticmethod

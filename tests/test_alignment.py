@@ -3,7 +3,10 @@ the align_embeddings job with its quality gate."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -155,9 +158,28 @@ def test_align_embeddings_job_beats_raw_content_and_writes_simtier(spark, aligne
     emb = spark.read.format("delta").load(f"{wh}/aligned_embeddings").toPandas()
     v = np.stack(emb["vector"].to_numpy())
     assert v.shape == (1682, 128) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    # no aligned model of an earlier date: one row per sample, none scored (a model of this date saw the labels)
     st = spark.read.format("delta").load(f"{wh}/simtier_features")
-    assert st.count() == rc["training_samples"] == rc["simtier_features"]
-    row = st.where("history > 0 and simtier is not null").first()
+    assert st.count() == rc["training_samples"] == rc["simtier_features"] == rc["simtier_without_model"]
+    assert st.where("simtier is not null or model_ds is not null").count() == 0
+    # with a model published for an earlier date, the samples after its end are scored with it
+    from pyspark.sql import functions as F
+
+    from recfactory.jobs.align_embeddings import point_in_time_simtier
+
+    earlier = spark.read.format("delta").load(f"{wh}/aligned_embeddings").withColumn(
+        "ds", F.lit(dt.date(1998, 4, 10)))
+    samples = spark.read.format("delta").load(f"{wh}/training_samples").select(
+        F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
+    pos = (spark.read.format("delta").load(f"{wh}/events_clean").where(F.col("event_type") == "like")
+           .select("user_id", "item_id", "ts", "event_id"))
+    feats, model_ds = point_in_time_simtier(samples, pos, earlier, dt.date(1998, 4, 30), 10, 50)
+    assert model_ds == dt.date(1998, 4, 10)
+    f = feats.join(samples.select("sample_id", "ts"), "sample_id").toPandas()
+    scored = f["model_ds"].notna()
+    assert scored.any() and (~scored).any()
+    assert (f.loc[scored, "ts"] >= pd.Timestamp("1998-04-11")).all() and (f.loc[~scored, "ts"] < pd.Timestamp("1998-04-11")).all()
+    row = f[scored & (f["history"] > 0)].iloc[0]
     assert len(row["simtier"]) == 10 and sum(row["simtier"]) == row["history"] <= 50
     model = spark.read.format("delta").load(f"{wh}/aligned_models").first()
     from safetensors.torch import load
@@ -179,3 +201,58 @@ def test_a_failed_alignment_gate_publishes_nothing(spark, aligned_warehouse):
     runs = spark.read.format("delta").load(f"{wh}/_runs").where("job = 'align_embeddings' and status = 'failed'")
     last = runs.orderBy("started_at", ascending=False).first()
     assert "recall@50.i2i.content" in last["metrics"] and "recall@50.i2i.aligned" in last["metrics"]
+
+
+@pytest.mark.spark
+def test_simtier_never_carries_a_planted_label_only_signal(spark):
+    """Labels drawn at random, independent of every feature; the aligned model of the samples' own date
+    is planted with the labels (a positive's target vector = its user's history vector, a negative's =
+    its opposite), as a model trained on the samples' positive pairs would be. SimTier must come from
+    the previous date's model only: its top-bucket share does not predict the label, where the planted
+    model's would perfectly."""
+    from pyspark.sql import functions as F
+
+    from recfactory.features.instants import ts_lit
+    from recfactory.jobs.align_embeddings import point_in_time_simtier
+    from recfactory.tokenizers.qarm import simtier
+
+    rng = np.random.default_rng(7)
+    n, d = 300, 16
+    labels = rng.integers(0, 2, n)
+    hist = rng.normal(size=(n, d))
+    noise = rng.normal(size=(n, d))
+    rows = []
+    for u in range(n):
+        rows.append((f"h{u}", hist[u].tolist(), dt.date(1998, 4, 29)))          # the previous date's model
+        rows.append((f"t{u}", noise[u].tolist(), dt.date(1998, 4, 29)))
+        rows.append((f"h{u}", hist[u].tolist(), dt.date(1998, 4, 30)))          # the samples' date: planted
+        rows.append((f"t{u}", (hist[u] if labels[u] else -hist[u]).tolist(), dt.date(1998, 4, 30)))
+    aligned = spark.createDataFrame(rows, "item_id string, vector array<float>, ds date")
+    at = lambda h: ts_lit(dt.datetime(1998, 4, 30, h, tzinfo=dt.timezone.utc))  # noqa: E731
+    samples = spark.createDataFrame([(f"s{u}", f"u{u}", f"t{u}") for u in range(n)],
+                                    "sample_id string, user_id string, item_id string").withColumn("ts", at(12))
+    pos = spark.createDataFrame([(f"u{u}", f"h{u}", u) for u in range(n)],
+                                "user_id string, item_id string, event_id long").withColumn("ts", at(1))
+    feats, model_ds = point_in_time_simtier(samples, pos, aligned, dt.date(1998, 4, 30), 4, 50)
+    assert model_ds == dt.date(1998, 4, 29)
+    f = feats.toPandas().set_index("sample_id").loc[[f"s{u}" for u in range(n)]]
+    assert (f["history"] == 1).all() and f["simtier"].notna().all()
+    top = np.array([t[-1] + t[-2] for t in f["simtier"]], dtype=float)        # cos >= 0: "similar"
+
+    def auc(score, y):
+        order = np.argsort(score, kind="stable")
+        ranks = np.empty(len(score))
+        ranks[order] = np.arange(1, len(score) + 1)
+        for v in np.unique(score):                                            # ties share their mean rank
+            ranks[score == v] = ranks[score == v].mean()
+        pos_ = y == 1
+        return (ranks[pos_].sum() - pos_.sum() * (pos_.sum() + 1) / 2) / (pos_.sum() * (~pos_).sum())
+
+    assert abs(auc(top, labels) - 0.5) < 0.1
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    leaky = np.array([simtier(unit(hist[u] if labels[u] else -hist[u]), unit(hist[u])[None, :], 4)[-2:].sum()
+                      for u in range(n)], dtype=float)
+    assert auc(leaky, labels) == 1.0                                          # the planted signal is real
+    # the same samples one day later: the planted model is now "earlier", but the samples are before its end
+    later, ds = point_in_time_simtier(samples, pos, aligned, dt.date(1998, 5, 1), 4, 50)
+    assert ds == dt.date(1998, 4, 30) and later.where(F.col("simtier").isNotNull()).count() == 0

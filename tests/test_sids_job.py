@@ -46,7 +46,9 @@ def test_first_run_publishes_unique_balanced_sids_with_metrics(spark, sid_wareho
     assert len(q) == rc["quarantined"] == int(emb["vector"].isna().sum()) > 0
     assert set(q["reason"]) == {"null vector"}
     sids = _table(spark, wh, "semantic_ids", D1)
-    assert len(sids) == rc["items"] and sids["sid"].is_unique and (sids["generation"] == 1).all()
+    gen1 = sids["generation"].iloc[0]
+    assert len(sids) == rc["items"] and sids["sid"].is_unique and (sids["generation"] == gen1).all()
+    assert gen1.startswith(f"{D1}.") and ctx.notes["generation"] == f"{gen1} (new)"
     assert sids["in_catalog"].all() and (sids["codes"].map(len) == 3).all()
     codes = np.stack(sids["rq_codes"].to_numpy())
     n = len(sids)
@@ -57,7 +59,7 @@ def test_first_run_publishes_unique_balanced_sids_with_metrics(spark, sid_wareho
     assert len(feats) == n and (feats["prefix_ngram_ids"].map(len) == 3).all()
     assert (feats["bigram_ids"].map(len) == 2).all()
     cb = _table(spark, wh, "sid_codebooks", D1)
-    assert len(cb) == 48 and (cb["generation"] == 1).all()
+    assert len(cb) == 48 and (cb["generation"] == gen1).all()
     met = _table(spark, wh, "sid_metrics", D1).sort_values("level")
     assert met["level"].tolist() == [0, 1, 2, 3]
     total = met.iloc[0]
@@ -110,7 +112,7 @@ def test_daily_runs_keep_published_sids_and_a_new_generation_remaps(spark, sid_w
     assert day2["sid"].is_unique and len(day2) == len(day1) + 40
     assert (day2.loc[[f"new{i}" for i in range(40)], "assigned_ds"] == dt.date.fromisoformat(D2)).all()
     assert spark.read.format("delta").load(f"{wh}/sid_codebooks").where(f"ds = '{D2}'").count() == 0
-    # rerunning the date gives the same state (prior = the latest partition before the date)
+    # rerunning the date gives the same state (prior = the previous date's partition)
     run_job("build_sids", ["--warehouse", wh, "--as-of", D2, *SMALL], spark=spark)
     again = _table(spark, wh, "semantic_ids", D2).set_index("item_id")
     assert (again.sort_index()["sid"] == day2.sort_index()["sid"]).all()
@@ -119,13 +121,15 @@ def test_daily_runs_keep_published_sids_and_a_new_generation_remaps(spark, sid_w
     _next_day(spark, wh, D2, D3, [], 0)
     ctx = run_job("build_sids", ["--warehouse", wh, "--as-of", D3, *SMALL, "--new-generation"], spark=spark)
     day3 = _table(spark, wh, "semantic_ids", D3).set_index("item_id")
-    assert (day3["generation"] == 2).all() and day3["sid"].is_unique
+    gen1, gen2 = day2["generation"].iloc[0], day3["generation"].iloc[0]
+    assert (day2["generation"] == day1["generation"].iloc[0]).all() and gen2 != gen1 and gen2.startswith(f"{D3}.")
+    assert (day3["generation"] == gen2).all() and day3["sid"].is_unique
     remap = _table(spark, wh, "sid_remap", D3).set_index("item_id")
-    assert len(remap) == len(day2) and (remap["old_generation"] == 1).all() and (remap["new_generation"] == 2).all()
+    assert len(remap) == len(day2) and (remap["old_generation"] == gen1).all() and (remap["new_generation"] == gen2).all()
     assert (remap.loc[day3.index, "new_sid"] == day3["sid"]).all()
     assert (remap.loc[day3.index, "old_sid"] == day2.loc[day3.index, "sid"]).all()
     assert remap.loc[gone, "new_sid"].isna().all()            # they had no vector any more
-    cb = spark.read.format("delta").load(f"{wh}/sid_codebooks").where("generation = 2").count()
+    cb = spark.read.format("delta").load(f"{wh}/sid_codebooks").where(f"generation = '{gen2}'").count()
     assert cb == 48
 
 
@@ -180,3 +184,64 @@ def test_a_failing_gate_publishes_nothing(spark, sid_warehouse):
     assert {t: Warehouse(spark, wh).latest_version(t) for t in before} == before
     runs = spark.read.format("delta").load(f"{wh}/_runs").where("job = 'build_sids' and status = 'failed'")
     assert "collision_rate_before" in runs.orderBy("started_at", ascending=False).first()["metrics"]
+
+
+def _embeddings_as(spark, src_wh, dst_wh, dates_drop_add: dict[str, tuple[int, int]]):
+    """The DeepWalk partition of D1 in `src_wh`, written to `dst_wh` as each date's partition: the
+    first `drop` items left out, `add` perturbed copies under new ids added."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    df = spark.read.format("delta").load(f"{src_wh}/graph_embeddings").where(f"ds = '{D1}' and method = 'deepwalk'")
+    pdf = df.toPandas().dropna(subset=["vector"]).sort_values("item_id")
+    rng = np.random.default_rng(0)
+    for ds, (drop, add) in dates_drop_add.items():
+        extra = pdf.iloc[:add].copy()
+        extra["item_id"] = [f"new{i}" for i in range(add)]
+        extra["vector"] = [list(np.asarray(v) + 0.05 * rng.normal(size=len(v))) for v in extra["vector"]]
+        part = pd.concat([pdf.iloc[drop:], extra]).drop(columns=["ds"])
+        spark.createDataFrame(part, df.drop("ds").schema).withColumn("ds", F.lit(dt.date.fromisoformat(ds))) \
+            .write.format("delta").mode("overwrite").option("replaceWhere", f"ds = '{ds}'").partitionBy("ds") \
+            .save(f"{dst_wh}/graph_embeddings")
+
+
+def test_a_backfill_starts_its_own_chain_and_a_gap_is_refused(spark, sid_warehouse, tmp_path):
+    """SIDs for 04-22, a backfill of 03-01 (no state before it: a chain of its own), then 04-23 (continues
+    04-22, never the backfill): no (generation, level, code) with two centroids, the unchanged items of
+    04-23 keep 04-22's SIDs, a rerun of 04-22 after 04-23 gives its first rows, and a date after a gap
+    fails naming the missing date."""
+    from recfactory.jobs.build_sids import MissingPriorDateError
+    from recfactory.jobs.runtime.job import run_job
+
+    src, _ = sid_warehouse
+    wh = str(tmp_path / "wh")
+    _embeddings_as(spark, src, wh, {"1998-04-22": (0, 0), "1998-03-01": (200, 0), "1998-04-23": (0, 30),
+                                    "1998-04-25": (0, 0)})
+
+    def sids(ds):
+        return _table(spark, wh, "semantic_ids", ds).set_index("item_id").sort_index()
+
+    def run(ds):
+        return run_job("build_sids", ["--warehouse", wh, "--as-of", ds, *SMALL], spark=spark)
+
+    run("1998-04-22")
+    first = sids("1998-04-22")
+    run("1998-03-01")
+    ctx = run("1998-04-23")
+    back, d23 = sids("1998-03-01"), sids("1998-04-23")
+    g22, g01 = first["generation"].iloc[0], back["generation"].iloc[0]
+    assert g01 != g22 and g01.startswith("1998-03-01.") and g22.startswith("1998-04-22.")
+    assert (d23["generation"] == g22).all() and ctx.notes["prior"].startswith("semantic_ids ds=1998-04-22")
+    assert ctx.row_counts["new_items"] == 30
+    assert (d23.loc[first.index, "sid"] == first["sid"]).all()
+    cb = spark.read.format("delta").load(f"{wh}/sid_codebooks")
+    assert cb.groupBy("generation", "level", "code").count().where("count > 1").count() == 0
+    assert {r.generation for r in cb.select("generation").distinct().collect()} == {g22, g01}
+
+    run("1998-04-22")                 # a rerun after later dates: its first run's rows
+    again = sids("1998-04-22")
+    rows = lambda df: [(i, r.sid, r.generation, list(r.rq_codes), r.suffix, r.in_catalog, r.assigned_ds)  # noqa: E731
+                       for i, r in df.iterrows()]
+    assert rows(again) == rows(first)
+    with pytest.raises(MissingPriorDateError, match="1998-04-24"):
+        run("1998-04-25")
