@@ -243,17 +243,25 @@ def fit_priors(stats: DataFrame, spec: CrossStatsSpec, group: tuple[str, ...] = 
     """{(key_type, window, rate): (α, β)} from a cross-stats frame with n_<type> columns."""
     if not spec.rates:
         return {}
+    # Exact sums: each raw rate rounded to 1e-15 as a decimal, then summed as decimals (associative),
+    # so the prior is bit-for-bit the same whatever the partitioning or file layout of the input.
+    dec = "decimal(20,15)"
     aggs = []
     for r in spec.rates:
         num, den = rate_parts(r, lambda t: F.col(type_count(t)))
         raw = F.when(den >= 1, num / den)
-        aggs += [F.avg(raw).alias(f"{r.name}__m"), F.var_pop(raw).alias(f"{r.name}__v"),
+        aggs += [F.sum(F.round(raw, 15).cast(dec)).alias(f"{r.name}__s"),
+                 F.sum(F.round(raw * raw, 15).cast(dec)).alias(f"{r.name}__s2"),
                  F.count(raw).alias(f"{r.name}__n")]
     out = {}
     for row in stats.groupBy(*group).agg(*aggs).collect():
         for r in spec.rates:
-            out[(*[row[g] for g in group], r.name)] = beta_prior(
-                row[f"{r.name}__m"], row[f"{r.name}__v"], row[f"{r.name}__n"], spec)
+            n = row[f"{r.name}__n"]
+            mean = var = None
+            if n:
+                m = row[f"{r.name}__s"] / n
+                mean, var = float(m), float(row[f"{r.name}__s2"] / n - m * m)
+            out[(*[row[g] for g in group], r.name)] = beta_prior(mean, var, n, spec)
     return out
 
 

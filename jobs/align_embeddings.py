@@ -17,6 +17,7 @@ date's aligned embeddings only (`point_in_time_simtier`: no feature from a model
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from typing import Literal
@@ -166,7 +167,7 @@ class AlignEmbeddingsJob(Job):
         # the checkpoint is keyed by the date, the params and every input version read: a rerun after
         # an upstream change trains afresh instead of resuming a model of other data
         key = hashlib.sha256(json.dumps([ctx.manifest()["params_hash"], sorted(
-            (r.name, r.path, r.version, r.fingerprint) for r in ctx.inputs)], default=str).encode()).hexdigest()[:16]
+            (r.name, r.version, r.fingerprint) for r in ctx.inputs)], default=str).encode()).hexdigest()[:16]
         res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{key}")
         for e in res.history:
             ctx.metrics[f"loss.epoch{int(e['epoch']) + 1}"] = round(float(e["loss"]), 6)
@@ -238,7 +239,7 @@ class AlignEmbeddingsJob(Job):
     @staticmethod
     def _simtier(ctx: RunContext, p: AlignParams, pos) -> None:
         """SimTier per training sample of the date (when build_training_samples ran for it), from the
-        aligned embeddings of an earlier date only (`point_in_time_simtier`)."""
+        previous date's aligned embeddings only (`point_in_time_simtier`)."""
         if not ctx.warehouse.exists("training_samples"):
             ctx.notes["simtier"] = "skipped: no training_samples table"
             return
@@ -250,7 +251,7 @@ class AlignEmbeddingsJob(Job):
         s = samples.select(F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
         feats, model_ds = point_in_time_simtier(s, pos, aligned, ctx.as_of, p.simtier_buckets, p.simtier_history)
         ctx.notes["simtier_model"] = (f"aligned_embeddings ds={model_ds}" if model_ds else
-                                      f"none before {ctx.as_of}: every sample's simtier is null")
+                                      f"none for the previous date: every sample's simtier is null")
         feats = feats.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             n_feats, n_samples = feats.count(), samples.count()
@@ -271,24 +272,26 @@ def point_in_time_simtier(samples, pos, aligned, as_of, buckets: int, history: i
 
     A sample's label is an event at or after its ts; embeddings trained on pairs that include that
     event would put the label into the feature (a planted label-only signal would leak). So the
-    vectors are those published for the latest date before the as-of (``aligned``: item_id,
-    vector, ds), whose training saw only events before that date's end, and only samples at or after
-    that end are scored: for them the model never saw the label. Earlier samples — and every
-    sample when no earlier model exists — get a row with a null simtier and null model_ds (counted),
-    so a trainer joins each date's features to that date's new samples.
+    vectors are those published for the previous date (``aligned``: item_id, vector, ds; ds =
+    as-of − 1), whose training saw only events before that date's end, and only samples at or after
+    that end — the as-of's own day — are scored: for them the model never saw the label. Earlier
+    samples, and every sample when the previous date has no model, get a row with a null simtier
+    and null model_ds (counted), so a trainer joins each date's features to that date's new
+    samples. Like the semantic IDs, the features of a date depend on the previous date's run (never
+    on a later one, never on an older one across a gap).
 
     samples: sample_id, user_id, item_id, ts; pos: the users' positives (user_id, item_id, ts,
     event_id), the history is the last `history` of them strictly before the sample."""
     from recfactory.features.instants import day_end
 
-    earlier = aligned.where(F.col("ds") < F.lit(as_of))
-    model_ds = earlier.agg(F.max("ds")).first()[0]
+    prev = as_of - dt.timedelta(days=1)
+    earlier = aligned.where((F.col("ds") == F.lit(prev)) & F.col("vector").isNotNull())
+    model_ds = prev if earlier.limit(1).count() else None
     if model_ds is None:
         out = samples.select("sample_id", "user_id", "item_id", F.lit(None).cast("array<int>").alias("simtier"),
                              F.lit(0).alias("history"), F.lit(None).cast("date").alias("model_ds"))
         return out, None
-    zp = (earlier.where((F.col("ds") == F.lit(model_ds)) & F.col("vector").isNotNull())
-          .select("item_id", "vector").toPandas())
+    zp = earlier.select("item_id", "vector").toPandas()
     lookup = {i: r for r, i in enumerate(zp["item_id"])}
     Z = (np.stack(zp["vector"].to_numpy()).astype(np.float32) if len(zp)
          else np.zeros((0, 1), dtype=np.float32))

@@ -79,7 +79,8 @@ class IngestJob(Job):
     name = "ingest"
     Params = IngestParams
     description = ("Validate raw events and the item catalog into clean and quarantined Delta "
-                   "tables (partition ds = as-of); counts reconcile exactly.")
+                   "tables; events_clean by event date, each event once whatever the loads' order "
+                   "(the quarantine and catalog snapshot: ds = as-of); counts reconcile exactly.")
     outputs = ("events_clean", "events_quarantine", "items", "items_quarantine")
 
     def load(self, ctx: RunContext):

@@ -49,7 +49,7 @@ DAILY: tuple[Step, ...] = (
     Step("build_similarity"),
     Step("build_graph_embeddings", ray=True),
     Step("build_content_embeddings"),
-    Step("align_embeddings", ray=True),
+    Step("align_embeddings", ray=True, depends_on_past=True),  # SimTier from the previous date's model
     Step("build_sids", ray=True, depends_on_past=True),      # daily assignment in the current generation
     Step("train_gbdt", ray=True),
     Step("build_gbdt_leaves"),
