@@ -14,10 +14,10 @@ from pydantic import model_validator
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
+from recfactory.features.instants import ts_lit, utc_date_col
 from recfactory.features.schema import EVENT_TYPES, ColumnMapping
 from recfactory.features.sources import load_dataset
 from recfactory.features.synthetic import SyntheticSpec, synthetic_events, synthetic_items
-from recfactory.features.instants import ts_lit, utc_date_col
 from recfactory.features.validation import (
     CLEAN_EVENT_COLUMNS,
     EVENT_PREFERENCE,

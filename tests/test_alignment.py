@@ -162,23 +162,24 @@ def test_align_embeddings_job_beats_raw_content_and_writes_simtier(spark, aligne
     st = spark.read.format("delta").load(f"{wh}/simtier_features")
     assert st.count() == rc["training_samples"] == rc["simtier_features"] == rc["simtier_without_model"]
     assert st.where("simtier is not null or model_ds is not null").count() == 0
-    # with a model published for the previous date, the samples after its end are scored with it
+    # with a model published for the previous date, the samples after its end are scored with it:
+    # as of the data's last day (1998-04-22), a model of 04-21
     from pyspark.sql import functions as F
 
     from recfactory.jobs.align_embeddings import point_in_time_simtier
 
     earlier = spark.read.format("delta").load(f"{wh}/aligned_embeddings").withColumn(
-        "ds", F.lit(dt.date(1998, 4, 29)))
+        "ds", F.lit(dt.date(1998, 4, 21)))
     samples = spark.read.format("delta").load(f"{wh}/training_samples").select(
         F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
     pos = (spark.read.format("delta").load(f"{wh}/events_clean").where(F.col("event_type") == "like")
            .select("user_id", "item_id", "ts", "event_id"))
-    feats, model_ds = point_in_time_simtier(samples, pos, earlier, dt.date(1998, 4, 30), 10, 50)
-    assert model_ds == dt.date(1998, 4, 29)
+    feats, model_ds = point_in_time_simtier(samples, pos, earlier, dt.date(1998, 4, 22), 10, 50)
+    assert model_ds == dt.date(1998, 4, 21)
     f = feats.join(samples.select("sample_id", "ts"), "sample_id").toPandas()
     scored = f["model_ds"].notna()
     assert scored.any() and (~scored).any()
-    assert (f.loc[scored, "ts"] >= pd.Timestamp("1998-04-30")).all() and (f.loc[~scored, "ts"] < pd.Timestamp("1998-04-30")).all()
+    assert (f.loc[scored, "ts"] >= pd.Timestamp("1998-04-22")).all() and (f.loc[~scored, "ts"] < pd.Timestamp("1998-04-22")).all()
     row = f[scored & (f["history"] > 0)].iloc[0]
     assert len(row["simtier"]) == 10 and sum(row["simtier"]) == row["history"] <= 50
     model = spark.read.format("delta").load(f"{wh}/aligned_models").first()
