@@ -169,6 +169,10 @@ class AlignEmbeddingsJob(Job):
         key = hashlib.sha256(json.dumps([ctx.manifest()["params_hash"], sorted(
             (r.name, r.version, r.fingerprint) for r in ctx.inputs)], default=str).encode()).hexdigest()[:16]
         res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{key}")
+        # the aligned embeddings published before this run (SimTier's previous-date model), pinned now
+        # (after the checkpoint key: they do not change the training; before this run's own write:
+        # the lineage would have it read what it wrote)
+        published = ctx.read("aligned_embeddings") if ctx.warehouse.exists("aligned_embeddings") else None
         for e in res.history:
             ctx.metrics[f"loss.epoch{int(e['epoch']) + 1}"] = round(float(e["loss"]), 6)
         ctx.metrics["temperature"] = round(float(res.history[-1]["temperature"]), 6) if res.history else spec.temperature
@@ -207,7 +211,7 @@ class AlignEmbeddingsJob(Job):
         ctx.write(spark.createDataFrame([(version, bytearray(save(res.model.state_dict())), json.dumps(config),
                                           res.checkpoint)], MODEL_SCHEMA).withColumn("ds", F.lit(ctx.as_of)),
                   "aligned_models")
-        self._simtier(ctx, p, pos)
+        self._simtier(ctx, p, pos, published)
 
     @staticmethod
     def _u2i(spark, pos, index: pd.Series, idv: np.ndarray, has_id: np.ndarray, window: int):
@@ -237,7 +241,7 @@ class AlignEmbeddingsJob(Job):
         return u2i, nxt
 
     @staticmethod
-    def _simtier(ctx: RunContext, p: AlignParams, pos) -> None:
+    def _simtier(ctx: RunContext, p: AlignParams, pos, published) -> None:
         """SimTier per training sample of the date (when build_training_samples ran for it), from the
         previous date's aligned embeddings only (`point_in_time_simtier`)."""
         if not ctx.warehouse.exists("training_samples"):
@@ -247,7 +251,10 @@ class AlignEmbeddingsJob(Job):
         if samples.limit(1).count() == 0:
             ctx.notes["simtier"] = f"skipped: training_samples has no partition ds={ctx.as_of}"
             return
-        aligned = ctx.read("aligned_embeddings").where(F.col("content_encoder") == p.content_encoder)
+        if published is None:
+            published = ctx.spark.createDataFrame([], "item_id string, vector array<float>, ds date")
+        aligned = published.where(F.col("content_encoder") == p.content_encoder) if "content_encoder" in \
+            published.columns else published
         s = samples.select(F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
         feats, model_ds = point_in_time_simtier(s, pos, aligned, ctx.as_of, p.simtier_buckets, p.simtier_history)
         ctx.notes["simtier_model"] = (f"aligned_embeddings ds={model_ds}" if model_ds else

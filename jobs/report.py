@@ -102,6 +102,9 @@ def _layered_layout(g) -> dict:
     which keeps edge crossings down; networkx's multipartite layout keeps insertion order)."""
     import networkx as nx
 
+    g = g.copy()
+    while not nx.is_directed_acyclic_graph(g):      # a job that read a version it wrote: lay it out anyway
+        g.remove_edge(*nx.find_cycle(g)[-1][:2])
     layers = [sorted(nodes) for nodes in nx.topological_generations(g)]
     rank = {n: i for layer in layers for i, n in enumerate(layer)}
     for sweep in range(8):
@@ -632,13 +635,18 @@ class ReportJob(Job):
             ing = ing[ing["job"] == "ingest"]
             if len(ing):
                 rc = dict(ing.iloc[0]["row_counts"])
-                keys = [k for k in ("events_input", "events_clean", "events_quarantine", "items_input", "items",
-                                    "items_quarantine") if k in rc]
+                keys = [k for k in ("events_input", "events_clean", "events_quarantine", "events_published",
+                                    "events_republished", "events_already_published", "events_backdated",
+                                    "items_input", "items", "items_not_yet_created", "items_quarantine") if k in rc]
                 out += ["<h3>Ingest reconciliation</h3>",
                         _table(pd.DataFrame({"count": keys, "rows": [int(rc[k]) for k in keys]}))]
                 if {"events_input", "events_clean", "events_quarantine"} <= set(rc):
                     ok = rc["events_input"] == rc["events_clean"] + rc["events_quarantine"]
                     out.append(f"<p>events: input = clean + quarantined: <b>{'yes' if ok else 'NO'}</b></p>")
+                if rc.get("events_backdated"):
+                    out.append(f"<p>{int(rc['events_backdated']):,} events published for dates before "
+                               f"{self.ctx.as_of} (late arrivals or a history load): features already built "
+                               "for those dates did not see them; rebuild them to include them.</p>")
         except Missing:
             pass
         if reasons:

@@ -109,14 +109,21 @@ def test_boundaries_here(spark, tmp_path):
     assert abs((dt.datetime.now(UTC) - started).total_seconds()) < 900
 
 
-@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Shanghai"])
-def test_boundaries_under_time_zone(zone, tmp_path):
+ZONES = ("America/Los_Angeles", "Asia/Shanghai")
+
+
+def test_boundaries_under_time_zone(tmp_path):
+    """`test_boundaries_here` in one subprocess per zone, the two side by side."""
     if os.environ.get("RECFACTORY_EXPECT_TZ"):
         pytest.skip("already the subprocess")
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TZ": zone, "RECFACTORY_EXPECT_TZ": zone}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
-                          str(tmp_path / "t"), f"{root}/tests/test_point_in_time.py::test_boundaries_here"],
-                         env=env, cwd=root, capture_output=True, text=True, timeout=840)
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    assert "1 passed" in out.stdout
+    procs = {}
+    for i, zone in enumerate(ZONES):
+        env = {**os.environ, "TZ": zone, "RECFACTORY_EXPECT_TZ": zone, "RECFACTORY_SHUFFLE_PARTITIONS": "2"}
+        procs[zone] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / f"t{i}"),
+             f"{root}/tests/test_point_in_time.py::test_boundaries_here"],
+            env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for zone, proc in procs.items():
+        out, _ = proc.communicate(timeout=840)
+        assert proc.returncode == 0 and "1 passed" in out, f"TZ={zone}:\n{out[-6000:]}"
