@@ -184,7 +184,7 @@ class RunContext:
         """One MERGE commit of `df` into `name` on (partition, key) (see `Warehouse.upsert`)."""
         commit = CommitProperties(run_id=self.run_id, user_metadata=self.manifest())
         ref = self.warehouse.upsert(df, name, commit, key=key, partition=partition, prefer=prefer)
-        self.outputs.append(ref.output())
+        self.outputs.append(ref.output(self.as_of.isoformat()))   # the run's date, as its other outputs
         log.info("merged into %s v%d (%d inserted, %d updated)", name, ref.version, ref.inserted, ref.updated)
         return ref
 
