@@ -420,6 +420,12 @@ class BuildSidsJob(Job):
             if new_generation:
                 ctx.notes["prior"] = f"none: no state for {prev} (latest {older}); a new chain"
                 return None, None, None, None, None
+            # a rerun of a date that started its chain (its generation was fitted on it, with no state
+            # before it at the time; an earlier date backfilled since has a chain of its own)
+            own = sids.where(F.col("ds") == F.lit(ctx.as_of)).select("generation").distinct().collect()
+            if own and all(str(r["generation"]).startswith(f"{ctx.as_of.isoformat()}.") for r in own):
+                ctx.notes["prior"] = f"none: {ctx.as_of} started its chain (rerun)"
+                return None, None, None, None, None
             raise MissingPriorDateError(
                 f"build_sids for {ctx.as_of} continues the semantic IDs of {prev}, which has none, while "
                 f"{older} has: run build_sids for {prev} first (dates after {older} in order), or pass "
