@@ -187,8 +187,8 @@ class IngestJob(Job):
         one already published stays as it is unless this load's copy precedes it in the content
         order of `validation.EVENT_PREFERENCE` (the same winner whatever the order of the loads)."""
         name = "events_clean"
+        span = events.agg(F.min("ds"), F.max("ds")).first()
         if ctx.warehouse.exists(name):
-            span = events.agg(F.min("ds"), F.max("ds")).first()
             published = ctx.read(name)
             if span[0] is not None:
                 published = published.where(F.col("ds").between(span[0], span[1]))
@@ -206,7 +206,6 @@ class IngestJob(Job):
                                "events_already_published": n_clean - ref.inserted - ref.updated})
         # every clean event of the load is in the table exactly once
         now = ctx.warehouse.read(name, version=ref.version)[0]
-        span = events.agg(F.min("ds"), F.max("ds")).first()
         if span[0] is not None:
             now = now.where(F.col("ds").between(span[0], span[1]))
         held = now.join(events.select("ds", "event_id"), ["ds", "event_id"], "left_semi").count()

@@ -271,20 +271,17 @@ class Warehouse:
         raise AssertionError("unreachable")
 
     def _commit_metrics(self, path: str, run_id: str) -> tuple[int, dict]:
+        """(version, operationMetrics) of this run's commit, or (latest, {}) when it made none."""
         for row in self._history(path, 20).select("version", "userMetadata", "operationMetrics").collect():
             if run_id in (row["userMetadata"] or ""):
                 return int(row["version"]), dict(row["operationMetrics"] or {})
         return int(self._history(path, 1).select("version").first()[0]), {}
 
     def _commit_of(self, path: str, run_id: str) -> tuple[int, int]:
-        """The version and row count of this run's commit (found by run id, not 'latest')."""
-        for row in self._history(path, 20).select("version", "userMetadata", "operationMetrics").collect():
-            meta = row["userMetadata"] or ""
-            if run_id in meta:
-                metrics = row["operationMetrics"] or {}
-                return int(row["version"]), int(metrics.get("numOutputRows", 0))
-        # A txn-guarded append that Delta skipped as already committed: nothing new was written.
-        return int(self._history(path, 1).select("version").first()[0]), 0
+        """The version and row count of this run's commit (found by run id, not 'latest'). A
+        txn-guarded append that Delta skipped as already committed wrote nothing: latest, 0 rows."""
+        version, metrics = self._commit_metrics(path, run_id)
+        return version, int(metrics.get("numOutputRows", 0))
 
     def set_table_properties(self, name: str, props: dict[str, str]) -> None:
         items = ", ".join(f"'{k}' = '{v}'" for k, v in props.items())
