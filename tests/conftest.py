@@ -225,7 +225,9 @@ def make_airflow_home(home: Path) -> dict[str, str]:
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
            "RECFACTORY_WAREHOUSE": str(home / "wh"), "RECFACTORY_START_DATE": "1998-04-01",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "SPARK_LOCAL_IP": "127.0.0.1"}
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "SPARK_LOCAL_IP": "127.0.0.1",
+           # the tests' run confs point ingest at their slice (a deployment allows it explicitly)
+           "RECFACTORY_RUN_CONF_ALLOW": "ingest.events_path,ingest.items_path"}
     env.pop("RAY_ADDRESS", None)
     out = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
                          timeout=600)

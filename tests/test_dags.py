@@ -163,6 +163,17 @@ def test_the_daily_runs_report_has_every_section_and_opens_in_chromium(airflow_e
         assert text in html, text
 
 
+def test_a_run_conf_that_sets_a_path_the_deployment_does_not_allow_fails_naming_it(airflow_env):
+    """The deployment allows ingest's input paths (RECFACTORY_RUN_CONF_ALLOW), not the report's
+    output folder: the task fails before anything runs, naming the refused override."""
+    env, home = airflow_env
+    res = _airflow(env, "tasks", "test", "recfactory_daily", "report", D, "-t",
+                   json.dumps({"report": {"output_dir": str(home / "elsewhere")}}), timeout=600)
+    text = res.stdout + res.stderr
+    assert "the run conf may not set report.output_dir" in text, text[-3000:]
+    assert "RECFACTORY_RUN_CONF_ALLOW=report.output_dir" in text and not (home / "elsewhere").exists()
+
+
 def test_a_backfill_covers_each_date_of_the_range_in_order(airflow_env):
     """`airflow backfill create` over a range: one run per date, oldest first; running it
     backwards is refused (build_sids depends on its previous date)."""

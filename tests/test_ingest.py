@@ -111,7 +111,7 @@ ITEMS = [
     ("i1", "Item one", "shoes", "10.5"),
     ("i2", "Item two", "shoes", None),
     ("i3", "Item three", "hats", "3"),
-    ("i3", "Item three-b", "hats", "4"),       # DUPLICATE (the smaller raw row is kept)
+    ("i3", "Item three-b", "hats", "4"),       # CONFLICTING_DUPLICATE (the smaller raw row is kept)
     (None, "No id", "hats", "1"),              # NULL_KEY
     ("i4", "Bad price", "hats", "-1"),         # BAD_PRICE
 ]
@@ -156,10 +156,11 @@ def test_each_kind_of_bad_row_is_quarantined_with_its_reason(spark, warehouse, b
     clean = spark.read.format("delta").load(f"{warehouse}/events_clean")
     types = sorted(r.event_type for r in clean.collect())
     assert types == ["click", "click", "purchase", "view"]
-    # items: duplicates, null keys and bad prices are quarantined, not dropped
+    # items: conflicting duplicates, null keys and bad prices are quarantined, not dropped
     assert rc["items"] == 3 and rc["items_quarantine"] == 3
-    iq = {r.reason for r in spark.read.format("delta").load(f"{warehouse}/items_quarantine").collect()}
-    assert iq == {"DUPLICATE", "NULL_KEY", "BAD_PRICE"}
+    iq = {r.reason: r.detail for r in spark.read.format("delta").load(f"{warehouse}/items_quarantine").collect()}
+    assert iq == {"CONFLICTING_DUPLICATE": "differs from the kept copy in title, price", "NULL_KEY": None,
+                  "BAD_PRICE": None}
     kept_i3 = spark.read.format("delta").load(f"{warehouse}/items").where("item_id = 'i3'").first()
     assert kept_i3.title == "Item three"
 

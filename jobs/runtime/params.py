@@ -17,9 +17,42 @@ import types
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["JobParams", "Field", "build_parser", "parse_params", "params_hash", "params_table"]
+from recfactory.jobs.runtime.env import TABLE_NAME as _TABLE_NAME_RE
+
+__all__ = ["JobParams", "Field", "Restricted", "TABLE_NAME", "build_parser", "parse_params", "params_hash",
+           "params_table", "restricted_fields"]
+
+# A warehouse table name (a folder under the warehouse root: no separators, no dots, no ..), as a
+# pydantic pattern: a table-name parameter fails at validation, not when the table is opened
+TABLE_NAME = _TABLE_NAME_RE.pattern
+# What a restricted parameter is. Such a parameter is taken from the command line and a pipeline's
+# params file (written by whoever runs the job) but not from an Airflow run conf (anyone who may
+# trigger a DAG) unless the deployment allows it: see ``pipeline.check_run_conf``.
+RESTRICTED_KINDS = {
+    "path": "a path (it decides which files are read or written)",
+    "filter": "a row filter",
+    "class": "a plug-in class path (module:Class)",
+}
+_RESTRICTED = "x-recfactory-restricted"
+
+
+def Restricted(kind: str, default: Any = ..., **kwargs: Any) -> Any:  # noqa: N802 - a Field, as pydantic's
+    """A :func:`Field` marked as a restricted parameter of ``kind`` (one of RESTRICTED_KINDS)."""
+    if kind not in RESTRICTED_KINDS:
+        raise ValueError(f"unknown restricted kind {kind!r}")
+    return Field(default, json_schema_extra={_RESTRICTED: kind}, **kwargs)
+
+
+def restricted_fields(model: type[BaseModel]) -> dict[str, str]:
+    """{parameter: kind} of a params model's restricted parameters."""
+    out = {}
+    for name, f in model.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if _RESTRICTED in extra:
+            out[name] = extra[_RESTRICTED]
+    return out
 
 
 class JobParams(BaseModel):
@@ -40,6 +73,18 @@ class JobParams(BaseModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
+
+    @model_validator(mode="after")
+    def _filters_parse(self):
+        """Every filter parameter is well-formed before anything runs (its columns are checked
+        against the table when it is read)."""
+        from recfactory.features.filters import parse_filter
+
+        for name, kind in restricted_fields(type(self)).items():
+            value = getattr(self, name)
+            if kind == "filter" and value:
+                parse_filter(value)
+        return self
 
 
 def params_hash(params: BaseModel, exclude: tuple[str, ...] = ("warehouse",)) -> str:

@@ -64,6 +64,38 @@ WEEKLY: tuple[Step, ...] = (
 PIPELINES = {"daily": DAILY, "weekly": WEEKLY}
 
 
+RUN_CONF_ALLOW = "RECFACTORY_RUN_CONF_ALLOW"
+
+
+def check_run_conf(step: Step, overrides: dict[str, Any] | None, allow: str | None = None) -> None:
+    """Refuse run-conf overrides of the step's restricted parameters (paths, filters, plug-in class
+    paths) that the deployment does not allow. An Airflow run conf comes from whoever may trigger
+    the DAG; the deployment (its workers' environment) allows a parameter with
+    ``RECFACTORY_RUN_CONF_ALLOW`` = comma-separated ``task_id.param`` (or ``param`` for every task,
+    ``*`` for all). The error names every refused override."""
+    import os
+
+    from recfactory.jobs.runtime.params import RESTRICTED_KINDS, restricted_fields
+
+    allow = os.environ.get(RUN_CONF_ALLOW, "") if allow is None else allow
+    allowed = {a.strip() for a in allow.split(",") if a.strip()}
+    kinds = restricted_fields(load_job(step.job).Params)
+    refused = []
+    for name, value in (overrides or {}).items():
+        kind = kinds.get(name)
+        if kind is None or {"*", name, f"{step.task_id}.{name}"} & allowed:
+            continue
+        if kind == "class":           # registered names are fine; module:Class paths are not
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if not any(isinstance(v, str) and ":" in v for v in values):
+                continue
+        refused.append(f"{step.task_id}.{name} ({RESTRICTED_KINDS[kind]})")
+    if refused:
+        raise ValueError(f"the run conf may not set {'; '.join(refused)}. A deployment that wants it allows it in "
+                         f"the workers' environment: {RUN_CONF_ALLOW}="
+                         + ",".join(r.split(" ")[0] for r in refused))
+
+
 def step_params(step: Step, as_of: dt.date | str, warehouse: str, overrides: dict[str, Any] | None = None,
                 seed: int | None = None) -> JobParams:
     """The step's validated parameters: the job's defaults, the step's fixed values, then overrides."""
