@@ -31,8 +31,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 run: setup
 	$(PY) -m recfactory pipeline --as-of $(AS_OF) --warehouse $(WAREHOUSE) --params @$(PARAMS)
 
+# Two test processes (pytest-xdist), a file per process at a time, the longest files first (conftest).
 test: setup browser
-	$(PY) -m pytest -m "not slow" --durations=25 tests
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 # The report test opens the report in Debian's Chromium (driven by Playwright, which downloads no browser).
 browser:
