@@ -37,7 +37,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from recfactory.jobs.runtime.env import arrow_uri
+from recfactory.jobs.runtime.env import arrow_uri, redact
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, load_job
 from recfactory.jobs.runtime.pipeline import PIPELINES, Step, check_run_conf, step_params, to_argv, upstream
 from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
@@ -127,7 +127,7 @@ class RecfactoryJobOperator(SparkSubmitOperator):
                # spark-submit from the same environment as this worker's Python (a venv's bin/)
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         argv = to_argv(params, only_set=True)
-        self.log.info("recfactory %s %s (run id %s)", self.step.job, shlex.join(argv), run_id)
+        self.log.info("recfactory %s %s (run id %s)", self.step.job, redact(shlex.join(argv)), run_id)
         self._ensure_conn()
         try:
             if self.step.ray and _ray_jobs_address():
@@ -140,7 +140,7 @@ class RecfactoryJobOperator(SparkSubmitOperator):
             row = read_run(root, run_id)
             if row is not None and (row.get("error") or "").split(":")[0].endswith("QualityGateError"):
                 raise AirflowFailException(f"{self.step.task_id}: quality gate failed, nothing published "
-                                           f"(previous versions stay): {row['error']}") from e
+                                           f"(previous versions stay): {redact(row['error'])}") from e
             raise
         row = read_run(root, run_id)
         if row is None or row["status"] != "succeeded":
@@ -185,13 +185,13 @@ class RecfactoryJobOperator(SparkSubmitOperator):
                     raise
                 self.log.warning("Ray Jobs API not ready (%s); retrying in 5 s", e)
                 time.sleep(5)
-        self.log.info("submitted Ray job %s to %s: %s", self._ray_job, address, entry)
+        self.log.info("submitted Ray job %s to %s: %s", self._ray_job, address, redact(entry))
         shown = 0
         while True:
             status = client.get_job_status(self._ray_job)
             logs = client.get_job_logs(self._ray_job)
             for line in logs[shown:].splitlines():
-                self.log.info("[ray] %s", line)
+                self.log.info("[ray] %s", redact(line))
             shown = len(logs)
             if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
                 break

@@ -100,6 +100,27 @@ def _check_ids(clean: pd.DataFrame, col: str, max_len: int = 256):
         assert v == unicodedata.normalize("NFC", v) and reference_id(v) == v, repr(v)
 
 
+TALLY = os.environ.get("RECFACTORY_HYPOTHESIS_TALLY")     # a JSON file: what the generated rows produced
+
+
+def _tally(kind: str, out: pd.DataFrame) -> None:
+    """With RECFACTORY_HYPOTHESIS_TALLY set, add this example's outcome (rows per first reason) to
+    the file, so a run can say how many hostile rows were tried and what each produced."""
+    if not TALLY:
+        return
+    import json
+    from pathlib import Path
+
+    path = Path(TALLY)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    t = data.setdefault(kind, {"examples": 0, "rows": 0, "outcome": {}})
+    t["examples"] += 1
+    t["rows"] += len(out)
+    for r in out["reason"].fillna("clean"):
+        t["outcome"][r] = t["outcome"].get(r, 0) + 1
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
 def _property(strategy, examples: int):
     """A hypothesis test over ``strategy``: ``examples`` deterministic examples (the CI test command
     runs RECFACTORY_HYPOTHESIS_EXAMPLES, default 30, about a minute each; `make bench` 300)."""
@@ -121,6 +142,7 @@ def events_property(spark, table):
     ann = validate_events(df, EventRules(cutoff=CUTOFF))        # one Spark job per example: one collect
     out = ann.selectExpr("user_id", "item_id", "event_type", "dwell_ms", "event_id", "reasons", "reason",
                          "unix_micros(ts) AS us").toPandas()
+    _tally("events", out)
     ok = out["reasons"].map(len) == 0
     assert len(out) == len(rows)                                   # clean + quarantined = input
     assert out.loc[~ok, "reason"].notna().all()
@@ -145,6 +167,7 @@ def items_property(spark, table):
     df = spark.createDataFrame(rows, f"item_id string, title string, category string, price {kind}, created_ts string")
     ann = validate_items(df)
     out = ann.select("item_id", "title", "price", "reasons", "reason", "detail").toPandas()
+    _tally("items", out)
     assert len(out) == len(rows)
     ok = out["reasons"].map(len) == 0
     assert out.loc[~ok, "reason"].notna().all()

@@ -43,18 +43,90 @@ def ray_tmp() -> Path:
 
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# query-string and connection-string parameters that carry a credential or a signature
+_SIGNED = re.compile(
+    r"(?P<name>(?<![A-Za-z0-9_])(?:x-amz-(?:signature|credential|security-token)|x-goog-(?:signature|credential)"
+    r"|sig|signature|sv_sig|token|access_token|id_token|refresh_token|api_?key|apikey|key|password|passwd|pwd"
+    r"|secret|client_secret|accountkey|sharedaccesssignature|sharedaccesskey|code|auth)=)(?P<value>[^&;\s'\"]+)",
+    re.IGNORECASE)
+_BEARER = re.compile(r"(?P<name>\b(?:bearer|basic)\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})", re.IGNORECASE)
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+# environment variables whose values are secrets: their values never appear in a record or a log
+_SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(?:^|_)(?:API_?)?KEY(?:$|_)|AUTH",
+                         re.IGNORECASE)
+MASK = "***"
+
+
+_NOT_SECRET_ENV = re.compile(r"_(?:PATH|FILE|DIR|MODE)$", re.IGNORECASE)       # where a secret is, not what
+
+
+def _secret_env_values() -> list[str]:
+    vals = {v for k, v in os.environ.items()
+            if _SECRET_ENV.search(k) and not _NOT_SECRET_ENV.search(k) and len(v) >= 6}
+    return sorted(vals, key=len, reverse=True)
 
 
 def redact(value):
-    """Drop credentials embedded in URIs (scheme://user:secret@host/...) before anything is logged
-    or recorded in a manifest; recurses into lists and dicts."""
+    """The value with every credential masked, before anything is logged or recorded (``_runs``,
+    commit metadata, the report, Airflow logs): user:password@ in URIs, signed query strings
+    (``?sig=``, ``X-Amz-Signature=``, ``X-Goog-Credential=``, ``token=``, ...), connection-string keys
+    (``AccountKey=``), bearer tokens, AWS access key ids, and the value of any environment
+    variable named like a secret (``*_SECRET*``, ``*TOKEN*``, ``*PASSWORD*``, ``*_KEY``, ...).
+    Recurses into lists, tuples and dicts."""
     if isinstance(value, str):
-        return _USERINFO.sub(r"\g<scheme>***@", value)
-    if isinstance(value, list):
-        return [redact(v) for v in value]
+        s = _USERINFO.sub(r"\g<scheme>" + MASK + "@", value)
+        s = _SIGNED.sub(r"\g<name>" + MASK, s)
+        s = _BEARER.sub(r"\g<name>" + MASK, s)
+        s = _AWS_KEY_ID.sub(MASK, s)
+        for secret in _secret_env_values():
+            s = s.replace(secret, MASK)
+        return s
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     return value
+
+
+class RedactingFilter:
+    """A logging filter (for handlers) that redacts every record's message and arguments."""
+
+    def filter(self, record) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if record.args:
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args) \
+                if isinstance(record.args, tuple) else redact(record.args)
+        if record.exc_info and record.exc_info[1] is not None:
+            redact_exception(record.exc_info[1])
+        return True
+
+
+def redact_exception(e: BaseException) -> BaseException:
+    """Mask credentials in an exception's message, in place (its args and its string attributes,
+    where PySpark's captured JVM exceptions keep their description and stack trace), and in the
+    exceptions it was raised from; returns it."""
+    seen, first = set(), e
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        try:
+            e.args = tuple(redact(a) if isinstance(a, str) else a for a in e.args)
+            for k, v in list(vars(e).items()):
+                if isinstance(v, str):
+                    setattr(e, k, redact(v))
+        except Exception:  # noqa: BLE001 - an exception type whose attributes cannot be set keeps them
+            pass
+        e = e.__cause__ or e.__context__
+    return first
+
+
+def install_log_redaction() -> None:
+    """Redact every record that reaches the root logger's handlers (idempotent)."""
+    import logging
+
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in h.filters):
+            h.addFilter(RedactingFilter())
 
 
 def validate_table_name(name: str) -> str:

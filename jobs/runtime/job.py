@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from recfactory.features.instants import day_end
 from recfactory.jobs.runtime.delta_io import CommitProperties, InputRef, OutputRef, Warehouse
-from recfactory.jobs.runtime.env import redact
+from recfactory.jobs.runtime.env import install_log_redaction, redact, redact_exception
 from recfactory.jobs.runtime.params import JobParams, params_hash, parse_params
 
 log = logging.getLogger("recfactory")
@@ -167,7 +167,7 @@ class RunContext:
             "inputs": [redact(r.to_dict()) for r in self.inputs],
             "row_counts": dict(self.row_counts),
             "metrics": dict(self.metrics),
-            "notes": dict(self.notes),
+            "notes": redact(dict(self.notes)),
         }
 
     def write(self, df, name: str, mode: str = "partition", partition_by=("ds",),
@@ -239,7 +239,7 @@ def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
         [(o.name, o.path, o.version, o.rows, o.partition) for o in ctx.outputs],
         {k: int(v) for k, v in ctx.row_counts.items()},
         {k: float(v) for k, v in ctx.metrics.items()},
-        error,
+        redact(error),
     )
     df = ctx.spark.createDataFrame([row], _runs_schema())
     commit = CommitProperties(
@@ -263,6 +263,7 @@ def execute(job_cls: type[Job], params: JobParams, spark=None) -> RunContext:
     # a traceback); recfactory's own loggers at RECFACTORY_LOG_LEVEL
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("recfactory").setLevel(os.environ.get("RECFACTORY_LOG_LEVEL", "INFO"))
+    install_log_redaction()
     spark = spark or get_spark(f"recfactory-{job_cls.name}")
     ctx = RunContext(spark=spark, warehouse=Warehouse(spark, params.warehouse), params=params,
                      job=job_cls.name)
@@ -271,7 +272,8 @@ def execute(job_cls: type[Job], params: JobParams, spark=None) -> RunContext:
     try:
         job_cls().run(ctx)
     except BaseException as e:
-        ctx.notes["error"] = "".join(traceback.format_exception_only(type(e), e)).strip()
+        redact_exception(e)              # what is re-raised (and printed) names no credential either
+        ctx.notes["error"] = redact("".join(traceback.format_exception_only(type(e), e)).strip())
         try:
             write_run_row(ctx, "failed", ctx.notes["error"])
         except Exception:  # noqa: BLE001 - never hide the original failure

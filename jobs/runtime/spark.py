@@ -49,6 +49,42 @@ _LOCAL_DEFAULTS = {
 }
 
 
+# The driver's log4j2 configuration: Spark's defaults (org/apache/spark/log4j2-defaults.properties)
+# with every message and stack trace passed through a redaction of credentials — user:password@ in
+# URIs, signed query strings, connection-string keys, bearer tokens: the JVM side of
+# ``env.redact``, so a path handed to Spark is never logged with its secret.
+LOG4J_REDACTING = r"""rootLogger.level = info
+rootLogger.appenderRef.stdout.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.alwaysWriteExceptions = false
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %replace{%m%n%ex}{(?<=://)[^/@\\s]+(?=@)|(?i)(?<=[^A-Za-z0-9_](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential|sig|signature|token|access_token|api_key|apikey|key|password|secret|accountkey|sharedaccesssignature)=)[^&;\\s'"]+|(?<=[Bb]earer )[A-Za-z0-9._~+/=-]+}{***}
+logger.jetty.name = org.sparkproject.jetty
+logger.jetty.level = warn
+logger.jetty2.name = org.sparkproject.jetty.util.component.AbstractLifeCycle
+logger.jetty2.level = error
+logger.parquet.name = org.apache.parquet.CorruptStatistics
+logger.parquet.level = error
+logger.parquet2.name = parquet.CorruptStatistics
+logger.parquet2.level = error
+"""
+
+
+def log4j_config() -> Path:
+    """The redacting log4j2 configuration as a file (written once per content)."""
+    path = cache_dir() / "log4j2-redacting.properties"
+    if not path.exists() or path.read_text() != LOG4J_REDACTING:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(LOG4J_REDACTING)
+    return path
+
+
+def driver_java_options() -> str:
+    return f"-Dlog4j2.configurationFile=file:{log4j_config()}"
+
+
 def delta_maven_coordinate() -> str:
     """The Delta artifact that matches the installed delta-spark and pyspark (as Delta's pip_utils)."""
     from importlib.metadata import version
@@ -97,6 +133,7 @@ def get_spark(app_name: str = "recfactory", extra_conf: dict[str, str] | None = 
     conf = dict(_LOCAL_DEFAULTS)
     conf["spark.jars.ivy"] = str(ivy_dir())
     conf["spark.local.dir"] = str(project_tmp() / "spark")
+    conf["spark.driver.extraJavaOptions"] = driver_java_options()
     conf.update(SESSION_CONF)
     if os.environ.get("RECFACTORY_PY_FILES"):  # the package shipped to executors, as spark-submit --py-files
         from recfactory.jobs.runtime.shipping import spark_py_files
@@ -150,6 +187,7 @@ def write_spark_defaults() -> Path:
         **SESSION_CONF,
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
+        "spark.driver.extraJavaOptions": driver_java_options(),
     }
     marker = "# written by `recfactory setup`"
     kept = []
