@@ -108,6 +108,8 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested)
     # 3) the rerun of the date converges to the uninterrupted result, one copy of each partition
     proc = _start("build_similarity", str(wh), *args)
     assert proc.wait(timeout=900) == 0, proc.stdout.read()[-3000:]
+    log = proc.stdout.read()
+    assert "never finished" in log and "it left item_similarity v0" in log, log[-3000:]   # found by the next run
     got = _snapshot(wh, tables)
     for t in tables:
         assert got[t][1] == expected[t][1], t
@@ -116,6 +118,14 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested)
     runs = DeltaTable(str(wh / "_runs")).to_pandas()
     sim = runs[runs["job"] == "build_similarity"]
     assert list(sim["status"]) == ["succeeded"]          # killed runs leave no row, never a duplicate
+    # ... but both killed attempts are on record, with what each left behind
+    from recfactory.jobs.runtime.attempts import format_history, history
+
+    h = history(str(wh), job="build_similarity")
+    assert list(h["status"]) == ["succeeded", "abandoned", "abandoned"]
+    assert [list(o) for o in h["outputs"][1:]] == [["item_similarity v0"], []]
+    assert h["run_id"].iloc[0] == sim["run_id"].iloc[0]
+    assert "partial: item_similarity v0" in format_history(h)
 
 
 def test_jobs_writing_different_tables_run_concurrently(ingested):

@@ -7,6 +7,8 @@ Extra commands:
   recfactory params-doc   the parameter tables of every job, as markdown (README source)
   recfactory pipeline     the daily (or weekly) pipeline's jobs for one date in one process: the
                           Airflow DAG's graph without Airflow (--help for its flags)
+  recfactory runs         the history of attempts (--warehouse W [--as-of D] [--job J]): status,
+                          duration, published versions; abandoned attempts with their partial versions
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, JOBS, QualityGateError, load_job, run_job
 from recfactory.jobs.runtime.params import params_table
 
-USAGE = "usage: recfactory {setup,jobs,params-doc,pipeline," + ",".join(JOBS) + "} [flags]  (--help per job)"
+USAGE = "usage: recfactory {setup,jobs,params-doc,pipeline,runs," + ",".join(JOBS) + "} [flags]  (--help per job)"
 
 
 def setup() -> int:
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from recfactory.jobs.runtime.pipeline import pipeline_main
 
         return pipeline_main(rest)
+    if cmd == "runs":
+        from recfactory.jobs.runtime.attempts import runs_main
+
+        return runs_main(rest)
     if cmd not in JOBS:
         print(f"unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
         return 2

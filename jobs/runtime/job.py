@@ -256,6 +256,21 @@ def run_job(name: str, argv: list[str] | None = None, spark=None) -> RunContext:
     return execute(job_cls, params, spark=spark)
 
 
+def _record_start(ctx: RunContext, job_cls: type[Job]) -> None:
+    """The attempt on record before anything is read or written (``attempts``); an unfinished
+    earlier attempt of the same job and date is named, with what it left behind."""
+    from recfactory.jobs.runtime.attempts import previous_abandoned, record_start
+
+    root = ctx.warehouse.root
+    prev = previous_abandoned(root, job_cls.name, ctx.as_of, ctx.run_id)
+    record_start(root, ctx.run_id, job_cls.name, ctx.as_of, params_hash(ctx.params), code_version(),
+                 tuple(job_cls.outputs), ctx.started)
+    for r in prev.itertuples():
+        log.warning("an earlier attempt of %s for %s never finished (run %s, started %s): abandoned%s",
+                    job_cls.name, ctx.as_of, r.run_id, r.started_at,
+                    f"; it left {', '.join(r.outputs)}" if len(r.outputs) else ", nothing written")
+
+
 def execute(job_cls: type[Job], params: JobParams, spark=None) -> RunContext:
     from recfactory.jobs.runtime.spark import get_spark
 
@@ -269,6 +284,7 @@ def execute(job_cls: type[Job], params: JobParams, spark=None) -> RunContext:
                      job=job_cls.name)
     log.info("run %s: %s as of %s (params %s)", ctx.run_id, job_cls.name, params.as_of,
              params_hash(params))
+    _record_start(ctx, job_cls)
     try:
         job_cls().run(ctx)
     except BaseException as e:
