@@ -126,6 +126,22 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested)
     assert [list(o) for o in h["outputs"][1:]] == [["item_similarity v0"], []]
     assert h["run_id"].iloc[0] == sim["run_id"].iloc[0]
     assert "partial: item_similarity v0" in format_history(h)
+    # 4) a later rerun killed after its first commit: the newest version is its partial write, but a
+    #    trainer reading the date (recfactory.tables) gets the published one, at its exact version
+    from recfactory import tables
+
+    published = tables.read(str(wh), "item_similarity", D)
+    assert (published.version, published.run_id) == (1, sim["run_id"].iloc[0])
+    proc = _start("build_similarity", str(wh), *args)
+    assert _kill_when(proc, lambda: (first / "_delta_log" / "00000000000000000002.json").exists())
+    again = tables.read(str(wh), "item_similarity", D)
+    assert again == published and DeltaTable(str(first)).version() == 2
+    df = again.to_pandas()
+    run_specific = [c for c in df if c == "run_id" or c.endswith("_seconds")]
+    assert sorted(map(str, df.drop(columns=run_specific).astype(str).itertuples(index=False))) == \
+        expected["item_similarity"][1]
+    with pytest.raises(tables.NotPublishedError, match="run build_similarity"):
+        tables.read(str(wh), "item_similarity", "1998-01-01")
 
 
 def test_jobs_writing_different_tables_run_concurrently(ingested):
