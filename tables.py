@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from recfactory.jobs.runtime.env import arrow_uri, normalize_warehouse, validate_table_name
+from recfactory.jobs.runtime.env import RUNS_TABLE, arrow_uri, normalize_warehouse, validate_table_name   # no pyspark
 
 
 class NotPublishedError(LookupError):
@@ -95,10 +95,14 @@ def _make_torch_class():
     return TorchBatches
 
 
-def _producers(table: str) -> list[str]:
-    from recfactory.jobs.runtime.job import JOBS, load_job
+def _producers(table: str) -> list[str] | None:
+    """The jobs that write the table (None when the jobs cannot be imported: no pyspark here)."""
+    try:
+        from recfactory.jobs.runtime.job import JOBS, load_job
 
-    return [j for j in JOBS if table in load_job(j).outputs]
+        return [j for j in JOBS if table in load_job(j).outputs]
+    except ImportError:
+        return None
 
 
 def read(warehouse: str, table: str, as_of: dt.date | str) -> Published:
@@ -107,17 +111,13 @@ def read(warehouse: str, table: str, as_of: dt.date | str) -> Published:
     import pyarrow.compute as pc
     from deltalake import DeltaTable
 
-    from recfactory.jobs.runtime.job import RUNS_TABLE
 
     root = normalize_warehouse(warehouse)
     validate_table_name(table)
     day = dt.date.fromisoformat(str(as_of))
-    jobs = _producers(table)
-    if not jobs:
-        raise ValueError(f"no recfactory job writes a table {table!r}")
     try:
         runs = DeltaTable(arrow_uri(root, RUNS_TABLE)).to_pyarrow_dataset().to_table(
-            filter=(pc.field("status") == "succeeded") & pc.field("job").isin(jobs) & (pc.field("as_of") == day),
+            filter=(pc.field("status") == "succeeded") & (pc.field("as_of") == day),
             columns=["run_id", "job", "finished_at", "outputs"]).to_pylist()
     except Exception as e:  # noqa: BLE001 - no _runs table: nothing was ever published
         raise NotPublishedError(f"no runs recorded under {root}") from e
@@ -127,5 +127,9 @@ def read(warehouse: str, table: str, as_of: dt.date | str) -> Published:
             if o["name"] == table:
                 best = (int(o["version"]), r["run_id"], r["job"])
     if best is None:
-        raise NotPublishedError(f"{table} has no publication for {day}: run {' or '.join(jobs)} for that date")
+        jobs = _producers(table)        # only now: it imports every job (and pyspark)
+        if jobs == []:
+            raise ValueError(f"no recfactory job writes a table {table!r}")
+        raise NotPublishedError(f"{table} has no publication for {day}: run {' or '.join(jobs or ['its job'])} "
+                                "for that date")
     return Published(root, table, day, *best)

@@ -23,7 +23,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from recfactory.jobs.runtime.env import arrow_uri
+from recfactory.jobs.runtime.env import RUNS_TABLE, arrow_uri
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,7 +94,6 @@ def history(root: str, as_of: dt.date | str | None = None, job: str | None = Non
     (the versions a finished run published, or an unfinished one's partial versions), error."""
     import pandas as pd
 
-    from recfactory.jobs.runtime.job import RUNS_TABLE
 
     cols = ["run_id", "job", "as_of", "status", "started_at", "duration_s", "outputs", "error"]
     attempts, runs = _read(root, ATTEMPTS_TABLE), _read(root, RUNS_TABLE)

@@ -42,6 +42,8 @@ def ray_tmp() -> Path:
     return p
 
 
+RUNS_TABLE = "_runs"              # one row per finished run (written by jobs.runtime.job)
+
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 # query-string and connection-string parameters that carry a credential or a signature
 _SIGNED = re.compile(

@@ -25,12 +25,11 @@ from typing import Any, ClassVar
 
 from recfactory.features.instants import day_end
 from recfactory.jobs.runtime.delta_io import CommitProperties, InputRef, OutputRef, Warehouse
-from recfactory.jobs.runtime.env import install_log_redaction, redact, redact_exception
+from recfactory.jobs.runtime.env import RUNS_TABLE, install_log_redaction, redact, redact_exception
 from recfactory.jobs.runtime.params import JobParams, params_hash, parse_params
 
 log = logging.getLogger("recfactory")
 
-RUNS_TABLE = "_runs"
 
 # Job name → "module:Class". Job names are the file names under jobs/.
 JOBS: dict[str, str] = {
