@@ -94,25 +94,34 @@ def history(root: str, as_of: dt.date | str | None = None, job: str | None = Non
     (the versions a finished run published, or an unfinished one's partial versions), error."""
     import pandas as pd
 
+    def utc(t) -> pd.Timestamp:
+        t = pd.Timestamp(t)
+        return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+    def narrow(df: pd.DataFrame) -> pd.DataFrame:
+        # before any per-attempt work (a run's start asks only about its own job and date)
+        if as_of is not None:
+            df = df[df["as_of"].astype(str) == str(as_of)]
+        return df[df["job"] == job] if job is not None else df
 
     cols = ["run_id", "job", "as_of", "status", "started_at", "duration_s", "outputs", "error"]
     attempts, runs = _read(root, ATTEMPTS_TABLE), _read(root, RUNS_TABLE)
     if attempts is None:
         attempts = pd.DataFrame(columns=["run_id", "job", "as_of", "started_at", "outputs"])
+    attempts = narrow(attempts)
     finished = {}
     if runs is not None:
-        for r in runs.itertuples():
+        for r in narrow(runs).itertuples():
             outs = [f"{o['name']} v{o['version']}" for o in (r.outputs if r.outputs is not None else [])]
             finished[r.run_id] = {"run_id": r.run_id, "job": r.job, "as_of": str(r.as_of), "status": r.status,
-                                  "started_at": pd.Timestamp(r.started_at, tz="UTC") if pd.Timestamp(r.started_at).tzinfo
-                                  is None else pd.Timestamp(r.started_at),
-                                  "duration_s": r.duration_s, "outputs": outs, "error": r.error}
-    now = pd.Timestamp(now or dt.datetime.now(dt.timezone.utc))
+                                  "started_at": utc(r.started_at), "duration_s": r.duration_s, "outputs": outs,
+                                  "error": r.error}
+    now = utc(now or dt.datetime.now(dt.timezone.utc))
     rows = list(finished.values())
     for a in attempts.itertuples():
         if a.run_id in finished:
             continue
-        started = pd.Timestamp(a.started_at)
+        started = utc(a.started_at)
         later = attempts[(attempts["job"] == a.job) & (attempts["as_of"] == a.as_of)
                          & (attempts["started_at"] > a.started_at)]
         abandoned = len(later) > 0 or now - started > pd.Timedelta(ABANDONED_AFTER)
@@ -121,10 +130,6 @@ def history(root: str, as_of: dt.date | str | None = None, job: str | None = Non
                      "duration_s": None, "outputs": partial_versions(root, a.run_id, list(a.outputs)),
                      "error": None})
     out = pd.DataFrame(rows, columns=cols)
-    if as_of is not None:
-        out = out[out["as_of"] == str(as_of)]
-    if job is not None:
-        out = out[out["job"] == job]
     return out.sort_values("started_at", ascending=False, kind="stable").reset_index(drop=True)
 
 
