@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from recfactory.jobs.runtime.env import RUNS_TABLE, arrow_uri, normalize_warehouse, validate_table_name   # no pyspark
+from recfactory.jobs.runtime.env import arrow_uri, normalize_warehouse, validate_table_name   # no pyspark
+from recfactory.jobs.runtime.publication import NotPublishedError
 
-
-class NotPublishedError(LookupError):
-    """No succeeded run published the table for the date."""
+__all__ = ["NotPublishedError", "Published", "read"]
 
 
 @dataclass(frozen=True)
@@ -108,28 +107,19 @@ def _producers(table: str) -> list[str] | None:
 def read(warehouse: str, table: str, as_of: dt.date | str) -> Published:
     """The publication of ``table`` for ``as_of``: the version named by the latest succeeded run
     of its job for that date (NotPublishedError naming the job when there is none)."""
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
-
+    from recfactory.jobs.runtime.publication import read_runs, resolve_for_date
 
     root = normalize_warehouse(warehouse)
     validate_table_name(table)
     day = dt.date.fromisoformat(str(as_of))
+    runs = read_runs(root)
+    if not runs:
+        raise NotPublishedError(f"no runs recorded under {root}")
     try:
-        runs = DeltaTable(arrow_uri(root, RUNS_TABLE)).to_pyarrow_dataset().to_table(
-            filter=(pc.field("status") == "succeeded") & (pc.field("as_of") == day),
-            columns=["run_id", "job", "finished_at", "outputs"]).to_pylist()
-    except Exception as e:  # noqa: BLE001 - no _runs table: nothing was ever published
-        raise NotPublishedError(f"no runs recorded under {root}") from e
-    best = None
-    for r in sorted(runs, key=lambda r: r["finished_at"]):
-        for o in r["outputs"] or []:
-            if o["name"] == table:
-                best = (int(o["version"]), r["run_id"], r["job"])
-    if best is None:
+        return Published(root, table, day, *resolve_for_date(root, table, day, runs))
+    except NotPublishedError:
         jobs = _producers(table)        # only now: it imports every job (and pyspark)
         if jobs == []:
-            raise ValueError(f"no recfactory job writes a table {table!r}")
+            raise ValueError(f"no recfactory job writes a table {table!r}") from None
         raise NotPublishedError(f"{table} has no publication for {day}: run {' or '.join(jobs or ['its job'])} "
-                                "for that date")
-    return Published(root, table, day, *best)
+                                "for that date") from None

@@ -75,14 +75,10 @@ def task_params_schema(step: Step) -> Param:
 def read_run(root: str, run_id: str) -> dict[str, Any] | None:
     """The `_runs` row of a run (delta-rs; no Spark in the Airflow worker), or None."""
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
 
-    path = arrow_uri(root, "_runs")
-    try:
-        table = DeltaTable(path).to_pyarrow_dataset().to_table(filter=pc.field("run_id") == run_id)
-    except Exception:  # noqa: BLE001 - no _runs table yet
-        return None
-    rows = table.to_pylist()
+    from recfactory.jobs.runtime.publication import read_small
+
+    rows = read_small(root, "_runs", filter=pc.field("run_id") == run_id)
     return rows[0] if rows else None
 
 

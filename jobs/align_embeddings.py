@@ -33,6 +33,7 @@ from recfactory.features.sequences import visible_events
 from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, side_field_columns
 from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
 from recfactory.features.synthetic import seeded_hash
+from recfactory.jobs.runtime.env import RUNS_TABLE
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k, simtier, u2i_pairs
@@ -167,12 +168,13 @@ class AlignEmbeddingsJob(Job):
         # the checkpoint is keyed by the date, the params and every input version read: a rerun after
         # an upstream change trains afresh instead of resuming a model of other data
         key = hashlib.sha256(json.dumps([ctx.manifest()["params_hash"], sorted(
-            (r.name, r.version, r.fingerprint) for r in ctx.inputs)], default=str).encode()).hexdigest()[:16]
+            (r.name, r.version, r.fingerprint) for r in ctx.inputs if r.name != RUNS_TABLE)],   # data, not the log
+            default=str).encode()).hexdigest()[:16]
         res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{key}")
         # the aligned embeddings published before this run (SimTier's previous-date model), pinned now
         # (after the checkpoint key: they do not change the training; before this run's own write:
         # the lineage would have it read what it wrote)
-        published = ctx.read("aligned_embeddings") if ctx.warehouse.exists("aligned_embeddings") else None
+        published = ctx.read("aligned_embeddings") if ctx.has("aligned_embeddings") else None
         for e in res.history:
             ctx.metrics[f"loss.epoch{int(e['epoch']) + 1}"] = round(float(e["loss"]), 6)
         ctx.metrics["temperature"] = round(float(res.history[-1]["temperature"]), 6) if res.history else spec.temperature
@@ -244,7 +246,7 @@ class AlignEmbeddingsJob(Job):
     def _simtier(ctx: RunContext, p: AlignParams, pos, published) -> None:
         """SimTier per training sample of the date (when build_training_samples ran for it), from the
         previous date's aligned embeddings only (`point_in_time_simtier`)."""
-        if not ctx.warehouse.exists("training_samples"):
+        if not ctx.has("training_samples"):
             ctx.notes["simtier"] = "skipped: no training_samples table"
             return
         samples = ctx.read("training_samples").where(F.col("ds") == F.lit(ctx.as_of))

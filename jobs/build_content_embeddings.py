@@ -80,7 +80,7 @@ class BuildContentEmbeddingsJob(Job):
         n_items = items.count()
         ctx.row_counts["items"] = n_items
         previous = None
-        if p.reuse_previous and ctx.warehouse.exists("content_embeddings"):
+        if p.reuse_previous and ctx.has("content_embeddings"):
             previous = latest_snapshot(ctx, "content_embeddings")
         cores = ctx.spark.sparkContext.defaultParallelism
         outs, bad, cached = [], [], [items]

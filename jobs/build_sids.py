@@ -412,7 +412,7 @@ class BuildSidsJob(Job):
         A date continues from the previous date only: never from an older one across a gap (that
         fails, naming the missing date, unless --new-generation starts a new chain), never from a
         later one. So rerunning a date after later dates ran gives its first run's rows."""
-        if not ctx.warehouse.exists("semantic_ids"):
+        if not ctx.has("semantic_ids"):
             return None, None, None, None, None
         prev = ctx.as_of - dt.timedelta(days=1)
         sids = ctx.read("semantic_ids")
@@ -518,7 +518,7 @@ class BuildSidsJob(Job):
     def _neighbors(ctx: RunContext, p: SidParams, items: np.ndarray) -> list[np.ndarray] | None:
         """Each item's top eval_k behaviour neighbours (row indices into `items`), or None when
         item_similarity has no partition for the as-of."""
-        if not ctx.warehouse.exists("item_similarity"):
+        if not ctx.has("item_similarity"):
             ctx.notes["prefix_recall"] = "skipped: no item_similarity table"
             return None
         sims = ctx.read("item_similarity").where((F.col("ds") == F.lit(ctx.as_of)) & (F.col("algo") == p.eval_algo))

@@ -213,7 +213,7 @@ class IngestJob(Job):
         order of `validation.EVENT_PREFERENCE` (the same winner whatever the order of the loads)."""
         name = "events_clean"
         span = events.agg(F.min("ds"), F.max("ds")).first()
-        if ctx.warehouse.exists(name):
+        if ctx.has(name):
             published = ctx.read(name)
             if span[0] is not None:
                 published = published.where(F.col("ds").between(span[0], span[1]))

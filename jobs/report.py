@@ -171,7 +171,7 @@ class ReportJob(Job):
     def _read(self, name: str, job: str, latest: bool = False):
         """The table's partition of the date (or, with latest, the latest one at or before it), ds kept
         out; Missing naming the job when there is none."""
-        if not self.ctx.warehouse.exists(name):
+        if not self.ctx.has(name):
             raise Missing(f"{name} does not exist (run {job})")
         df = self._load(name)
         if latest:
@@ -205,7 +205,7 @@ class ReportJob(Job):
         return self._runs_pdf
 
     def _collect_runs(self) -> pd.DataFrame:
-        if not self.ctx.warehouse.exists(RUNS_TABLE):
+        if not self.ctx.has(RUNS_TABLE):
             raise Missing(f"{RUNS_TABLE} does not exist (no job ran on this warehouse)")
         runs = self._load(RUNS_TABLE).where((F.col("as_of") == F.lit(self.ctx.as_of))
                                                & (F.col("job") != self.name)).select(
@@ -359,7 +359,7 @@ class ReportJob(Job):
         return top["item_id"].tolist()
 
     def _neighbor_examples(self) -> str:
-        if not self.ctx.warehouse.exists("events_clean"):
+        if not self.ctx.has("events_clean"):
             raise Missing("events_clean does not exist (run ingest)")
         titles = self.titles()
         items = self._example_items()
@@ -615,7 +615,7 @@ class ReportJob(Job):
         plt = pyplot()
         rows, reasons = [], []
         for name in QUARANTINES:
-            if not self.ctx.warehouse.exists(name):
+            if not self.ctx.has(name):
                 rows.append({"table": name, "rows": None, "note": "not built"})
                 continue
             q = self._load(name).where(F.col("ds") == F.lit(self.ctx.as_of))

@@ -82,7 +82,7 @@ def ingested(movielens_run, tmp_path_factory):
     return Path(wh), base
 
 
-def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested):
+def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested, spark):
     src, base = ingested
     tables = ("item_similarity", "similarity_metrics", "similarity_cap_report")
     args = ("--algos", "swing,itemcf", "--evaluate")
@@ -142,6 +142,17 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested)
         expected["item_similarity"][1]
     with pytest.raises(tables.NotPublishedError, match="run build_similarity"):
         tables.read(str(wh), "item_similarity", "1998-01-01")
+    # ... and so does every reader inside the factory (the next job, the report): the killed
+    # attempt's v2 is the newest version of item_similarity, the factory reads v1
+    from recfactory.jobs.runtime.delta_io import Warehouse
+    from recfactory.jobs.runtime.job import RunContext
+    from recfactory.jobs.runtime.params import JobParams
+
+    ctx = RunContext(spark, Warehouse(spark, str(wh)), JobParams(warehouse=str(wh), as_of=D), job="downstream")
+    read = ctx.read("item_similarity")
+    assert [(i.name, i.version) for i in ctx.inputs if i.name != "_runs"] == [("item_similarity", 1)]
+    assert sorted(map(str, read.toPandas().drop(columns=run_specific).astype(str).itertuples(index=False))) == \
+        expected["item_similarity"][1]
 
 
 def test_jobs_writing_different_tables_run_concurrently(ingested):

@@ -56,13 +56,10 @@ def record_start(root: str, run_id: str, job: str, as_of: dt.date, params_hash: 
 
 
 def _read(root: str, table: str) -> pd.DataFrame | None:
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from recfactory.jobs.runtime.publication import read_small
 
-    try:
-        return DeltaTable(arrow_uri(root, table)).to_pandas()
-    except (TableNotFoundError, FileNotFoundError, OSError):
-        return None
+    rows = read_small(root, table, arrow=True)
+    return None if rows is None else rows.to_pandas()
 
 
 def partial_versions(root: str, run_id: str, outputs) -> list[str]:

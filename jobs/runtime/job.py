@@ -130,6 +130,9 @@ class RunContext:
     row_counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    runs_version: int | None = None        # the `_runs` version publications resolve against (None: newest)
+    _runs: list[dict] | None = field(default=None, repr=False)          # `_runs` as the run's first read saw it
+    _publications: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def as_of(self) -> dt.date:
@@ -140,10 +143,54 @@ class RunContext:
         return as_of_end(self.params.as_of)
 
     # inputs
+    def publication(self, name: str):
+        """The table's publication (``publication.resolve``), from `_runs` as this run first saw it."""
+        from recfactory.jobs.runtime.publication import resolve, runs_at
+
+        if name not in self._publications:
+            if self._runs is None:
+                # pinned and recorded as an input: a replay resolves the same publications
+                self._runs, version = runs_at(self.warehouse.root, self.runs_version)
+                if version is not None:
+                    self.inputs.append(InputRef(RUNS_TABLE, self.warehouse.path(RUNS_TABLE), "delta", version=version))
+            self._publications[name] = resolve(self.warehouse.root, name, self._runs)
+        return self._publications[name]
+
+    def has(self, name: str) -> bool:
+        """The table exists and something of it is readable: published, or written outside the factory."""
+        from recfactory.jobs.runtime.publication import NotPublishedError
+
+        if not self.warehouse.exists(name):
+            return False
+        try:
+            self.publication(name)
+        except NotPublishedError:
+            return False
+        return True
+
     def read(self, name: str, version: int | None = None, timestamp: str | None = None):
-        df, ref = self.warehouse.read(name, version=version, timestamp=timestamp)
+        """The table as published (``publication``): at the newest version a succeeded run named, each
+        date whose rows there an unpublished write replaced read at its publisher's version instead;
+        a table no factory run wrote at its newest version. An explicit version or timestamp pins it."""
+        from pyspark.sql import functions as F
+
+        pub = self.publication(name) if version is None and timestamp is None else None
+        df, ref = self.warehouse.read(name, version=pub.version if pub else version, timestamp=timestamp)
         self.inputs.append(ref)
-        return df
+        if pub is None or not pub.dirty or "ds" not in df.columns:
+            return df
+        log.warning("%s: the rows of %s are read at their publishing runs' versions (an unpublished write "
+                    "replaced them in v%d)", name, ", ".join(sorted(pub.dirty)), pub.version)
+        out = None
+        for v, keep, dates in pub.plan():
+            if v == pub.version:
+                part = df
+            else:
+                part, r = self.warehouse.read(name, version=v)
+                self.inputs.append(r)
+            part = part.where(F.col("ds").isin(dates) if keep else ~F.col("ds").isin(dates))
+            out = part if out is None else out.unionByName(part, allowMissingColumns=True)
+        return out
 
     def read_path(self, path: str, **kw):
         df, ref = self.warehouse.read_path(path, **kw)
