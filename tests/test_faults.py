@@ -5,6 +5,7 @@ concurrently do not conflict."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -224,3 +225,50 @@ def test_sigkill_of_build_sids_after_its_new_codebooks_keeps_the_ids_a_rerun_ass
     for t in tables:
         assert got[t][1] == expected[t][1], t
     assert got["sid_codebooks"][0] == 1                  # the orphan version replaced, not added to
+
+
+def test_two_runs_of_the_same_date_at_once_publish_one_consistent_set_and_other_dates_run_alongside(ingested):
+    """An impatient manual rerun next to a retry: two build_similarity runs of the same date, with
+    different --top-k, at once — beside a run of the previous date. The other date succeeds. A write
+    that loses Delta's optimistic concurrency on a partition is redone against the new snapshot, so
+    both usually succeed; the date's publication is the run that finished last, and every table of
+    the date, as a trainer and as the next job read it, comes from that one run: never a mix. (A
+    run whose retries run out fails naming the concurrent writer and publishes nothing.)"""
+    from deltalake import DeltaTable
+
+    from recfactory import tables
+    from recfactory.jobs.runtime.publication import read_arrow
+
+    src, base = ingested
+    wh = base / "same-date"
+    shutil.copytree(src, wh)
+    outs = ("item_similarity", "similarity_cap_report", "similarity_metrics")
+    args = ("--algos", "swing", "--evaluate")
+    procs = {k: _start("build_similarity", str(wh), *args, "--top-k", k) for k in ("5", "9")}
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("RECFACTORY_RUN_ID", None)
+    other = subprocess.Popen([sys.executable, "-m", "recfactory", "build_similarity", "--warehouse", str(wh),
+                              "--as-of", "1998-04-29", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    assert other.wait(timeout=900) == 0, other.stdout.read()[-3000:]
+    codes = {k: p.wait(timeout=900) for k, p in procs.items()}
+    logs = {k: p.stdout.read() for k, p in procs.items()}
+    assert 0 in codes.values(), logs
+    for k, c in codes.items():
+        if c != 0:
+            assert "another writer committed to" in logs[k] and "publishes nothing" in logs[k], logs[k][-3000:]
+    runs = DeltaTable(str(wh / "_runs")).to_pandas()
+    pair = runs[runs["as_of"].astype(str) == D]
+    assert len(pair) == 2 and pair["started_at"].max() < pair["finished_at"].min()     # they did overlap
+    ok = pair[pair["status"] == "succeeded"].sort_values("finished_at")
+    winner = ok.iloc[-1]
+    top_k = json.loads(winner["params"])["top_k"]
+    pubs = {t: tables.read(str(wh), t, D) for t in outs}
+    assert {p.run_id for p in pubs.values()} == {winner["run_id"]}
+    named = {o["name"]: int(o["version"]) for o in winner["outputs"]}
+    assert {t: p.version for t, p in pubs.items()} == {t: named[t] for t in outs}
+    sims = pubs["item_similarity"].to_pandas()
+    assert sims["n_neighbors"].max() == top_k                             # the winner's rows, not the loser's
+    inside = read_arrow(str(wh), "item_similarity").to_pandas()
+    assert inside.loc[inside["ds"].astype(str) == D, "n_neighbors"].max() == top_k
+    assert len(inside[inside["ds"].astype(str) == "1998-04-29"]) > 0     # the other date, published beside it

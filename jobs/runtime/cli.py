@@ -9,6 +9,8 @@ Extra commands:
                           Airflow DAG's graph without Airflow (--help for its flags)
   recfactory runs         the history of attempts (--warehouse W [--as-of D] [--job J]): status,
                           duration, published versions; abandoned attempts with their partial versions
+  recfactory replay       re-run a recorded run from its manifest and compare its outputs with the
+                          recorded versions (--warehouse W RUN_ID); exit 0 only when all match
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, JOBS, QualityGateError, load_job, run_job
 from recfactory.jobs.runtime.params import params_table
 
-USAGE = "usage: recfactory {setup,jobs,params-doc,pipeline,runs," + ",".join(JOBS) + "} [flags]  (--help per job)"
+USAGE = "usage: recfactory {setup,jobs,params-doc,pipeline,runs,replay," + ",".join(JOBS) + "} [flags]  (--help per job)"
 
 
 def setup() -> int:
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from recfactory.jobs.runtime.attempts import runs_main
 
         return runs_main(rest)
+    if cmd == "replay":
+        from recfactory.jobs.runtime.replay import replay_main
+
+        return replay_main(rest)
     if cmd not in JOBS:
         print(f"unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,6 +93,22 @@ def _commit_user_metadata(spark, meta: str):
             spark.conf.unset(key)
 
 
+def is_write_conflict(e: BaseException) -> bool:
+    """A Delta optimistic-concurrency conflict: another writer committed first (Delta's
+    ConcurrentAppend/ConcurrentDelete*/MetadataChanged... exceptions, as pyspark converts them, or
+    their error classes in a JVM error's text)."""
+    try:
+        from delta.exceptions import DeltaConcurrentModificationException
+
+        if isinstance(e, DeltaConcurrentModificationException):
+            return True
+    except ImportError:
+        pass
+    text = f"{type(e).__name__} {str(e)[:600]}"
+    return any(s in text for s in ("ConcurrentAppend", "ConcurrentDelete", "ConcurrentWrite", "ConcurrentTransaction",
+                                   "ProtocolChanged", "MetadataChanged", "DELTA_CONCURRENT", "FileAlreadyExists"))
+
+
 def is_delta(spark, path: str) -> bool:
     from delta.tables import DeltaTable
 
@@ -108,7 +125,17 @@ class Warehouse:
         self.spark = spark
         self.root = normalize_warehouse(root)
 
+    @property
+    def read_root(self) -> str:
+        """The root tables are read from (and publications resolved in)."""
+        return self.root
+
     def path(self, name: str) -> str:
+        """Where table `name` is read from."""
+        return table_path(self.root, name)
+
+    def write_path(self, name: str) -> str:
+        """Where table `name` is written (the same place, except for a replay's scratch copy)."""
         return table_path(self.root, name)
 
     def arrow_path(self, *parts: str) -> str:
@@ -188,6 +215,7 @@ class Warehouse:
         partition_by: tuple[str, ...] = ("ds",),
         mode: str = "partition",
         where: dict[str, str] | None = None,
+        attempts: int = 8,
     ) -> OutputRef:
         """One atomic Delta commit.
 
@@ -196,7 +224,7 @@ class Warehouse:
         mode="append": append (idempotent when commit.txn_app_id/txn_version are set);
         mode="overwrite": replace the whole table.
         """
-        path = self.path(name)
+        path = self.write_path(name)
         w = df.write.format("delta").option("userMetadata", json.dumps(commit.user_metadata, sort_keys=True, default=str))
         if commit.txn_app_id is not None:
             w = w.option("txnAppId", commit.txn_app_id).option("txnVersion", commit.txn_version or 0)
@@ -215,7 +243,17 @@ class Warehouse:
             raise ValueError(f"unknown write mode {mode!r}")
         if partition_by:
             w = w.partitionBy(*partition_by)
-        w.save(path)
+        for attempt in range(attempts):
+            try:
+                w.save(path)
+                break
+            except Exception as e:  # noqa: BLE001 - only Delta's write conflicts are retried
+                # another writer committed first (a concurrent run of the same date replacing the same
+                # partition): the replacement is idempotent, so it is redone against the new snapshot;
+                # which run's rows a reader gets is then publication's choice (runtime.publication)
+                if not is_write_conflict(e) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         version, rows = self._commit_of(path, commit.run_id)
         return OutputRef(name, path, version, rows, ds.isoformat() if ds else None)
 
@@ -230,18 +268,15 @@ class Warehouse:
         MERGE read); the loser re-runs the MERGE against the new snapshot, which is idempotent.
         The table is created (partitioned by `partition`) when it does not exist.
         """
-        import time
-
-        from delta.exceptions import DeltaConcurrentModificationException
         from delta.tables import DeltaTable
         from pyspark.sql import functions as F
 
-        path = self.path(name)
+        path = self.write_path(name)
         meta = json.dumps(commit.user_metadata, sort_keys=True, default=str)
         span = df.agg(F.min(partition), F.max(partition)).first()
         for attempt in range(attempts):
             try:
-                if not self.exists(name):
+                if not is_delta(self.spark, path):
                     (df.write.format("delta").mode("append").option("userMetadata", meta)
                      .partitionBy(partition).save(path))
                     version, rows = self._commit_of(path, commit.run_id)
@@ -261,11 +296,7 @@ class Warehouse:
                 return UpsertRef(name, path, version, inserted=int(metrics.get("numTargetRowsInserted", 0)),
                                  updated=int(metrics.get("numTargetRowsUpdated", 0)))
             except Exception as e:  # noqa: BLE001 - only Delta's write conflicts are retried
-                conflict = isinstance(e, DeltaConcurrentModificationException) or any(
-                    s in type(e).__name__ or s in str(e)[:300] for s in
-                    ("ConcurrentAppend", "ConcurrentDelete", "ConcurrentWrite", "ProtocolChanged",
-                     "MetadataChanged", "DELTA_CONCURRENT", "FileAlreadyExists"))
-                if not conflict or attempt == attempts - 1:
+                if not is_write_conflict(e) or attempt == attempts - 1:
                     raise
                 time.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
@@ -285,7 +316,7 @@ class Warehouse:
 
     def set_table_properties(self, name: str, props: dict[str, str]) -> None:
         items = ", ".join(f"'{k}' = '{v}'" for k, v in props.items())
-        self.spark.sql(f"ALTER TABLE delta.`{self.path(name)}` SET TBLPROPERTIES ({items})")
+        self.spark.sql(f"ALTER TABLE delta.`{self.write_path(name)}` SET TBLPROPERTIES ({items})")
 
 
 def files_fingerprint(df) -> str:

@@ -54,6 +54,11 @@ class QualityGateError(RuntimeError):
     """A quality check failed: nothing after it is published."""
 
 
+class ConcurrentRunError(RuntimeError):
+    """Another run committed to one of this run's tables first (Delta's optimistic concurrency):
+    this run stops and publishes nothing."""
+
+
 # exit status of a job process whose quality gate failed (nothing published): not worth a retry
 GATE_EXIT_CODE = 3
 
@@ -130,7 +135,9 @@ class RunContext:
     row_counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
-    runs_version: int | None = None        # the `_runs` version publications resolve against (None: newest)
+    # a replay's recorded Delta input versions, by path, in the order the run read them: tables with
+    # no publication, `_runs` (which publications resolve against) and paths are read at exactly these
+    pins: dict[str, list[int]] = field(default_factory=dict)
     _runs: list[dict] | None = field(default=None, repr=False)          # `_runs` as the run's first read saw it
     _publications: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -150,11 +157,15 @@ class RunContext:
         if name not in self._publications:
             if self._runs is None:
                 # pinned and recorded as an input: a replay resolves the same publications
-                self._runs, version = runs_at(self.warehouse.root, self.runs_version)
+                self._runs, version = runs_at(self.warehouse.read_root, self._pin(self.warehouse.path(RUNS_TABLE)))
                 if version is not None:
                     self.inputs.append(InputRef(RUNS_TABLE, self.warehouse.path(RUNS_TABLE), "delta", version=version))
-            self._publications[name] = resolve(self.warehouse.root, name, self._runs)
+            self._publications[name] = resolve(self.warehouse.read_root, name, self._runs)
         return self._publications[name]
+
+    def _pin(self, path: str) -> int | None:
+        versions = self.pins.get(path)
+        return versions.pop(0) if versions else None
 
     def has(self, name: str) -> bool:
         """The table exists and something of it is readable: published, or written outside the factory."""
@@ -175,6 +186,8 @@ class RunContext:
         from pyspark.sql import functions as F
 
         pub = self.publication(name) if version is None and timestamp is None else None
+        if pub is None and version is None and timestamp is None:
+            version = self._pin(self.warehouse.path(name))
         df, ref = self.warehouse.read(name, version=pub.version if pub else version, timestamp=timestamp)
         self.inputs.append(ref)
         if pub is None or not pub.dirty or "ds" not in df.columns:
@@ -193,6 +206,8 @@ class RunContext:
         return out
 
     def read_path(self, path: str, **kw):
+        if kw.get("version") is None and kw.get("timestamp") is None:
+            kw["version"] = self._pin(path)
         df, ref = self.warehouse.read_path(path, **kw)
         self.inputs.append(ref)
         return df
@@ -218,13 +233,34 @@ class RunContext:
 
     def write(self, df, name: str, mode: str = "partition", partition_by=("ds",),
               where: dict[str, str] | None = None) -> OutputRef:
+        from recfactory.jobs.runtime.delta_io import is_write_conflict
+
         commit = CommitProperties(run_id=self.run_id, user_metadata=self.manifest())
-        ref = self.warehouse.write(df, name, commit, ds=self.as_of, partition_by=partition_by, mode=mode,
-                                   where=where)
+        try:
+            ref = self.warehouse.write(df, name, commit, ds=self.as_of, partition_by=partition_by, mode=mode,
+                                       where=where)
+        except Exception as e:
+            if not is_write_conflict(e):
+                raise
+            raise ConcurrentRunError(self._conflict_message(name)) from e
         self.outputs.append(ref)
         log.info("wrote %s v%d (%d rows)", name, ref.version, ref.rows)
         return ref
 
+
+    def _conflict_message(self, name: str) -> str:
+        from recfactory.jobs.runtime.attempts import history
+
+        try:
+            h = history(self.warehouse.root, as_of=self.as_of, job=self.job)
+            others = [f"run {r.run_id[:8]} ({r.status}, started {r.started_at:%H:%M:%S} UTC)"
+                      for r in h.itertuples() if r.run_id != self.run_id and r.status in ("running", "succeeded")]
+        except Exception:  # noqa: BLE001 - the message only
+            others = []
+        return (f"{self.job} for {self.as_of}: another writer committed to {name} while this run wrote it"
+                + (f" ({', '.join(others[:3])} of the same job and date)" if others else "")
+                + ". This run stops and publishes nothing; the date's publication is the other run's "
+                "(rerun once it has finished if this one's parameters are wanted).")
 
     def upsert(self, df, name: str, key: str, partition: str = "ds", prefer: str | None = None):
         """One MERGE commit of `df` into `name` on (partition, key) (see `Warehouse.upsert`)."""
@@ -317,7 +353,9 @@ def _record_start(ctx: RunContext, job_cls: type[Job]) -> None:
                     f"; it left {', '.join(r.outputs)}" if len(r.outputs) else ", nothing written")
 
 
-def execute(job_cls: type[Job], params: JobParams, spark=None) -> RunContext:
+def execute(job_cls: type[Job], params: JobParams, spark=None, warehouse: Warehouse | None = None,
+            pins: dict[str, list[int]] | None = None) -> RunContext:
+    """Run the job and record the run. ``warehouse`` and ``pins``: a replay's (``runtime.replay``)."""
     from recfactory.jobs.runtime.spark import get_spark
 
     # libraries log at WARNING (py4j logs every transparently retried pooled connection at INFO, with
@@ -326,8 +364,8 @@ def execute(job_cls: type[Job], params: JobParams, spark=None) -> RunContext:
     logging.getLogger("recfactory").setLevel(os.environ.get("RECFACTORY_LOG_LEVEL", "INFO"))
     install_log_redaction()
     spark = spark or get_spark(f"recfactory-{job_cls.name}")
-    ctx = RunContext(spark=spark, warehouse=Warehouse(spark, params.warehouse), params=params,
-                     job=job_cls.name)
+    ctx = RunContext(spark=spark, warehouse=warehouse or Warehouse(spark, params.warehouse), params=params,
+                     job=job_cls.name, pins={k: list(v) for k, v in (pins or {}).items()})
     log.info("run %s: %s as of %s (params %s)", ctx.run_id, job_cls.name, params.as_of,
              params_hash(params))
     _record_start(ctx, job_cls)
