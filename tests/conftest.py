@@ -23,8 +23,15 @@ os.environ.setdefault("RECFACTORY_DRIVER_MEMORY", "3g")
 # Every JVM of the run (the session's Spark, each spark-submit of the Airflow tests, the standalone
 # cluster's master, worker and executors) is short-lived and works on tiny data: the C1 JIT only and
 # the serial collector halve its CPU time (measured on `build_sequences` under spark-submit: 78 s →
-# 30 s of CPU). A test-only setting: production JVMs keep the JVM's defaults.
-os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# 30 s of CPU); interpreted expressions instead of whole-stage code generation (Janino compiles every
+# new query shape in every new JVM) and one scan split per few hundred small files take another
+# quarter off (`build_cross_stats` in a fresh process: 69 s → 47 s). Spark's SQL settings are read
+# from `spark.*` JVM system properties, so they reach spark-submit's drivers too. Test-only: production
+# JVMs, and `make bench` (BENCH_RUN set), keep Spark's and the JVM's defaults.
+TEST_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dspark.sql.codegen.wholeStage=false "
+                    "-Dspark.sql.codegen.factoryMode=NO_CODEGEN -Dspark.sql.files.maxPartitionBytes=1073741824")
+if not os.environ.get("BENCH_RUN"):
+    os.environ.setdefault("JAVA_TOOL_OPTIONS", TEST_JVM_OPTIONS)
 # Under pytest-xdist each worker is its own Spark driver and local Ray: its own scratch space
 # (spark.local.dir, Ray's temp dir), so two workers never share a Ray session folder.
 if os.environ.get("PYTEST_XDIST_WORKER"):

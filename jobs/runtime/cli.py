@@ -11,6 +11,8 @@ Extra commands:
                           duration, published versions; abandoned attempts with their partial versions
   recfactory replay       re-run a recorded run from its manifest and compare its outputs with the
                           recorded versions (--warehouse W RUN_ID); exit 0 only when all match
+  recfactory vacuum       remove data files older than --retain-days N that no run of those days
+                          and no current publication reads (replay keeps working for the window)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, JOBS, QualityGateError, load_job, run_job
 from recfactory.jobs.runtime.params import params_table
 
-USAGE = "usage: recfactory {setup,jobs,params-doc,pipeline,runs,replay," + ",".join(JOBS) + "} [flags]  (--help per job)"
+USAGE = "usage: recfactory {setup,jobs,params-doc,pipeline,runs,replay,vacuum," + ",".join(JOBS) + "} [flags]  (--help per job)"
 
 
 def setup() -> int:
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from recfactory.jobs.runtime.replay import replay_main
 
         return replay_main(rest)
+    if cmd == "vacuum":
+        from recfactory.jobs.runtime.vacuum import vacuum_main
+
+        return vacuum_main(rest)
     if cmd not in JOBS:
         print(f"unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
         return 2
