@@ -41,8 +41,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The longest test files first, so that `pytest -n 2 --dist loadfile --no-loadscope-reorder` starts
 # them at once and the short ones fill in around them (a file runs in one worker: module fixtures
-# are shared). xdist hands each worker two files to begin with: the DAG tests' worker gets a short
-# one as its second, the other worker takes the rest as it goes.
+# are shared): the two DAG files, each about half an hour, start on the two workers.
 LONGEST_FIRST = ("test_dags.py", "test_faults.py", "test_params.py", "test_backfill.py", "test_alignment.py",
                  "test_cli.py", "test_pipeline.py", "test_point_in_time.py", "test_hostile_input.py")
 
@@ -228,13 +227,13 @@ def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1, object_store_
         _stop(cluster.procs)
 
 
-@pytest.fixture()
-def spark_cluster(tmp_path):
-    with spark_standalone(tmp_path / "spark") as c:
+@pytest.fixture(scope="module")
+def spark_cluster(tmp_path_factory):
+    with spark_standalone(tmp_path_factory.mktemp("spark")) as c:
         yield c
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def ray_two_nodes():
     # short path: Ray's socket names must fit in 107 characters. Two logical CPUs per node, as a
     # local Ray on this machine has: tasks that take a whole node's threads run with the same count.

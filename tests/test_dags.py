@@ -1,14 +1,17 @@
 """The Airflow DAGs: import, structure, and a real `airflow dags test` of the daily DAG on a slice of
-MovieLens (SQLite metadata DB, spark-submit local[*], local Ray), its rerun, the weekly refit, a
-failed quality gate — and the same daily DAG on real clusters (a Spark standalone master + worker
-and a two-node Ray cluster on localhost, the package shipped as a wheel), whose tables must equal
-the local run's."""
+MovieLens (SQLite metadata DB) on real clusters — a Spark standalone master + worker and a two-node
+Ray cluster on localhost, the package shipped as a wheel. Then every one of its runs is replayed
+from its manifest in local mode (local Spark, local Ray, this checkout): each job, given the inputs
+the cluster run read, must write bitwise the tables the cluster run wrote (`recfactory replay`) —
+both "cluster mode equals local mode", job by job, and "replay of every job of the daily DAG
+test's warehouse reproduces it". Then, on the same deployment in local mode (spark-submit
+local[*], local Ray): its report, a refused run conf, a rerun, the weekly refit, a failed quality
+gate, backfills."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shlex
 import sqlite3
@@ -26,11 +29,13 @@ from recfactory.jobs.runtime.pipeline import DAILY, WEEKLY, upstream
 pytestmark = [pytest.mark.airflow]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+ROOT = Path(__file__).resolve().parents[1]
 D = "1998-05-02"            # a Saturday: the weekly run of [1998-04-26, 1998-05-03) has this as-of
 DAY = dt.date.fromisoformat(D)
 BIN = Path(sys.executable).parent
 USERS = 200                 # the slice: MovieLens users 1..200 (19,747 of the 100,000 ratings), every item
-# small but real: every step runs, with the heavy ones scaled down (ingest's paths: the fixture's)
+# small but real: every step runs, with the heavy ones scaled down (ingest's paths: the slice's)
 CONF = {
     "build_similarity": {"algos": ["swing"]},
     "build_graph_embeddings": {"walks_per_node": 4, "walk_length": 20, "epochs": 1, "methods": ["deepwalk"],
@@ -44,18 +49,10 @@ CONF = {
 }
 
 
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory, airflow_home):
-    home = tmp_path_factory.mktemp("airflow")
-    return airflow_home(home), home
-
-
-@pytest.fixture(scope="module")
-def conf(airflow_env):
-    """CONF plus ingest from the slice, written as parquet (ingest's --dataset tables)."""
+def slice_conf(home: Path) -> dict:
+    """CONF plus ingest from the slice, written under home as parquet (ingest's --dataset tables)."""
     from recfactory.features.sources import movielens_100k
 
-    _, home = airflow_env
     src = movielens_100k()
     events = src.events[src.events["user_id"].astype(int) <= USERS]
     events.to_parquet(home / "events.parquet", index=False)
@@ -66,6 +63,49 @@ def conf(airflow_env):
 
 def _airflow(env, *args, timeout=3600):
     return subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _build_wheel(dest: Path) -> Path:
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                          "-w", str(dest), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (wheel,) = dest.glob("recfactory-*.whl")
+    return wheel
+
+
+PROBE = """
+import json, sys
+import ray, recfactory
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+spark_files = sorted(set(spark.sparkContext.parallelize(range(8), 8)
+                         .map(lambda _: __import__("recfactory").__file__).collect()))
+print("PROBE " + json.dumps({"driver": recfactory.__file__, "executors": spark_files}))
+"""
+
+RAY_PROBE = """
+import json, ray, recfactory
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init()
+@ray.remote(num_cpus=1)
+def where():
+    import recfactory
+    return recfactory.__file__, ray.get_runtime_context().get_node_id()
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+tasks = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
+print("PROBE " + json.dumps({"driver": recfactory.__file__, "tasks": ray.get(tasks)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory, airflow_home):
+    home = tmp_path_factory.mktemp("airflow")
+    return airflow_home(home), home
+
+
+@pytest.fixture(scope="module")
+def conf(airflow_env):
+    return slice_conf(airflow_env[1])
 
 
 def test_dags_import_without_errors_and_follow_the_pipeline(airflow_env):
@@ -108,18 +148,70 @@ def _delta_versions(wh: Path) -> dict[str, int]:
     return {p.name: DeltaTable(str(p)).version() for p in sorted(wh.iterdir()) if (p / "_delta_log").exists()}
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    return _build_wheel(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def cluster_env(airflow_env, wheel, spark_cluster, ray_two_nodes):
+    """The deployment's environment pointed at the clusters: spark-submit --master spark://… with
+    --py-files recfactory.whl for the Spark steps, the Ray Jobs API (RAY_ADDRESS=http://…) for the
+    Ray steps."""
+    env, _ = airflow_env
+    rc = ray_two_nodes
+    return {**env, **{k: rc.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
+            "RECFACTORY_PY_FILES": str(wheel),
+            "AIRFLOW_CONN_RECFACTORY_SPARK": json.dumps({"conn_type": "spark", "host": spark_cluster.master_url}),
+            "RAY_ADDRESS": rc.dashboard_url, "RECFACTORY_RAY_PYTHON": sys.executable}
+
+
 @pytest.mark.spark
 @pytest.mark.ray
-@pytest.mark.timeout(2400)          # twelve spark-submits in a row
-def test_airflow_dags_test_runs_the_daily_dag(airflow_env, conf):
+def test_the_shipped_wheel_is_what_spark_executors_and_ray_workers_import(
+        tmp_path, wheel, cluster_env, spark_cluster, ray_two_nodes):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
+
+    sc, rc = spark_cluster, ray_two_nodes
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    res = subprocess.run([str(BIN / "spark-submit"), "--master", sc.master_url, "--py-files",
+                          spark_py_files(str(wheel)), str(probe)], env=cluster_env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = json.loads([x for x in res.stdout.splitlines() if x.startswith("PROBE ")][-1][6:])
+    assert all(wheel.stem in f and not f.startswith(str(ROOT)) for f in [out["driver"], *out["executors"]]), out
+    client = JobSubmissionClient(rc.dashboard_url, headers=rc.auth_header())
+    job = client.submit_job(entrypoint=shlex.join([sys.executable, "-c", RAY_PROBE]),
+                            runtime_env={"py_modules": ray_py_modules(str(wheel))})
+    t0 = time.time()
+    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.time() - t0 < 300
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
+    out = json.loads([x for x in logs.splitlines() if x.startswith("PROBE ")][-1][6:])
+    assert not str(out["driver"]).startswith(str(ROOT)) and len({n for _, n in out["tasks"]}) == 2, out
+    assert not any(f.startswith(str(ROOT)) for f, _ in out["tasks"]), out
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+@pytest.mark.timeout(3000)          # thirteen spark-submits and Ray jobs in a row
+def test_airflow_dags_test_runs_the_daily_dag_on_the_clusters(airflow_env, cluster_env, conf, spark_cluster):
     from deltalake import DeltaTable
 
-    env, home = airflow_env
+    _, home = airflow_env
     wh = home / "wh"
-    res = _airflow(env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
-    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    res = _airflow(cluster_env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text[-6000:]
+    assert spark_cluster.master_url in text and "submitted Ray job" in text
     runs = DeltaTable(str(wh / "_runs")).to_pandas()
     assert sorted(runs["job"]) == sorted(s.job for s in DAILY) and set(runs["status"]) == {"succeeded"}
+    assert spark_cluster.master_url in set(runs["spark_master"])          # the Spark steps ran on the cluster
     versions = _delta_versions(wh)
     # one asset event per output table, carrying the Delta version written
     db = sqlite3.connect(str(home / "airflow.db"))
@@ -130,6 +222,29 @@ def test_airflow_dags_test_runs_the_daily_dag(airflow_env, conf):
             if table in versions:
                 ev = events[f"recfactory.{table}"]
                 assert ev["delta_version"] == versions[table] and ev["ds"] == D and ev["job"] == s.job
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+@pytest.mark.timeout(1800)
+def test_every_run_of_the_daily_dag_replays_bitwise_in_local_mode(airflow_env, spark):
+    from deltalake import DeltaTable
+
+    from recfactory.jobs.runtime.replay import replay
+
+    _, home = airflow_env
+    wh = home / "wh"
+    if not (wh / "report_index").exists():
+        pytest.skip("needs the daily DAG run above")
+    runs = DeltaTable(str(wh / "_runs")).to_pandas().sort_values("started_at")
+    assert sorted(runs["job"]) == sorted(s.job for s in DAILY)
+    failures = []
+    for r in runs.itertuples():
+        ok, lines = replay(str(wh), r.run_id, spark=spark)
+        print(f"\nreplay of {r.job} (run on {r.spark_master}):\n  " + "\n  ".join(lines))
+        if not ok:
+            failures.append(f"{r.job}: " + "; ".join(x for x in lines if "DIFFER" in x or "REPRODUCED" in x))
+    assert not failures, failures
 
 
 @pytest.mark.spark
@@ -303,118 +418,3 @@ def test_a_later_date_then_a_backfill_and_a_rerun_of_an_old_date_leave_the_later
     for k in before:
         pandas.testing.assert_frame_equal(before[k], after[k], obj=k)
     assert len(rows("user_sequences", "1998-04-20")) > 0
-
-
-# -- real cluster mode ------------------------------------------------------------------------------
-
-# which run wrote a row (model versions are "<as-of>-<run id>"): the only columns allowed to differ
-RUN_COLUMNS = {"run_id", "model_version", "html_bytes", "trained_at"}   # the report page names its run and time
-
-
-def _daily_outputs(wh: Path, which: str = "first") -> dict[str, int]:
-    """{table: Delta version} the daily run's jobs wrote, from `_runs` (its first run of each job)."""
-    from deltalake import DeltaTable
-
-    runs = DeltaTable(str(wh / "_runs")).to_pandas().sort_values("started_at")
-    runs = runs[runs["status"] == "succeeded"].drop_duplicates("job", keep=which)
-    return {o["name"]: int(o["version"]) for outs in runs["outputs"] for o in outs}
-
-
-def _table_rows(wh: Path, table: str, version: int):
-    """The table at a version as comparable text, rows sorted; the warehouse's own location (in
-    checkpoint paths) reads as <warehouse>."""
-    from deltalake import DeltaTable
-
-    df = DeltaTable(str(wh / table), version=version).to_pandas()
-    cols = sorted(c for c in df.columns if c not in RUN_COLUMNS and not c.endswith("_seconds"))   # timings
-    text = df[cols].map(lambda v: v.hex() if isinstance(v, bytes) else str(v).replace(str(wh), "<warehouse>"))
-    return text.sort_values(cols).reset_index(drop=True)
-
-
-def _build_wheel(dest: Path) -> Path:
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                          "-w", str(dest), str(ROOT)], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    (wheel,) = dest.glob("recfactory-*.whl")
-    return wheel
-
-
-PROBE = """
-import json, sys
-import ray, recfactory
-from pyspark.sql import SparkSession
-spark = SparkSession.builder.getOrCreate()
-spark_files = sorted(set(spark.sparkContext.parallelize(range(8), 8)
-                         .map(lambda _: __import__("recfactory").__file__).collect()))
-print("PROBE " + json.dumps({"driver": recfactory.__file__, "executors": spark_files}))
-"""
-
-RAY_PROBE = """
-import json, ray, recfactory
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-ray.init()
-@ray.remote(num_cpus=1)
-def where():
-    import recfactory
-    return recfactory.__file__, ray.get_runtime_context().get_node_id()
-nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-tasks = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
-print("PROBE " + json.dumps({"driver": recfactory.__file__, "tasks": ray.get(tasks)}))
-"""
-
-
-@pytest.mark.spark
-@pytest.mark.ray
-@pytest.mark.timeout(2400)
-def test_the_daily_dag_on_spark_standalone_and_a_two_node_ray_cluster_equals_local_mode(
-        airflow_env, conf, tmp_path, spark_cluster, ray_two_nodes, airflow_home):
-    """spark-submit --master spark://127.0.0.1:<port> --py-files recfactory.whl for the Spark steps,
-    the Ray Jobs API of a two-node Ray cluster (RAY_ADDRESS=http://…) for the Ray steps: every table
-    equals, row for row and value for value, what the local-mode run of the same date wrote."""
-    import pandas.testing
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
-
-    _, home = airflow_env
-    local_wh, cluster_wh = home / "wh", tmp_path / "wh"
-    if not (local_wh / "gbdt_leaves").exists():
-        pytest.skip("needs the local daily DAG run above")
-    env = airflow_home(tmp_path)               # a second deployment, with its own warehouse
-    wheel = _build_wheel(tmp_path / "dist")
-    sc, rc = spark_cluster, ray_two_nodes
-    cenv = {**env, **{k: rc.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
-            "RECFACTORY_PY_FILES": str(wheel),
-            "AIRFLOW_CONN_RECFACTORY_SPARK": json.dumps({"conn_type": "spark", "host": sc.master_url}),
-            "RAY_ADDRESS": rc.dashboard_url, "RECFACTORY_RAY_PYTHON": sys.executable}
-    # the shipped wheel is what executors and Ray workers import (not this checkout)
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    res = subprocess.run([str(BIN / "spark-submit"), "--master", sc.master_url, "--py-files",
-                          spark_py_files(str(wheel)), str(probe)], env=cenv, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    out = json.loads([x for x in res.stdout.splitlines() if x.startswith("PROBE ")][-1][6:])
-    assert all(wheel.stem in f and not f.startswith(str(ROOT)) for f in [out["driver"], *out["executors"]]), out
-    client = JobSubmissionClient(rc.dashboard_url, headers=rc.auth_header())
-    job = client.submit_job(entrypoint=shlex.join([sys.executable, "-c", RAY_PROBE]),
-                            runtime_env={"py_modules": ray_py_modules(str(wheel))})
-    t0 = time.time()
-    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        assert time.time() - t0 < 300
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
-    out = json.loads([x for x in logs.splitlines() if x.startswith("PROBE ")][-1][6:])
-    assert not str(out["driver"]).startswith(str(ROOT)) and len({n for _, n in out["tasks"]}) == 2, out
-    assert not any(f.startswith(str(ROOT)) for f, _ in out["tasks"]), out
-
-    res = _airflow(cenv, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
-    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
-    text = res.stdout + res.stderr
-    assert sc.master_url in text and "submitted Ray job" in text
-
-    local, cluster = _daily_outputs(local_wh), _daily_outputs(cluster_wh)
-    assert set(local) == set(cluster) and len(local) > 20
-    for table in sorted(local):
-        a, b = _table_rows(local_wh, table, local[table]), _table_rows(cluster_wh, table, cluster[table])
-        pandas.testing.assert_frame_equal(a, b, obj=table)

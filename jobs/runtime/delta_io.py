@@ -320,10 +320,27 @@ class Warehouse:
 
 
 def files_fingerprint(df) -> str:
-    """Identity of a file-based input: hash of its sorted file URIs (parquet writers give every
-    new file a new name, so a changed input has a changed list)."""
+    """Identity of a file-based input: hash of its sorted file URIs with each file's size and
+    modification time (a file rewritten in place under the same name changes it too)."""
     files = sorted(df.inputFiles())
-    return hashlib.sha256("\n".join(files).encode()).hexdigest()[:16] + f":{len(files)}files"
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f}\t{_stat(f)}\n".encode())
+    return h.hexdigest()[:16] + f":{len(files)}files"
+
+
+def _stat(uri: str) -> str:
+    try:
+        import pyarrow.fs as pafs
+        from urllib.parse import unquote, urlparse
+
+        u = urlparse(uri)
+        fs, path = (pafs.LocalFileSystem(), unquote(u.path)) if u.scheme in ("", "file") else \
+            pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(path)
+        return f"{info.size}:{info.mtime_ns}"
+    except Exception:  # noqa: BLE001 - a filesystem pyarrow cannot stat: the name alone
+        return "?"
 
 
 def file_sha256(path: str) -> str:
