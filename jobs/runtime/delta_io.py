@@ -156,7 +156,9 @@ class Warehouse:
         path = name_or_path if "/" in name_or_path else self.path(name_or_path)
         if not is_delta(self.spark, path):
             return None
-        return int(self._history(path, 1).select("version").first()[0])
+        from deltalake import DeltaTable
+
+        return int(DeltaTable(arrow_uri(path), without_files=True).version())
 
     def version_at(self, path: str, timestamp: str) -> int:
         from pyspark.sql import functions as F
@@ -257,6 +259,31 @@ class Warehouse:
         version, rows = self._commit_of(path, commit.run_id)
         return OutputRef(name, path, version, rows, ds.isoformat() if ds else None)
 
+    def append_small(self, rows, name: str, commit: CommitProperties) -> int:
+        """Append a few rows (a pyarrow Table) to one of the runtime's own unpartitioned tables
+        (``_runs``) in one delta-rs commit carrying the same metadata a Spark write does: no Spark
+        job for one row. Idempotent on (txn_app_id, txn_version) as Spark's txnAppId is: an
+        append already committed is not made twice. Returns the version."""
+        from deltalake import CommitProperties as RsCommit
+        from deltalake import DeltaTable, Transaction, write_deltalake
+        from deltalake.exceptions import TableNotFoundError
+
+        uri = arrow_uri(self.write_path(name))
+        txns = []
+        if commit.txn_app_id is not None:
+            version = int(commit.txn_version or 0)
+            try:
+                done = DeltaTable(uri, without_files=True).transaction_version(commit.txn_app_id)
+            except (TableNotFoundError, FileNotFoundError, OSError):
+                done = None
+            if done is not None and done >= version:
+                return int(DeltaTable(uri, without_files=True).version())
+            txns = [Transaction(commit.txn_app_id, version)]
+        meta = json.dumps(commit.user_metadata, sort_keys=True, default=str)
+        write_deltalake(uri, rows, mode="append",
+                        commit_properties=RsCommit(custom_metadata={"userMetadata": meta}, app_transactions=txns))
+        return int(DeltaTable(uri, without_files=True).version())
+
     def upsert(self, df, name: str, commit: CommitProperties, key: str, partition: str,
                prefer: str | None = None, attempts: int = 8) -> "UpsertRef":
         """One atomic MERGE of `df` into table `name` on (`partition`, `key`): rows whose key is new
@@ -302,11 +329,15 @@ class Warehouse:
         raise AssertionError("unreachable")
 
     def _commit_metrics(self, path: str, run_id: str) -> tuple[int, dict]:
-        """(version, operationMetrics) of this run's commit, or (latest, {}) when it made none."""
-        for row in self._history(path, 20).select("version", "userMetadata", "operationMetrics").collect():
-            if run_id in (row["userMetadata"] or ""):
-                return int(row["version"]), dict(row["operationMetrics"] or {})
-        return int(self._history(path, 1).select("version").first()[0]), {}
+        """(version, operationMetrics) of this run's commit, or (latest, {}) when it made none.
+        Read from the commit log with delta-rs: no Spark job for a few lines of JSON."""
+        from deltalake import DeltaTable
+
+        hist = DeltaTable(arrow_uri(path), without_files=True).history(20)
+        for h in hist:                      # newest first
+            if run_id in (h.get("userMetadata") or ""):
+                return int(h["version"]), dict(h.get("operationMetrics") or {})
+        return int(hist[0]["version"]), {}
 
     def _commit_of(self, path: str, run_id: str) -> tuple[int, int]:
         """The version and row count of this run's commit (found by run id, not 'latest'). A

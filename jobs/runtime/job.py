@@ -272,62 +272,50 @@ class RunContext:
 
 
 def _runs_schema():
-    from pyspark.sql import types as T
+    """``_runs``'s schema (as Arrow: the row is appended with delta-rs, no Spark job)."""
+    import pyarrow as pa
 
-    inp = T.StructType([
-        T.StructField("name", T.StringType()), T.StructField("path", T.StringType()),
-        T.StructField("format", T.StringType()), T.StructField("version", T.LongType()),
-        T.StructField("fingerprint", T.StringType()), T.StructField("timestamp", T.StringType()),
-    ])
-    out = T.StructType([
-        T.StructField("name", T.StringType()), T.StructField("path", T.StringType()),
-        T.StructField("version", T.LongType()), T.StructField("rows", T.LongType()),
-        T.StructField("partition", T.StringType()),
-    ])
-    return T.StructType([
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("job", T.StringType(), False),
-        T.StructField("as_of", T.DateType()),
-        T.StructField("status", T.StringType()),
-        T.StructField("started_at", T.TimestampType()),
-        T.StructField("finished_at", T.TimestampType()),
-        T.StructField("duration_s", T.DoubleType()),
-        T.StructField("params", T.StringType()),
-        T.StructField("params_hash", T.StringType()),
-        T.StructField("code_version", T.StringType()),
-        T.StructField("seed", T.LongType()),
-        T.StructField("spark_master", T.StringType()),
-        T.StructField("inputs", T.ArrayType(inp)),
-        T.StructField("outputs", T.ArrayType(out)),
-        T.StructField("row_counts", T.MapType(T.StringType(), T.LongType())),
-        T.StructField("metrics", T.MapType(T.StringType(), T.DoubleType())),
-        T.StructField("error", T.StringType()),
+    inp = pa.struct([("name", pa.string()), ("path", pa.string()), ("format", pa.string()),
+                     ("version", pa.int64()), ("fingerprint", pa.string()), ("timestamp", pa.string())])
+    out = pa.struct([("name", pa.string()), ("path", pa.string()), ("version", pa.int64()),
+                     ("rows", pa.int64()), ("partition", pa.string())])
+    return pa.schema([
+        pa.field("run_id", pa.string(), nullable=False), pa.field("job", pa.string(), nullable=False),
+        ("as_of", pa.date32()), ("status", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("duration_s", pa.float64()), ("params", pa.string()), ("params_hash", pa.string()),
+        ("code_version", pa.string()), ("seed", pa.int64()), ("spark_master", pa.string()),
+        ("inputs", pa.list_(inp)), ("outputs", pa.list_(out)),
+        ("row_counts", pa.map_(pa.string(), pa.int64())), ("metrics", pa.map_(pa.string(), pa.float64())),
+        ("error", pa.string()),
     ])
 
 
 def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
+    import pyarrow as pa
+
     finished = time.time()
     m = ctx.manifest()
-    row = (
-        ctx.run_id, ctx.job, ctx.as_of, status,
-        # aware datetimes: PySpark converts a naive one with the host's local time zone
-        dt.datetime.fromtimestamp(ctx.started, dt.timezone.utc),
-        dt.datetime.fromtimestamp(finished, dt.timezone.utc),
-        round(finished - ctx.started, 3),
-        json.dumps(m["params"], sort_keys=True), m["params_hash"], m["code_version"], ctx.params.seed,
-        ctx.spark.sparkContext.master,
-        [(r["name"], r["path"], r["format"], r["version"], r["fingerprint"], r["timestamp"])
-         for r in m["inputs"]],
-        [(o.name, o.path, o.version, o.rows, o.partition) for o in ctx.outputs],
-        {k: int(v) for k, v in ctx.row_counts.items()},
-        {k: float(v) for k, v in ctx.metrics.items()},
-        redact(error),
-    )
-    df = ctx.spark.createDataFrame([row], _runs_schema())
+    row = {
+        "run_id": ctx.run_id, "job": ctx.job, "as_of": ctx.as_of, "status": status,
+        "started_at": dt.datetime.fromtimestamp(ctx.started, dt.timezone.utc),
+        "finished_at": dt.datetime.fromtimestamp(finished, dt.timezone.utc),
+        "duration_s": round(finished - ctx.started, 3),
+        "params": json.dumps(m["params"], sort_keys=True), "params_hash": m["params_hash"],
+        "code_version": m["code_version"], "seed": ctx.params.seed,
+        "spark_master": ctx.spark.sparkContext.master,
+        "inputs": [{k: r[k] for k in ("name", "path", "format", "version", "fingerprint", "timestamp")}
+                   for r in m["inputs"]],
+        "outputs": [{"name": o.name, "path": o.path, "version": o.version, "rows": o.rows,
+                     "partition": o.partition} for o in ctx.outputs],
+        "row_counts": [(k, int(v)) for k, v in ctx.row_counts.items()],
+        "metrics": [(k, float(v)) for k, v in ctx.metrics.items()],
+        "error": redact(error),
+    }
     commit = CommitProperties(
         run_id=ctx.run_id, user_metadata=m, txn_app_id=f"recfactory-run-{ctx.run_id}", txn_version=0
     )
-    ctx.warehouse.write(df, RUNS_TABLE, commit, mode="append", partition_by=())
+    ctx.warehouse.append_small(pa.Table.from_pylist([row], schema=_runs_schema()), RUNS_TABLE, commit)
 
 
 def run_job(name: str, argv: list[str] | None = None, spark=None) -> RunContext:
