@@ -47,11 +47,25 @@ class Quantiles:
         return self.values[1:] if len(self.values) > 1 else self.values
 
 
-def fit_quantiles(df: DataFrame, cols: list[str], n: int = 100, relative_error: float = 1e-3) -> dict[str, Quantiles]:
-    """Quantiles at levels 0, 1/n, ..., 1 of each column (nulls ignored; all-null columns skipped)."""
+# the sketch's partitions when the rows are put in a fixed order (``fit_quantiles(order_by=...)``):
+# a constant, so that the result does not depend on a cluster's cores or shuffle settings
+SKETCH_PARTITIONS = 16
+
+
+def fit_quantiles(df: DataFrame, cols: list[str], n: int = 100, relative_error: float = 1e-3,
+                  order_by: str | None = None) -> dict[str, Quantiles]:
+    """Quantiles at levels 0, 1/n, ..., 1 of each column (nulls ignored; all-null columns skipped).
+
+    A Greenwald–Khanna sketch depends on the order it sees the rows in and on how partitions'
+    sketches are merged. With ``order_by`` (a unique key), the rows are hash-partitioned on it into
+    ``SKETCH_PARTITIONS`` partitions and sorted within each: the same rows reach the same sketch in
+    the same order on any cluster, so the quantiles are reproducible bitwise (a replay, a run on
+    another cluster). Without it they are within ``relative_error`` of each other only."""
     if n < 2:
         raise ValueError("n must be >= 2")
     levels = [i / n for i in range(n + 1)]
+    if order_by is not None:
+        df = df.repartition(SKETCH_PARTITIONS, order_by).sortWithinPartitions(order_by)
     casted = df.select(*[F.col(c).cast("double").alias(c) for c in cols])
     out = {}
     for c, qs in zip(cols, casted.approxQuantile(cols, levels, relative_error)):

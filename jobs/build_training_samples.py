@@ -110,7 +110,7 @@ class BuildTrainingSamplesJob(Job):
             if ref.rows != ctx.row_counts["kept"]:
                 raise QualityGateError(f"wrote {ref.rows} rows, expected {ctx.row_counts['kept']}")
             numeric = [*names, "ctx_hour_of_day", "ctx_day_of_week", "ctx_position", "hist_len", "dwell_ms"]
-            qs = fit_quantiles(out.where(F.col("split") == "train"), numeric, n=p.quantiles)
+            qs = fit_quantiles(out.where(F.col("split") == "train"), numeric, n=p.quantiles, order_by="sample_id")
         finally:
             marked.unpersist()
         rows = [(q.feature, list(q.values), list(q.levels), ctx.as_of) for q in qs.values()]

@@ -42,18 +42,15 @@ def test_spark_submit_ingests_clothing_reviews(tmp_path):
     assert list(runs.status) == ["succeeded"] and runs.spark_master[0] == "local[2]"
 
 
-def test_python_module_and_console_command(tmp_path):
-    wh = tmp_path / "wh"
-    _run([sys.executable, "-m", "recfactory", "ingest", "--warehouse", str(wh), "--as-of",
-          "2026-11-28", "--dataset", "synthetic", "--synthetic-events", "2000"], tmp_path)
-    assert len(DeltaTable(str(wh / "events_clean")).to_pandas(columns=["event_id"])) > 1000
+def test_the_console_command_lists_the_jobs_and_their_flags(tmp_path):
     out = _run([str(BIN / "recfactory"), "jobs"], tmp_path).stdout
     assert "ingest" in out and "generate_synthetic" in out
     helptext = _run([str(BIN / "recfactory"), "ingest", "--help"], tmp_path).stdout
     assert "--as-of" in helptext and "--events-columns" in helptext
 
 
-def test_generate_synthetic_then_ingest_as_tables(tmp_path):
+def test_generate_synthetic_then_ingest_as_tables_with_python_m(tmp_path):
+    """`python jobs/<job>.py` and `python -m recfactory <job>`, each in a fresh process."""
     wh = tmp_path / "wh"
     _run([sys.executable, str(REPO / "jobs" / "generate_synthetic.py"), "--warehouse", str(wh),
           "--as-of", "2026-11-28", "--events", "3000"], tmp_path)

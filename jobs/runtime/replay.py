@@ -143,7 +143,7 @@ def compare_table(table: str, source: str, version: int, scratch: str, replay_ve
     ca, cb = Counter(a), Counter(b)
     only_a, only_b = sum((ca - cb).values()), sum((cb - ca).values())
     first = next(iter(ca - cb), None) or next(iter(cb - ca))
-    diff = [f"{c}={v}" for c, v in zip(cols_a, first)][:8]
+    diff = [f"{c}={v}" if len(str(v)) <= 80 else f"{c}={str(v)[:77]}..." for c, v in zip(cols_a, first)][:8]
     return False, (f"{table} v{version}: DIFFERS: {only_a:,} of {len(a):,} recorded rows not in the replay, "
                    f"{only_b:,} of {len(b):,} replayed rows not recorded (e.g. {', '.join(diff)})")
 
@@ -195,7 +195,8 @@ def replay(warehouse: str, run_id: str, scratch: str | None = None, spark=None, 
         lines.append(f"inputs: the same {len(want)} inputs at the same versions")
     replayed = {o.name: o.version for o in ctx.outputs}
     tolerance = getattr(job_cls, "replay_tolerance", None)
-    subs = [(ctx.run_id, run_id), (scratch, source)]
+    # the run id, and the 12-character prefix model versions carry (``<as-of>-<run_id[:12]>``)
+    subs = [(ctx.run_id, run_id), (ctx.run_id[:12], run_id[:12]), (scratch, source)]
     for o in sorted(outputs, key=lambda o: o["name"]):
         if o["name"] not in replayed:
             ok = False
