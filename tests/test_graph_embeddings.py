@@ -257,6 +257,8 @@ def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
     assert set(eges.attention) == {"item_id", "community"}
 
 
+# in the slow tier (`make bench`) for now: CI's 90-minute budget (see README, Tests)
+@pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray
 def test_build_graph_embeddings_on_movielens(spark, movielens_run):

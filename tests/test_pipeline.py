@@ -102,6 +102,8 @@ def test_params_choose_inputs_and_so_dependencies():
     assert set(PIPELINES) == {"daily", "weekly"}
 
 
+# in the slow tier (`make bench`) for now: CI's 90-minute budget (see README, Tests)
+@pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray
 def test_recfactory_pipeline_skips_what_depends_on_a_failed_gate(spark, tmp_path, capsys):

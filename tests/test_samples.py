@@ -173,6 +173,8 @@ def test_recalibration_inverts_downsampling():
         np.testing.assert_allclose(recalibrate(p, w), p0)
 
 
+# in the slow tier (`make bench`) for now: CI's 90-minute budget (see README, Tests)
+@pytest.mark.slow
 @pytest.mark.spark
 def test_job_on_movielens_idempotent(spark, movielens_run):
     wh, _ = movielens_run

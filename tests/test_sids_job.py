@@ -91,9 +91,20 @@ def _next_day(spark, wh, src, dst, drop, add):
     base["vector"] = [list(np.asarray(v) + 0.05 * rng.normal(size=len(v))) for v in base["vector"]]
     import pandas as pd
 
+    from recfactory.jobs.runtime.job import Job, JobParams, execute
+
     out = spark.createDataFrame(pd.concat([keep, base]).drop(columns=["ds"]), df.drop("ds").schema)
-    out.withColumn("ds", F.lit(dt.date.fromisoformat(dst))).write.format("delta").mode("overwrite") \
-        .option("replaceWhere", f"ds = '{dst}'").partitionBy("ds").save(f"{wh}/graph_embeddings")
+
+    class NextDay(Job):
+        """Published as a run of the table's producer for dst publishes it (its _runs row names the
+        version): readers inside the factory read published versions only."""
+        name = "build_graph_embeddings"
+        outputs = ("graph_embeddings",)
+
+        def run(self, ctx):
+            ctx.write(out.withColumn("ds", F.lit(ctx.as_of)), "graph_embeddings")
+
+    execute(NextDay, JobParams(warehouse=wh, as_of=dst), spark=spark)
 
 
 def test_daily_runs_keep_published_sids_and_a_new_generation_remaps(spark, sid_warehouse):
