@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from recfactory.jobs.runtime.env import arrow_uri, normalize_warehouse, table_path, validate_table_name
+from recfactory.jobs.runtime.env import arrow_fs, arrow_uri, normalize_warehouse, table_path, validate_table_name
 
 
 @dataclass(frozen=True)
@@ -362,12 +362,7 @@ def files_fingerprint(df) -> str:
 
 def _stat(uri: str) -> str:
     try:
-        import pyarrow.fs as pafs
-        from urllib.parse import unquote, urlparse
-
-        u = urlparse(uri)
-        fs, path = (pafs.LocalFileSystem(), unquote(u.path)) if u.scheme in ("", "file") else \
-            pafs.FileSystem.from_uri(uri)
+        fs, path = arrow_fs(uri)
         info = fs.get_file_info(path)
         return f"{info.size}:{info.mtime_ns}"
     except Exception:  # noqa: BLE001 - a filesystem pyarrow cannot stat: the name alone

@@ -155,3 +155,16 @@ def arrow_uri(root: str, *parts: str) -> str:
     """A location under a warehouse root as pyarrow's filesystems, delta-rs and Ray Train see it:
     Hadoop's s3a:// is s3:// there; local roots stay paths."""
     return "/".join([root.replace("s3a://", "s3://", 1), *parts])
+
+
+def arrow_fs(location: str):
+    """(pyarrow filesystem, path) of a location: a local path as it is, a ``file:`` URI (as Spark
+    names files: percent-encoded) as its path, an object-store URI (s3a:// read as s3://) by its
+    scheme."""
+    import pyarrow.fs as pafs
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(location)
+    if u.scheme in ("", "file"):
+        return pafs.LocalFileSystem(), unquote(u.path) if u.scheme else location
+    return pafs.FileSystem.from_uri(arrow_uri(location))

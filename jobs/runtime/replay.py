@@ -29,7 +29,7 @@ import uuid
 from typing import Any
 
 from recfactory.jobs.runtime.delta_io import Warehouse
-from recfactory.jobs.runtime.env import MASK, RUNS_TABLE, arrow_uri, normalize_warehouse, table_path
+from recfactory.jobs.runtime.env import MASK, RUNS_TABLE, arrow_fs, arrow_uri, normalize_warehouse, table_path
 
 log = logging.getLogger("recfactory")
 
@@ -219,15 +219,13 @@ def replay(warehouse: str, run_id: str, scratch: str | None = None, spark=None, 
 
 def _remove(root: str) -> None:
     import shutil
-    from urllib.parse import urlparse
 
-    u = urlparse(root)
-    if u.scheme in ("", "file"):
-        shutil.rmtree(u.path if u.scheme else root, ignore_errors=True)
+    import pyarrow.fs as pafs
+
+    fs, path = arrow_fs(root)
+    if isinstance(fs, pafs.LocalFileSystem):
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(arrow_uri(root))
         fs.delete_dir(path)
 
 

@@ -26,14 +26,14 @@ import datetime as dt
 import math
 from collections import defaultdict
 
-from recfactory.jobs.runtime.env import RUNS_TABLE, arrow_uri, normalize_warehouse
+from recfactory.jobs.runtime.env import RUNS_TABLE, arrow_fs, arrow_uri, normalize_warehouse
 
 
 def warehouse_tables(root: str) -> list[str]:
     """The Delta tables directly under the warehouse root (a replay's scratch folder excluded)."""
     import pyarrow.fs as pafs
 
-    fs, base = pafs.FileSystem.from_uri(arrow_uri(root)) if "://" in arrow_uri(root) else (pafs.LocalFileSystem(), root)
+    fs, base = arrow_fs(root)
     out = []
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=False)):
         if info.type == pafs.FileType.Directory and info.base_name != "_replay":
