@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,7 +73,16 @@ def movielens_run(spark, tmp_path_factory):
 
     wh = str(tmp_path_factory.mktemp("ml") / "warehouse")
     ctx = run_job("ingest", ["--warehouse", wh, "--as-of", "1998-04-30"], spark=spark)
+    shutil.copytree(wh, Path(wh).parent / "pristine")
     return wh, ctx
+
+
+@pytest.fixture(scope="session")
+def movielens_ingested(movielens_run):
+    """`copy(dest)`: a warehouse at dest holding only the MovieLens-100K ingest as of 1998-04-30 (as
+    `movielens_run`'s was before the tests that read it wrote their own tables into it)."""
+    pristine = Path(movielens_run[0]).parent / "pristine"
+    return lambda dest: str(shutil.copytree(pristine, dest))
 
 
 # -- real clusters on localhost (the cluster-mode tests) ---------------------------------------------
@@ -227,13 +237,15 @@ def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1, object_store_
         _stop(cluster.procs)
 
 
-@pytest.fixture(scope="module")
+# Class-scoped: the clusters live as long as the tests that use them (an idle two-node Ray takes a
+# tenth of this machine's CPU from every test that runs beside it).
+@pytest.fixture(scope="class")
 def spark_cluster(tmp_path_factory):
     with spark_standalone(tmp_path_factory.mktemp("spark")) as c:
         yield c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def ray_two_nodes():
     # short path: Ray's socket names must fit in 107 characters. Two logical CPUs per node, as a
     # local Ray on this machine has: tasks that take a whole node's threads run with the same count.

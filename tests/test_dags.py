@@ -29,8 +29,6 @@ from recfactory.jobs.runtime.pipeline import DAILY, WEEKLY, upstream
 pytestmark = [pytest.mark.airflow]
 
 ROOT = Path(__file__).resolve().parents[1]
-
-ROOT = Path(__file__).resolve().parents[1]
 D = "1998-05-02"            # a Saturday: the weekly run of [1998-04-26, 1998-05-03) has this as-of
 DAY = dt.date.fromisoformat(D)
 BIN = Path(sys.executable).parent
@@ -153,7 +151,7 @@ def wheel(tmp_path_factory):
     return _build_wheel(tmp_path_factory.mktemp("dist"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def cluster_env(airflow_env, wheel, spark_cluster, ray_two_nodes):
     """The deployment's environment pointed at the clusters: spark-submit --master spark://… with
     --py-files recfactory.whl for the Spark steps, the Ray Jobs API (RAY_ADDRESS=http://…) for the
@@ -166,62 +164,65 @@ def cluster_env(airflow_env, wheel, spark_cluster, ray_two_nodes):
             "RAY_ADDRESS": rc.dashboard_url, "RECFACTORY_RAY_PYTHON": sys.executable}
 
 
-@pytest.mark.spark
-@pytest.mark.ray
-def test_the_shipped_wheel_is_what_spark_executors_and_ray_workers_import(
-        tmp_path, wheel, cluster_env, spark_cluster, ray_two_nodes):
-    from ray.job_submission import JobStatus, JobSubmissionClient
+class TestOnTheClusters:
+    """The tests that need the Spark standalone and two-node Ray clusters: the clusters (class-scoped
+    fixtures) are stopped once these have run, before the local-mode tests below."""
 
-    from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
+    @pytest.mark.spark
+    @pytest.mark.ray
+    def test_the_shipped_wheel_is_what_spark_executors_and_ray_workers_import(
+            self, tmp_path, wheel, cluster_env, spark_cluster, ray_two_nodes):
+        from ray.job_submission import JobStatus, JobSubmissionClient
 
-    sc, rc = spark_cluster, ray_two_nodes
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    res = subprocess.run([str(BIN / "spark-submit"), "--master", sc.master_url, "--py-files",
-                          spark_py_files(str(wheel)), str(probe)], env=cluster_env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    out = json.loads([x for x in res.stdout.splitlines() if x.startswith("PROBE ")][-1][6:])
-    assert all(wheel.stem in f and not f.startswith(str(ROOT)) for f in [out["driver"], *out["executors"]]), out
-    client = JobSubmissionClient(rc.dashboard_url, headers=rc.auth_header())
-    job = client.submit_job(entrypoint=shlex.join([sys.executable, "-c", RAY_PROBE]),
-                            runtime_env={"py_modules": ray_py_modules(str(wheel))})
-    t0 = time.time()
-    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        assert time.time() - t0 < 300
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
-    out = json.loads([x for x in logs.splitlines() if x.startswith("PROBE ")][-1][6:])
-    assert not str(out["driver"]).startswith(str(ROOT)) and len({n for _, n in out["tasks"]}) == 2, out
-    assert not any(f.startswith(str(ROOT)) for f, _ in out["tasks"]), out
+        from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
 
+        sc, rc = spark_cluster, ray_two_nodes
+        probe = tmp_path / "probe.py"
+        probe.write_text(PROBE)
+        res = subprocess.run([str(BIN / "spark-submit"), "--master", sc.master_url, "--py-files",
+                              spark_py_files(str(wheel)), str(probe)], env=cluster_env, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr[-4000:]
+        out = json.loads([x for x in res.stdout.splitlines() if x.startswith("PROBE ")][-1][6:])
+        assert all(wheel.stem in f and not f.startswith(str(ROOT)) for f in [out["driver"], *out["executors"]]), out
+        client = JobSubmissionClient(rc.dashboard_url, headers=rc.auth_header())
+        job = client.submit_job(entrypoint=shlex.join([sys.executable, "-c", RAY_PROBE]),
+                                runtime_env={"py_modules": ray_py_modules(str(wheel))})
+        t0 = time.time()
+        while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            assert time.time() - t0 < 300
+            time.sleep(1)
+        logs = client.get_job_logs(job)
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
+        out = json.loads([x for x in logs.splitlines() if x.startswith("PROBE ")][-1][6:])
+        assert not str(out["driver"]).startswith(str(ROOT)) and len({n for _, n in out["tasks"]}) == 2, out
+        assert not any(f.startswith(str(ROOT)) for f, _ in out["tasks"]), out
 
-@pytest.mark.spark
-@pytest.mark.ray
-@pytest.mark.timeout(3000)          # thirteen spark-submits and Ray jobs in a row
-def test_airflow_dags_test_runs_the_daily_dag_on_the_clusters(airflow_env, cluster_env, conf, spark_cluster):
-    from deltalake import DeltaTable
+    @pytest.mark.spark
+    @pytest.mark.ray
+    @pytest.mark.timeout(3000)          # thirteen spark-submits and Ray jobs in a row
+    def test_airflow_dags_test_runs_the_daily_dag_on_the_clusters(self, airflow_env, cluster_env, conf, spark_cluster):
+        from deltalake import DeltaTable
 
-    _, home = airflow_env
-    wh = home / "wh"
-    res = _airflow(cluster_env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
-    text = res.stdout + res.stderr
-    assert res.returncode == 0, text[-6000:]
-    assert spark_cluster.master_url in text and "submitted Ray job" in text
-    runs = DeltaTable(str(wh / "_runs")).to_pandas()
-    assert sorted(runs["job"]) == sorted(s.job for s in DAILY) and set(runs["status"]) == {"succeeded"}
-    assert spark_cluster.master_url in set(runs["spark_master"])          # the Spark steps ran on the cluster
-    versions = _delta_versions(wh)
-    # one asset event per output table, carrying the Delta version written
-    db = sqlite3.connect(str(home / "airflow.db"))
-    events = {name: json.loads(extra) for name, extra in db.execute(
-        "select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id")}
-    for s in DAILY:
-        for table in load_job(s.job).outputs:
-            if table in versions:
-                ev = events[f"recfactory.{table}"]
-                assert ev["delta_version"] == versions[table] and ev["ds"] == D and ev["job"] == s.job
+        _, home = airflow_env
+        wh = home / "wh"
+        res = _airflow(cluster_env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
+        text = res.stdout + res.stderr
+        assert res.returncode == 0, text[-6000:]
+        assert spark_cluster.master_url in text and "submitted Ray job" in text
+        runs = DeltaTable(str(wh / "_runs")).to_pandas()
+        assert sorted(runs["job"]) == sorted(s.job for s in DAILY) and set(runs["status"]) == {"succeeded"}
+        assert spark_cluster.master_url in set(runs["spark_master"])          # the Spark steps ran on the cluster
+        versions = _delta_versions(wh)
+        # one asset event per output table, carrying the Delta version written
+        db = sqlite3.connect(str(home / "airflow.db"))
+        events = {name: json.loads(extra) for name, extra in db.execute(
+            "select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id")}
+        for s in DAILY:
+            for table in load_job(s.job).outputs:
+                if table in versions:
+                    ev = events[f"recfactory.{table}"]
+                    assert ev["delta_version"] == versions[table] and ev["ds"] == D and ev["job"] == s.job
 
 
 @pytest.mark.spark

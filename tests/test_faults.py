@@ -83,10 +83,9 @@ def _snapshot(wh: Path, tables) -> dict[str, tuple[int, list]]:
 
 
 @pytest.fixture(scope="module")
-def ingested(movielens_run, tmp_path_factory):
-    wh, _ = movielens_run
+def ingested(movielens_ingested, tmp_path_factory):
     base = tmp_path_factory.mktemp("faults")
-    return Path(wh), base
+    return Path(movielens_ingested(base / "src")), base
 
 
 def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested, spark):

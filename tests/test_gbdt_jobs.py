@@ -11,12 +11,11 @@ D = "1998-04-30"
 
 
 @pytest.fixture(scope="module")
-def gbdt_warehouse(spark, tmp_path_factory):
+def gbdt_warehouse(spark, movielens_ingested, tmp_path_factory):
     from recfactory.jobs.runtime.job import run_job
 
-    wh = str(tmp_path_factory.mktemp("gbdt") / "wh")
+    wh = movielens_ingested(tmp_path_factory.mktemp("gbdt") / "wh")      # MovieLens-100K ingested as of D
     base = ["--warehouse", wh, "--as-of", D]
-    run_job("ingest", base, spark=spark)
     run_job("build_training_samples", [*base, "--negative-rate", "0.5", "--test-days", "30", "--val-days", "0"],
             spark=spark)
     ctx = run_job("train_gbdt", [*base, "--num-trees", "40"], spark=spark)

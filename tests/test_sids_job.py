@@ -17,13 +17,12 @@ SMALL = ["--embeddings", "graph_embeddings", "--embedding-filter", "method = 'de
 
 
 @pytest.fixture(scope="module")
-def sid_warehouse(spark, tmp_path_factory):
+def sid_warehouse(spark, movielens_ingested, tmp_path_factory):
     """MovieLens-100K: ingest → sessions → Swing → DeepWalk (lean), then build_sids for D1."""
     from recfactory.jobs.runtime.job import run_job
 
-    wh = str(tmp_path_factory.mktemp("sids") / "wh")
+    wh = movielens_ingested(tmp_path_factory.mktemp("sids") / "wh")      # MovieLens-100K as of D1
     base = ["--warehouse", wh, "--as-of", D1]
-    run_job("ingest", base, spark=spark)
     run_job("build_sessions", base, spark=spark)
     run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)
     run_job("build_graph_embeddings", [*base, "--methods", "deepwalk", "--no-evaluate", "--epochs", "2"], spark=spark)
