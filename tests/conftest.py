@@ -40,16 +40,35 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
                                        / os.environ["PYTEST_XDIST_WORKER"])
 
 
-# The longest test files first, so that `pytest -n 2 --dist loadfile --no-loadscope-reorder` starts
-# them at once and the short ones fill in around them (a file runs in one worker: module fixtures
-# are shared): the two DAG files, each about half an hour, start on the two workers.
-LONGEST_FIRST = ("test_dags.py", "test_faults.py", "test_params.py", "test_backfill.py", "test_alignment.py",
-                 "test_cli.py", "test_pipeline.py", "test_point_in_time.py", "test_hostile_input.py")
+# The longest test files first (as measured in CI), so that `pytest -n 2 --dist loadfile
+# --no-loadscope-reorder` starts them at once and the short ones fill in around them (a file runs in
+# one worker: module fixtures are shared). The DAG file, the longest, starts on one worker.
+LONGEST_FIRST = ("test_dags.py", "test_faults.py", "test_backfill.py", "test_alignment.py", "test_gbdt_jobs.py",
+                 "test_samples.py", "test_cross_stats.py", "test_sids_job.py", "test_point_in_time.py",
+                 "test_hostile_input.py", "test_cli.py")
+
+
+# a test that takes one of these fixtures needs what the marker says, whatever its own marks
+FIXTURE_MARKS = {"spark": "spark", "movielens_run": "spark", "movielens_ingested": "spark", "spark_cluster": "spark",
+                 "ray_two_nodes": "ray", "airflow_home": "airflow"}
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda it: rank.get(Path(str(it.fspath)).name, len(rank)))      # stable: order kept within a file
+    for it in items:
+        for name in sorted(set(getattr(it, "fixturenames", ())) & set(FIXTURE_MARKS)):
+            it.add_marker(FIXTURE_MARKS[name])
+
+
+@pytest.fixture(autouse=os.environ.get("RECFACTORY_TEST_TIER") == "fast")
+def _fast_tier_starts_no_ray():
+    """`make test-fast`: a test that leaves a Ray runtime behind is missing its `ray` marker."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()                      # the next test is not blamed for it
+        pytest.fail("this test started Ray: mark it `ray` (make test-fast runs without Spark, Ray and Airflow)")
 
 
 @pytest.fixture(scope="session")

@@ -137,7 +137,9 @@ def aligned_warehouse(spark, movielens_ingested, tmp_path_factory):
     run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)
     run_job("build_graph_embeddings", [*base, "--methods", "deepwalk", "--no-evaluate", "--epochs", "2"], spark=spark)
     run_job("build_content_embeddings", base, spark=spark)
-    run_job("build_training_samples", base, spark=spark)
+    # the samples the SimTier features are written for (their own features are not read here)
+    run_job("build_training_samples", [*base, "--keys", "user=user_id,item=item_id", "--windows", "7d,all"],
+            spark=spark)
     return wh, base
 
 
