@@ -92,16 +92,20 @@ def movielens_run(spark, tmp_path_factory):
 
     wh = str(tmp_path_factory.mktemp("ml") / "warehouse")
     ctx = run_job("ingest", ["--warehouse", wh, "--as-of", "1998-04-30"], spark=spark)
-    shutil.copytree(wh, Path(wh).parent / "pristine")
+    shutil.copytree(wh, _pristine(wh))
     return wh, ctx
+
+
+def _pristine(wh: str) -> Path:
+    """Where `movielens_run` keeps its warehouse as the ingest left it."""
+    return Path(wh).parent / "pristine"
 
 
 @pytest.fixture(scope="session")
 def movielens_ingested(movielens_run):
     """`copy(dest)`: a warehouse at dest holding only the MovieLens-100K ingest as of 1998-04-30 (as
     `movielens_run`'s was before the tests that read it wrote their own tables into it)."""
-    pristine = Path(movielens_run[0]).parent / "pristine"
-    return lambda dest: str(shutil.copytree(pristine, dest))
+    return lambda dest: str(shutil.copytree(_pristine(movielens_run[0]), dest))
 
 
 # -- real clusters on localhost (the cluster-mode tests) ---------------------------------------------
