@@ -11,7 +11,7 @@ PARAMS ?= jobs/conf/movielens-100k.json
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: setup run test test-fast browser bench bench-deps params-doc clean
+.PHONY: setup run lint test test-fast browser bench bench-deps params-doc clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,12 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 run: setup
 	$(PY) -m recfactory pipeline --as-of $(AS_OF) --warehouse $(WAREHOUSE) --params @$(PARAMS)
 
+# ruff's checks (ruff.toml): part of `make test`, so CI keeps them.
+lint: setup
+	$(VENV)/bin/ruff check .
+
 # Two test processes (pytest-xdist), a file per process at a time, the longest files first (conftest).
-test: setup browser
+test: setup browser lint
 	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder --durations=60 tests
 
 # The fast tier: the tests that need no Spark, Ray or Airflow (about a minute). No JVM can start

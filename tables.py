@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from recfactory.jobs.runtime.env import arrow_uri, normalize_warehouse, validate_table_name   # no pyspark
+from recfactory.jobs.runtime.env import arrow_uri, normalize_warehouse, validate_table_name  # no pyspark
 from recfactory.jobs.runtime.publication import NotPublishedError
 
 __all__ = ["NotPublishedError", "Published", "read"]

@@ -226,7 +226,7 @@ def build_dag(dag_id: str, pipeline: str, cron: str, description: str, after: st
     for the daily run of the week's last day, so they never race it for that date's tables)."""
     steps = PIPELINES[pipeline]
     start = dt.datetime.fromisoformat(os.environ.get("RECFACTORY_START_DATE", "2026-01-01")).replace(
-        tzinfo=dt.timezone.utc)
+        tzinfo=dt.UTC)
     params: dict[str, Any] = {"seed": Param(None, type=["null", "integer"],
                                             description="Seed for every step (default: each job's).")}
     params.update({s.task_id: task_params_schema(s) for s in steps})

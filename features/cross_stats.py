@@ -76,7 +76,7 @@ class WindowDecl:
     seconds: int | None  # None = all time
 
     @classmethod
-    def parse(cls, s: str) -> "WindowDecl":
+    def parse(cls, s: str) -> WindowDecl:
         s = s.strip()
         if s == "all":
             return cls("all", None)
@@ -93,7 +93,7 @@ class RateDecl:
     den: tuple[str, ...]
 
     @classmethod
-    def parse(cls, s: str) -> "RateDecl":
+    def parse(cls, s: str) -> RateDecl:
         m = re.fullmatch(r"\s*([a-z][a-z0-9_]*)\s*=\s*([a-z_]+)\s*/\s*([a-z_+ ]+)\s*", s)
         if not m:
             raise ValueError(f"rate {s!r}: use name=numerator_type/denominator_type[+type...]")
@@ -134,7 +134,7 @@ class CrossStatsSpec:
 
     @classmethod
     def parse(cls, keys: str = DEFAULT_KEYS, windows: str = DEFAULT_WINDOWS, rates: str = DEFAULT_RATES,
-              event_types: tuple[str, ...] | list[str] = EVENT_TYPES, **kw) -> "CrossStatsSpec":
+              event_types: tuple[str, ...] | list[str] = EVENT_TYPES, **kw) -> CrossStatsSpec:
         key_decls = []
         for part in filter(None, (p.strip() for p in keys.split(","))):
             name, _, dims = part.partition("=")
@@ -159,7 +159,7 @@ class CrossStatsSpec:
         need = {t for r in self.rates for t in (r.num, *r.den)}
         return tuple(t for t in EVENT_TYPES if t in self.event_types or t in need)
 
-    def prune(self, present_types: set[str], present_ctx: set[str]) -> "CrossStatsSpec":
+    def prune(self, present_types: set[str], present_ctx: set[str]) -> CrossStatsSpec:
         """Drop what the data cannot fill: event types that never occur, rates whose denominator
         never occurs, keys over a context field no event carries. What was dropped goes in notes."""
         notes = {}

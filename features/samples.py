@@ -33,7 +33,11 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recfactory.features.cross_stats import (
-    CrossStatsSpec, all_present, dim_column_name, rate_parts, with_dims,
+    CrossStatsSpec,
+    all_present,
+    dim_column_name,
+    rate_parts,
+    with_dims,
 )
 from recfactory.features.instants import ts_lit, utc_dow_col, utc_hour_col
 from recfactory.features.schema import EVENT_TYPES, POSITIVE_EVENT_TYPES
@@ -80,7 +84,7 @@ class SplitBounds:
     cutoff: dt.datetime
 
     @classmethod
-    def of(cls, first_ts: dt.datetime, cutoff: dt.datetime, spec: SampleSpec) -> "SplitBounds":
+    def of(cls, first_ts: dt.datetime, cutoff: dt.datetime, spec: SampleSpec) -> SplitBounds:
         b = cls(first_ts + dt.timedelta(days=spec.warmup_days),
                 cutoff - dt.timedelta(days=spec.val_days + spec.test_days),
                 cutoff - dt.timedelta(days=spec.test_days), cutoff)

@@ -77,7 +77,7 @@ class ColumnMapping:
     mapping: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, spec: str | list[str] | None) -> "ColumnMapping":
+    def parse(cls, spec: str | list[str] | None) -> ColumnMapping:
         """'user_id=uid,item_id=movie_id' (or a list of 'a=b') → ColumnMapping."""
         if not spec:
             return cls({})

@@ -47,8 +47,8 @@ ITEM_COLUMNS = (
 
 # Plausible instants, by default: anything before 1990 or from 2100 on is a unit mix-up or a
 # placeholder (year 1, the epoch's 1970-01-01, 9999-12-31), not an interaction.
-DEFAULT_MIN_TS = dt.datetime(1990, 1, 1, tzinfo=dt.timezone.utc)
-DEFAULT_MAX_TS = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
+DEFAULT_MIN_TS = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
+DEFAULT_MAX_TS = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 DEFAULT_MAX_ID_LENGTH = 256              # characters, after normalization
 DEFAULT_MAX_DWELL_MS = 86_400_000        # one day
 # what a timestamp can be at all (0001-01-01 .. 9999-12-31T23:59:59.999999 UTC, in epoch seconds);
@@ -199,7 +199,6 @@ def validate_events(
     src = {c: mapping.source(c) for c in EVENT_REQUIRED + EVENT_OPTIONAL}
     canonical_sources = {v for k, v in src.items() if v in cols}
     context_cols = [c for c in cols if c not in canonical_sources]
-    dtypes = dict(raw.dtypes)
     schema = {f.name: f.dataType for f in raw.schema.fields}
 
     lim = rules.limits

@@ -275,7 +275,7 @@ class SkipGram(nn.Module):
                              negatives.numpy().astype(np.int64), float(lr))
         return total / max(int((contexts >= 0).any(1).sum()), 1)
 
-    def fit_walks(self, walks: np.ndarray, rows: np.ndarray, keep: np.ndarray, noise: "Unigram",
+    def fit_walks(self, walks: np.ndarray, rows: np.ndarray, keep: np.ndarray, noise: Unigram,
                   spec: TrainSpec, epoch: int) -> tuple[float, int]:
         """One pass of the compiled kernel over walks[rows]: (summed loss, centers)."""
         with torch.no_grad():

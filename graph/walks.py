@@ -130,7 +130,7 @@ class Graph:
         return len(self.indptr) - 1
 
     @classmethod
-    def from_edges(cls, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n: int) -> "Graph":
+    def from_edges(cls, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, n: int) -> Graph:
         """From edge arrays over nodes 0..n−1 (duplicate edges are summed, self-loops dropped)."""
         import scipy.sparse as sp
 
@@ -146,7 +146,7 @@ class Graph:
         return cls(m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data.astype(np.float64))
 
     @classmethod
-    def from_labelled(cls, edges, index) -> "Graph":
+    def from_labelled(cls, edges, index) -> Graph:
         """From a pandas frame of (src, dst, weight) item ids, `index` mapping every item id to its
         node (a pandas Series over nodes 0..len(index)−1)."""
         return cls.from_edges(index[edges["src"]].to_numpy(), index[edges["dst"]].to_numpy(),

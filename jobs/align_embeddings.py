@@ -30,10 +30,10 @@ from pyspark.sql import types as T
 
 from recfactory.features.schema import POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
-from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, side_field_columns
-from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
 from recfactory.features.synthetic import seeded_hash
+from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, side_field_columns
 from recfactory.jobs.runtime.env import RUNS_TABLE
+from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k, simtier, u2i_pairs
@@ -260,7 +260,7 @@ class AlignEmbeddingsJob(Job):
         s = samples.select(F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
         feats, model_ds = point_in_time_simtier(s, pos, aligned, ctx.as_of, p.simtier_buckets, p.simtier_history)
         ctx.notes["simtier_model"] = (f"aligned_embeddings ds={model_ds}" if model_ds else
-                                      f"none for the previous date: every sample's simtier is null")
+                                      "none for the previous date: every sample's simtier is null")
         feats = feats.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             n_feats, n_samples = feats.count(), samples.count()

@@ -13,7 +13,12 @@ from pydantic import model_validator
 from pyspark.sql import functions as F
 
 from recfactory.features.cross_stats import (
-    DEFAULT_KEYS, DEFAULT_RATES, DEFAULT_WINDOWS, CrossStatsSpec, build_cross_stats, present_in,
+    DEFAULT_KEYS,
+    DEFAULT_RATES,
+    DEFAULT_WINDOWS,
+    CrossStatsSpec,
+    build_cross_stats,
+    present_in,
 )
 from recfactory.features.schema import EVENT_TYPES
 from recfactory.features.sequences import visible_events

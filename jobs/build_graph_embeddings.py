@@ -26,12 +26,19 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recfactory.features.synthetic import seeded_hash
 from recfactory.graph.embeddings import METHODS, EmbeddingSpec, Fitted, fit, hit_rate, nearest
-from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, build_edges, build_nodes, in_catalog, leave_last_transition
+from recfactory.graph.item_graph import (
+    SIDE_FIELDS,
+    GraphSpec,
+    build_edges,
+    build_nodes,
+    in_catalog,
+    leave_last_transition,
+)
 from recfactory.graph.skipgram import TrainSpec
 from recfactory.graph.walks import Graph
 from recfactory.jobs.runtime.inputs import date_partition, item_snapshot
-from recfactory.features.synthetic import seeded_hash
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 

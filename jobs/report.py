@@ -111,7 +111,7 @@ def _layered_layout(g) -> dict:
         order = range(1, len(layers)) if sweep % 2 == 0 else range(len(layers) - 2, -1, -1)
         for k in order:
             nbrs = g.predecessors if sweep % 2 == 0 else g.successors
-            def key(n):
+            def key(n, nbrs=nbrs):
                 r = [rank[m] for m in nbrs(n)]
                 return (sum(r) / len(r) if r else rank[n], n)
             layers[k].sort(key=key)
@@ -664,7 +664,7 @@ class ReportJob(Job):
     def _page(self, body: list[str]) -> str:
         ctx = self.ctx
         nav = " · ".join(f'<a href="#{t.lower().replace(" ", "-")}">{_esc(t)}</a>' for t in SECTIONS)
-        made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -200,7 +200,7 @@ class TrainGBDTJob(Job):
         # date's other versions (the daily model and a weekly refit of the same date), never over
         # them, so the gbdt_leaves rows that name a version always find its model and vocabulary.
         own = {"model_version": version}
-        trained_at = dt.datetime.now(dt.timezone.utc)
+        trained_at = dt.datetime.now(dt.UTC)
         ctx.write(spark.createDataFrame([(version, text, json.dumps(spec.to_dict()), names, w_tree,
                                           json.dumps(summary), trained_at)], MODEL_SCHEMA)
                   .withColumn("ds", F.lit(ctx.as_of)), "gbdt_models", where=own)
@@ -274,9 +274,7 @@ class TrainGBDTJob(Job):
         from sklearn.preprocessing import StandardScaler
 
         from recfactory.features.samples import recalibrate
-        from recfactory.tokenizers.gbdt import encode_leaves, one_hot
-
-        from recfactory.tokenizers.gbdt import normalized_entropy
+        from recfactory.tokenizers.gbdt import encode_leaves, normalized_entropy, one_hot
 
         # L2 strength picked on the latest fifth of the downstream rows (they are in time order),
         # then refitted on all of them: thousands of one-hot leaves overfit without it

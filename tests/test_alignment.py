@@ -230,7 +230,7 @@ def test_simtier_never_carries_a_planted_label_only_signal(spark):
         rows.append((f"h{u}", hist[u].tolist(), dt.date(1998, 4, 30)))          # the samples' date: planted
         rows.append((f"t{u}", (hist[u] if labels[u] else -hist[u]).tolist(), dt.date(1998, 4, 30)))
     aligned = spark.createDataFrame(rows, "item_id string, vector array<float>, ds date")
-    at = lambda h: ts_lit(dt.datetime(1998, 4, 30, h, tzinfo=dt.timezone.utc))  # noqa: E731
+    at = lambda h: ts_lit(dt.datetime(1998, 4, 30, h, tzinfo=dt.UTC))  # noqa: E731
     samples = spark.createDataFrame([(f"s{u}", f"u{u}", f"t{u}") for u in range(n)],
                                     "sample_id string, user_id string, item_id string").withColumn("ts", at(12))
     pos = spark.createDataFrame([(f"u{u}", f"h{u}", u) for u in range(n)],

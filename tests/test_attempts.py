@@ -27,7 +27,7 @@ def test_an_unfinished_attempt_is_running_then_abandoned_with_its_partial_versio
                     commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps({"run_id": "c" * 32})}))
     h = history(wh)
     assert list(h["status"]) == ["running"] and list(h["outputs"][0]) == ["item_similarity v0"]
-    assert list(history(wh, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2))["status"]) == ["abandoned"]
+    assert list(history(wh, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))["status"]) == ["abandoned"]
     # the next attempt of the same job and date finds it
     record_start(wh, "b" * 32, "build_similarity", D, "h", "v", ("item_similarity",), t0 + 30)
     prev = previous_abandoned(wh, "build_similarity", D, "b" * 32)

@@ -3,8 +3,8 @@ LightGBM ``Booster.predict(pred_leaf=True)`` on the same rows.
 
 A 200-tree, 31-leaf model is trained (train_gbdt) on synthetic rows with 40 numeric features; the
 table of BENCH_SIZE rows (small: 100k, 1m: 1M) is then encoded by the job (Spark local[*],
-mapInArrow, 2 cores; also the encode stage alone, on cached input with Spark's noop sink) and by one process calling pred_leaf in batches of the same size on one
-thread. rows/s/core = rows / (seconds × cores used). Target ≥ 0.7× the raw rate.
+mapInArrow, 2 cores; also the encode stage alone, on cached input with Spark's noop sink) and by
+one process calling pred_leaf in batches of the same size on one thread. rows/s/core = rows / (seconds × cores used). Target ≥ 0.7× the raw rate.
 
 Writes docs/bench/gbdt-<size>.{json,md}. Nothing here asserts a time.
 """

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from recfactory.jobs.runtime.bench import PeakRSS, SIZES, bench_size, write_results
+from recfactory.jobs.runtime.bench import SIZES, PeakRSS, bench_size, write_results
 from recfactory.jobs.runtime.job import run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]

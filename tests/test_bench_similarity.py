@@ -22,7 +22,7 @@ from pyspark import StorageLevel
 
 from recfactory.graph import similarity_reference as peer
 from recfactory.graph.similarity import SimilaritySpec, apply_caps, block_count, neighbor_lists, user_items
-from recfactory.jobs.runtime.bench import PeakRSS, SIZES, bench_size, write_results
+from recfactory.jobs.runtime.bench import SIZES, PeakRSS, bench_size, write_results
 from recfactory.jobs.runtime.job import run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
@@ -114,7 +114,8 @@ def test_bench_similarity(spark, tmp_path):
     md = [f"Swing/ItemCF, {res['events']:,} events → {n_pairs:,} user-item pairs after caps, "
           f"{res['machine']['cpus']} cores.", "",
           "| implementation | seconds | peak RSS GB |", "|---|---|---|",
-          f"| Spark, blocks engine ({res['blocks']} item blocks, SciPy per block; all four algos, top-{spec.top_k}) | {res['spark_s']} | {res['spark_peak_rss_gb']} |",
+          f"| Spark, blocks engine ({res['blocks']} item blocks, SciPy per block; all four algos, top-{spec.top_k}) "
+          f"| {res['spark_s']} | {res['spark_peak_rss_gb']} |",
           (f"| Spark, SQL engine (fixed-point sums, max_by top-K) | {res['spark_sql_s']} | {res['spark_sql_peak_rss_gb']} |"
            if res["spark_sql_s"] is not None else "| Spark, SQL engine | not run at this size | |"),
           f"| SciPy single process (`graph.similarity_reference`; RSS of the Python process) | {res['scipy_s']} | {res['scipy_peak_rss_gb']} |",

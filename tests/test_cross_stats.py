@@ -67,7 +67,7 @@ def reference(rows, spec: CrossStatsSpec):
     for r in spec.rates:
         ref[f"{r.name}_num"] = ref[f"n_{r.num}"]
         ref[f"{r.name}_den"] = sum(ref[f"n_{t}"] for t in r.den)
-        for (kt, win), g in ref.groupby(["key_type", "window"]):
+        for _, g in ref.groupby(["key_type", "window"]):
             raw = (g[f"{r.name}_num"] / g[f"{r.name}_den"])[g[f"{r.name}_den"] >= 1]
             m, v = raw.mean(), raw.var(ddof=0)
             m = min(max(m, 1e-6), 1 - 1e-6)

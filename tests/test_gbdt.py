@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from recfactory.features.samples import recalibrate
-from recfactory.tokenizers.gbdt import (GBDTSpec, calibration_ratio, encode_leaves, leaf_vocab, normalized_entropy,
-                                        one_hot, train, tree_offsets)
+from recfactory.tokenizers.gbdt import (
+    GBDTSpec,
+    calibration_ratio,
+    encode_leaves,
+    leaf_vocab,
+    normalized_entropy,
+    one_hot,
+    train,
+    tree_offsets,
+)
 
 
 def data(n=4000, seed=0):
@@ -23,7 +31,7 @@ def test_leaf_vocabulary_is_dense_and_encodes_the_raw_score():
     booster = train(X, y, spec, [f"x{i}" for i in range(5)])
     vocab = leaf_vocab(booster)
     assert vocab["global_id"].tolist() == list(range(len(vocab)))
-    for t, g in vocab.groupby("tree"):
+    for _, g in vocab.groupby("tree"):
         assert g["leaf"].tolist() == list(range(len(g)))
         assert g["count"].sum() == len(X)                       # no bagging: every row reaches one leaf
     leaves = encode_leaves(booster, X, tree_offsets(vocab))

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from recfactory.features.filters import RowFilter, parse_filter
 from recfactory.features.schema import EVENT_REASONS, EVENT_TYPES, ITEM_REASONS
 
-CUTOFF = dt.datetime(2025, 7, 1, tzinfo=dt.timezone.utc)           # the end of 2025-06-30
+CUTOFF = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)           # the end of 2025-06-30
 EXAMPLES = int(os.environ.get("RECFACTORY_HYPOTHESIS_EXAMPLES", "30"))
 
 # -- a plain-Python reference of ID normalization ------------------------------------------------

@@ -146,7 +146,7 @@ def test_each_kind_of_bad_row_is_quarantined_with_its_reason(spark, warehouse, b
     q = spark.read.format("delta").load(f"{warehouse}/events_quarantine")
     got = sorted((r.reason, r.raw) for r in q.collect())
     want = []
-    for uid, iid, action, time, dwell, reason in EVENTS:
+    for *_, reason in EVENTS:
         if reason:
             want.append(reason)
     assert sorted(r for r, _ in got) == sorted(want)

@@ -10,8 +10,16 @@ import pytest
 
 from recfactory.jobs.runtime.job import JOBS, RUNS_TABLE, load_job
 from recfactory.jobs.runtime.params import parse_params
-from recfactory.jobs.runtime.pipeline import (DAILY, PIPELINES, WEEKLY, Step, parse_overrides, step_params, to_argv,
-                                              upstream)
+from recfactory.jobs.runtime.pipeline import (
+    DAILY,
+    PIPELINES,
+    WEEKLY,
+    Step,
+    parse_overrides,
+    step_params,
+    to_argv,
+    upstream,
+)
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))

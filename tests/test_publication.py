@@ -55,7 +55,7 @@ def _history(rng: random.Random, root: str):
             clock += 1
             if fates[r] in ("succeeded", "failed"):        # a killed run leaves no _runs row
                 runs.append({"run_id": r, "job": "j", "as_of": day, "status": fates[r],
-                             "finished_at": dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+                             "finished_at": dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
                              + dt.timedelta(seconds=clock), "outputs": outputs[r]})
     return runs, wrote
 

@@ -7,8 +7,17 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from recfactory.tokenizers.rq import RQSpec, capacity, constrained_assign, encode, fit, reconstruct
-from recfactory.tokenizers.sids import (collision_rate, gini, hourglass_removal, omit_tokens, prefix_recall, resolve,
-                                        sid_strings, token_features, token_stats)
+from recfactory.tokenizers.sids import (
+    collision_rate,
+    gini,
+    hourglass_removal,
+    omit_tokens,
+    prefix_recall,
+    resolve,
+    sid_strings,
+    token_features,
+    token_stats,
+)
 
 
 def blobs(n=1500, d=8, k=12, seed=0):

@@ -33,14 +33,17 @@ def make_events(seed=11, n_imp=160):
         ts = T0 + dt.timedelta(seconds=rnd.randint(0, 12 * 86400 - 1))
         ts = ts.replace(second=0) if rnd.random() < 0.3 else ts      # ties between users' events
         ctx = {"device": rnd.choice(["mobile", "desktop"])} if rnd.random() < 0.8 else {}
-        rows.append((eid, u, i, "impression", ts, None, ctx)); eid += 1
+        rows.append((eid, u, i, "impression", ts, None, ctx))
+        eid += 1
         r = rnd.random()
         if r < 0.35:   # a click (sometimes a quick bounce), maybe late, maybe a purchase
             delay = rnd.choice([0, 1, 60, 1799, 1800, 1801, 4000])
             rows.append((eid, u, i, "click", ts + dt.timedelta(seconds=delay),
-                         rnd.choice([None, 1200, 4999, 5000, 60_000]), {})); eid += 1
+                         rnd.choice([None, 1200, 4999, 5000, 60_000]), {}))
+            eid += 1
             if rnd.random() < 0.3:
-                rows.append((eid, u, i, "purchase", ts + dt.timedelta(seconds=delay + 5), None, {})); eid += 1
+                rows.append((eid, u, i, "purchase", ts + dt.timedelta(seconds=delay + 5), None, {}))
+                eid += 1
     rows.append((eid, "u0", "i0", "click", CUTOFF, 9000, {}))                  # at the cutoff
     rows.append((eid + 1, "u0", "i0", "impression", CUTOFF + dt.timedelta(hours=2), None, {}))
     return rows

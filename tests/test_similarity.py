@@ -4,11 +4,11 @@ caps; the job with its evaluation on MovieLens."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 import itertools
 import math
 import random
 from collections import defaultdict
+from dataclasses import replace
 
 import pytest
 from pyspark.sql import functions as F
@@ -45,33 +45,33 @@ def reference(rows, spec: SimilaritySpec, kept=None):
             continue
         b = spec.behavior_weights.get(typ, 1.0)
         ob, ot = ui.get((u, i), (0.0, -math.inf))
-        ui[(u, i)] = (max(ob, b), max(ot, ts.replace(tzinfo=dt.timezone.utc).timestamp()))
+        ui[(u, i)] = (max(ob, b), max(ot, ts.replace(tzinfo=dt.UTC).timestamp()))
     deg = defaultdict(int)
     for u, _ in ui:
         deg[u] += 1
     ui = {k: v for k, v in ui.items() if spec.min_user_items <= deg[k[0]] <= spec.max_user_items}
     if kept is not None:
         ui = {k: v for k, v in ui.items() if k in kept}
-    I, U = defaultdict(set), defaultdict(set)
+    items_of, users_of = defaultdict(set), defaultdict(set)
     for u, i in ui:
-        I[u].add(i)
-        U[i].add(u)
-    norm = {i: sum(ui[(u, i)][0] ** 2 for u in U[i]) for i in U}
-    w = {u: (spec.user_alpha + len(I[u])) ** spec.user_beta for u in I}
+        items_of[u].add(i)
+        users_of[i].add(u)
+    norm = {i: sum(ui[(u, i)][0] ** 2 for u in users_of[i]) for i in users_of}
+    w = {u: (spec.user_alpha + len(items_of[u])) ** spec.user_beta for u in items_of}
     scores = defaultdict(dict)
-    for i, j in itertools.permutations(sorted(U), 2):
-        common = U[i] & U[j]
+    for i, j in itertools.permutations(sorted(users_of), 2):
+        common = users_of[i] & users_of[j]
         if not common:
             continue
-        def term(u):
+        def term(u, i=i, j=j):
             (bi, ti), (bj, tj) = ui[(u, i)], ui[(u, j)]
             d = math.exp(-abs(ti - tj) / (spec.time_decay_days * 86400)) if spec.time_decay_days else 1.0
             return bi * bj * d
         den = math.sqrt(norm[i] * norm[j])
         s = {"itemcf": sum(term(u) for u in common) / den,
-             "itemcf_iuf": sum(term(u) / math.log1p(len(I[u])) for u in common) / den,
-             "swing_simple": sum(1 / (spec.simple_alpha + len(I[u])) for u in common),
-             "swing": sum(w[u] * w[v] / (spec.swing_alpha + len(I[u] & I[v]))
+             "itemcf_iuf": sum(term(u) / math.log1p(len(items_of[u])) for u in common) / den,
+             "swing_simple": sum(1 / (spec.simple_alpha + len(items_of[u])) for u in common),
+             "swing": sum(w[u] * w[v] / (spec.swing_alpha + len(items_of[u] & items_of[v]))
                           for u, v in itertools.combinations(sorted(common), 2))}
         for a in spec.algos:
             if s[a] > 0:

@@ -16,7 +16,7 @@ D = dt.date(2025, 6, 30)
 
 def _run(run_id, status, finished, version, as_of=D):
     return {"run_id": run_id, "job": "build_sequences", "as_of": as_of, "status": status,
-            "finished_at": dt.datetime(2025, 7, 1, finished, tzinfo=dt.timezone.utc),
+            "finished_at": dt.datetime(2025, 7, 1, finished, tzinfo=dt.UTC),
             "outputs": [{"name": "user_sequences", "path": "p", "version": version, "rows": 1, "partition": str(as_of)}]}
 
 

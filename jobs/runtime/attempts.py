@@ -49,7 +49,7 @@ def record_start(root: str, run_id: str, job: str, as_of: dt.date, params_hash: 
     from deltalake import write_deltalake
 
     row = {"run_id": [run_id], "job": [job], "as_of": [as_of.isoformat()],
-           "started_at": [dt.datetime.fromtimestamp(started, dt.timezone.utc)], "host": [socket.gethostname()],
+           "started_at": [dt.datetime.fromtimestamp(started, dt.UTC)], "host": [socket.gethostname()],
            "pid": [os.getpid()], "params_hash": [params_hash], "code_version": [code_version],
            "outputs": [list(outputs)]}
     write_deltalake(arrow_uri(root, ATTEMPTS_TABLE), pa.table(row, schema=_schema()), mode="append")
@@ -113,7 +113,7 @@ def history(root: str, as_of: dt.date | str | None = None, job: str | None = Non
             finished[r.run_id] = {"run_id": r.run_id, "job": r.job, "as_of": str(r.as_of), "status": r.status,
                                   "started_at": utc(r.started_at), "duration_s": r.duration_s, "outputs": outs,
                                   "error": r.error}
-    now = utc(now or dt.datetime.now(dt.timezone.utc))
+    now = utc(now or dt.datetime.now(dt.UTC))
     rows = list(finished.values())
     for a in attempts.itertuples():
         if a.run_id in finished:

@@ -67,7 +67,7 @@ def write_results(stem: str, res: dict[str, Any], md: list[str], out: Path = OUT
     from recfactory.jobs.runtime.job import code_version
 
     res = {**res, "bench_run": os.environ.get("BENCH_RUN"), "code_version": code_version(),
-           "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+           "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")

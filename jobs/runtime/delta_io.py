@@ -285,7 +285,7 @@ class Warehouse:
         return int(DeltaTable(uri, without_files=True).version())
 
     def upsert(self, df, name: str, commit: CommitProperties, key: str, partition: str,
-               prefer: str | None = None, attempts: int = 8) -> "UpsertRef":
+               prefer: str | None = None, attempts: int = 8) -> UpsertRef:
         """One atomic MERGE of `df` into table `name` on (`partition`, `key`): rows whose key is new
         are inserted; a row whose key is already published replaces it only when `prefer` (a SQL
         condition over ``s.`` the new and ``t.`` the published row; our own constant, never user

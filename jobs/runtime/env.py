@@ -161,8 +161,9 @@ def arrow_fs(location: str):
     """(pyarrow filesystem, path) of a location: a local path as it is, a ``file:`` URI (as Spark
     names files: percent-encoded) as its path, an object-store URI (s3a:// read as s3://) by its
     scheme."""
-    import pyarrow.fs as pafs
     from urllib.parse import unquote, urlparse
+
+    import pyarrow.fs as pafs
 
     u = urlparse(location)
     if u.scheme in ("", "file"):

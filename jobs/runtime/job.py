@@ -86,7 +86,7 @@ class Job:
         """The warehouse tables this run reads (its own outputs excluded); params may choose them."""
         return cls.inputs
 
-    def run(self, ctx: "RunContext") -> None:  # pragma: no cover - abstract
+    def run(self, ctx: RunContext) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -298,8 +298,8 @@ def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
     m = ctx.manifest()
     row = {
         "run_id": ctx.run_id, "job": ctx.job, "as_of": ctx.as_of, "status": status,
-        "started_at": dt.datetime.fromtimestamp(ctx.started, dt.timezone.utc),
-        "finished_at": dt.datetime.fromtimestamp(finished, dt.timezone.utc),
+        "started_at": dt.datetime.fromtimestamp(ctx.started, dt.UTC),
+        "finished_at": dt.datetime.fromtimestamp(finished, dt.UTC),
         "duration_s": round(finished - ctx.started, 3),
         "params": json.dumps(m["params"], sort_keys=True), "params_hash": m["params_hash"],
         "code_version": m["code_version"], "seed": ctx.params.seed,

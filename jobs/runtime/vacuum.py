@@ -49,7 +49,7 @@ def kept_versions(root: str, runs: list[dict], tables: list[str], since: dt.date
     keep: dict[str, set[int]] = defaultdict(set)
     for r in runs:
         finished = r.get("finished_at")
-        if finished is None or finished.replace(tzinfo=finished.tzinfo or dt.timezone.utc) < since:
+        if finished is None or finished.replace(tzinfo=finished.tzinfo or dt.UTC) < since:
             continue
         for i in r.get("inputs") or []:
             # a table of this warehouse (a raw input elsewhere is not ours to vacuum)
@@ -80,7 +80,7 @@ def vacuum(warehouse: str, retain_days: float, dry_run: bool = False, now: dt.da
     if retain_days < 0:
         raise ValueError("--retain-days must be >= 0")
     root = normalize_warehouse(warehouse)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     hours = math.ceil(retain_days * 24)
     if hours < 24:
         h = history(root, now=now)
