@@ -82,10 +82,27 @@ def _snapshot(wh: Path, tables) -> dict[str, tuple[int, list]]:
     return out
 
 
+USERS = 200        # a MovieLens slice (users 1..200, every item): the faults, not the data, are under test
+
+
+def _slice_args(base: Path) -> list[str]:
+    """ingest's arguments for the slice (written under base by `ingested`)."""
+    return ["--dataset", "tables", "--events-path", str(base / "events.parquet"),
+            "--items-path", str(base / "items.parquet")]
+
+
 @pytest.fixture(scope="module")
-def ingested(movielens_ingested, tmp_path_factory):
+def ingested(spark, tmp_path_factory):
+    """A warehouse holding only the slice's ingest as of D (each test copies it)."""
+    from recfactory.features.sources import movielens_100k
+    from recfactory.jobs.runtime.job import run_job
+
     base = tmp_path_factory.mktemp("faults")
-    return Path(movielens_ingested(base / "src")), base
+    src = movielens_100k()
+    src.events[src.events["user_id"].astype(int) <= USERS].to_parquet(base / "events.parquet", index=False)
+    src.items.to_parquet(base / "items.parquet", index=False)
+    run_job("ingest", ["--warehouse", str(base / "src"), "--as-of", D, *_slice_args(base)], spark=spark)
+    return base / "src", base
 
 
 def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested, spark):
@@ -184,11 +201,11 @@ def test_sigkill_of_ingest_between_its_commits_then_the_rerun_quarantines_nothin
 
     src, base = ingested
     wh = base / "ingest-killed"
-    proc = _start("ingest", str(wh))
+    proc = _start("ingest", str(wh), *_slice_args(base))
     assert _kill_when(proc, lambda: _committed(wh / "events_clean") and not _committed(wh / "items"))
     mid = _snapshot(wh, ("events_clean", "events_quarantine", "items"))
     assert set(mid) <= {"events_clean", "events_quarantine"} and mid["events_clean"][0] == 0
-    proc = _start("ingest", str(wh))
+    proc = _start("ingest", str(wh), *_slice_args(base))
     assert proc.wait(timeout=900) == 0, proc.stdout.read()[-3000:]
     tables = ("events_clean", "events_quarantine", "items", "items_quarantine")
     got, expected = _snapshot(wh, tables), _snapshot(src, tables)
