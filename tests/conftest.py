@@ -102,6 +102,24 @@ def _pristine(wh: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def movielens_slice():
+    """`write(dest, users) -> (events_path, items_path)`: MovieLens-100K's events of users
+    1..users with every item, as dest/events.parquet and dest/items.parquet (what ingest's
+    `--dataset tables` reads): the tests whose subject is not the data run on a slice."""
+    from recfactory.features.sources import movielens_100k
+
+    src = movielens_100k()
+
+    def write(dest: Path, users: int) -> tuple[Path, Path]:
+        events, items = Path(dest) / "events.parquet", Path(dest) / "items.parquet"
+        src.events[src.events["user_id"].astype(int) <= users].to_parquet(events, index=False)
+        src.items.to_parquet(items, index=False)
+        return events, items
+
+    return write
+
+
+@pytest.fixture(scope="session")
 def movielens_ingested(movielens_run):
     """`copy(dest)`: a warehouse at dest holding only the MovieLens-100K ingest as of 1998-04-30 (as
     `movielens_run`'s was before the tests that read it wrote their own tables into it)."""

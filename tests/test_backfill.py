@@ -29,13 +29,9 @@ STEPS = (
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    from recfactory.features.sources import movielens_100k
-
+def source(movielens_slice, tmp_path_factory):
     d = tmp_path_factory.mktemp("backfill")
-    src = movielens_100k()
-    src.events[src.events["user_id"].astype(int) <= USERS].to_parquet(d / "events.parquet", index=False)
-    src.items.to_parquet(d / "items.parquet", index=False)
+    movielens_slice(d, USERS)
     return d
 
 

@@ -47,18 +47,6 @@ CONF = {
 }
 
 
-def slice_conf(home: Path) -> dict:
-    """CONF plus ingest from the slice, written under home as parquet (ingest's --dataset tables)."""
-    from recfactory.features.sources import movielens_100k
-
-    src = movielens_100k()
-    events = src.events[src.events["user_id"].astype(int) <= USERS]
-    events.to_parquet(home / "events.parquet", index=False)
-    src.items.to_parquet(home / "items.parquet", index=False)
-    return {**CONF, "ingest": {"dataset": "tables", "events_path": str(home / "events.parquet"),
-                               "items_path": str(home / "items.parquet")}}
-
-
 def _airflow(env, *args, timeout=3600):
     return subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -102,8 +90,10 @@ def airflow_env(tmp_path_factory, airflow_home):
 
 
 @pytest.fixture(scope="module")
-def conf(airflow_env):
-    return slice_conf(airflow_env[1])
+def conf(airflow_env, movielens_slice):
+    """CONF plus ingest from the slice, written under the Airflow home (ingest's --dataset tables)."""
+    events, items = movielens_slice(airflow_env[1], USERS)
+    return {**CONF, "ingest": {"dataset": "tables", "events_path": str(events), "items_path": str(items)}}
 
 
 def test_dags_import_without_errors_and_follow_the_pipeline(airflow_env):

@@ -92,15 +92,12 @@ def _slice_args(base: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ingested(spark, tmp_path_factory):
+def ingested(spark, movielens_slice, tmp_path_factory):
     """A warehouse holding only the slice's ingest as of D (each test copies it)."""
-    from recfactory.features.sources import movielens_100k
     from recfactory.jobs.runtime.job import run_job
 
     base = tmp_path_factory.mktemp("faults")
-    src = movielens_100k()
-    src.events[src.events["user_id"].astype(int) <= USERS].to_parquet(base / "events.parquet", index=False)
-    src.items.to_parquet(base / "items.parquet", index=False)
+    movielens_slice(base, USERS)
     run_job("ingest", ["--warehouse", str(base / "src"), "--as-of", D, *_slice_args(base)], spark=spark)
     return base / "src", base
 
