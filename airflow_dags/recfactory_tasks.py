@@ -14,6 +14,8 @@ Deployment settings (environment of the scheduler and workers, read when the DAG
   are submitted through the Ray Jobs API; ``RECFACTORY_RAY_PYTHON`` is the Python the cluster runs
   them with (default ``python``). Otherwise they run through spark-submit with a local Ray (or the
   cluster ``RAY_ADDRESS`` names).
+- ``RECFACTORY_SHUFFLE_PARTITIONS``: when set, passed to each spark-submit as its shuffle
+  partitions and default parallelism (``spark.sql.shuffle.partitions``, ``spark.default.parallelism``).
 - ``RECFACTORY_START_DATE`` (default 2026-01-01), ``RECFACTORY_CATCHUP`` (default false).
 - ``RECFACTORY_RUN_CONF_ALLOW``: restricted parameters (paths, filters, plug-in class paths) a run
   conf may set, as ``task_id.param`` (default: none; see ``pipeline.check_run_conf``).
@@ -41,6 +43,7 @@ from recfactory.jobs.runtime.env import arrow_uri, redact
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, load_job
 from recfactory.jobs.runtime.pipeline import PIPELINES, Step, check_run_conf, step_params, to_argv, upstream
 from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
+from recfactory.jobs.runtime.spark import submit_conf
 
 DEFAULT_CONN = "recfactory_spark"
 
@@ -102,7 +105,7 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         super().__init__(
             task_id=step.task_id, application=str(Path(sys.modules[job_cls.__module__].__file__)),
             name=f"recfactory-{step.task_id}", conn_id=conn_id, py_files=py_files,
-            conf={"spark.log.level": "WARN", **(kwargs.pop("conf", None) or {})},
+            conf={"spark.log.level": "WARN", **submit_conf(), **(kwargs.pop("conf", None) or {})},
             outlets=[table_asset(t) for t in job_cls.outputs],
             execution_timeout=dt.timedelta(minutes=step.timeout_minutes), depends_on_past=step.depends_on_past,
             **kwargs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import zipfile
 
+import pytest
+
 from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
 
 
@@ -33,3 +35,16 @@ def test_ray_gets_the_wheels_packages_as_directories(tmp_path):
     (d,) = ray_py_modules(str(w))
     assert d.endswith("/pkg") and open(f"{d}/sub/mod.py").read() == "X = 1\n"
     assert ray_py_modules(f"{w},other_dir") == [d, "other_dir"]
+
+
+def test_a_deployments_shuffle_partitions_reach_each_spark_submit_it_launches(monkeypatch):
+    from recfactory.jobs.runtime.spark import submit_conf
+
+    monkeypatch.setenv("RECFACTORY_SHUFFLE_PARTITIONS", "4")
+    assert submit_conf() == {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "4"}
+    monkeypatch.delenv("RECFACTORY_SHUFFLE_PARTITIONS")
+    assert submit_conf() == {}                       # spark-defaults.conf / the cluster's own settings
+    for bad in ("0", "-3", "four", "4; rm"):
+        monkeypatch.setenv("RECFACTORY_SHUFFLE_PARTITIONS", bad)
+        with pytest.raises(ValueError, match="RECFACTORY_SHUFFLE_PARTITIONS must be a positive integer"):
+            submit_conf()

@@ -49,6 +49,19 @@ _LOCAL_DEFAULTS = {
 }
 
 
+def submit_conf() -> dict[str, str]:
+    """The ``--conf`` a deployment's environment adds to each spark-submit it launches (the Airflow
+    operator's): ``RECFACTORY_SHUFFLE_PARTITIONS``, when set, as the shuffle partitions and default
+    parallelism — what an in-process session takes from it; otherwise spark-defaults.conf or the
+    cluster's own settings apply."""
+    n = os.environ.get("RECFACTORY_SHUFFLE_PARTITIONS")
+    if not n:
+        return {}
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"RECFACTORY_SHUFFLE_PARTITIONS must be a positive integer, not {n!r}")
+    return {"spark.sql.shuffle.partitions": n, "spark.default.parallelism": n}
+
+
 # The driver's log4j2 configuration: Spark's defaults (org/apache/spark/log4j2-defaults.properties)
 # with every message and stack trace passed through a redaction of credentials — user:password@ in
 # URIs, signed query strings, connection-string keys, bearer tokens: the JVM side of
