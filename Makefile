@@ -73,7 +73,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 params-doc: setup
-	@$(PY) -m recfactory params-doc
+	$(PY) -m recfactory params-doc > docs/reference/jobs.md
 
 clean:
 	rm -rf .tmp warehouse spark-warehouse

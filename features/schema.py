@@ -27,7 +27,7 @@ ITEM_REQUIRED = ("item_id", "title", "category")
 ITEM_OPTIONAL = ("text", "brand", "price", "image_path", "created_ts")
 
 # Quarantine reason codes, in the order they are checked; a row's `reason` is the first that applies,
-# `reasons` lists all of them. Each comes with an example input (the README lists them from here).
+# `reasons` lists all of them. Each comes with an example input (docs/reference/tables.md lists them from here).
 EVENT_REASONS = {
     "NULL_KEY": ("user_id, item_id, event_type or ts is missing or blank after normalization",
                  "user_id = '\\u00a0\\u200b' (a no-break and a zero-width space)"),

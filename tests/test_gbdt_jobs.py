@@ -93,7 +93,7 @@ def test_a_table_without_the_model_features_is_refused(spark, gbdt_warehouse):
         run_job("build_gbdt_leaves", [*base, "--input", "fresh_rows"], spark=spark)
 
 
-# in the slow tier (`make bench`) for now: CI's 90-minute budget (see README, Tests)
+# in the slow tier (`make bench`) for now: CI's 90-minute budget (see docs/operations.md, the test suite)
 @pytest.mark.slow
 def test_large_training_runs_data_parallel_on_ray_train(spark, gbdt_warehouse, tmp_path):
     """The same samples above the distributed threshold: LightGBMTrainer with 2 workers gives a

@@ -257,7 +257,7 @@ def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
     assert set(eges.attention) == {"item_id", "community"}
 
 
-# in the slow tier (`make bench`) for now: CI's 90-minute budget (see README, Tests)
+# in the slow tier (`make bench`) for now: CI's 90-minute budget (see docs/operations.md, the test suite)
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray

@@ -110,7 +110,7 @@ def test_params_choose_inputs_and_so_dependencies():
     assert set(PIPELINES) == {"daily", "weekly"}
 
 
-# in the slow tier (`make bench`) for now: CI's 90-minute budget (see README, Tests)
+# in the slow tier (`make bench`) for now: CI's 90-minute budget (see docs/operations.md, the test suite)
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray

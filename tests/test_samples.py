@@ -176,7 +176,7 @@ def test_recalibration_inverts_downsampling():
         np.testing.assert_allclose(recalibrate(p, w), p0)
 
 
-# in the slow tier (`make bench`) for now: CI's 90-minute budget (see README, Tests)
+# in the slow tier (`make bench`) for now: CI's 90-minute budget (see docs/operations.md, the test suite)
 @pytest.mark.slow
 @pytest.mark.spark
 def test_job_on_movielens_idempotent(spark, movielens_run):

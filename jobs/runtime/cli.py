@@ -4,7 +4,7 @@ Extra commands:
   recfactory setup        resolve the Delta jars into the cache (network once, offline after) and
                           write them into pyspark's spark-defaults.conf for plain `spark-submit`
   recfactory jobs         list the jobs
-  recfactory params-doc   the parameter tables of every job, as markdown (README source)
+  recfactory params-doc   the parameter tables of every job, as markdown (docs/reference/jobs.md)
   recfactory pipeline     the daily (or weekly) pipeline's jobs for one date in one process: the
                           Airflow DAG's graph without Airflow (--help for its flags)
   recfactory runs         the history of attempts (--warehouse W [--as-of D] [--job J]): status,
@@ -35,12 +35,23 @@ def setup() -> int:
     return 0
 
 
-def params_doc() -> int:
+PARAMS_REFERENCE = "docs/reference/jobs.md"
+
+
+def params_reference() -> str:
+    """docs/reference/jobs.md: every job's description, outputs and parameter table, from the jobs'
+    own declarations (`make params-doc` writes it; a test keeps the file equal to this)."""
+    parts = ["# Jobs and their parameters", "",
+             "Generated from the jobs' declarations by `make params-doc`; a test keeps this file equal to them.", ""]
     for name in JOBS:
         cls = load_job(name)
-        print(f"### `{name}`\n\n{cls.description}\n\nWrites: "
-              + ", ".join(f"`{t}`" for t in cls.outputs) + "\n")
-        print(params_table(cls.Params) + "\n")
+        parts += [f"## `{name}`", "", cls.description, "",
+                  "Writes: " + ", ".join(f"`{t}`" for t in cls.outputs), "", params_table(cls.Params), ""]
+    return "\n".join(parts)
+
+
+def params_doc() -> int:
+    print(params_reference(), end="")
     return 0
 
 

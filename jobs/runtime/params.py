@@ -1,7 +1,7 @@
 """Job parameters, declared once.
 
 Each job declares a frozen pydantic model (typed, validated, documented, with defaults). From that
-one declaration come the CLI flags (``--as-of``, ``--seed`` ...), ``--help``, the README table and,
+one declaration come the CLI flags (``--as-of``, ``--seed`` ...), ``--help``, the reference docs/reference/jobs.md and,
 later, the Airflow params (pydantic's JSON schema is what Airflow's ``Param`` takes). Pydantic is
 used rather than hand-written validation because it already gives types, bounds, enums and JSON
 schema; it is a dependency of Airflow and Ray anyway.
@@ -166,7 +166,7 @@ def parse_params(model: type[BaseModel], argv: list[str], prog: str, description
 
 
 def params_table(model: type[BaseModel]) -> str:
-    """Markdown table of a job's parameters (for the README)."""
+    """Markdown table of a job's parameters (for docs/reference/jobs.md)."""
     rows = ["| flag | default | description |", "|---|---|---|"]
     for name, field in model.model_fields.items():
         default = "required" if field.is_required() else f"`{_show_default(field.default)}`"
