@@ -1,0 +1,70 @@
+"""The card's top-level `tokenizers/` never shadows Hugging Face's `tokenizers`, whatever the working
+directory or install mode: from this checkout, from a second checkout while this one is installed,
+and with a wheel installed and a checkout as the working directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# what the text encoder does (tokenizers/encoders.py), after recfactory is imported; and the same
+# when something imported the shadowing `tokenizers` before recfactory
+PROBE = """
+import sys
+{pre}
+import recfactory
+from tokenizers import Tokenizer
+import tokenizers
+print("RECFACTORY", recfactory.__file__)
+print("TOKENIZERS", tokenizers.__file__)
+"""
+
+
+def _probe(cwd: Path, pre: str = "", env: dict[str, str] | None = None) -> dict[str, str]:
+    res = subprocess.run([sys.executable, "-c", PROBE.format(pre=pre)], cwd=cwd, capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return dict(line.split(" ", 1) for line in res.stdout.splitlines() if line.startswith(("RECFACTORY", "TOKENIZERS")))
+
+
+def _checkout(dest: Path) -> Path:
+    """A second checkout's source tree (the package folders, no docs or data)."""
+    dest.mkdir()
+    for name in ("__init__.py", "__main__.py", "setup.cfg", "pyproject.toml"):
+        shutil.copy(ROOT / name, dest / name)
+    for folder in ("jobs", "features", "graph", "tokenizers", "airflow_dags"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _is_hugging_faces(path: str, *checkouts: Path) -> bool:
+    return "site-packages" in path and Path(path).resolve().parent not in {c.resolve() / "tokenizers" for c in checkouts}
+
+
+def test_from_this_checkout_and_from_a_second_one(tmp_path):
+    other = _checkout(tmp_path / "other")
+    for cwd in (ROOT, other):
+        for pre in ("", "import tokenizers as early  # the checkout's own, imported before recfactory"):
+            out = _probe(cwd, pre)
+            assert _is_hugging_faces(out["TOKENIZERS"], ROOT, other), (cwd, pre, out)
+
+
+def test_from_a_wheel_install_with_a_checkout_as_the_working_directory(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                          "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("recfactory-*.whl")
+    site = tmp_path / "site"
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = _probe(ROOT, env=env)
+    assert Path(out["RECFACTORY"]).resolve().is_relative_to(site.resolve()), out      # the wheel, not the checkout
+    assert _is_hugging_faces(out["TOKENIZERS"], ROOT), out
