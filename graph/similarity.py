@@ -29,64 +29,16 @@ order, so each term is rounded to a multiple of 2^-40 and summed as a 64-bit int
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from recfactory.features.schema import POSITIVE_EVENT_TYPES
+from recfactory.graph.similarity_spec import SimilaritySpec
 
-ALGOS = ("swing", "swing_simple", "itemcf", "itemcf_iuf")
 # automatic block count: one block per this many capped user-item pairs, within [8, 4096]. Measured
 # on 2 cores: 1M events (118k pairs) 16 blocks 5.1 s vs 64 blocks 6.6 s; 10M events (940k pairs)
 # 128 blocks 80 s / 7.3 GB peak vs 32 blocks 88 s / 12.0 GB.
 PAIRS_PER_BLOCK = 8000
 FIXED_SCALE = float(2 ** 40)  # fixed-point resolution of summed terms: 2^-40 ≈ 9.1e-13
-
-
-@dataclass(frozen=True)
-class SimilaritySpec:
-    algos: tuple[str, ...] = ALGOS
-    event_types: tuple[str, ...] = POSITIVE_EVENT_TYPES
-    behavior_weights: dict[str, float] = field(default_factory=dict)  # event type → weight (default 1)
-    swing_alpha: float = 1.0
-    user_alpha: float = 5.0
-    user_beta: float = -0.35
-    simple_alpha: float = 1.0
-    time_decay_days: float = 0.0
-    min_user_items: int = 2
-    max_user_items: int = 5000
-    max_items_per_user: int = 200
-    max_users_per_item: int = 1000
-    top_k: int = 100
-    engine: str = "auto"       # auto | sql | blocks (auto: blocks unless time decay is on)
-    blocks: int = 0            # item blocks of the blocks engine; 0: one per PAIRS_PER_BLOCK pairs
-    seed: int = 42
-
-    def __post_init__(self):
-        bad = [a for a in self.algos if a not in ALGOS]
-        if bad or not self.algos:
-            raise ValueError(f"unknown algos {bad}; choose from {', '.join(ALGOS)}")
-        if self.swing_alpha < 0 or self.simple_alpha < 0 or self.user_alpha < 0:
-            raise ValueError("alphas must be >= 0")
-        if not 1 <= self.min_user_items <= self.max_user_items:
-            raise ValueError("need 1 <= min_user_items <= max_user_items")
-        if self.max_items_per_user < 2 or self.max_users_per_item < 2 or self.top_k < 1:
-            raise ValueError("max_items_per_user and max_users_per_item must be >= 2, top_k >= 1")
-        if self.time_decay_days < 0:
-            raise ValueError("time_decay_days must be >= 0")
-        if any(w <= 0 for w in self.behavior_weights.values()):
-            raise ValueError("behavior weights must be > 0")
-        if self.engine not in ("auto", "sql", "blocks") or self.blocks < 0:
-            raise ValueError("engine must be auto, sql or blocks; blocks >= 0 (0: automatic)")
-        if self.engine == "blocks" and self.time_decay_days:
-            raise ValueError("the blocks engine has no time decay: use --engine sql")
-
-    @property
-    def resolved_engine(self) -> str:
-        if self.engine != "auto":
-            return self.engine
-        return "sql" if self.time_decay_days else "blocks"
 
 
 def user_items(events: DataFrame, spec: SimilaritySpec) -> DataFrame:
@@ -244,7 +196,7 @@ def neighbor_lists(ui_capped: DataFrame, spec: SimilaritySpec, k: int | None = N
     - ``sql``: Spark SQL end to end (ids encoded as ints, exact fixed-point sums, max_by top-K);
     - ``blocks``: items are hashed into ``block_count`` blocks; each block receives the full item lists
       of the users who touch it and computes its items' rows with SciPy sparse products (the
-      single-process peer's algebra, ``graph.similarity_reference``), top-K included, in a
+      single-process peer's algebra, ``graph.similarity_sparse``), top-K included, in a
       ``groupBy(block).applyInArrow`` (columnar both ways: no Python object per neighbor). A row
       depends only on its item's users, whose sums run in user-id order in any block, so the
       result does not depend on the blocking or partitioning."""
@@ -252,7 +204,7 @@ def neighbor_lists(ui_capped: DataFrame, spec: SimilaritySpec, k: int | None = N
     if spec.resolved_engine == "sql":
         enc, items = encode(ui_capped)
         return top_k(all_scores(enc, spec), spec.algos, k, items)
-    from recfactory.graph.similarity_reference import block_rows
+    from recfactory.graph.similarity_sparse import block_rows
 
     blk = F.pmod(F.xxhash64(F.lit(spec.seed), F.lit("block"), F.col("item_id")), F.lit(block_count(ui_capped, spec)))
     # windows, not aggregate + join: one shuffle for the items' global norms, one to give every

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recfactory.graph.walks import _alias_draw, _alias_tables, _hash, _uniform
+from recfactory.graph.draws import alias_draw, alias_tables, draw_hash, draw_uniform
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Unigram:
         counts = np.bincount(walks[walks >= 0].ravel(), minlength=n).astype(np.float64)
         self.weights = counts ** power
         self.empty = not self.weights.sum()
-        prob, alias = _alias_tables(np.array([0, n], dtype=np.int64), self.weights)
+        prob, alias = alias_tables(np.array([0, n], dtype=np.int64), self.weights)
         self.prob_np, self.alias_np = prob, alias
         self.prob, self.alias = torch.as_tensor(prob), torch.as_tensor(alias)
 
@@ -188,12 +188,12 @@ def _train_walks(emb, ctx, g_emb, g_ctx, walks, rows, keep, prob, alias, window,
             v = walks[r, j]
             if v < 0:
                 break
-            if keep[v] < 1.0 and _uniform(seed, pos, j, 0) >= keep[v]:
+            if keep[v] < 1.0 and draw_uniform(seed, pos, j, 0) >= keep[v]:
                 continue
             kept[m] = v
             m += 1
         for c in range(m):
-            b = 1 + np.int64(_hash(seed, pos, c, 1) % np.uint64(window))
+            b = 1 + np.int64(draw_hash(seed, pos, c, 1) % np.uint64(window))
             s = 0
             for j in range(max(0, c - b), min(m, c + b + 1)):
                 if j != c:
@@ -203,7 +203,7 @@ def _train_walks(emb, ctx, g_emb, g_ctx, walks, rows, keep, prob, alias, window,
                 continue
             cnt = s
             for t in range(negatives):
-                slots[s] = _alias_draw(_hash(seed, pos, c, 2 + t), 0, nodes, prob, alias)
+                slots[s] = alias_draw(draw_hash(seed, pos, c, 2 + t), 0, nodes, prob, alias)
                 s += 1
             total += _center(emb, ctx, g_emb, g_ctx, kept[c], slots, s, cnt, lr, h, gh, coef)
             centers += 1

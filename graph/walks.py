@@ -27,94 +27,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
-
-
-@numba.njit(cache=True, inline="always")
-def _mix(x):
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
-
-
-@numba.njit(cache=True, inline="always")
-def _hash(seed, position, step, draw):
-    """64 random bits: SplitMix64 of (seed, walk position, step, draw)."""
-    x = _mix(np.uint64(seed) + _GOLD * np.uint64(position + 1))
-    return _mix(x ^ (np.uint64(step) * np.uint64(0x100000001B3) + np.uint64(draw) + _GOLD))
-
-
-@numba.njit(cache=True, inline="always")
-def _uniform(seed, position, step, draw):
-    """U[0, 1) from the top 53 bits of `_hash`."""
-    return np.float64(_hash(seed, position, step, draw) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@numba.njit(cache=True, inline="always")
-def _alias_draw(h, lo, deg, prob, alias):
-    """An edge index of the alias table over [lo, lo + deg) from one 64-bit hash: its high 32 bits
-    pick the slot, its low 32 bits flip the slot's coin."""
-    k = lo + min(np.int64(np.float64(h >> np.uint64(32)) * deg * 2.3283064365386963e-10), deg - 1)
-    if np.float64(h & np.uint64(0xFFFFFFFF)) * 2.3283064365386963e-10 >= prob[k]:
-        k = alias[k]
-    return k
-
-
-def uniforms(seed: int, positions: np.ndarray, step: int, draw: int) -> np.ndarray:
-    """The walker's uniforms for these walk positions (tests and diagnostics)."""
-    return _uniforms(np.uint64(seed), np.asarray(positions, dtype=np.int64), step, draw)
-
-
-@numba.njit(cache=True)
-def _uniforms(seed, positions, step, draw):
-    out = np.empty(len(positions))
-    for i in range(len(positions)):
-        out[i] = _uniform(seed, positions[i], step, draw)
-    return out
-
-
-@numba.njit(cache=True)
-def _alias_tables(indptr, weights):
-    """Per row, Vose's alias table over its edges: (prob, alias) with alias an edge index."""
-    e = len(weights)
-    prob = np.ones(e)
-    alias = np.arange(e)
-    small = np.empty(e, dtype=np.int64)
-    large = np.empty(e, dtype=np.int64)
-    for v in range(len(indptr) - 1):
-        lo, hi = indptr[v], indptr[v + 1]
-        deg = hi - lo
-        if deg <= 1:
-            continue
-        total = 0.0
-        for k in range(lo, hi):
-            total += weights[k]
-        ns, nl = 0, 0
-        for k in range(lo, hi):
-            prob[k] = weights[k] * deg / total
-            if prob[k] < 1.0:
-                small[ns] = k
-                ns += 1
-            else:
-                large[nl] = k
-                nl += 1
-        while ns > 0 and nl > 0:
-            ns -= 1
-            s_ = small[ns]
-            l_ = large[nl - 1]
-            alias[s_] = l_
-            prob[l_] = prob[l_] + prob[s_] - 1.0
-            if prob[l_] < 1.0:
-                nl -= 1
-                small[ns] = l_
-                ns += 1
-        for i in range(nl):
-            prob[large[i]] = 1.0
-        for i in range(ns):
-            prob[small[i]] = 1.0
-    return prob, alias
+from recfactory.graph.draws import alias_draw, alias_tables, draw_hash, draw_uniform
 
 
 @dataclass(frozen=True)
@@ -157,7 +70,7 @@ class Graph:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What a walker needs (put once in Ray's object store, read zero-copy by every task)."""
-        prob, alias = _alias_tables(self.indptr, self.weights)
+        prob, alias = alias_tables(self.indptr, self.weights)
         return {"indptr": self.indptr, "indices": self.indices, "prob": prob, "alias": alias}
 
 
@@ -186,7 +99,7 @@ def _walk_one(indptr, indices, prob, alias, out, i, start, pos, length, p, q, bi
             break
         x = -1
         for j in range(max_proposals):
-            x = indices[_alias_draw(_hash(seed, pos, step, 2 * j), lo, deg, prob, alias)]
+            x = indices[alias_draw(draw_hash(seed, pos, step, 2 * j), lo, deg, prob, alias)]
             if not biased or step == 1:
                 break
             if x == prev:
@@ -195,7 +108,7 @@ def _walk_one(indptr, indices, prob, alias, out, i, start, pos, length, p, q, bi
                 a = 1.0
             else:
                 a = 1.0 / q
-            if _uniform(seed, pos, step, 2 * j + 1) * top < a:
+            if draw_uniform(seed, pos, step, 2 * j + 1) * top < a:
                 break
             x = -1
         if x < 0:

@@ -19,7 +19,8 @@ from pyspark.sql import types as T
 
 from recfactory.features.schema import POSITIVE_EVENT_TYPES, ColumnMapping
 from recfactory.features.sequences import visible_events
-from recfactory.graph.similarity import ALGOS, SimilaritySpec, build_similarity, evaluate, user_items
+from recfactory.graph.similarity import build_similarity, evaluate, user_items
+from recfactory.graph.similarity_spec import ALGOS, SimilaritySpec
 from recfactory.jobs.runtime.inputs import clean_events
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams

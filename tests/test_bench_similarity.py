@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 from pyspark import StorageLevel
 
-from recfactory.graph import similarity_reference as peer
+from recfactory.graph import similarity_sparse as peer
 from recfactory.graph.similarity import SimilaritySpec, apply_caps, block_count, neighbor_lists, user_items
 from recfactory.jobs.runtime.bench import SIZES, PeakRSS, bench_size, write_results
 from recfactory.jobs.runtime.job import run_job
@@ -118,7 +118,7 @@ def test_bench_similarity(spark, tmp_path):
           f"| {res['spark_s']} | {res['spark_peak_rss_gb']} |",
           (f"| Spark, SQL engine (fixed-point sums, max_by top-K) | {res['spark_sql_s']} | {res['spark_sql_peak_rss_gb']} |"
            if res["spark_sql_s"] is not None else "| Spark, SQL engine | not run at this size | |"),
-          f"| SciPy single process (`graph.similarity_reference`; RSS of the Python process) | {res['scipy_s']} | {res['scipy_peak_rss_gb']} |",
+          f"| SciPy single process (`graph.similarity_sparse`; RSS of the Python process) | {res['scipy_s']} | {res['scipy_peak_rss_gb']} |",
           "", f"Spark (blocks) / SciPy time: {res['ratio_spark_to_scipy']}×; top-K lists agree exactly: "
           f"{res['exact_agreement']} ({res['lists']:,} lists, {res['mismatched_lists']} differ).", "",
           f"Spark times are of a second run: the first ({res['spark_first_run_s']} s) also starts the "

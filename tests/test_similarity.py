@@ -185,7 +185,7 @@ def test_scipy_peer_matches_brute_force(spec):
     """The benchmark's single-process peer is itself checked against the formulas."""
     import pandas as pd
 
-    from recfactory.graph import similarity_reference as peer
+    from recfactory.graph import similarity_sparse as peer
 
     rows = make_events(5, users=20)
     ref = reference(rows, spec)

@@ -1,8 +1,7 @@
-"""The single-process peer of graph.similarity: NumPy/SciPy sparse algebra on one machine.
-
-Used by the benchmark (same pairs in, the same top-K lists out, side by side with Spark), as an
-independent implementation checked against the formulas, and — one item block at a time — by the
-Spark blocks engine. Input: the (user, item, b) pairs after the activity filter and the caps
+"""Item-to-item similarity as NumPy/SciPy sparse algebra: the engine of Spark's ``blocks`` mode (one
+item block at a time, inside ``graph.similarity.neighbor_lists``) and, on all pairs at once, the
+single-process peer the benchmark runs beside Spark (same pairs in, the same top-K lists out);
+checked against the formulas in the tests. Input: the (user, item, b) pairs after the activity filter and the caps
 (``apply_caps`` output). Without time decay (the default), every score is a sparse product:
 
 - cooc = BᵀB, itemcf = XᵀX / sqrt(N_i N_j) (X: behavior weights, B: binary, N = diag XᵀX),
@@ -24,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recfactory.graph.similarity import SimilaritySpec
+from recfactory.graph.similarity_spec import SimilaritySpec
 
 NEIGHBOR = pa.struct([("item_id", pa.string()), ("score", pa.float64()), ("score_norm", pa.float64()),
                       ("cooc", pa.int64())])
