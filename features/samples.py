@@ -39,10 +39,10 @@ from recfactory.features.cross_stats import (
     rate_parts,
     with_dims,
 )
+from recfactory.features.draws import uniform
 from recfactory.features.instants import ts_lit, utc_dow_col, utc_hour_col
 from recfactory.features.schema import EVENT_TYPES, POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
-from recfactory.features.synthetic import uniform
 
 SPLITS = ("train", "validation", "test")
 

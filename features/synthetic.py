@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from recfactory.features.draws import uniform
 from recfactory.features.instants import day_start, ts_lit
-
-_U53 = float(1 << 53)
 
 
 @dataclass(frozen=True)
@@ -61,21 +60,6 @@ class SyntheticSpec:
     @property
     def users(self) -> int:
         return self.n_users or max(50, self.n_events // 40)
-
-
-def uniform(seed: int, *keys: Column | str, salt: str) -> Column:
-    """Deterministic U[0,1) from the keys."""
-    h = F.xxhash64(F.lit(seed), F.lit(salt), *keys)
-    return (h.bitwiseAND(F.lit((1 << 53) - 1))).cast("double") / F.lit(_U53)
-
-
-def seeded_hash(values, seed: int, salt: str):
-    """The NumPy-side counterpart of `uniform`: a seeded 64-bit hash (uint64 array) of each value,
-    independent of row order and partitioning (pandas' hash with the key salt + zero-padded seed)."""
-    import pandas as pd
-
-    key = f"{salt}{seed:0{16 - len(salt)}d}"[:16]
-    return pd.util.hash_pandas_object(pd.Series(values, dtype=object), index=False, hash_key=key).to_numpy()
 
 
 def zipf_rank(u: Column, n: int, s: float) -> Column:

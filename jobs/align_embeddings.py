@@ -28,9 +28,9 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recfactory.features.draws import seeded_share
 from recfactory.features.schema import POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
-from recfactory.features.synthetic import seeded_hash
 from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, side_field_columns
 from recfactory.jobs.runtime.env import RUNS_TABLE
 from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
@@ -137,8 +137,7 @@ class AlignEmbeddingsJob(Job):
         ctx.row_counts.update({"i2i_pairs": len(i2i), "i2i_pairs_without_content": int((~known).sum())})
         i2i = i2i[known]
         ia, ib = index[i2i["a"]].to_numpy(), index[i2i["b"]].to_numpy()
-        h = seeded_hash(i2i["a"].to_numpy(), p.seed, "qarm")
-        held = (h % 1_000_000) < p.holdout * 1_000_000
+        held = seeded_share(i2i["a"].to_numpy(), p.seed, "qarm", p.holdout)
         ctx.row_counts.update({"i2i_train_pairs": int((~held).sum()), "i2i_heldout_pairs": int(held.sum())})
 
         # U2I positives: triggers in the ID space; each user's last positive held out (next-item)

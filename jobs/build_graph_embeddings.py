@@ -26,7 +26,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recfactory.features.synthetic import seeded_hash
+from recfactory.features.draws import seeded_share
 from recfactory.graph.embeddings import METHODS, EmbeddingSpec, Fitted, fit, hit_rate, nearest
 from recfactory.graph.item_graph import (
     SIDE_FIELDS,
@@ -166,8 +166,7 @@ class BuildGraphEmbeddingsJob(Job):
         tr_edges = (in_catalog(build_edges(train, ctx.cutoff, gspec).where("kept"), items)
                     .select("src", "dst", "weight", "transitions").toPandas())
         graph_items = np.union1d(tr_edges["src"].to_numpy(dtype=object), tr_edges["dst"].to_numpy(dtype=object))
-        h = seeded_hash(graph_items, p.seed, "cold")
-        cold = set(graph_items[(h % 1_000_000) < p.cold_holdout * 1_000_000])
+        cold = set(graph_items[seeded_share(graph_items, p.seed, "cold", p.cold_holdout)])
         touches = tr_edges["src"].isin(cold) | tr_edges["dst"].isin(cold)
         cold_pairs = tr_edges[~tr_edges["src"].isin(cold) & tr_edges["dst"].isin(cold)][["src", "dst"]]
         warm_edges = tr_edges[~touches]

@@ -42,8 +42,8 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recfactory.features.draws import seeded_sample
 from recfactory.features.filters import filter_column, parse_filter
-from recfactory.features.synthetic import seeded_hash
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import TABLE_NAME, Field, JobParams, Restricted
 from recfactory.tokenizers import sids as S
@@ -460,8 +460,7 @@ class BuildSidsJob(Job):
         depend on row order or partitioning), in id order."""
         if len(ids) <= size:
             return np.arange(len(ids))
-        h = seeded_hash(ids, seed, "sid")
-        return np.sort(np.argsort(h, kind="stable")[:size])
+        return np.sort(seeded_sample(ids, seed, "sid", size))
 
     # ---- metrics ----------------------------------------------------------------------------
     def _metrics(self, ctx: RunContext, p: SidParams, generation: str, X: np.ndarray, codes: np.ndarray,

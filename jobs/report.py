@@ -37,7 +37,7 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recfactory.features.synthetic import seeded_hash
+from recfactory.features.draws import seeded_sample, uniform
 from recfactory.jobs.runtime.job import RUNS_TABLE, Job, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams, Restricted
 from recfactory.jobs.runtime.reports import ReportFolder, calibration_figure, importance_figure, pyplot
@@ -429,8 +429,7 @@ class ReportJob(Job):
         """A seeded sample of at most n rows by the smallest hash of item_id (same whatever the partitioning)."""
         ids = df.select("item_id").distinct().toPandas()["item_id"].to_numpy()
         if len(ids) > n:
-            h = seeded_hash(ids, self.p.seed, "report-map")
-            ids = ids[np.argsort(h, kind="stable")[:n]]
+            ids = ids[seeded_sample(ids, self.p.seed, "report-map", n)]
         return df.where(F.col("item_id").isin(ids.tolist()))
 
     def _project(self, x: np.ndarray) -> np.ndarray:
@@ -587,8 +586,8 @@ class ReportJob(Job):
         else:
             n = samples.count()
             if n > self.p.calibration_rows:
-                h = F.abs(F.xxhash64(F.lit(self.p.seed), F.col("sample_id").cast("string"))) % 1_000_000
-                samples = samples.where(h < F.lit(int(1_000_000 * self.p.calibration_rows / n)))
+                keep = uniform(self.p.seed, F.col("sample_id").cast("string"), salt="calibration")
+                samples = samples.where(keep < F.lit(self.p.calibration_rows / n))
             pdf = samples.select(*[F.col(c).cast("double") for c in names], F.col(label).cast("double")).toPandas()
             booster = lgb.Booster(model_str=model["model_text"])
             q = recalibrate(booster.predict(pdf[names].to_numpy()), float(summary.get("negative_rate", 1.0)))

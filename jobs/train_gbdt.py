@@ -101,8 +101,8 @@ class TrainGBDTJob(Job):
     def run(self, ctx: RunContext) -> None:
         import lightgbm as lgb
 
+        from recfactory.features.draws import seeded_share
         from recfactory.features.samples import recalibrate
-        from recfactory.features.synthetic import seeded_hash
         from recfactory.jobs.runtime.inputs import date_partition
         from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
         from recfactory.tokenizers import gbdt
@@ -130,8 +130,7 @@ class TrainGBDTJob(Job):
         w_samples = train["negative_rate"].unique()
         if len(w_samples) != 1:
             raise ValueError(f"the train split mixes negative rates {sorted(w_samples)}")
-        h = seeded_hash(tree["sample_id"].to_numpy(), p.seed, "gbdt")
-        keep = (tree["_y"].to_numpy() == 1) | ((h % 1_000_000) < p.negative_rate * 1_000_000)
+        keep = (tree["_y"].to_numpy() == 1) | seeded_share(tree["sample_id"].to_numpy(), p.seed, "gbdt", p.negative_rate)
         tree = tree[keep]
         w_tree = float(w_samples[0]) * p.negative_rate
         w_down = float(w_samples[0])
