@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recfactory.graph.skipgram import EGES, SkipGram, TrainSpec, train
-from recfactory.graph.walks import Graph, random_walks
+from recfactory.graph.walks import Graph, local_cpus, random_walks
 
 METHODS = ("deepwalk", "node2vec", "eges")
 
@@ -73,17 +73,16 @@ def _train_task(method: str, walks: np.ndarray, n: int, fields: np.ndarray, voca
 
 
 def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[str], spec: EmbeddingSpec,
-        seed: int, progress: bool = True) -> dict[str, Fitted]:
+        seed: int, progress: bool = True, cpus: tuple[int, int] | None = None) -> dict[str, Fitted]:
     """One `Fitted` per method. `fields` (n × F codes) and `vocab` describe the side information
-    of every node (EGES); walks are shared between DeepWalk and EGES."""
+    of every node (EGES); walks are shared between DeepWalk and EGES. On the caller's Ray, whose
+    topology `cpus` is (as `random_walks` takes it)."""
     import ray
 
-    from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
-
-    init_ray()
-    # EGES trains with torch threads and takes every CPU of one node (`node_cpus`); DeepWalk and
+    # EGES trains with torch threads and takes every CPU of one node (`cpus[0]`); DeepWalk and
     # Node2Vec train with the single-threaded skip-gram kernel, one CPU each, side by side
-    cpus = node_cpus()[0]
+    topology = cpus or local_cpus()
+    cpus = topology[0]
     tspec = spec.train if spec.train.threads else TrainSpec(**{**spec.train.to_dict(), "threads": cpus})
     walks: dict[tuple[float, float], ray.ObjectRef] = {}
     futures = {}
@@ -91,7 +90,7 @@ def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[st
         pq = (spec.p, spec.q) if m == "node2vec" else (1.0, 1.0)
         if pq not in walks:
             walks[pq] = ray.put(random_walks(graph, spec.walks_per_node, spec.walk_length, *pq, seed=seed,
-                                             shards=spec.shards, progress=progress))
+                                             shards=spec.shards, progress=progress, cpus=topology))
         task = ray.remote(num_cpus=cpus if m == "eges" else 1)(_train_task)
         futures[m] = task.remote(m, walks[pq], graph.n, fields, vocab, field_names, tspec, progress)
     return {m: ray.get(f) for m, f in futures.items()}

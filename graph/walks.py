@@ -22,6 +22,7 @@ row is −1.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numba
@@ -161,21 +162,28 @@ def walk_ids(n: int, walks_per_node: int, nodes: np.ndarray | None = None) -> np
     return (np.arange(walks_per_node, dtype=np.int64)[:, None] * n + starts[None, :]).ravel()
 
 
+def local_cpus() -> tuple[int, int]:
+    """(CPUs of the largest node, CPUs of the cluster) of a local Ray on this machine."""
+    n = os.cpu_count() or 1
+    return n, n
+
+
 def random_walks(graph: Graph, walks_per_node: int, length: int, p: float = 1.0, q: float = 1.0,
-                 seed: int = 0, shards: int = 0, progress: bool = True) -> np.ndarray:
+                 seed: int = 0, shards: int = 0, progress: bool = True,
+                 cpus: tuple[int, int] | None = None) -> np.ndarray:
     """All walks of the graph's nodes with out-edges, computed by Ray tasks over shards of walk ids
     (the CSR put once in the object store), each shard's walks shared by its task's threads.
     shards = 0: one per node's worth of CPUs, more past 4M walks each (a shard's output is
-    walks × length ints). Rows are in walk-id order: the result does not depend on the shards."""
+    walks × length ints). Rows are in walk-id order: the result does not depend on the shards.
+    Runs on the caller's Ray (started on first use if there is none); `cpus` is its topology,
+    (CPUs of the largest node, of the cluster) — the jobs pass `ray_runtime.node_cpus()`; None:
+    this machine's."""
     import ray
 
-    from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
-
-    init_ray()
     ids = walk_ids(graph.n, walks_per_node, np.flatnonzero(graph.degree() > 0))
     if not ids.size:
         return np.zeros((0, length), dtype=np.int32)
-    per_node, total = node_cpus()
+    per_node, total = cpus or local_cpus()
     shards = min(shards or max(-(-total // per_node), -(-ids.size // 4_000_000)), ids.size)
     threads = max(1, min(per_node, total // shards))
     parts = np.array_split(np.arange(ids.size), shards)

@@ -36,6 +36,7 @@ from recfactory.jobs.runtime.env import RUNS_TABLE
 from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.ray_runtime import init_ray
 from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k, simtier, u2i_pairs
 
 METRICS_SCHEMA = T.StructType([
@@ -169,6 +170,7 @@ class AlignEmbeddingsJob(Job):
         key = hashlib.sha256(json.dumps([ctx.manifest()["params_hash"], sorted(
             (r.name, r.version, r.fingerprint) for r in ctx.inputs if r.name != RUNS_TABLE)],   # data, not the log
             default=str).encode()).hexdigest()[:16]
+        init_ray()
         res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{key}")
         # the aligned embeddings published before this run (SimTier's previous-date model), pinned now
         # (after the checkpoint key: they do not change the training; before this run's own write:

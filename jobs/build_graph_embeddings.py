@@ -41,6 +41,7 @@ from recfactory.graph.walks import Graph
 from recfactory.jobs.runtime.inputs import date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
 
 METRICS_SCHEMA = T.StructType([
     T.StructField("split", T.StringType(), False), T.StructField("method", T.StringType(), False),
@@ -128,7 +129,9 @@ class BuildGraphEmbeddingsJob(Job):
                 raise QualityGateError("the item graph has no edge: no valid session with two distinct items")
             if p.evaluate:
                 self._evaluate(ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec)
-            fitted = fit(Graph.from_labelled(kept, index), field_codes, vocab, fields, espec, seed=p.seed)
+            init_ray()
+            fitted = fit(Graph.from_labelled(kept, index), field_codes, vocab, fields, espec, seed=p.seed,
+                         cpus=node_cpus())
             for m, f in fitted.items():
                 for i, loss in enumerate(f.losses):
                     ctx.metrics[f"loss.{m}.epoch{i + 1}"] = round(loss, 6)
@@ -170,7 +173,9 @@ class BuildGraphEmbeddingsJob(Job):
         touches = tr_edges["src"].isin(cold) | tr_edges["dst"].isin(cold)
         cold_pairs = tr_edges[~tr_edges["src"].isin(cold) & tr_edges["dst"].isin(cold)][["src", "dst"]]
         warm_edges = tr_edges[~touches]
-        fitted = fit(Graph.from_labelled(warm_edges, index), field_codes, vocab, fields, espec, seed=p.seed, progress=False)
+        init_ray()
+        fitted = fit(Graph.from_labelled(warm_edges, index), field_codes, vocab, fields, espec, seed=p.seed,
+                     progress=False, cpus=node_cpus())
         tp = test.toPandas()
         tp = tp[tp["trigger"].isin(index.index) & tp["target"].isin(index.index)
                 & ~tp["trigger"].isin(cold) & ~tp["target"].isin(cold)]

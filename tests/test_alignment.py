@@ -78,8 +78,10 @@ def test_simtier_histogram():
 FIT_SCRIPT = r"""
 import json, sys
 import numpy as np
+from recfactory.jobs.runtime.ray_runtime import init_ray
 from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k
 
+init_ray()
 rng = np.random.default_rng(0)
 n, k, d = 300, 15, 24                      # a planted partition, weakly visible in the content
 cl = rng.integers(0, k, n)

@@ -28,6 +28,7 @@ from recfactory.graph.skipgram import SkipGram, TrainSpec, train
 from recfactory.graph.walks import Graph, random_walks, walk_ids
 from recfactory.jobs.runtime.bench import SIZES, bench_size, write_results
 from recfactory.jobs.runtime.job import as_of_end, run_job
+from recfactory.jobs.runtime.ray_runtime import init_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.ray]
 
@@ -85,6 +86,7 @@ def test_bench_graph(spark, tmp_path):
     res = {"size": size, "nodes": g.n, "edges": int(len(g.indices)), "walks": int(len(starts)), "walk_length": LENGTH,
            "test_pairs": int(len(targ)), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
 
+    init_ray()
     random_walks(unweighted, 1, 3, seed=0, progress=False)        # Ray up and its workers warm
     dw_walks = random_walks(g, WALKS, LENGTH, seed=7, progress=False)  # the skip-gram corpus
     # throughput on at least 2M walks (both sides the same walks): fixed costs amortised

@@ -232,7 +232,9 @@ def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
     from recfactory.graph.embeddings import EmbeddingSpec, fit, nearest
     from recfactory.graph.skipgram import TrainSpec
     from recfactory.graph.walks import random_walks
+    from recfactory.jobs.runtime.ray_runtime import init_ray
 
+    init_ray()
     g, comm = _communities()
     # cold nodes: the last 3 of every community lose their edges (EGES still knows their community)
     cold = np.concatenate([np.arange(c * 25 + 22, c * 25 + 25) for c in range(4)])

@@ -68,3 +68,51 @@ def test_from_a_wheel_install_with_a_checkout_as_the_working_directory(tmp_path)
     out = _probe(ROOT, env=env)
     assert Path(out["RECFACTORY"]).resolve().is_relative_to(site.resolve()), out      # the wheel, not the checkout
     assert _is_hugging_faces(out["TOKENIZERS"], ROOT), out
+
+
+PACKAGES = ("jobs", "features", "graph", "tokenizers", "airflow_dags")
+LIBRARIES = ("features", "graph", "tokenizers")
+
+
+def _module_imports() -> dict[str, set[tuple[str, str]]]:
+    """Every recfactory module (dotted, under the import root) → the (module, name) pairs it imports
+    from recfactory, at any depth of its code (lazy imports in functions included)."""
+    import ast
+
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("")
+            mod = "recfactory." + ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+            deps = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recfactory."):
+                    deps |= {(node.module, a.name) for a in node.names}
+                elif isinstance(node, ast.Import):
+                    deps |= {(a.name, "") for a in node.names if a.name.startswith("recfactory.")}
+            out[mod] = deps
+    return out
+
+
+def test_dependencies_run_one_way_with_no_cycle_and_no_private_import():
+    imports = _module_imports()
+    for mod, deps in imports.items():
+        if mod.split(".")[1] in LIBRARIES:
+            up = sorted(m for m, _ in deps if m.split(".")[1] in ("jobs", "airflow_dags"))
+            assert not up, f"{mod} (a library) imports {up}"
+        private = sorted(f"{m}.{n}" for m, n in deps if n.startswith("_") and m != mod)
+        assert not private, f"{mod} imports private names {private}"
+    graph = {mod: {m for m, _ in deps if m in imports and m != mod} for mod, deps in imports.items()}
+    state: dict[str, int] = {}
+
+    def visit(mod, path):
+        state[mod] = 1
+        for nxt in sorted(graph[mod]):
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join([*path, mod, nxt])
+            if nxt not in state:
+                visit(nxt, [*path, mod])
+        state[mod] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [])

@@ -211,14 +211,12 @@ def fit(content: np.ndarray, codes: np.ndarray, vocab: list[int], pairs: np.ndar
         storage: str, name: str) -> Aligned:
     """Trains the projector on Ray Train (TorchTrainer, DDP over `spec.workers` CPU workers).
     `pairs` (P × 2 node indices) are the positives; their keys mask false negatives. Checkpoints
-    go to storage/name; a run of the same name resumes from its last completed epoch."""
+    go to storage/name; a run of the same name resumes from its last completed epoch. On the
+    caller's Ray (the job starts it; Ray Train starts a local one if there is none)."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from recfactory.jobs.runtime.ray_runtime import init_ray
-
-    init_ray()
     n = len(content)
     data = {"content": np.ascontiguousarray(content, dtype=np.float32), "codes": np.asarray(codes, dtype=np.int64),
             "vocab": list(vocab), "pairs": np.asarray(pairs, dtype=np.int64),

@@ -93,11 +93,11 @@ def params_hash(params: BaseModel, exclude: tuple[str, ...] = ("warehouse",)) ->
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _unwrap_optional(tp):
+def unwrap_optional(tp):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -120,7 +120,7 @@ def build_parser(model: type[BaseModel], prog: str, description: str) -> argpars
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for name, field in model.model_fields.items():
-        tp, optional = _unwrap_optional(field.annotation)
+        tp, optional = unwrap_optional(field.annotation)
         origin = typing.get_origin(tp)
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
         if optional and tp is not bool and origin not in (list, tuple):
@@ -139,7 +139,7 @@ def build_parser(model: type[BaseModel], prog: str, description: str) -> argpars
             kwargs["type"] = _split_list
             kwargs["metavar"] = "A,B,..."
         kwargs["help"] = help_.replace("%", "%%")
-        parser.add_argument(_flag(name), **kwargs)
+        parser.add_argument(flag(name), **kwargs)
     return parser
 
 
@@ -160,7 +160,7 @@ def parse_params(model: type[BaseModel], argv: list[str], prog: str, description
         msgs = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            msgs.append(f"{_flag(loc) if loc else ''}: {err['msg']}")
+            msgs.append(f"{flag(loc) if loc else ''}: {err['msg']}")
         parser.error("; ".join(msgs))
         raise  # unreachable: parser.error exits
 
@@ -170,5 +170,5 @@ def params_table(model: type[BaseModel]) -> str:
     rows = ["| flag | default | description |", "|---|---|---|"]
     for name, field in model.model_fields.items():
         default = "required" if field.is_required() else f"`{_show_default(field.default)}`"
-        rows.append(f"| `{_flag(name)}` | {default} | {field.description or ''} |")
+        rows.append(f"| `{flag(name)}` | {default} | {field.description or ''} |")
     return "\n".join(rows)

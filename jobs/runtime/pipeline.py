@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from recfactory.jobs.runtime.job import load_job
-from recfactory.jobs.runtime.params import JobParams, _flag, _unwrap_optional
+from recfactory.jobs.runtime.params import JobParams, flag, unwrap_optional
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def step_params(step: Step, as_of: dt.date | str, warehouse: str, overrides: dic
     try:
         return job_cls.Params(**values)
     except ValidationError as e:
-        msgs = [f"{_flag('.'.join(map(str, err['loc'])))}: {err['msg']}" for err in e.errors()]
+        msgs = [f"{flag('.'.join(map(str, err['loc'])))}: {err['msg']}" for err in e.errors()]
         raise ValueError(f"{step.task_id} ({step.job}): " + "; ".join(msgs)) from None
 
 
@@ -126,10 +126,10 @@ def to_argv(params: JobParams, only_set: bool = False) -> list[str]:
         value = getattr(params, name)
         if only_set and name not in ("warehouse", "as_of") and not f.is_required() and value == f.default:
             continue
-        tp, _ = _unwrap_optional(f.annotation)
+        tp, _ = unwrap_optional(f.annotation)
         origin = typing.get_origin(tp)
         if tp is bool:
-            argv.append(_flag(name) if value else "--no-" + _flag(name)[2:])
+            argv.append(flag(name) if value else "--no-" + flag(name)[2:])
             continue
         if value is None:
             text = "none"
@@ -139,7 +139,7 @@ def to_argv(params: JobParams, only_set: bool = False) -> list[str]:
             text = value.isoformat()
         else:
             text = str(value)
-        argv.append(f"{_flag(name)}={text}")
+        argv.append(f"{flag(name)}={text}")
     return argv
 
 
