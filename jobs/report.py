@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recfactory.features.draws import seeded_sample, uniform
+from recfactory.jobs.runtime.inputs import MissingInput, date_partition, latest_partition
 from recfactory.jobs.runtime.job import RUNS_TABLE, Job, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams, Restricted
 from recfactory.jobs.runtime.reports import ReportFolder, calibration_figure, importance_figure, pyplot
@@ -173,16 +174,10 @@ class ReportJob(Job):
         out; Missing naming the job when there is none."""
         if not self.ctx.has(name):
             raise Missing(f"{name} does not exist (run {job})")
-        df = self._load(name)
-        if latest:
-            ds = df.where(F.col("ds") <= F.lit(self.ctx.as_of)).agg(F.max("ds")).first()[0]
-            if ds is None:
-                raise Missing(f"{name} has no partition at or before {self.ctx.as_of} (run {job})")
-            return df.where(F.col("ds") == F.lit(ds)).drop("ds")
-        df = df.where(F.col("ds") == F.lit(self.ctx.as_of)).drop("ds")
-        if df.limit(1).count() == 0:
-            raise Missing(f"{name} has no partition ds={self.ctx.as_of} (run {job})")
-        return df
+        try:
+            return (latest_partition if latest else date_partition)(self.ctx, name, job, read=self._load)
+        except MissingInput as e:
+            raise Missing(str(e)) from None
 
     def _figure(self, name: str, fig, alt: str) -> str:
         self.images.append(self.out.put_figure(name, fig))
