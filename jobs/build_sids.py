@@ -33,8 +33,8 @@ construction, and the job asserts it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
+import time
 from typing import Literal
 
 import numpy as np
@@ -42,12 +42,14 @@ import pandas as pd
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recfactory.features.draws import seeded_sample
 from recfactory.features.filters import filter_column, parse_filter
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import TABLE_NAME, Field, JobParams, Restricted
+from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
+from recfactory.tokenizers import sid_generation as G
 from recfactory.tokenizers import sids as S
 from recfactory.tokenizers.rq import Codebooks, RQSpec
+from recfactory.tokenizers.rq_ray import ShardedSearch, fit_on_ray
 
 WRITERS = {"aligned_embeddings": "align_embeddings", "graph_embeddings": "build_graph_embeddings",
            "content_embeddings": "build_content_embeddings"}
@@ -81,35 +83,13 @@ REMAP_SCHEMA = T.StructType([
 QUARANTINE_SCHEMA = T.StructType([
     T.StructField("item_id", T.StringType()), T.StructField("reason", T.StringType(), False),
 ])
-LEVEL_METRICS = ("codebook_size", "items", "utilization", "entropy", "perplexity", "max_entropy", "gini",
-                 "top_token_share", "max_code_size", "mean_code_size", "removed_tokens", "recon_error",
-                 "relative_recon_error", "prefix_recall", "prefix_recall_random")
-TOTAL_METRICS = ("collision_rate_before", "collision_rate_after", "max_items_per_sid_before", "sid_gini_before",
-                 "sid_gini_after", "moved", "fell_back_fraction", "candidates_full_items", "new_items", "kept_items",
-                 "removed_items", "new_recon_error", "kept_recon_error", "fit_seconds", "encode_seconds")
 METRICS_SCHEMA = T.StructType([T.StructField("generation", T.StringType(), False),
                                T.StructField("level", T.IntegerType(), False)]
-                              + [T.StructField(m, T.DoubleType()) for m in LEVEL_METRICS + TOTAL_METRICS])
+                              + [T.StructField(m, T.DoubleType()) for m in G.LEVEL_METRICS + G.TOTAL_METRICS])
 
 
 class MissingPriorDateError(ValueError):
     """The previous date's state is missing while earlier dates have some: run that date first."""
-
-
-def generation_id(as_of, gspec: dict, centroids: list[np.ndarray]) -> str:
-    """A generation's identity: its fit date and a hash of what it fixes (the spec and every
-    centroid). Unique across dates and runs; a rerun that fits the same codebooks gets the same id
-    (and replaces the same rows), one that fits different codebooks gets another, so a
-    (generation, level, code) always names exactly one centroid."""
-    h = hashlib.sha256(json.dumps(gspec, sort_keys=True).encode() + as_of.isoformat().encode())
-    for c in centroids:
-        h.update(np.ascontiguousarray(c, dtype=np.float32).tobytes())
-    return f"{as_of.isoformat()}.{h.hexdigest()[:12]}"
-
-
-def generation_seed(generation: str) -> int:
-    """The token-feature hash seed of a generation (stable, from its id)."""
-    return int(hashlib.sha256(generation.encode()).hexdigest()[:15], 16)
 
 
 class SidParams(JobParams):
@@ -169,56 +149,6 @@ class SidParams(JobParams):
                 "vector_column": self.vector_column}
 
 
-def _fit_task(sample: np.ndarray, spec_dict: dict, cpus: int):
-    """Ray task: the codebooks, with the task's CPUs as faiss / numba threads."""
-    import time
-
-    import faiss
-    import numba
-
-    from recfactory.tokenizers.rq import RQSpec, fit
-
-    faiss.omp_set_num_threads(cpus)
-    numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
-    t0 = time.time()
-    return fit(sample, RQSpec(**spec_dict)).centroids, time.time() - t0
-
-
-def _search_task(r: np.ndarray, c: np.ndarray, m: int):
-    import faiss
-
-    from recfactory.tokenizers.rq import ranked_candidates
-
-    faiss.omp_set_num_threads(1)
-    d, ids = ranked_candidates(r, c, m)
-    return d, ids.astype(np.int32)
-
-
-class ShardedSearch:
-    """The nearest-code search of the catalog assignment as Ray tasks over fixed-size row shards,
-    the codebook broadcast once per level through the object store. Shards are cut by row count
-    (rows are in item-id order), so neither the input's partitioning nor the cluster's size
-    changes a row's candidates — and ``ranked_candidates`` re-scores them in float64 per row."""
-
-    def __init__(self, shard_rows: int):
-        self.shard_rows = shard_rows
-        self.tasks = 0
-
-    def __call__(self, r: np.ndarray, c: np.ndarray, m: int):
-        from recfactory.tokenizers.rq import ranked_candidates
-
-        if len(r) <= self.shard_rows:
-            return ranked_candidates(r, c, m)
-        import ray
-
-        task = ray.remote(num_cpus=1)(_search_task)
-        c_ref = ray.put(np.ascontiguousarray(c))
-        refs = [task.remote(r[lo:lo + self.shard_rows], c_ref, m) for lo in range(0, len(r), self.shard_rows)]
-        self.tasks += len(refs)
-        parts = ray.get(refs)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.int64)
-
-
 class BuildSidsJob(Job):
     name = "build_sids"
     Params = SidParams
@@ -247,108 +177,71 @@ class BuildSidsJob(Job):
             raise ValueError(f"{n} items with a vector cannot fit codebooks of sizes {list(spec.codebook_sizes)}: "
                              "lower --codebook-sizes")
 
-        # who is new, who keeps a published SID
+        # who keeps a published SID, who is new; fit (fresh) on Ray; encode and resolve
+        plan = G.plan(ids, prior, fresh, spec.levels)
         index = pd.Series(np.arange(n), index=ids)
-        if fresh:
-            kept = pd.DataFrame(columns=["item_id", "rq_codes", "codes", "suffix"])
-        else:
-            kept = prior
-        kept_ids = set(kept["item_id"])
-        new_rows = np.array([i for i, item in enumerate(ids) if item not in kept_ids], dtype=np.int64)
-        prior_codes = (np.stack(kept["rq_codes"].to_numpy()).astype(np.int64) if len(kept)
-                       else np.zeros((0, spec.levels), dtype=np.int64))
-        ctx.row_counts.update({"items": n, "new_items": len(new_rows), "kept_items": len(kept),
+        kept = plan.kept
+        ctx.row_counts.update({"items": n, "new_items": len(plan.new_rows), "kept_items": len(kept),
                                "kept_in_catalog": int(kept["item_id"].isin(index.index).sum()) if len(kept) else 0})
-
-        # fit (fresh) and encode the new items on Ray
-        sample = None
-        if fresh:
-            sample = X[self._sample_rows(ids, p.sample_size, p.seed)]
-            ctx.row_counts["fit_sample"] = len(sample)
-        import time
-
-        from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
-        from recfactory.tokenizers.rq import encode
-
-        ray = init_ray()
         fit_s = 0.0
         if fresh:
-            cpus = node_cpus()[0]
-            cents, fit_s = ray.get(ray.remote(num_cpus=cpus)(_fit_task).remote(sample, spec.to_dict(), cpus))
-            books = Codebooks(cents)
-            generation = generation_id(ctx.as_of, gspec, books.centroids)
+            sample = X[G.sample_rows(ids, p.sample_size, p.seed)]
+            ctx.row_counts["fit_sample"] = len(sample)
+            init_ray()
+            books, fit_s = fit_on_ray(sample, spec, node_cpus()[0])
+            generation = G.generation_id(ctx.as_of, gspec, books.centroids)
         else:
+            init_ray()
             books = Codebooks(books_prev)
         t0 = time.time()
         search = ShardedSearch(p.encode_shard_rows)
         ctx.notes["generation"] = f"{generation} ({'new' if fresh else 'continued'})"
-        enc = encode(X[new_rows], books, spec, prior=prior_codes, search=search)
+        # hourglass removal is fixed per generation: computed on its fit, read back afterwards
+        a = G.assign(ids, X, plan, books, spec, gspec, None if fresh else removed_prev, p.seed, search=search)
         ctx.metrics.update({"fit_seconds": round(fit_s, 3), "encode_seconds": round(time.time() - t0, 3),
                             "search_tasks": search.tasks})
 
-        # hourglass removal (fixed per generation: computed on the fit, read back afterwards)
-        L = spec.levels
-        if fresh:
-            removed = S.hourglass_removal(enc.codes, spec.codebook_sizes, [lv - 1 for lv in gspec["drop_levels"]],
-                                          gspec["remove_top_tokens"], gspec["top_token_level"] - 1)
-        else:
-            removed = removed_prev
-        all_codes = np.vstack([prior_codes, enc.codes])
-        tokens = S.omit_tokens(all_codes, removed)
-        fixed = np.zeros(len(all_codes), dtype=bool)
-        fixed[:len(kept)] = True
-        fixed_suffix = np.concatenate([kept["suffix"].to_numpy(dtype=np.int64), np.zeros(len(new_rows), np.int64)])
-        item_of = np.concatenate([kept["item_id"].to_numpy(dtype=object), ids[new_rows]])
-        order = np.concatenate([np.arange(len(kept)), len(kept) + np.arange(len(new_rows))])  # ids are sorted
-        cand = np.vstack([np.zeros((len(kept), enc.last_candidates.shape[1]), np.int64), enc.last_candidates])
-        res = S.resolve(tokens, fixed, fixed_suffix, gspec["collision"], order=order,
-                        last_candidates=cand[:, :gspec["reassign_candidates"]], sizes=spec.codebook_sizes,
-                        max_per_sid=gspec["max_per_sid"], seed=p.seed)
-        rq_codes = np.where(res.tokens >= 0, res.tokens, all_codes)   # reassign moved some tokens
-        with_suffix = gspec["collision"] == "suffix" or gspec["max_per_sid"] > 1
-        sid = np.array(S.sid_strings(res.tokens, res.suffix, with_suffix), dtype=object)
-        if len(set(sid)) != len(sid):
-            raise AssertionError("semantic IDs are not unique after collision handling")
-        in_catalog = pd.Series(item_of).isin(index.index).to_numpy()
-
         # metrics and gates (in-catalog items, their current vectors)
-        rows_x = index.reindex(item_of[in_catalog]).to_numpy()
-        metrics = self._metrics(ctx, p, generation, X[rows_x], rq_codes[in_catalog], tokens[in_catalog],
-                                res.tokens[in_catalog], res.suffix[in_catalog], ~fixed[in_catalog],
-                                item_of[in_catalog], books, removed, res, sum(enc.second_pass),
-                                int((~in_catalog).sum()))
-        self._gates(p, metrics, removed)
+        items = a.item_of[a.in_catalog]
+        metrics, flat = G.metrics(X[index.reindex(items).to_numpy()], a, books, self._neighbors(ctx, p, items),
+                                  ctx.metrics["fit_seconds"], ctx.metrics["encode_seconds"])
+        ctx.metrics.update(flat)
+        metrics.insert(0, "generation", generation)
+        failed = G.gate_failures(metrics, a.removed, p.gate_max_collision_rate, p.gate_min_utilization,
+                                 p.gate_max_relative_recon_error, p.gate_min_recall_lift)
+        if failed:
+            raise QualityGateError("semantic IDs not published: " + "; ".join(failed))
 
         # publish: codebooks first (a new generation), then the state everything else derives from
         as_of = ctx.as_of
         if fresh:
-            fit_counts = [np.bincount(enc.codes[:, lv], minlength=k) for lv, k in enumerate(spec.codebook_sizes)]
-            cb = [(generation, lv + 1, code, books.centroids[lv][code].tolist(), bool(removed[lv][code]),
+            fit_counts = [np.bincount(a.encoding.codes[:, lv], minlength=k) for lv, k in enumerate(spec.codebook_sizes)]
+            cb = [(generation, lv + 1, code, books.centroids[lv][code].tolist(), bool(a.removed[lv][code]),
                    int(fit_counts[lv][code]), json.dumps(gspec, sort_keys=True))
-                  for lv in range(L) for code in range(spec.codebook_sizes[lv])]
+                  for lv in range(spec.levels) for code in range(spec.codebook_sizes[lv])]
             # replaces this generation's rows only: another generation fitted for the date (a rerun on
             # changed inputs) keeps its centroids, so no state that names it is ever orphaned
             ctx.write(spark.createDataFrame(cb, CODEBOOK_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_codebooks",
                       where={"generation": generation})
         assigned = np.concatenate([kept["assigned_ds"].to_numpy(dtype=object) if len(kept) else np.zeros(0, object),
-                                   np.array([as_of] * len(new_rows), dtype=object)])
+                                   np.array([as_of] * len(plan.new_rows), dtype=object)])
         state = pd.DataFrame({
-            "item_id": item_of, "codes": [[int(c) for c in r if c >= 0] for r in res.tokens],
-            "suffix": res.suffix.astype(int), "sid": sid, "generation": generation,
-            "rq_codes": [r.tolist() for r in rq_codes], "in_catalog": in_catalog, "assigned_ds": assigned,
+            "item_id": a.item_of, "codes": [[int(c) for c in r if c >= 0] for r in a.final],
+            "suffix": a.suffix.astype(int), "sid": a.sid, "generation": generation,
+            "rq_codes": [r.tolist() for r in a.rq_codes], "in_catalog": a.in_catalog, "assigned_ds": assigned,
         }).sort_values("item_id", kind="stable")
         ref = ctx.write(spark.createDataFrame(state, SID_SCHEMA).withColumn("ds", F.lit(as_of)), "semantic_ids")
         ctx.row_counts["semantic_ids"] = ref.rows
         lookup = state[["sid", "item_id", "generation", "in_catalog"]]
         ctx.write(spark.createDataFrame(lookup, LOOKUP_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_lookup")
-        pre, bi = S.token_features(res.tokens, p.feature_vocab, seed=generation_seed(generation))
-        feats = pd.DataFrame({"item_id": item_of, "generation": generation, "sid": sid,
+        pre, bi = S.token_features(a.final, p.feature_vocab, seed=G.generation_seed(generation))
+        feats = pd.DataFrame({"item_id": a.item_of, "generation": generation, "sid": a.sid,
                               "prefix_ngram_ids": [r[r >= 0].tolist() for r in pre],
                               "bigram_ids": [r[r >= 0].tolist() for r in bi], "vocab_size": p.feature_vocab})
-        ctx.write(spark.createDataFrame(feats[in_catalog], FEATURE_SCHEMA).withColumn("ds", F.lit(as_of)),
+        ctx.write(spark.createDataFrame(feats[a.in_catalog], FEATURE_SCHEMA).withColumn("ds", F.lit(as_of)),
                   "sid_features")
         if fresh and prior is not None:
-            new_sid = pd.Series(sid, index=item_of)
+            new_sid = pd.Series(a.sid, index=a.item_of)
             remap = pd.DataFrame({"item_id": prior["item_id"], "old_generation": gen_prev, "old_sid": prior["sid"],
                                   "new_generation": generation,
                                   "new_sid": new_sid.reindex(prior["item_id"]).to_numpy()})
@@ -376,34 +269,10 @@ class BuildSidsJob(Job):
         if not len(pdf):
             raise ValueError(f"{p.embeddings} has no rows for {ctx.as_of}"
                              + (f" matching {p.embedding_filter!r}" if p.embedding_filter else ""))
-        reasons = pd.Series(None, index=pdf.index, dtype=object)
-        reasons[pdf["item_id"].isna()] = "null item_id"
-        dup = pdf["item_id"].duplicated(keep=False) & pdf["item_id"].notna()
-        reasons[dup & reasons.isna()] = "item_id appears more than once (narrow it with --embedding-filter)"
-        lens = pdf["v"].map(lambda v: -1 if v is None else len(v))
-        reasons[(lens < 0) & reasons.isna()] = "null vector"
-        dim = int(lens[reasons.isna()].mode().iloc[0]) if reasons.isna().any() else 0
-        reasons[(lens != dim) & reasons.isna()] = f"vector length differs from the table's {dim}"
-        ok = reasons.isna()
-        X = np.zeros((int(ok.sum()), dim), dtype=np.float32)
-        if ok.any():
-            X = np.stack(pdf.loc[ok, "v"].to_numpy()).astype(np.float32)
-        finite = np.isfinite(X).all(1)
-        norms = np.linalg.norm(X, axis=1)
-        idx_ok = np.flatnonzero(ok.to_numpy())
-        reasons.iloc[idx_ok[~finite]] = "non-finite vector values"
-        reasons.iloc[idx_ok[finite & (norms == 0)]] = "zero vector"
-        keep = finite & (norms > 0)
-        X, ids = X[keep], pdf.loc[ok, "item_id"].to_numpy(dtype=object)[keep]
-        q = pd.DataFrame({"item_id": pdf["item_id"][reasons.notna()], "reason": reasons[reasons.notna()]})
+        ids, X, q = G.check_vectors(pdf["item_id"].to_numpy(dtype=object), pdf["v"].to_numpy(dtype=object),
+                                    p.normalize)
         ctx.row_counts["quarantined"] = len(q)
-        if len(ids) + len(q) != len(pdf):
-            raise AssertionError(f"embedding rows do not reconcile: {len(ids)} + {len(q)} != {len(pdf)}")
-        order = np.argsort(ids, kind="stable")
-        ids, X = ids[order], X[order]
-        if p.normalize:
-            X /= np.linalg.norm(X, axis=1, keepdims=True)
-        return ids, np.ascontiguousarray(X), q
+        return ids, X, q
 
     def _prior(self, ctx: RunContext, new_generation: bool):
         """(state, generation, codebooks, generation spec, removed-token masks) of the state published
@@ -455,65 +324,6 @@ class BuildSidsJob(Job):
         return state.reset_index(drop=True), gen, cents, spec, removed
 
     @staticmethod
-    def _sample_rows(ids: np.ndarray, size: int, seed: int) -> np.ndarray:
-        """The `size` items with the smallest seeded hash of their id (a reservoir sample that does not
-        depend on row order or partitioning), in id order."""
-        if len(ids) <= size:
-            return np.arange(len(ids))
-        return np.sort(seeded_sample(ids, seed, "sid", size))
-
-    # ---- metrics ----------------------------------------------------------------------------
-    def _metrics(self, ctx: RunContext, p: SidParams, generation: str, X: np.ndarray, codes: np.ndarray,
-                 before: np.ndarray, after: np.ndarray, suffix: np.ndarray, is_new: np.ndarray, items: np.ndarray,
-                 books: Codebooks, removed: list[np.ndarray], res, second_pass: int, gone: int) -> pd.DataFrame:
-        """One row per level plus a totals row (level 0), over the in-catalog items: X their current
-        vectors, codes their RQ codes, before / after their SID tokens before / after handling."""
-        L = books.levels
-        neighbors = self._neighbors(ctx, p, items)
-        sq = np.maximum((X * X).sum(1), 1e-12)
-        cum = np.zeros_like(X)
-        rows = []
-        for lv in range(L):
-            cum += books.centroids[lv][codes[:, lv]]
-            err = X - cum
-            st = S.token_stats(after[:, lv], books.sizes[lv])
-            row = {"level": lv + 1, "codebook_size": float(books.sizes[lv]), "items": st["tokens"],
-                   **{k: st[k] for k in ("utilization", "entropy", "perplexity", "max_entropy", "gini",
-                                         "top_token_share", "max_code_size", "mean_code_size")},
-                   "removed_tokens": float(removed[lv].sum()),
-                   "recon_error": float(np.linalg.norm(err, axis=1).mean()),
-                   "relative_recon_error": float(((err * err).sum(1) / sq).mean())}
-            if neighbors is not None:
-                row["prefix_recall"], row["prefix_recall_random"], _ = S.prefix_recall(codes, neighbors, lv + 1)
-            rows.append(row)
-        err = np.linalg.norm(X - cum, axis=1)
-        _, n_before = S.row_ids(before)
-        _, n_after = S.row_ids(after)
-        total = {"level": 0, "items": float(len(codes)),
-                 "collision_rate_before": S.collision_rate(before),
-                 "collision_rate_after": S.collision_rate(after, suffix),
-                 "max_items_per_sid_before": float(n_before.max(initial=0)), "sid_gini_before": S.gini(n_before),
-                 "sid_gini_after": S.gini(n_after), "moved": float(res.moved),
-                 "fell_back_fraction": res.fell_back / res.moved if res.moved else 0.0,
-                 "candidates_full_items": float(second_pass), "new_items": float(is_new.sum()),
-                 "kept_items": float((~is_new).sum()), "removed_items": float(gone),
-                 "recon_error": rows[-1]["recon_error"], "relative_recon_error": rows[-1]["relative_recon_error"],
-                 "new_recon_error": float(err[is_new].mean()) if is_new.any() else np.nan,
-                 "kept_recon_error": float(err[~is_new].mean()) if (~is_new).any() else np.nan,
-                 "fit_seconds": ctx.metrics["fit_seconds"], "encode_seconds": ctx.metrics["encode_seconds"]}
-        out = pd.DataFrame(rows + [total])
-        for c in LEVEL_METRICS + TOTAL_METRICS:
-            if c not in out:
-                out[c] = np.nan
-        out["generation"] = generation
-        for r in rows + [total]:
-            for k, v in r.items():
-                if k != "level" and v is not None and np.isfinite(v):
-                    ctx.metrics[f"{k}.level{r['level']}" if r["level"] else k] = round(float(v), 6)
-        out = out[["generation", "level", *LEVEL_METRICS, *TOTAL_METRICS]]
-        return out.astype({c: float for c in LEVEL_METRICS + TOTAL_METRICS}).astype({"level": int, "generation": str})
-
-    @staticmethod
     def _neighbors(ctx: RunContext, p: SidParams, items: np.ndarray) -> list[np.ndarray] | None:
         """Each item's top eval_k behaviour neighbours (row indices into `items`), or None when
         item_similarity has no partition for the as-of."""
@@ -535,31 +345,6 @@ class BuildSidsJob(Job):
         for a, g in pairs.groupby("a", sort=False)["b"]:
             out[index[a]] = index[g.to_numpy()].to_numpy()
         return out
-
-    @staticmethod
-    def _gates(p: SidParams, m: pd.DataFrame, removed: list[np.ndarray]) -> None:
-        total = m[m["level"] == 0].iloc[0]
-        levels = m[m["level"] > 0]
-        failed = []
-        if total["collision_rate_before"] > p.gate_max_collision_rate:
-            failed.append(f"collision rate before handling {total['collision_rate_before']:.4f} > "
-                          f"{p.gate_max_collision_rate}")
-        for _, r in levels.iterrows():
-            if removed[int(r["level"]) - 1].all():
-                continue      # a dropped level has no tokens
-            if r["utilization"] < p.gate_min_utilization:
-                failed.append(f"level {int(r['level'])} uses {r['utilization']:.3f} of its codes < "
-                              f"{p.gate_min_utilization}")
-        if total["relative_recon_error"] > p.gate_max_relative_recon_error:
-            failed.append(f"relative reconstruction error {total['relative_recon_error']:.4f} > "
-                          f"{p.gate_max_relative_recon_error}")
-        first = levels.iloc[0]
-        if np.isfinite(first["prefix_recall"]) and first["prefix_recall"] < p.gate_min_recall_lift * \
-                first["prefix_recall_random"]:
-            failed.append(f"level-1 prefix recall {first['prefix_recall']:.4f} < {p.gate_min_recall_lift} × its "
-                          f"random baseline {first['prefix_recall_random']:.4f}")
-        if failed:
-            raise QualityGateError("semantic IDs not published: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ LONGEST_FIRST = ("test_dags.py", "test_faults.py", "test_backfill.py", "test_ali
 
 
 # a test that takes one of these fixtures needs what the marker says, whatever its own marks
-FIXTURE_MARKS = {"spark": "spark", "movielens_run": "spark", "movielens_ingested": "spark", "spark_cluster": "spark",
-                 "ray_two_nodes": "ray", "airflow_home": "airflow"}
+FIXTURE_MARKS = {"spark": "spark", "movielens_run": "spark", "movielens_ingested": "spark", "slice_ingested": "spark",
+                 "spark_cluster": "spark", "ray_two_nodes": "ray", "airflow_home": "airflow"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -124,6 +124,20 @@ def movielens_ingested(movielens_run):
     """`copy(dest)`: a warehouse at dest holding only the MovieLens-100K ingest as of 1998-04-30 (as
     `movielens_run`'s was before the tests that read it wrote their own tables into it)."""
     return lambda dest: str(shutil.copytree(_pristine(movielens_run[0]), dest))
+
+
+@pytest.fixture(scope="session")
+def slice_ingested(spark, movielens_slice, tmp_path_factory):
+    """`copy(dest)`: a warehouse at dest holding only the ingest, as of 1998-04-30, of the MovieLens
+    slice (users 1..200, every item): for the job tests whose subject is not the data's size."""
+    from recfactory.jobs.runtime.job import run_job
+
+    base = tmp_path_factory.mktemp("slice")
+    events, items = movielens_slice(base, 200)
+    wh = base / "warehouse"
+    run_job("ingest", ["--warehouse", str(wh), "--as-of", "1998-04-30", "--dataset", "tables",
+                       "--events-path", str(events), "--items-path", str(items)], spark=spark)
+    return lambda dest: str(shutil.copytree(wh, dest))
 
 
 # -- real clusters on localhost (the cluster-mode tests) ---------------------------------------------

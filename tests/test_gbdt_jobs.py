@@ -1,4 +1,5 @@
-"""train_gbdt and build_gbdt_leaves on real local Spark + Ray + Delta (MovieLens-100K samples)."""
+"""train_gbdt and build_gbdt_leaves on real local Spark + Ray + Delta (samples of the MovieLens slice:
+users 1..200, every item)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ D = "1998-04-30"
 
 
 @pytest.fixture(scope="module")
-def gbdt_warehouse(spark, movielens_ingested, tmp_path_factory):
+def gbdt_warehouse(spark, slice_ingested, tmp_path_factory):
     from recfactory.jobs.runtime.job import run_job
 
-    wh = movielens_ingested(tmp_path_factory.mktemp("gbdt") / "wh")      # MovieLens-100K ingested as of D
+    wh = slice_ingested(tmp_path_factory.mktemp("gbdt") / "wh")      # the MovieLens slice ingested as of D
     base = ["--warehouse", wh, "--as-of", D]
     run_job("build_training_samples", [*base, "--negative-rate", "0.5", "--test-days", "30", "--val-days", "0"],
             spark=spark)

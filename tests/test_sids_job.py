@@ -1,4 +1,5 @@
-"""build_sids on real local Spark + Ray + Delta: MovieLens-100K DeepWalk vectors → semantic IDs,
+"""build_sids on real local Spark + Ray + Delta: DeepWalk vectors of the MovieLens slice (users 1..200,
+every item) → semantic IDs,
 then a day with catalog changes, a new generation, the other collision strategy, hourglass options
 and a failing gate."""
 
@@ -17,11 +18,11 @@ SMALL = ["--embeddings", "graph_embeddings", "--embedding-filter", "method = 'de
 
 
 @pytest.fixture(scope="module")
-def sid_warehouse(spark, movielens_ingested, tmp_path_factory):
-    """MovieLens-100K: ingest → sessions → Swing → DeepWalk (lean), then build_sids for D1."""
+def sid_warehouse(spark, slice_ingested, tmp_path_factory):
+    """The MovieLens slice: ingest → sessions → Swing → DeepWalk (lean), then build_sids for D1."""
     from recfactory.jobs.runtime.job import run_job
 
-    wh = movielens_ingested(tmp_path_factory.mktemp("sids") / "wh")      # MovieLens-100K as of D1
+    wh = slice_ingested(tmp_path_factory.mktemp("sids") / "wh")      # the MovieLens slice as of D1
     base = ["--warehouse", wh, "--as-of", D1]
     run_job("build_sessions", base, spark=spark)
     run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)
