@@ -31,7 +31,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 run: setup
 	$(PY) -m recfactory pipeline --as-of $(AS_OF) --warehouse $(WAREHOUSE) --params @$(PARAMS)
 
-# ruff's checks (ruff.toml): part of `make test`, so CI keeps them.
+# ruff's checks (pyproject.toml, [tool.ruff]): part of `make test`, so CI keeps them.
 lint: setup
 	$(VENV)/bin/ruff check .
 
