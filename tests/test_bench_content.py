@@ -58,4 +58,11 @@ def test_bench_content(spark, tmp_path):
           "", f"int8 ONNX / float32 sentence-transformers, 1 thread: {ip['minilm-onnx@1'] / ip['minilm-st@1']:.2f}×; "
           f"cosine between their vectors: min {res['cosine_onnx_vs_st']['min']}, mean {res['cosine_onnx_vs_st']['mean']}.", ""]
     write_results("content-clothing", res, md)
+    # correctness beside the speed figures: the int8 model within quantisation error of float32, and
+    # the job encoded every item with each encoder (unit vectors)
+    assert cos.mean() > 0.999 and cos.min() > 0.99, res["cosine_onnx_vs_st"]
+    assert all(v.shape == (len(texts), 384) for v in vecs.values())
+    out = spark.read.format("delta").load(f"{wh}/content_embeddings").toPandas()
+    assert sorted(out.groupby("encoder").size().to_dict().items()) == [("minilm-onnx", len(texts)), ("minilm-st", len(texts))]
+    assert np.allclose([np.linalg.norm(v) for v in out["vector"]], 1.0, atol=1e-4)
     print(json.dumps(res, indent=2))

@@ -44,7 +44,7 @@ def test_bench_gbdt_leaves(spark, tmp_path):
 
     from recfactory.jobs.build_gbdt_leaves import encode_frame
     from recfactory.jobs.runtime.job import run_job
-    from recfactory.tokenizers.gbdt import tree_offsets
+    from recfactory.tokenizers.gbdt import encode_leaves, tree_offsets
 
     size = bench_size()
     n = SIZES.get(size, SIZES["small"])
@@ -128,3 +128,11 @@ def test_bench_gbdt_leaves(spark, tmp_path):
           "equal row for row); the whole job adds reading the model and the input partition, counting it and the "
           f"Delta write of {n * res['trees']:,} leaf ids (the row above: Spark's Parquet writer for array<int>).", ""]
     write_results(f"gbdt-{size}", res, md)
+    # correctness beside the speed figures: one row per input row, and the job's global leaf ids are
+    # LightGBM's own pred_leaf plus the per-tree offsets, row for row (a sample of 2,000 rows)
+    assert res["job_rows"] == n == leaves.count()
+    sample = fresh.sample(n=min(2000, n), random_state=0)
+    got = spark.read.format("delta").load(f"{wh}/gbdt_leaves").where(F.col("sample_id").isin(
+        sample["sample_id"].astype(str).tolist())).toPandas().set_index("sample_id")
+    direct = encode_leaves(booster, sample[list(model["feature_names"])].to_numpy(), tree_offsets(vocab))
+    assert (np.stack(got.loc[sample["sample_id"].astype(str), "leaf_ids"].to_numpy()) == direct).all()

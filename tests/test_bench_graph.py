@@ -155,4 +155,14 @@ def test_bench_graph(spark, tmp_path):
           f"Time ours / gensim: {res['ratio_skipgram_time_ours_to_gensim']}×"
           + (f" — {res['gensim_skipped']}" if res["gensim_skipped"] else ""), ""]
     write_results(f"graph-{size}", res, md)
+    # correctness beside the speed figures: every step of a walk is an edge of the graph (a sample),
+    # the walks are the seed's whatever the run, and the embeddings find next items
+    assert dw_walks.shape == (len(starts), LENGTH)
+    edges = set(zip(np.repeat(np.arange(g.n), g.degree()).tolist(), g.indices.tolist(), strict=True))
+    for w in dw_walks[:: max(1, len(dw_walks) // 2000)]:
+        w = w[w >= 0]
+        assert all((int(a), int(b)) in edges for a, b in zip(w[:-1], w[1:], strict=True))
+    first = random_walks(g, 1, LENGTH, seed=7, progress=False)       # the first round's walks again
+    assert np.array_equal(first, dw_walks[:len(first)])
+    assert res["ours_hr@20"] > 0
     print(json.dumps(res, indent=2))

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from recfactory.jobs.runtime.bench import SIZES, bench_size, write_results
-from recfactory.tokenizers.rq import RQSpec, encode, fit, reconstruct
+from recfactory.tokenizers.rq import RQSpec, capacity, encode, fit, reconstruct
 from recfactory.tokenizers.sids import collision_rate, gini, row_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.ray]
@@ -155,3 +155,10 @@ def test_bench_sids(spark, tmp_path):
                f"{q['recon_ours_over_faiss_rq']:.3f} (target ≤ 1.10); time ours / faiss RQ "
                f"{q['time_ours_over_faiss_rq']:.2f} (target ≤ 2).", ""]
     write_results(f"sids-{size}", res, md)
+    # correctness beside the speed figures: the balanced first level holds its capacity, and every
+    # method reconstructs better than nothing (relative error < 1)
+    for name, d in res["datasets"].items():
+        for method, balance in (("ours (balance 1.0)", 1.0), ("ours (balance 0.5)", 0.5)):
+            r = d["rows"][method]
+            assert r["max_code_size"][0] <= capacity(d["items"], d["codebooks"][0], balance), (name, method, r)
+        assert all(r["relative_recon_error"] < 1 for r in d["rows"].values()), name
