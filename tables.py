@@ -86,7 +86,7 @@ def _make_torch_class():
                 if info is not None and i % info.num_workers != info.id:
                     continue                      # each DataLoader worker its own share of batches
                 out = {}
-                for name, col in zip(b.schema.names, b.columns):
+                for name, col in zip(b.schema.names, b.columns, strict=True):
                     arr = col.to_numpy(zero_copy_only=False)
                     out[name] = torch.tensor(arr) if arr.dtype.kind in "biuf" else arr.tolist()
                 yield out

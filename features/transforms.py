@@ -68,11 +68,11 @@ def fit_quantiles(df: DataFrame, cols: list[str], n: int = 100, relative_error: 
         df = df.repartition(SKETCH_PARTITIONS, order_by).sortWithinPartitions(order_by)
     casted = df.select(*[F.col(c).cast("double").alias(c) for c in cols])
     out = {}
-    for c, qs in zip(cols, casted.approxQuantile(cols, levels, relative_error)):
+    for c, qs in zip(cols, casted.approxQuantile(cols, levels, relative_error), strict=True):
         if not qs:
             continue
         values, lv = [], []
-        for v, q in zip(qs, levels):
+        for v, q in zip(qs, levels, strict=False):      # an all-null column has no quantiles
             if values and v == values[-1]:
                 lv[-1] = q          # a tie: the CDF at that value is the highest level reaching it
             else:

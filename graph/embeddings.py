@@ -64,7 +64,7 @@ def _train_task(method: str, walks: np.ndarray, n: int, fields: np.ndarray, voca
     if method == "eges":
         vec = model.vectors(np.flatnonzero(cold))
         att = model.attention(np.flatnonzero(seen))
-        attention = {name: round(float(a), 6) for name, a in zip(["item_id", *field_names], att)}
+        attention = {name: round(float(a), 6) for name, a in zip(["item_id", *field_names], att, strict=True)}
         has = np.ones(n, dtype=bool) if vocab else seen
     else:
         vec, attention, has = model.vectors(), {}, seen.copy()

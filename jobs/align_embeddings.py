@@ -313,7 +313,7 @@ def point_in_time_simtier(samples, pos, aligned, as_of, buckets: int, history: i
         hts = h["ts"].to_numpy()
         hrow = np.array([lookup.get(i, -1) for i in h["item_id"]], dtype=np.int64)
         out = []
-        for sid, uid, iid, ts in zip(s["sample_id"], s["user_id"], s["item_id"], s["ts"]):
+        for sid, uid, iid, ts in zip(s["sample_id"], s["user_id"], s["item_id"], s["ts"], strict=True):
             t = np.datetime64(ts)
             if t < start:
                 out.append((sid, uid, iid, None, 0, None))

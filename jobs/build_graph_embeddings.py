@@ -154,7 +154,7 @@ class BuildGraphEmbeddingsJob(Job):
     def _vectors(ctx: RunContext, npdf: pd.DataFrame, fitted: dict[str, Fitted], dim: int):
         frames = []
         for m, f in fitted.items():
-            vec = [None if not h else v for v, h in zip(f.vectors.tolist(), f.has_vector)]
+            vec = [None if not h else v for v, h in zip(f.vectors.tolist(), f.has_vector, strict=True)]
             frames.append(pd.DataFrame({"item_id": npdf["item_id"], "method": m, "vector": vec,
                                         "is_cold_start": f.cold, "dim": dim, "run_id": ctx.run_id}))
         out = ctx.spark.createDataFrame(pd.concat(frames, ignore_index=True), EMB_SCHEMA)

@@ -88,7 +88,7 @@ def _table(df: pd.DataFrame, floats: int = 4) -> str:
             return f"{v:,}"
         return _esc(v)
     head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(v, c)}</td>" for v, c in zip(row, df.columns)) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v, c)}</td>" for v, c in zip(row, df.columns, strict=True)) + "</tr>"
                    for row in df.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -300,7 +300,7 @@ class ReportJob(Job):
         for j, k in enumerate(ks):
             s = sim[sim["k"] == k].set_index("algo").reindex(algos)
             bars = ax.bar(np.arange(len(algos)) + j * width, s["hit_rate"], width, label=f"HR@{k}")
-            for b, a in zip(bars, algos):
+            for b, a in zip(bars, algos, strict=True):
                 if a == "popularity":
                     b.set_hatch("//")
         ax.set_xticks(np.arange(len(algos)) + width * (len(ks) - 1) / 2, algos)
@@ -350,7 +350,7 @@ class ReportJob(Job):
                .orderBy(F.desc("users"), "item_id").limit(self.p.example_items).toPandas())
         if not len(top):
             raise Missing("events_clean has no events up to the date (run ingest)")
-        self._example_users = dict(zip(top["item_id"], top["users"]))
+        self._example_users = dict(zip(top["item_id"], top["users"], strict=True))
         return top["item_id"].tolist()
 
     def _neighbor_examples(self) -> str:
@@ -392,7 +392,7 @@ class ReportJob(Job):
             return {}
         vecs = np.stack(q["vector"].to_numpy()).astype(np.float64)
         vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        queries = dict(zip(q["item_id"], vecs.tolist()))
+        queries = dict(zip(q["item_id"], vecs.tolist(), strict=True))
         k = self.p.neighbors
 
         def top(it):
@@ -468,7 +468,7 @@ class ReportJob(Job):
         rows = -(-len(maps) // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5.2 * rows), squeeze=False)
         sizes = []
-        for ax, (title, df) in zip(axes.flat, maps):
+        for ax, (title, df) in zip(axes.flat, maps, strict=False):      # the grid may have a spare axis
             pdf = self._sample(df, self.p.map_sample).toPandas().sort_values("item_id")
             xy = self._project(np.stack(pdf["vector"].to_numpy()).astype(np.float32))
             c = pdf["item_id"].map(cats).fillna("(none)")
@@ -518,7 +518,7 @@ class ReportJob(Job):
         y = -levels["level"].to_numpy()
         ax.barh(y, used, left=-used / 2, color="#dddddd", label="codes used")
         ax.barh(y, eff, left=-eff / 2, color="#4c72b0", label="effective codes (perplexity)")
-        for yy, e, s in zip(y, eff, size):
+        for yy, e, s in zip(y, eff, size, strict=True):
             ax.text(0, yy, f"{e * s:,.0f} / {s:,.0f}", ha="center", va="center", fontsize=8, color="white"
                     if e > 0.3 else "black")
         ax.set(yticks=y, yticklabels=[f"level {int(v)}" for v in levels["level"]], xlim=(-0.55, 0.55),
@@ -530,7 +530,7 @@ class ReportJob(Job):
                     summary["sid_gini_before"], summary["sid_gini_after"]]
             bars = ax.bar(["collision\nbefore", "collision\nafter", "SID Gini\nbefore", "SID Gini\nafter"], vals,
                           color=["#c44e52", "#55a868", "#c44e52", "#55a868"])
-            for b, v in zip(bars, vals):
+            for b, v in zip(bars, vals, strict=True):
                 ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
             ax.set(title="collisions and SID Gini, before / after handling", ylim=(0, max(0.01, 1.15 * max(vals))))
         else:
@@ -646,7 +646,7 @@ class ReportJob(Job):
         if reasons:
             rs = pd.DataFrame(reasons).sort_values(["table", "rows"], ascending=[True, False])
             fig, ax = plt.subplots(figsize=(7, 0.3 * len(rs) + 1.2))
-            labels = [f"{t}: {r}" for t, r in zip(rs["table"], rs["reason"])]
+            labels = [f"{t}: {r}" for t, r in zip(rs["table"], rs["reason"], strict=True)]
             ax.barh(labels[::-1], rs["rows"].to_numpy()[::-1], color="#c44e52")
             ax.set(xlabel="rows", title="quarantine reasons")
             out += [self._figure("quarantine_reasons.png", fig, "quarantined rows by reason"), _table(rs)]

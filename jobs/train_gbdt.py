@@ -180,7 +180,7 @@ class TrainGBDTJob(Job):
                 if getattr(r, k) is not None and np.isfinite(getattr(r, k)):
                     ctx.metrics[f"{k}.{r.model}"] = round(float(getattr(r, k)), 6)
         gain = booster.feature_importance("gain")
-        importance = dict(sorted(zip(names, (gain / max(gain.sum(), 1e-12)).round(6).tolist()),
+        importance = dict(sorted(zip(names, (gain / max(gain.sum(), 1e-12)).round(6).tolist(), strict=True),
                                  key=lambda kv: -kv[1]))
         g = met[(met["model"] == "gbdt") & met["slice_column"].isna()].iloc[0]
         failed = []

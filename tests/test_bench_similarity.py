@@ -41,10 +41,10 @@ def compare(got: pa.Table, ref: pa.Table) -> tuple[int, list]:
     ga, gi, gl, gj, gs, gc = flat(got)
     ra, ri, rl, rj, rs, rc = flat(ref)
     if (ga, gi) != (ra, ri):
-        keys = set(zip(ga, gi)) ^ set(zip(ra, ri))
+        keys = set(zip(ga, gi, strict=True)) ^ set(zip(ra, ri, strict=True))
         return len(ra), sorted(keys)
     if not np.array_equal(gl, rl):
-        return len(ra), [(a, i) for a, i, x, y in zip(ra, ri, gl, rl) if x != y]
+        return len(ra), [(a, i) for a, i, x, y in zip(ra, ri, gl, rl, strict=True) if x != y]
     bad = (gj != rj) | (gc != rc) | (np.abs(gs - rs) > 1e-9 * np.maximum(1.0, np.abs(rs)))
     rows = np.repeat(np.arange(len(rl)), rl)[bad]
     return len(ra), [(ra[r], ri[r]) for r in np.unique(rows)]

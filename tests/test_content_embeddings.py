@@ -187,7 +187,7 @@ def test_build_content_embeddings_quarantines_bad_images_and_reuses_unchanged_it
     assert (rc["encoded.efficientnet-lite0"], rc["no_input.efficientnet-lite0"], rc["quarantined.efficientnet-lite0"]) == (2, 1, 1)
     emb = spark.read.format("delta").load(f"{wh}/content_embeddings").toPandas()
     assert sorted(emb.groupby("encoder").size().items()) == [("efficientnet-lite0", 2), ("minilm-onnx", 4)]
-    assert set(emb["dim"]) == {384, 1280} and all(len(v) == d for v, d in zip(emb["vector"], emb["dim"]))
+    assert set(emb["dim"]) == {384, 1280} and all(len(v) == d for v, d in zip(emb["vector"], emb["dim"], strict=True))
     q = spark.read.format("delta").load(f"{wh}/content_quarantine").toPandas()
     assert q["item_id"].tolist() == ["c"] and q["reason"][0] == "image 'broken.jpg': not a readable image"
     direct = get_encoder("minilm-onnx").encode(["Summer dress. Category: dresses"])[0]

@@ -58,7 +58,7 @@ def reference(rows, spec: CrossStatsSpec):
             sub = sub.dropna(subset=list(key.columns))
             for k, g in sub.groupby(list(key.columns)):
                 k = k if isinstance(k, tuple) else (k,)
-                rec = {"key_type": key.name, "window": w.name, **dict(zip(key.columns, map(str, k))),
+                rec = {"key_type": key.name, "window": w.name, **dict(zip(key.columns, map(str, k), strict=True)),
                        "n_events": len(g), **{f"n_{t}": int((g.event_type == t).sum()) for t in TYPES},
                        "n_users": None if "user_id" in key.columns else g.user_id.nunique(),
                        "days_since_last": (CUTOFF - g.ts.max()).total_seconds() / 86400}

@@ -32,10 +32,10 @@ def test_walk_transitions_match_node2vec_probabilities(p, q):
     """Second-order transitions (t, v) → x are ∝ w(v, x)·α(t, x): chi-square against the exact
     probabilities for every (t, v), first-order for the first step."""
     g = Graph.from_edges(SRC, DST, W, 5)
-    w = {(s, d): x for s, d, x in zip(SRC, DST, W)}
+    w = {(s, d): x for s, d, x in zip(SRC, DST, W, strict=True)}
     walks = walk(g.arrays(), walk_ids(5, 30_000), 3, p, q, seed=11)
-    second = Counter(zip(walks[:, 0], walks[:, 1], walks[:, 2]))
-    first = Counter(zip(walks[:, 0], walks[:, 1]))
+    second = Counter(zip(walks[:, 0], walks[:, 1], walks[:, 2], strict=True))
+    first = Counter(zip(walks[:, 0], walks[:, 1], strict=True))
     pvalues = []
     for v in range(5):
         xs = [d for (s, d) in w if s == v]
@@ -46,7 +46,7 @@ def test_walk_transitions_match_node2vec_probabilities(p, q):
             if (t, v) not in w:
                 continue
             alpha = [1 / p if x == t else (1.0 if (t, x) in w else 1 / q) for x in xs]
-            exp = np.array([w[(v, x)] * a for x, a in zip(xs, alpha)])
+            exp = np.array([w[(v, x)] * a for x, a in zip(xs, alpha, strict=True)])
             obs = np.array([second[(t, v, x)] for x in xs])
             pvalues.append(chisquare(obs, exp / exp.sum() * obs.sum()).pvalue)
     assert min(pvalues) > 1e-3, pvalues   # seeded: the same walks every run
@@ -103,14 +103,14 @@ def test_walks_stop_at_sinks_and_do_not_depend_on_sharding_or_threads():
 def test_centers_contexts_equal_brute_force_and_shrink_like_word2vec():
     walks = np.array([[0, 1, 2, 3], [4, 5, -1, -1]])
     c, x = centers_contexts(walks, 1, np.random.default_rng(0))
-    got = sorted((a, b) for a, row in zip(c.tolist(), x.tolist()) for b in row if b >= 0)
+    got = sorted((a, b) for a, row in zip(c.tolist(), x.tolist(), strict=True) for b in row if b >= 0)
     want = sorted((a, b) for row in walks.tolist() for i, a in enumerate(row) for j, b in enumerate(row)
                   if abs(i - j) == 1 and a >= 0 and b >= 0)
     assert got == want and len(c) == 6          # every position with a context is a center
     # window 3: the center's window b ~ U{1..3}, so distance d is kept with probability (3 − d + 1)/3
     walks = np.tile(np.arange(10), (2000, 1))
     c, x = centers_contexts(walks, 3, np.random.default_rng(0))
-    d = Counter(abs(a - b) for a, row in zip(c.tolist(), x.tolist()) for b in row if b >= 0)
+    d = Counter(abs(a - b) for a, row in zip(c.tolist(), x.tolist(), strict=True) for b in row if b >= 0)
     assert d[1] == 2000 * 9 * 2 and abs(d[3] / (2000 * 7 * 2) - 1 / 3) < 0.02
 
 
@@ -287,7 +287,7 @@ def test_build_graph_embeddings_on_movielens(spark, movielens_run):
     assert graph.count() == ctx.row_counts["edges"] and graph.where("src = dst").count() == 0
     # the edges equal a direct count of consecutive distinct items in valid sessions
     sessions = spark.read.format("delta").load(f"{wh}/sessions").where("is_valid").collect()
-    direct = Counter((a, b) for s in sessions for a, b in zip(s["items"], s["items"][1:]) if a != b)
+    direct = Counter((a, b) for s in sessions for a, b in zip(s["items"], s["items"][1:], strict=False) if a != b)
     got = {(r["src"], r["dst"]): r["transitions"] for r in graph.collect()}
     assert got == direct
     sess = spark.read.format("delta").load(f"{wh}/sessions").drop("ds")

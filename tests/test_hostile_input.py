@@ -165,7 +165,7 @@ def events_property(spark, table):
     assert good["us"].between(epoch_micros(DEFAULT_MIN_TS), epoch_micros(CUTOFF) - 1).all()
     # the IDs of every row (clean or not) are the reference normalization of the input
     ref = sorted(repr((reference_id(r[0]), reference_id(r[1]))) for r in rows)
-    assert ref == sorted(repr((u, i)) for u, i in zip(out["user_id"], out["item_id"]))
+    assert ref == sorted(repr((u, i)) for u, i in zip(out["user_id"], out["item_id"], strict=True))
 
 
 def items_property(spark, table):

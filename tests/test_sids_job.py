@@ -54,7 +54,7 @@ def test_first_run_publishes_unique_balanced_sids_with_metrics(spark, sid_wareho
     n = len(sids)
     assert np.bincount(codes[:, 0]).max() <= int(np.ceil(2 * n / 16))        # balance 1.0 on level 1
     look = _table(spark, wh, "sid_lookup", D1)
-    assert dict(zip(look["sid"], look["item_id"])) == dict(zip(sids["sid"], sids["item_id"]))
+    assert dict(zip(look["sid"], look["item_id"], strict=True)) == dict(zip(sids["sid"], sids["item_id"], strict=True))
     feats = _table(spark, wh, "sid_features", D1)
     assert len(feats) == n and (feats["prefix_ngram_ids"].map(len) == 3).all()
     assert (feats["bigram_ids"].map(len) == 2).all()

@@ -114,7 +114,7 @@ def test_matches_brute_force(spark, spec, seed):
         g = got[key]
         assert [j for j, _, _ in g] == [j for j, _, _ in nb], key
         assert [c for _, _, c in g] == [c for _, _, c in nb], key
-        for (_, gs, _), (_, rs, _) in zip(g, nb):
+        for (_, gs, _), (_, rs, _) in zip(g, nb, strict=True):
             assert gs == pytest.approx(rs, rel=1e-9, abs=1e-12), key
     for r in raw:   # normalized score: the item's best neighbor is 1
         assert r.neighbors[0].score_norm == 1.0 and all(0 < n.score_norm <= 1 for n in r.neighbors)

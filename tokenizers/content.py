@@ -101,7 +101,7 @@ def _encode_rows(model, inputs: list[str], precheck=None) -> tuple[list, list]:
         if refused:
             keep = [x for i, x in enumerate(inputs) if i not in refused]
             kv, ke = _encode_rows(model, keep) if keep else ([], [])
-            it = iter(zip(kv, ke))
+            it = iter(zip(kv, ke, strict=True))
             pairs = [(None, refused[i]) if i in refused else next(it) for i in range(len(inputs))]
             return [v for v, _ in pairs], [e for _, e in pairs]
     try:

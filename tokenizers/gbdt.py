@@ -159,7 +159,7 @@ class LeafEncoder:
             k = n_leaves[i] - 1
             if k == 0:
                 continue
-            for arr, key in zip(self._arrays, keys):
+            for arr, key in zip(self._arrays, keys, strict=True):
                 arr[i, :k] = np.array(t[key].split(), dtype=np.float64 if key == "threshold" else np.int64)
             self.categorical |= bool((self._arrays[2][i, :k] & 1).any())
         self.n_leaves = n_leaves

@@ -105,10 +105,10 @@ def resolve(tokens: np.ndarray, fixed: np.ndarray, fixed_suffix: np.ndarray, str
             raise ValueError("max_per_sid must be >= 1")
         # every pattern of omitted levels is its own SID space: Π of its kept levels' sizes × σ rows
         patterns, counts = np.unique(tokens < 0, axis=0, return_counts=True)
-        for pat, c in zip(patterns, counts):
-            room = max_per_sid * math.prod(k for k, omitted in zip(sizes, pat) if not omitted)
+        for pat, c in zip(patterns, counts, strict=True):
+            room = max_per_sid * math.prod(k for k, omitted in zip(sizes, pat, strict=True) if not omitted)
             if c > room:
-                kept = " × ".join(str(k) for k, omitted in zip(sizes, pat) if not omitted)
+                kept = " × ".join(str(k) for k, omitted in zip(sizes, pat, strict=True) if not omitted)
                 raise ValueError(f"{c} items cannot get unique SIDs from {kept} codes with at most {max_per_sid} "
                                  f"per SID ({room}): add a level, use larger codebooks, remove fewer tokens or use "
                                  "'suffix'")
@@ -182,7 +182,7 @@ def sid_strings(tokens: np.ndarray, suffix: np.ndarray, with_suffix: bool) -> li
     """``<a_12><b_7><c_201>`` (+ ``<s_0>``): one token per kept level, lettered by level, so
     variable-length SIDs stay unambiguous."""
     out = []
-    for row, s in zip(tokens.tolist(), suffix.tolist()):
+    for row, s in zip(tokens.tolist(), suffix.tolist(), strict=True):
         sid = "".join(f"<{LEVEL_PREFIX[lv]}_{c}>" for lv, c in enumerate(row) if c >= 0)
         out.append(sid + (f"<s_{s}>" if with_suffix else ""))
     return out

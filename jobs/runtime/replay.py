@@ -143,7 +143,7 @@ def compare_table(table: str, source: str, version: int, scratch: str, replay_ve
     ca, cb = Counter(a), Counter(b)
     only_a, only_b = sum((ca - cb).values()), sum((cb - ca).values())
     first = next(iter(ca - cb), None) or next(iter(cb - ca))
-    diff = [f"{c}={v}" if len(str(v)) <= 80 else f"{c}={str(v)[:77]}..." for c, v in zip(cols_a, first)][:8]
+    diff = [f"{c}={v}" if len(str(v)) <= 80 else f"{c}={str(v)[:77]}..." for c, v in zip(cols_a, first, strict=False)][:8]
     return False, (f"{table} v{version}: DIFFERS: {only_a:,} of {len(a):,} recorded rows not in the replay, "
                    f"{only_b:,} of {len(b):,} replayed rows not recorded (e.g. {', '.join(diff)})")
 
