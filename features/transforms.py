@@ -72,7 +72,7 @@ def fit_quantiles(df: DataFrame, cols: list[str], n: int = 100, relative_error: 
         if not qs:
             continue
         values, lv = [], []
-        for v, q in zip(qs, levels, strict=False):      # an all-null column has no quantiles
+        for v, q in zip(qs, levels, strict=True):
             if values and v == values[-1]:
                 lv[-1] = q          # a tie: the CDF at that value is the highest level reaching it
             else:
