@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -33,7 +32,6 @@ from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers.gbdt import GBDTSpec
 
 CONTEXT_FEATURES = ("ctx_hour_of_day", "ctx_day_of_week", "ctx_position", "hist_len")
-LEAF_LR_C = (1.0, 0.1, 0.03, 0.01, 0.003, 0.001)
 MODEL_SCHEMA = T.StructType([
     T.StructField("model_version", T.StringType(), False), T.StructField("model_text", T.StringType(), False),
     T.StructField("params", T.StringType(), False), T.StructField("feature_names", T.ArrayType(T.StringType()), False),
@@ -101,7 +99,6 @@ class TrainGBDTJob(Job):
     def run(self, ctx: RunContext) -> None:
         import lightgbm as lgb
 
-        from recfactory.features.draws import seeded_share
         from recfactory.features.samples import recalibrate
         from recfactory.jobs.runtime.inputs import date_partition
         from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
@@ -120,23 +117,10 @@ class TrainGBDTJob(Job):
         if bad.any():
             raise ValueError(f"{p.label} must be 0/1 on every row; {int(bad.sum())} rows are not")
 
-        train = pdf[pdf["split"] == "train"].sort_values(["ts", "sample_id"], kind="stable")
-        test = pdf[pdf["split"] == "test"]
-        if not len(train) or not len(test):
-            raise ValueError(f"training_samples of {ctx.as_of} needs train and test rows (has "
-                             f"{pdf['split'].value_counts().to_dict()})")
-        cut = int(len(train) * p.tree_fraction)
-        tree, down = train.iloc[:cut], train.iloc[cut:]
-        w_samples = train["negative_rate"].unique()
-        if len(w_samples) != 1:
-            raise ValueError(f"the train split mixes negative rates {sorted(w_samples)}")
-        keep = (tree["_y"].to_numpy() == 1) | seeded_share(tree["sample_id"].to_numpy(), p.seed, "gbdt", p.negative_rate)
-        tree = tree[keep]
-        w_tree = float(w_samples[0]) * p.negative_rate
-        w_down = float(w_samples[0])
+        sp = gbdt.split_rows(pdf, p.tree_fraction, p.negative_rate, p.seed, f"training_samples of {ctx.as_of}")
+        tree, down, test, w_tree = sp.tree, sp.down, sp.test, sp.w_tree
         ctx.row_counts.update({"tree_rows": len(tree), "downstream_rows": len(down), "test_rows": len(test),
-                               "tree_rows_negative_downsampled": int((~keep).sum()),
-                               "unused_rows": len(pdf) - len(train) - len(test)})  # the val split
+                               "tree_rows_negative_downsampled": sp.downsampled, "unused_rows": sp.unused})
 
         ray = init_ray()
         cpus = node_cpus()[0]
@@ -159,35 +143,22 @@ class TrainGBDTJob(Job):
         Xt, yt = test[names].to_numpy(), test["_y"].to_numpy()
         scores = {"gbdt": recalibrate(booster.predict(Xt), w_tree)}
         if len(down) and len(np.unique(down["_y"])) == 2:
-            lr, c = self._lr_models(booster, offsets, len(vocab), down[names].to_numpy(), down["_y"].to_numpy(),
-                                    Xt, w_down)
+            lr, c = gbdt.lr_comparison(booster, offsets, len(vocab), down[names].to_numpy(), down["_y"].to_numpy(),
+                                       Xt, sp.w_down)
             scores.update(lr)
             ctx.metrics["lr_leaves_C"] = c
         else:
             ctx.notes["downstream"] = "skipped: the downstream rows have a single label"
         version = f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}"
-        rows = []
-        for model, q in scores.items():
-            rows.append(self._metric_row(version, model, "test", None, None, yt, q))
-        for col in slices:
-            top = test[col].astype(str).value_counts().index[:p.max_slice_values]
-            for v in top:
-                m = (test[col].astype(str) == v).to_numpy()
-                rows.append(self._metric_row(version, "gbdt", "test", col, v, yt[m], scores["gbdt"][m]))
-        met = pd.DataFrame(rows, columns=[f.name for f in METRICS_SCHEMA.fields])
+        met = pd.DataFrame(gbdt.evaluate(version, scores, test, slices, p.max_slice_values),
+                           columns=[f.name for f in METRICS_SCHEMA.fields])
         for r in met[met["slice_column"].isna()].itertuples():
             for k in ("auc", "ne", "rig", "calibration_ratio"):
                 if getattr(r, k) is not None and np.isfinite(getattr(r, k)):
                     ctx.metrics[f"{k}.{r.model}"] = round(float(getattr(r, k)), 6)
-        gain = booster.feature_importance("gain")
-        importance = dict(sorted(zip(names, (gain / max(gain.sum(), 1e-12)).round(6).tolist(), strict=True),
-                                 key=lambda kv: -kv[1]))
+        importance = gbdt.importance_by_gain(booster, names)
         g = met[(met["model"] == "gbdt") & met["slice_column"].isna()].iloc[0]
-        failed = []
-        if not g["auc"] >= p.gate_min_auc:
-            failed.append(f"test AUC {g['auc']:.4f} < {p.gate_min_auc}")
-        if not g["ne"] < p.gate_max_ne:
-            failed.append(f"test NE {g['ne']:.4f} >= {p.gate_max_ne}")
+        failed = gbdt.gate_failures(g["auc"], g["ne"], p.gate_min_auc, p.gate_max_ne)
         if failed:
             raise QualityGateError("GBDT not published: " + "; ".join(failed))
 
@@ -263,50 +234,6 @@ class TrainGBDTJob(Job):
         if not names:
             raise ValueError("training_samples has no numeric f_* or context columns to train on")
         return names
-
-    @staticmethod
-    def _lr_models(booster, offsets, vocab_size, Xd, yd, Xt, w) -> dict[str, np.ndarray]:
-        """The Facebook comparison, trained on the downstream rows: LR on one-hot leaves and LR on
-        the raw features (median-imputed, standardized), both recalibrated with w."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        from recfactory.features.samples import recalibrate
-        from recfactory.tokenizers.gbdt import encode_leaves, normalized_entropy, one_hot
-
-        # L2 strength picked on the latest fifth of the downstream rows (they are in time order),
-        # then refitted on all of them: thousands of one-hot leaves overfit without it
-        Ld = one_hot(encode_leaves(booster, Xd, offsets), vocab_size)
-        cut = int(len(yd) * 0.8)
-        best = (np.inf, 1.0)
-        if len(np.unique(yd[:cut])) == 2 and len(np.unique(yd[cut:])) == 2:
-            for C in LEAF_LR_C:
-                m = LogisticRegression(C=C, max_iter=1000).fit(Ld[:cut], yd[:cut])
-                best = min(best, (normalized_entropy(yd[cut:], m.predict_proba(Ld[cut:])[:, 1]), C))
-        lr_leaves = LogisticRegression(C=best[1], max_iter=1000).fit(Ld, yd)
-        q_leaves = lr_leaves.predict_proba(one_hot(encode_leaves(booster, Xt, offsets), vocab_size))[:, 1]
-        with warnings.catch_warnings():          # an all-missing column has no median: 0 below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(np.where(np.isfinite(Xd), Xd, np.nan), axis=0)
-        med = np.where(np.isfinite(med), med, 0.0)
-
-        def impute(X):
-            return np.where(np.isfinite(X), X, med[None, :])
-
-        lr_raw = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-        lr_raw.fit(impute(Xd), yd)
-        q_raw = lr_raw.predict_proba(impute(Xt))[:, 1]
-        return {"lr_leaves": recalibrate(q_leaves, w), "lr_raw": recalibrate(q_raw, w)}, best[1]
-
-    @staticmethod
-    def _metric_row(version, model, split, col, value, y, q):
-        from recfactory.tokenizers.gbdt import auc, calibration_ratio, normalized_entropy
-
-        both = len(np.unique(y)) == 2
-        ne = normalized_entropy(y, q) if both else None
-        return (version, model, split, col, value, int(len(y)), int(y.sum()), auc(y, q) if both else None, ne,
-                None if ne is None else 1 - ne, calibration_ratio(y, q) if y.sum() else None)
 
 
 if __name__ == "__main__":

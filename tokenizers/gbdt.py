@@ -10,11 +10,14 @@ deterministic mode) and is stored as LightGBM's own text format — no pickle.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numba
 import numpy as np
 import pandas as pd
+
+from recfactory.features.draws import seeded_share
 
 
 @dataclass(frozen=True)
@@ -254,3 +257,112 @@ def train_distributed(X: np.ndarray, y: np.ndarray, spec: GBDTSpec, feature_name
         datasets={"train": ray.data.from_pandas(frame)})
     result = trainer.fit()
     return RayTrainReportCallback.get_model(result.checkpoint)
+
+
+# -- the training run's rows and its evaluation (the Facebook comparison) --------------------------
+
+LEAF_LR_C = (1.0, 0.1, 0.03, 0.01, 0.003, 0.001)      # L2 strengths tried for LR on one-hot leaves
+
+
+@dataclass
+class Split:
+    """The rows of one training run: `tree` (the earliest share of the train split in time order,
+    negatives downsampled: the trees' rows), `down` (the rest of the train split: the downstream LR
+    models'), `test`; w_* are the total negative rates of tree and downstream rows."""
+    tree: pd.DataFrame
+    down: pd.DataFrame
+    test: pd.DataFrame
+    w_tree: float
+    w_down: float
+    downsampled: int           # tree negatives left out
+    unused: int                # rows of other splits (validation)
+
+
+def split_rows(pdf: pd.DataFrame, tree_fraction: float, negative_rate: float, seed: int, what: str) -> Split:
+    """Tree and downstream rows are disjoint (the downstream models never see a row the trees were
+    grown on), cut in time order (ts, then sample_id); tree negatives are kept with a seeded share
+    `negative_rate` of their sample ids. `pdf` has sample_id, ts, split, _y, negative_rate."""
+    train = pdf[pdf["split"] == "train"].sort_values(["ts", "sample_id"], kind="stable")
+    test = pdf[pdf["split"] == "test"]
+    if not len(train) or not len(test):
+        raise ValueError(f"{what} needs train and test rows (has {pdf['split'].value_counts().to_dict()})")
+    cut = int(len(train) * tree_fraction)
+    tree, down = train.iloc[:cut], train.iloc[cut:]
+    w_samples = train["negative_rate"].unique()
+    if len(w_samples) != 1:
+        raise ValueError(f"the train split mixes negative rates {sorted(w_samples)}")
+    keep = (tree["_y"].to_numpy() == 1) | seeded_share(tree["sample_id"].to_numpy(), seed, "gbdt", negative_rate)
+    return Split(tree[keep], down, test, float(w_samples[0]) * negative_rate, float(w_samples[0]),
+                 int((~keep).sum()), len(pdf) - len(train) - len(test))
+
+
+def lr_comparison(booster, offsets: np.ndarray, vocab_size: int, Xd: np.ndarray, yd: np.ndarray, Xt: np.ndarray,
+                  w: float) -> tuple[dict[str, np.ndarray], float]:
+    """The Facebook comparison, trained on the downstream rows: LR on one-hot leaves and LR on the
+    raw features (median-imputed, standardized), both recalibrated with w; and the leaves' C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from recfactory.features.samples import recalibrate
+
+    # L2 strength picked on the latest fifth of the downstream rows (they are in time order),
+    # then refitted on all of them: thousands of one-hot leaves overfit without it
+    Ld = one_hot(encode_leaves(booster, Xd, offsets), vocab_size)
+    cut = int(len(yd) * 0.8)
+    best = (np.inf, 1.0)
+    if len(np.unique(yd[:cut])) == 2 and len(np.unique(yd[cut:])) == 2:
+        for C in LEAF_LR_C:
+            m = LogisticRegression(C=C, max_iter=1000).fit(Ld[:cut], yd[:cut])
+            best = min(best, (normalized_entropy(yd[cut:], m.predict_proba(Ld[cut:])[:, 1]), C))
+    lr_leaves = LogisticRegression(C=best[1], max_iter=1000).fit(Ld, yd)
+    q_leaves = lr_leaves.predict_proba(one_hot(encode_leaves(booster, Xt, offsets), vocab_size))[:, 1]
+    with warnings.catch_warnings():          # an all-missing column has no median: 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(np.where(np.isfinite(Xd), Xd, np.nan), axis=0)
+    med = np.where(np.isfinite(med), med, 0.0)
+
+    def impute(X):
+        return np.where(np.isfinite(X), X, med[None, :])
+
+    lr_raw = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    lr_raw.fit(impute(Xd), yd)
+    q_raw = lr_raw.predict_proba(impute(Xt))[:, 1]
+    return {"lr_leaves": recalibrate(q_leaves, w), "lr_raw": recalibrate(q_raw, w)}, best[1]
+
+
+def metric_row(version, model, split, col, value, y, q) -> tuple:
+    """(version, model, split, slice column, slice value, rows, positives, AUC, NE, RIG, calibration)."""
+    both = len(np.unique(y)) == 2
+    ne = normalized_entropy(y, q) if both else None
+    return (version, model, split, col, value, int(len(y)), int(y.sum()), auc(y, q) if both else None, ne,
+            None if ne is None else 1 - ne, calibration_ratio(y, q) if y.sum() else None)
+
+
+def evaluate(version: str, scores: dict[str, np.ndarray], test: pd.DataFrame, slices: list[str],
+             max_slice_values: int) -> list[tuple]:
+    """`metric_row`s on the test split: every model overall, then GBDT on the most frequent values
+    of each slice column."""
+    y = test["_y"].to_numpy()
+    rows = [metric_row(version, model, "test", None, None, y, q) for model, q in scores.items()]
+    for col in slices:
+        for v in test[col].astype(str).value_counts().index[:max_slice_values]:
+            m = (test[col].astype(str) == v).to_numpy()
+            rows.append(metric_row(version, "gbdt", "test", col, v, y[m], scores["gbdt"][m]))
+    return rows
+
+
+def importance_by_gain(booster, names: list[str]) -> dict[str, float]:
+    """Each feature's share of the total gain, largest first."""
+    gain = booster.feature_importance("gain")
+    return dict(sorted(zip(names, (gain / max(gain.sum(), 1e-12)).round(6).tolist(), strict=True),
+                       key=lambda kv: -kv[1]))
+
+
+def gate_failures(auc_value: float, ne_value: float, min_auc: float, max_ne: float) -> list[str]:
+    failed = []
+    if not auc_value >= min_auc:
+        failed.append(f"test AUC {auc_value:.4f} < {min_auc}")
+    if not ne_value < max_ne:
+        failed.append(f"test NE {ne_value:.4f} >= {max_ne}")
+    return failed
