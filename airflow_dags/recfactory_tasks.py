@@ -39,7 +39,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from recfactory.jobs.runtime.env import arrow_uri, redact
+from recfactory.jobs.runtime.env import DEFAULT_WAREHOUSE, arrow_uri, redact
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, load_job
 from recfactory.jobs.runtime.pipeline import PIPELINES, Step, check_run_conf, step_params, to_argv, upstream
 from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
@@ -49,7 +49,7 @@ DEFAULT_CONN = "recfactory_spark"
 
 
 def warehouse() -> str:
-    return os.environ.get("RECFACTORY_WAREHOUSE", "./warehouse")
+    return os.environ.get("RECFACTORY_WAREHOUSE", DEFAULT_WAREHOUSE)
 
 
 def table_uri(table: str, root: str | None = None) -> str:

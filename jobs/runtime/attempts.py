@@ -23,7 +23,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from recfactory.jobs.runtime.env import RUNS_TABLE, arrow_uri
+from recfactory.jobs.runtime.env import DEFAULT_WAREHOUSE, RUNS_TABLE, arrow_uri
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,7 +161,7 @@ def runs_main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="recfactory runs", description="The history of attempts: status, "
                                  "duration and the versions each published (abandoned ones: their partial versions).")
-    ap.add_argument("--warehouse", default="./warehouse")
+    ap.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     ap.add_argument("--as-of", default=None, type=dt.date.fromisoformat)
     ap.add_argument("--job", default=None)
     ns = ap.parse_args(argv)

@@ -42,6 +42,7 @@ def ray_tmp() -> Path:
     return p
 
 
+DEFAULT_WAREHOUSE = "./warehouse"     # every entry point's default warehouse root
 RUNS_TABLE = "_runs"              # one row per finished run (written by jobs.runtime.job)
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recfactory.jobs.runtime.env import DEFAULT_WAREHOUSE
 from recfactory.jobs.runtime.env import TABLE_NAME as _TABLE_NAME_RE
 
 __all__ = ["JobParams", "Field", "Restricted", "TABLE_NAME", "build_parser", "parse_params", "params_hash",
@@ -61,7 +62,7 @@ class JobParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     warehouse: str = Field(
-        "./warehouse",
+        DEFAULT_WAREHOUSE,
         description="Warehouse root: every table lives at <warehouse>/<table_name> "
         "(local path or a URI such as s3a://bucket/prefix).",
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from recfactory.jobs.runtime.env import DEFAULT_WAREHOUSE
 from recfactory.jobs.runtime.job import load_job
 from recfactory.jobs.runtime.params import JobParams, flag, unwrap_optional
 
@@ -151,7 +152,7 @@ def upstream(steps: tuple[Step, ...], params: dict[str, JobParams] | None = None
     deps: dict[str, list[str]] = {}
     for s in steps:
         job_cls = load_job(s.job)
-        p = (params or {}).get(s.task_id) or step_params(s, "2000-01-01", "./warehouse")
+        p = (params or {}).get(s.task_id) or step_params(s, "2000-01-01", DEFAULT_WAREHOUSE)
         reads = [t for t in job_cls.input_tables(p) if t not in job_cls.outputs]
         deps[s.task_id] = sorted({writers[t] for t in reads if t in writers})
         if s.last:   # after every earlier step: the earlier steps no other earlier step waits for
@@ -241,7 +242,7 @@ def pipeline_main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="recfactory pipeline", description=run_pipeline.__doc__)
     ap.add_argument("--pipeline", choices=sorted(PIPELINES), default="daily")
-    ap.add_argument("--warehouse", default="./warehouse")
+    ap.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     ap.add_argument("--as-of", required=True)
     ap.add_argument("--seed", type=int, default=None, help="Seed for every step (default: each job's).")
     ap.add_argument("--params", default=None,

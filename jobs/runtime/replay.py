@@ -29,7 +29,15 @@ import uuid
 from typing import Any
 
 from recfactory.jobs.runtime.delta_io import Warehouse
-from recfactory.jobs.runtime.env import MASK, RUNS_TABLE, arrow_fs, arrow_uri, normalize_warehouse, table_path
+from recfactory.jobs.runtime.env import (
+    DEFAULT_WAREHOUSE,
+    MASK,
+    RUNS_TABLE,
+    arrow_fs,
+    arrow_uri,
+    normalize_warehouse,
+    table_path,
+)
 
 log = logging.getLogger("recfactory")
 
@@ -236,7 +244,7 @@ def replay_main(argv: list[str]) -> int:
                                  "(inputs at their pinned versions, into a scratch location) and compare every "
                                  "output with the recorded version. Exit 0 only when all match.")
     ap.add_argument("run_id")
-    ap.add_argument("--warehouse", default="./warehouse")
+    ap.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     ap.add_argument("--scratch", default=None, help="where the replay writes (default <warehouse>/_replay/<run id>-…; "
                     "removed afterwards unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch tables")

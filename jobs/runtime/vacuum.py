@@ -26,7 +26,7 @@ import datetime as dt
 import math
 from collections import defaultdict
 
-from recfactory.jobs.runtime.env import RUNS_TABLE, arrow_fs, arrow_uri, normalize_warehouse
+from recfactory.jobs.runtime.env import DEFAULT_WAREHOUSE, RUNS_TABLE, arrow_fs, arrow_uri, normalize_warehouse
 
 
 def warehouse_tables(root: str) -> list[str]:
@@ -128,7 +128,7 @@ def vacuum_main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="recfactory vacuum", description="Remove data files older than the retention "
                                  "that no kept run (finished within it) and no current publication reads.")
-    ap.add_argument("--warehouse", default="./warehouse")
+    ap.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     ap.add_argument("--retain-days", type=float, required=True, help="keep what runs of the last N days read and wrote "
                     "(their replay keeps working)")
     ap.add_argument("--dry-run", action="store_true", help="list, remove nothing")
