@@ -61,7 +61,7 @@ class TrainSpec:
     walks_per_batch: int = 256      # EGES: walks whose centers form one step
     sample: float = 1e-3            # word2vec's subsampling of frequent nodes; 0: off
     threads: int = 0                # torch threads; 0: torch's default
-    seed: int = 0
+    seed: int = 42
 
     def __post_init__(self):
         if min(self.dim, self.window, self.negatives, self.epochs, self.walks_per_batch) < 1:

@@ -74,3 +74,32 @@ def test_credentials_in_uris_never_reach_manifests():
     assert redact("s3a://AKIA:se%2Fcret@bucket/raw") == "s3a://***@bucket/raw"
     assert redact({"p": ["abfss://u:pw@acct/x", "/local/path@2"]}) == {
         "p": ["abfss://***@acct/x", "/local/path@2"]}
+
+
+def test_no_parameter_has_two_defaults():
+    """A job parameter that a transform's spec also declares (same name) has one default: the job's
+    Params and the spec dataclass its `*_spec()` builds agree."""
+    import dataclasses
+    import inspect
+    import re
+
+    from recfactory.jobs.runtime.job import JOBS, load_job
+
+    def norm(v):
+        return tuple(v) if isinstance(v, list | tuple) else v
+
+    disagree, checked = [], 0
+    for name in JOBS:
+        P = load_job(name).Params
+        mod = inspect.getmodule(P)
+        for m in (m for m in dir(P) if m.endswith("_spec") and callable(getattr(P, m))):
+            for cls_name in set(re.findall(r"\b([A-Z]\w*Spec)\(", inspect.getsource(getattr(P, m)))):
+                cls = getattr(mod, cls_name)
+                for f in dataclasses.fields(cls):
+                    if f.name not in P.model_fields:
+                        continue
+                    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    checked += 1
+                    if norm(P.model_fields[f.name].default) != norm(default):
+                        disagree.append(f"{name}.{f.name}: {P.model_fields[f.name].default!r} vs {cls_name} {default!r}")
+    assert checked > 20 and not disagree, disagree

@@ -34,7 +34,7 @@ class GBDTSpec:
     bagging_freq: int = 1
     lambda_l2: float = 1.0
     threads: int = 0                   # 0: LightGBM's default (all cores)
-    seed: int = 0
+    seed: int = 42
 
     def __post_init__(self):
         if self.num_trees < 1 or self.num_leaves < 2 or self.learning_rate <= 0 or self.min_data_in_leaf < 1:

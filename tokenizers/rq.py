@@ -49,12 +49,12 @@ import numpy as np
 @dataclass(frozen=True)
 class RQSpec:
     codebook_sizes: tuple[int, ...] = (256, 256, 256)
-    balance: float | None = 0.5          # levels 1..L−1: code size ≤ ⌈(1+balance)·N/K⌉; None: plain k-means
+    balance: float | None = 1.0          # levels 1..L−1: code size ≤ ⌈(1+balance)·N/K⌉; None: plain k-means
     prefix_balance: float | None = 0.0   # level L: ≤ ⌈(1+prefix_balance)·n_prefix/K_L⌉ per prefix; None: plain
     kmeans_iterations: int = 20          # faiss k-means iterations per level
     balanced_iterations: int = 10        # capacity-constrained Lloyd iterations after them
     candidates: int = 32                 # nearest codes ranked per item by the constrained assignment
-    seed: int = 0
+    seed: int = 42
 
     def __post_init__(self):
         object.__setattr__(self, "codebook_sizes", tuple(int(k) for k in self.codebook_sizes))
