@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recfactory.graph.draws import alias_draw, alias_tables, draw_hash, draw_uniform
+from recfactory.graph.sampling import alias_draw, alias_tables, draw_hash, draw_uniform
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from recfactory.graph.draws import alias_draw, alias_tables, draw_hash, draw_uniform
+from recfactory.graph.sampling import alias_draw, alias_tables, draw_hash, draw_uniform
 
 
 @dataclass(frozen=True)

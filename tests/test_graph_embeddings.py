@@ -53,7 +53,7 @@ def test_walk_transitions_match_node2vec_probabilities(p, q):
 
 
 def test_uniforms_are_a_pure_function_of_position():
-    from recfactory.graph.draws import uniforms
+    from recfactory.graph.sampling import uniforms
 
     full = uniforms(9, np.arange(20_000), 3, 1)
     assert np.array_equal(uniforms(9, np.arange(333, 400), 3, 1), full[333:400])
@@ -62,7 +62,7 @@ def test_uniforms_are_a_pure_function_of_position():
 
 
 def test_alias_tables_encode_the_row_distributions_exactly():
-    from recfactory.graph.draws import alias_tables
+    from recfactory.graph.sampling import alias_tables
 
     rng = np.random.default_rng(3)
     deg = np.array([1, 2, 5, 17, 3])
