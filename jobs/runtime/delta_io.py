@@ -158,7 +158,7 @@ class Warehouse:
             return None
         from deltalake import DeltaTable
 
-        return int(DeltaTable(arrow_uri(path), without_files=True).version())
+        return int(DeltaTable(arrow_uri(path)).version())
 
     def version_at(self, path: str, timestamp: str) -> int:
         from pyspark.sql import functions as F
@@ -273,16 +273,16 @@ class Warehouse:
         if commit.txn_app_id is not None:
             version = int(commit.txn_version or 0)
             try:
-                done = DeltaTable(uri, without_files=True).transaction_version(commit.txn_app_id)
+                done = DeltaTable(uri).transaction_version(commit.txn_app_id)
             except (TableNotFoundError, FileNotFoundError, OSError):
                 done = None
             if done is not None and done >= version:
-                return int(DeltaTable(uri, without_files=True).version())
+                return int(DeltaTable(uri).version())
             txns = [Transaction(commit.txn_app_id, version)]
         meta = json.dumps(commit.user_metadata, sort_keys=True, default=str)
         write_deltalake(uri, rows, mode="append",
                         commit_properties=RsCommit(custom_metadata={"userMetadata": meta}, app_transactions=txns))
-        return int(DeltaTable(uri, without_files=True).version())
+        return int(DeltaTable(uri).version())
 
     def upsert(self, df, name: str, commit: CommitProperties, key: str, partition: str,
                prefer: str | None = None, attempts: int = 8) -> UpsertRef:
@@ -333,7 +333,7 @@ class Warehouse:
         Read from the commit log with delta-rs: no Spark job for a few lines of JSON."""
         from deltalake import DeltaTable
 
-        hist = DeltaTable(arrow_uri(path), without_files=True).history(20)
+        hist = DeltaTable(arrow_uri(path)).history(20)
         for h in hist:                      # newest first
             if run_id in (h.get("userMetadata") or ""):
                 return int(h["version"]), dict(h.get("operationMetrics") or {})
