@@ -44,7 +44,6 @@ CONF = {
     "build_training_samples": {"negative_rate": 0.5, "test_days": 30, "val_days": 0, "windows": "7d,all",
                                "keys": "user=user_id,item=item_id,category=category"},
     "align_embeddings": {"epochs": 2, "workers": 1},
-    "report": {"map_sample": 500},         # t-SNE of 500 items per map instead of every item of the slice
 }
 
 
