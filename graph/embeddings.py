@@ -82,8 +82,8 @@ def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[st
     # EGES trains with torch threads and takes every CPU of one node (`cpus[0]`); DeepWalk and
     # Node2Vec train with the single-threaded skip-gram kernel, one CPU each, side by side
     topology = cpus or local_cpus()
-    cpus = topology[0]
-    tspec = spec.train if spec.train.threads else TrainSpec(**{**spec.train.to_dict(), "threads": cpus})
+    per_node = topology[0]
+    tspec = spec.train if spec.train.threads else TrainSpec(**{**spec.train.to_dict(), "threads": per_node})
     walks: dict[tuple[float, float], ray.ObjectRef] = {}
     futures = {}
     for m in spec.methods:
@@ -91,7 +91,7 @@ def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[st
         if pq not in walks:
             walks[pq] = ray.put(random_walks(graph, spec.walks_per_node, spec.walk_length, *pq, seed=seed,
                                              shards=spec.shards, progress=progress, cpus=topology))
-        task = ray.remote(num_cpus=cpus if m == "eges" else 1)(_train_task)
+        task = ray.remote(num_cpus=per_node if m == "eges" else 1)(_train_task)
         futures[m] = task.remote(m, walks[pq], graph.n, fields, vocab, field_names, tspec, progress)
     return {m: ray.get(f) for m, f in futures.items()}
 
