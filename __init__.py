@@ -12,7 +12,6 @@ already imported from one: recfactory itself is found through its installed mapp
 those entries.
 """
 
-
 import sys as _sys
 from pathlib import Path as _Path
 
@@ -23,8 +22,11 @@ _ROOT = _Path(__file__).resolve().parent
 
 def _is_checkout(folder: _Path) -> bool:
     """A folder laid out as a recfactory checkout (this one or another): its tokenizers/ is ours."""
-    return ((folder / "tokenizers" / "__init__.py").is_file() and (folder / "jobs" / "runtime").is_dir()
-            and (folder / "__init__.py").is_file())
+    return (
+        (folder / "tokenizers" / "__init__.py").is_file()
+        and (folder / "jobs" / "runtime").is_dir()
+        and (folder / "__init__.py").is_file()
+    )
 
 
 def _drop_repo_root() -> None:

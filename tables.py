@@ -84,7 +84,7 @@ def _make_torch_class():
             info = torch.utils.data.get_worker_info()
             for i, b in enumerate(self.pub.batches(self.batch_size, self.columns)):
                 if info is not None and i % info.num_workers != info.id:
-                    continue                      # each DataLoader worker its own share of batches
+                    continue  # each DataLoader worker its own share of batches
                 out = {}
                 for name, col in zip(b.schema.names, b.columns, strict=True):
                     arr = col.to_numpy(zero_copy_only=False)
@@ -118,8 +118,9 @@ def read(warehouse: str, table: str, as_of: dt.date | str) -> Published:
     try:
         return Published(root, table, day, *resolve_for_date(root, table, day, runs))
     except NotPublishedError:
-        jobs = _producers(table)        # only now: it imports every job (and pyspark)
+        jobs = _producers(table)  # only now: it imports every job (and pyspark)
         if jobs == []:
             raise ValueError(f"no recfactory job writes a table {table!r}") from None
-        raise NotPublishedError(f"{table} has no publication for {day}: run {' or '.join(jobs or ['its job'])} "
-                                "for that date") from None
+        raise NotPublishedError(
+            f"{table} has no publication for {day}: run {' or '.join(jobs or ['its job'])} for that date"
+        ) from None

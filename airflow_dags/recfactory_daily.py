@@ -8,5 +8,9 @@ parameters: ``recfactory.jobs.runtime.pipeline.DAILY``; settings: ``recfactory_t
 
 from recfactory_tasks import build_dag
 
-dag = build_dag("recfactory_daily", "daily", "@daily",
-                "Daily recfactory tables: features, similarity, embeddings, semantic IDs, GBDT leaves")
+dag = build_dag(
+    "recfactory_daily",
+    "daily",
+    "@daily",
+    "Daily recfactory tables: features, similarity, embeddings, semantic IDs, GBDT leaves",
+)

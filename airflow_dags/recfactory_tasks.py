@@ -71,8 +71,14 @@ def task_params_schema(step: Step) -> Param:
     schema = job_cls.Params.model_json_schema()
     props = {k: v for k, v in schema.get("properties", {}).items() if k not in ("warehouse", "as_of")}
     extra = {"$defs": schema["$defs"]} if "$defs" in schema else {}
-    return Param(default={}, type="object", properties=props, additionalProperties=False,
-                 description=f"{step.job}: {job_cls.description} Keys are its parameters.", **extra)
+    return Param(
+        default={},
+        type="object",
+        properties=props,
+        additionalProperties=False,
+        description=f"{step.job}: {job_cls.description} Keys are its parameters.",
+        **extra,
+    )
 
 
 def read_run(root: str, run_id: str) -> dict[str, Any] | None:
@@ -103,12 +109,17 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         py_files = os.environ.get("RECFACTORY_PY_FILES") or None
         conn_id = os.environ.get("RECFACTORY_SPARK_CONN", DEFAULT_CONN)
         super().__init__(
-            task_id=step.task_id, application=str(Path(sys.modules[job_cls.__module__].__file__)),
-            name=f"recfactory-{step.task_id}", conn_id=conn_id, py_files=py_files,
+            task_id=step.task_id,
+            application=str(Path(sys.modules[job_cls.__module__].__file__)),
+            name=f"recfactory-{step.task_id}",
+            conn_id=conn_id,
+            py_files=py_files,
             conf={"spark.log.level": "WARN", **submit_conf(), **(kwargs.pop("conf", None) or {})},
             outlets=[table_asset(t) for t in job_cls.outputs],
-            execution_timeout=dt.timedelta(minutes=step.timeout_minutes), depends_on_past=step.depends_on_past,
-            **kwargs)
+            execution_timeout=dt.timedelta(minutes=step.timeout_minutes),
+            depends_on_past=step.depends_on_past,
+            **kwargs,
+        )
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -117,14 +128,18 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         conf = context["params"]
         try:
             check_run_conf(self.step, conf.get(self.step.task_id))
-            params = step_params(self.step, as_of(context, self.as_of_mode), root, conf.get(self.step.task_id) or {},
-                                 conf.get("seed"))
-        except ValueError as e:           # a bad override: a retry cannot fix it
+            params = step_params(
+                self.step, as_of(context, self.as_of_mode), root, conf.get(self.step.task_id) or {}, conf.get("seed")
+            )
+        except ValueError as e:  # a bad override: a retry cannot fix it
             raise AirflowFailException(str(e)) from None
         run_id = uuid.uuid4().hex
-        env = {"RECFACTORY_RUN_ID": run_id, "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
-               # spark-submit from the same environment as this worker's Python (a venv's bin/)
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = {
+            "RECFACTORY_RUN_ID": run_id,
+            "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+            # spark-submit from the same environment as this worker's Python (a venv's bin/)
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         argv = to_argv(params, only_set=True)
         self.log.info("recfactory %s %s (run id %s)", self.step.job, redact(shlex.join(argv)), run_id)
         self._ensure_conn()
@@ -138,16 +153,23 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         except Exception as e:
             row = read_run(root, run_id)
             if row is not None and (row.get("error") or "").split(":")[0].endswith("QualityGateError"):
-                raise AirflowFailException(f"{self.step.task_id}: quality gate failed, nothing published "
-                                           f"(previous versions stay): {redact(row['error'])}") from e
+                raise AirflowFailException(
+                    f"{self.step.task_id}: quality gate failed, nothing published "
+                    f"(previous versions stay): {redact(row['error'])}"
+                ) from e
             raise
         row = read_run(root, run_id)
         if row is None or row["status"] != "succeeded":
             raise AirflowException(f"{self.step.task_id}: run {run_id} left no succeeded _runs row")
         for out in row["outputs"] or []:
             context["outlet_events"][table_asset(out["name"])].extra = {
-                "table": out["name"], "delta_version": out["version"], "rows": out["rows"],
-                "ds": out["partition"], "run_id": run_id, "job": self.step.job}
+                "table": out["name"],
+                "delta_version": out["version"],
+                "rows": out["rows"],
+                "ds": out["partition"],
+                "run_id": run_id,
+                "job": self.step.job,
+            }
         self.log.info("published %s", ", ".join(f"{o['name']} v{o['version']}" for o in row["outputs"] or []))
 
     def _ensure_conn(self) -> None:
@@ -174,10 +196,11 @@ class RecfactoryJobOperator(SparkSubmitOperator):
         if self.py_files:
             env["RECFACTORY_PY_FILES"] = self.py_files
             runtime_env["py_modules"] = ray_py_modules(self.py_files)
-        for attempt in range(12):          # a head whose job agent is still starting: "try again later"
+        for attempt in range(12):  # a head whose job agent is still starting: "try again later"
             try:
-                self._ray_job = client.submit_job(entrypoint=entry, runtime_env=runtime_env,
-                                                  submission_id=f"recfactory-{self.step.task_id}-{run_id}")
+                self._ray_job = client.submit_job(
+                    entrypoint=entry, runtime_env=runtime_env, submission_id=f"recfactory-{self.step.task_id}-{run_id}"
+                )
                 break
             except RuntimeError as e:
                 if "No available agent" not in str(e) or attempt == 11:
@@ -228,20 +251,28 @@ def build_dag(dag_id: str, pipeline: str, cron: str, description: str, after: st
     DAG whose run for this run's as-of must have succeeded first (a sensor; the weekly refits wait
     for the daily run of the week's last day, so they never race it for that date's tables)."""
     steps = PIPELINES[pipeline]
-    start = dt.datetime.fromisoformat(os.environ.get("RECFACTORY_START_DATE", "2026-01-01")).replace(
-        tzinfo=dt.UTC)
-    params: dict[str, Any] = {"seed": Param(None, type=["null", "integer"],
-                                            description="Seed for every step (default: each job's).")}
+    start = dt.datetime.fromisoformat(os.environ.get("RECFACTORY_START_DATE", "2026-01-01")).replace(tzinfo=dt.UTC)
+    params: dict[str, Any] = {
+        "seed": Param(None, type=["null", "integer"], description="Seed for every step (default: each job's).")
+    }
     params.update({s.task_id: task_params_schema(s) for s in steps})
     dag = DAG(
-        dag_id=dag_id, description=description,
+        dag_id=dag_id,
+        description=description,
         # a run covers the interval [D, D + 1 period) and starts after it ends: ds = D is the as-of
-        schedule=CronDataIntervalTimetable(cron, timezone="UTC"), start_date=start,
+        schedule=CronDataIntervalTimetable(cron, timezone="UTC"),
+        start_date=start,
         catchup=os.environ.get("RECFACTORY_CATCHUP", "false").lower() == "true",
-        max_active_runs=1,            # dates in order: SID generations and models carry over
-        params=params, tags=["recfactory"], doc_md=__doc__,
-        default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=2), "retry_exponential_backoff": True,
-                      "max_retry_delay": dt.timedelta(minutes=30)},
+        max_active_runs=1,  # dates in order: SID generations and models carry over
+        params=params,
+        tags=["recfactory"],
+        doc_md=__doc__,
+        default_args={
+            "retries": 2,
+            "retry_delay": dt.timedelta(minutes=2),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": dt.timedelta(minutes=30),
+        },
     )
     with dag:
         mode = "interval_end" if after else "ds"
@@ -253,9 +284,15 @@ def build_dag(dag_id: str, pipeline: str, cron: str, description: str, after: st
             from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
 
             wait = ExternalTaskSensor(
-                task_id=f"wait_for_{after}", external_dag_id=after, external_task_id=None,
+                task_id=f"wait_for_{after}",
+                external_dag_id=after,
+                external_task_id=None,
                 execution_date_fn=lambda dt_, **ctx: ctx["data_interval_end"] - dt.timedelta(days=1),
-                mode="reschedule", poke_interval=300, timeout=12 * 3600, retries=0)
+                mode="reschedule",
+                poke_interval=300,
+                timeout=12 * 3600,
+                retries=0,
+            )
             for task_id, ups in upstream(steps).items():
                 if not ups:
                     wait >> tasks[task_id]

@@ -7,5 +7,10 @@ refits never race it for that date's tables. Steps: ``recfactory.jobs.runtime.pi
 
 from recfactory_tasks import build_dag
 
-dag = build_dag("recfactory_weekly", "weekly", "@weekly",
-                "Weekly refits: a new semantic-ID generation and a new GBDT model, gated", after="recfactory_daily")
+dag = build_dag(
+    "recfactory_weekly",
+    "weekly",
+    "@weekly",
+    "Weekly refits: a new semantic-ID generation and a new GBDT model, gated",
+    after="recfactory_daily",
+)

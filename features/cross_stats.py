@@ -48,8 +48,9 @@ def _check_dim(dim: str) -> None:
         return
     if dim.startswith("ctx:") and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim[4:]):
         return
-    raise ValueError(f"unknown key dimension {dim!r}; use one of {', '.join(EVENT_DIMS + ITEM_DIMS)} "
-                     "or ctx:NAME for a context field")
+    raise ValueError(
+        f"unknown key dimension {dim!r}; use one of {', '.join(EVENT_DIMS + ITEM_DIMS)} or ctx:NAME for a context field"
+    )
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,10 @@ class RateDecl:
         return cls(m.group(1), m.group(2), tuple(t.strip() for t in m.group(3).split("+")))
 
 
-DEFAULT_KEYS = ("user=user_id,item=item_id,category=category,user_category=user_id*category,"
-                "item_hour=item_id*hour,item_device=item_id*ctx:device")
+DEFAULT_KEYS = (
+    "user=user_id,item=item_id,category=category,user_category=user_id*category,"
+    "item_hour=item_id*hour,item_device=item_id*ctx:device"
+)
 DEFAULT_WINDOWS = "1d,7d,30d,all"
 DEFAULT_RATES = "ctr=click/impression,cvr=purchase/click,cart_rate=cart/click,like_rate=like/like+view"
 
@@ -118,8 +121,11 @@ class CrossStatsSpec:
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        for what, names in (("key", [k.name for k in self.keys]), ("window", [w.name for w in self.windows]),
-                            ("rate", [r.name for r in self.rates])):
+        for what, names in (
+            ("key", [k.name for k in self.keys]),
+            ("window", [w.name for w in self.windows]),
+            ("rate", [r.name for r in self.rates]),
+        ):
             if len(set(names)) != len(names):
                 raise ValueError(f"duplicate {what} names: {names}")
         if not self.keys or not self.windows or not self.event_types:
@@ -133,8 +139,14 @@ class CrossStatsSpec:
             raise ValueError("need 0 < min_prior_strength <= max_prior_strength")
 
     @classmethod
-    def parse(cls, keys: str = DEFAULT_KEYS, windows: str = DEFAULT_WINDOWS, rates: str = DEFAULT_RATES,
-              event_types: tuple[str, ...] | list[str] = EVENT_TYPES, **kw) -> CrossStatsSpec:
+    def parse(
+        cls,
+        keys: str = DEFAULT_KEYS,
+        windows: str = DEFAULT_WINDOWS,
+        rates: str = DEFAULT_RATES,
+        event_types: tuple[str, ...] | list[str] = EVENT_TYPES,
+        **kw,
+    ) -> CrossStatsSpec:
         key_decls = []
         for part in filter(None, (p.strip() for p in keys.split(","))):
             name, _, dims = part.partition("=")
@@ -165,8 +177,7 @@ class CrossStatsSpec:
         notes = {}
         types = tuple(t for t in self.event_types if t in present_types)
         rates = tuple(r for r in self.rates if any(t in present_types for t in r.den))
-        keys = tuple(k for k in self.keys
-                     if all(not d.startswith("ctx:") or d[4:] in present_ctx for d in k.dims))
+        keys = tuple(k for k in self.keys if all(not d.startswith("ctx:") or d[4:] in present_ctx for d in k.dims))
         if len(types) < len(self.event_types):
             notes["dropped_event_types"] = ",".join(t for t in self.event_types if t not in types)
         if len(rates) < len(self.rates):
@@ -175,15 +186,23 @@ class CrossStatsSpec:
             notes["dropped_keys"] = ",".join(k.name for k in self.keys if k not in keys)
         if not types or not keys:
             raise ValueError(f"nothing left to count after pruning against the data: {notes}")
-        return CrossStatsSpec(keys=keys, windows=self.windows, event_types=types, rates=rates,
-                              min_prior_strength=self.min_prior_strength,
-                              max_prior_strength=self.max_prior_strength, notes=notes)
+        return CrossStatsSpec(
+            keys=keys,
+            windows=self.windows,
+            event_types=types,
+            rates=rates,
+            min_prior_strength=self.min_prior_strength,
+            max_prior_strength=self.max_prior_strength,
+            notes=notes,
+        )
 
 
 def present_in(events: DataFrame) -> tuple[set[str], set[str]]:
     """The event types and context field names that occur in `events` (one small aggregation)."""
-    row = events.agg(F.collect_set("event_type").alias("t"),
-                     F.array_distinct(F.flatten(F.collect_set(F.map_keys("context")))).alias("c")).first()
+    row = events.agg(
+        F.collect_set("event_type").alias("t"),
+        F.array_distinct(F.flatten(F.collect_set(F.map_keys("context")))).alias("c"),
+    ).first()
     return set(row["t"] or []), set(row["c"] or [])
 
 
@@ -238,8 +257,9 @@ def rate_parts(r: RateDecl, count: callable) -> tuple[Column, Column]:
     return num, den
 
 
-def fit_priors(stats: DataFrame, spec: CrossStatsSpec, group: tuple[str, ...] = ("key_type", "window")
-               ) -> dict[tuple, tuple[float, float]]:
+def fit_priors(
+    stats: DataFrame, spec: CrossStatsSpec, group: tuple[str, ...] = ("key_type", "window")
+) -> dict[tuple, tuple[float, float]]:
     """{(key_type, window, rate): (α, β)} from a cross-stats frame with n_<type> columns."""
     if not spec.rates:
         return {}
@@ -250,9 +270,11 @@ def fit_priors(stats: DataFrame, spec: CrossStatsSpec, group: tuple[str, ...] = 
     for r in spec.rates:
         num, den = rate_parts(r, lambda t: F.col(type_count(t)))
         raw = F.when(den >= 1, num / den)
-        aggs += [F.sum(F.round(raw, 15).cast(dec)).alias(f"{r.name}__s"),
-                 F.sum(F.round(raw * raw, 15).cast(dec)).alias(f"{r.name}__s2"),
-                 F.count(raw).alias(f"{r.name}__n")]
+        aggs += [
+            F.sum(F.round(raw, 15).cast(dec)).alias(f"{r.name}__s"),
+            F.sum(F.round(raw * raw, 15).cast(dec)).alias(f"{r.name}__s2"),
+            F.count(raw).alias(f"{r.name}__n"),
+        ]
     out = {}
     for row in stats.groupBy(*group).agg(*aggs).collect():
         for r in spec.rates:
@@ -275,7 +297,10 @@ def prior_lookup(priors: dict[tuple, tuple[float, float]], rate: str, idx: int, 
 
 
 def build_cross_stats(
-    events: DataFrame, items: DataFrame | None, cutoff: dt.datetime, spec: CrossStatsSpec,
+    events: DataFrame,
+    items: DataFrame | None,
+    cutoff: dt.datetime,
+    spec: CrossStatsSpec,
 ) -> tuple[DataFrame, dict[tuple, tuple[float, float]]]:
     """(cross_stats frame, fitted priors). One row per key type × key × window with ≥ 1 event.
 
@@ -284,11 +309,16 @@ def build_cross_stats(
     days_since_last (from the last event to the cutoff), and per rate <rate>_raw (num/den, null
     when den = 0) and <rate> (smoothed)."""
     cutoff_ts = ts_lit(cutoff)
-    ev = with_dims(visible_events(events, cutoff).where(F.col("event_type").isin(*spec.counted_types)),
-                   items, spec.dims)
-    windows = [F.when(F.lit(True) if w.seconds is None else
-                      F.col("ts") >= ts_lit(cutoff - dt.timedelta(seconds=w.seconds)),
-                      F.lit(w.name)) for w in spec.windows]
+    ev = with_dims(
+        visible_events(events, cutoff).where(F.col("event_type").isin(*spec.counted_types)), items, spec.dims
+    )
+    windows = [
+        F.when(
+            F.lit(True) if w.seconds is None else F.col("ts") >= ts_lit(cutoff - dt.timedelta(seconds=w.seconds)),
+            F.lit(w.name),
+        )
+        for w in spec.windows
+    ]
     ev = ev.withColumn("window", F.explode(F.filter(F.array(*windows), lambda x: x.isNotNull())))
     all_dim_cols = [dim_column_name(d) for d in spec.dims]
     parts = []
@@ -296,24 +326,30 @@ def build_cross_stats(
         cols = key.columns
         aggs = [F.count(F.lit(1)).alias("n_events")]
         aggs += [F.count_if(F.col("event_type") == t).cast("long").alias(type_count(t)) for t in spec.counted_types]
-        aggs.append((F.lit(None).cast("long") if "user_id" in cols else
-                     F.countDistinct("user_id")).alias("n_users"))
+        aggs.append((F.lit(None).cast("long") if "user_id" in cols else F.countDistinct("user_id")).alias("n_users"))
         aggs.append(F.max("ts").alias("last_ts"))
-        g = (ev.where(all_present(cols))
-             .groupBy("window", *cols).agg(*aggs))
-        parts.append(g.select(F.lit(key.name).alias("key_type"), "window",
-                              *[(F.col(c) if c in cols else F.lit(None)).cast("string").alias(c) for c in all_dim_cols],
-                              "n_events", *[type_count(t) for t in spec.counted_types], "n_users", "last_ts"))
+        g = ev.where(all_present(cols)).groupBy("window", *cols).agg(*aggs)
+        parts.append(
+            g.select(
+                F.lit(key.name).alias("key_type"),
+                "window",
+                *[(F.col(c) if c in cols else F.lit(None)).cast("string").alias(c) for c in all_dim_cols],
+                "n_events",
+                *[type_count(t) for t in spec.counted_types],
+                "n_users",
+                "last_ts",
+            )
+        )
     stats = parts[0]
     for p in parts[1:]:
         stats = stats.unionByName(p)
-    stats = stats.withColumn(
-        "days_since_last", (cutoff_ts.cast("double") - F.col("last_ts").cast("double")) / 86400.0)
+    stats = stats.withColumn("days_since_last", (cutoff_ts.cast("double") - F.col("last_ts").cast("double")) / 86400.0)
     priors = fit_priors(stats, spec)
     for r in spec.rates:
         num, den = rate_parts(r, lambda t: F.col(type_count(t)))
         a = prior_lookup(priors, r.name, 0, (F.col("key_type"), F.col("window")))
         b = prior_lookup(priors, r.name, 1, (F.col("key_type"), F.col("window")))
         stats = stats.withColumn(f"{r.name}_raw", F.when(den > 0, num / den)).withColumn(
-            r.name, (num + a) / (den + a + b))
+            r.name, (num + a) / (den + a + b)
+        )
     return stats, priors

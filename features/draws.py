@@ -14,7 +14,7 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 _U53 = float(1 << 53)
-_SHARE_SCALE = 1_000_000          # seeded_share's resolution: fractions in steps of 1e-6
+_SHARE_SCALE = 1_000_000  # seeded_share's resolution: fractions in steps of 1e-6
 
 
 def uniform(seed: int, *keys: Column | str, salt: str) -> Column:

@@ -24,14 +24,16 @@ if TYPE_CHECKING:
     from pyspark.sql import Column
     from pyspark.sql.types import StructType
 
-_TOKEN = re.compile(r"""\s*(?:(?P<q>'(?:[^']|'')*'|"(?:[^"]|"")*")|(?P<op>!=|<>|==|=|\(|\)|,)|(?P<word>[^\s=!<>(),'"]+))""")
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<q>'(?:[^']|'')*'|"(?:[^"]|"")*")|(?P<op>!=|<>|==|=|\(|\)|,)|(?P<word>[^\s=!<>(),'"]+))"""
+)
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
 class Clause:
     column: str
-    op: str                      # "=", "!=", "in", "not in"
+    op: str  # "=", "!=", "in", "not in"
     values: tuple[str, ...]
 
     def __str__(self) -> str:
@@ -57,7 +59,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise ValueError(f"filter {text!r}: cannot read {text[pos:pos + 20]!r}")
+            raise ValueError(f"filter {text!r}: cannot read {text[pos : pos + 20]!r}")
         if m.group("q") is not None:
             q = m.group("q")
             out.append(("value", q[1:-1].replace(q[0] * 2, q[0])))
@@ -86,8 +88,10 @@ def parse_filter(text: str) -> RowFilter:
     while True:
         if i >= len(toks) or toks[i][0] != "word" or not _COLUMN.match(toks[i][1]):
             got = toks[i][1] if i < len(toks) else "the end"
-            raise ValueError(f"filter {text!r}: expected a column name, got {got!r} "
-                             "(clauses are column = value, column != value, column in (a, b), joined by and)")
+            raise ValueError(
+                f"filter {text!r}: expected a column name, got {got!r} "
+                "(clauses are column = value, column != value, column in (a, b), joined by and)"
+            )
         column = toks[i][1]
         i += 1
         if i < len(toks) and toks[i] in (("op", "="), ("op", "!=")):
@@ -141,8 +145,9 @@ def _convert(value: str, dtype, column: str) -> Any:
             return dt.date.fromisoformat(value)
     except (ValueError, ArithmeticError):
         raise ValueError(f"filter: {value!r} is not a value of column {column!r} ({dtype.simpleString()})") from None
-    raise ValueError(f"filter: column {column!r} is {dtype.simpleString()}; filters take string, number, "
-                     "boolean and date columns")
+    raise ValueError(
+        f"filter: column {column!r} is {dtype.simpleString()}; filters take string, number, boolean and date columns"
+    )
 
 
 def filter_column(f: RowFilter, schema: StructType) -> Column:

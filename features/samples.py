@@ -49,7 +49,7 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass(frozen=True)
 class SampleSpec:
-    mode: str = "auto"                      # auto | impressions | interactions
+    mode: str = "auto"  # auto | impressions | interactions
     positive_types: tuple[str, ...] = POSITIVE_EVENT_TYPES
     attribution_minutes: float = 30.0
     dwell_tau_ms: float = 30_000.0
@@ -72,8 +72,7 @@ class SampleSpec:
         if self.dwell_scale_ms <= 0 or self.attribution_minutes <= 0 or self.history_len < 0:
             raise ValueError("dwell_scale_ms and attribution_minutes must be > 0, history_len >= 0")
         if self.warmup_days <= 0 or self.val_days < 0 or self.test_days < 0:
-            raise ValueError("warmup_days must be > 0 (the smoothing priors are fit on it); "
-                             "val_days, test_days >= 0")
+            raise ValueError("warmup_days must be > 0 (the smoothing priors are fit on it); val_days, test_days >= 0")
 
 
 @dataclass(frozen=True)
@@ -85,13 +84,17 @@ class SplitBounds:
 
     @classmethod
     def of(cls, first_ts: dt.datetime, cutoff: dt.datetime, spec: SampleSpec) -> SplitBounds:
-        b = cls(first_ts + dt.timedelta(days=spec.warmup_days),
-                cutoff - dt.timedelta(days=spec.val_days + spec.test_days),
-                cutoff - dt.timedelta(days=spec.test_days), cutoff)
+        b = cls(
+            first_ts + dt.timedelta(days=spec.warmup_days),
+            cutoff - dt.timedelta(days=spec.val_days + spec.test_days),
+            cutoff - dt.timedelta(days=spec.test_days),
+            cutoff,
+        )
         if b.val_start <= b.sample_start:
             raise ValueError(
                 f"no training period: the data starts {first_ts}, warm-up ends {b.sample_start}, validation "
-                f"starts {b.val_start}; lower --warmup-days/--val-days/--test-days or use a later as-of")
+                f"starts {b.val_start}; lower --warmup-days/--val-days/--test-days or use a later as-of"
+            )
         return b
 
 
@@ -104,25 +107,52 @@ def label_samples(ev: DataFrame, spec: SampleSpec, mode: str) -> DataFrame:
     base = ("user_id", "item_id", "ts", "context", "event_id")
     if mode == "interactions":
         s = ev.where(F.col("event_type") != "impression")
-        return s.select(*base, "event_type", F.col("event_type").isin(*spec.positive_types).cast("int")
-                        .alias("label_click"), "dwell_ms")
+        return s.select(
+            *base,
+            "event_type",
+            F.col("event_type").isin(*spec.positive_types).cast("int").alias("label_click"),
+            "dwell_ms",
+        )
     imps = ev.where(F.col("event_type") == "impression")
     pos = ev.where(F.col("event_type").isin(*spec.positive_types))
-    both = (imps.select("user_id", "item_id", "ts", "event_id", F.lit(0).alias("_kind"),
-                        F.col("event_id").alias("_imp"), F.col("ts").alias("_imp_ts"), F.lit(None).cast("long").alias("dwell_ms"))
-            .unionByName(pos.select("user_id", "item_id", "ts", "event_id", F.lit(1).alias("_kind"),
-                                    F.lit(None).cast("long").alias("_imp"), F.lit(None).cast("timestamp").alias("_imp_ts"),
-                                    "dwell_ms")))
-    w = (Window.partitionBy("user_id", "item_id").orderBy("ts", "_kind", "event_id")
-         .rowsBetween(Window.unboundedPreceding, 0))
+    both = imps.select(
+        "user_id",
+        "item_id",
+        "ts",
+        "event_id",
+        F.lit(0).alias("_kind"),
+        F.col("event_id").alias("_imp"),
+        F.col("ts").alias("_imp_ts"),
+        F.lit(None).cast("long").alias("dwell_ms"),
+    ).unionByName(
+        pos.select(
+            "user_id",
+            "item_id",
+            "ts",
+            "event_id",
+            F.lit(1).alias("_kind"),
+            F.lit(None).cast("long").alias("_imp"),
+            F.lit(None).cast("timestamp").alias("_imp_ts"),
+            "dwell_ms",
+        )
+    )
+    w = (
+        Window.partitionBy("user_id", "item_id")
+        .orderBy("ts", "_kind", "event_id")
+        .rowsBetween(Window.unboundedPreceding, 0)
+    )
     both = both.withColumn("_imp", F.last("_imp", ignorenulls=True).over(w)).withColumn(
-        "_imp_ts", F.last("_imp_ts", ignorenulls=True).over(w))
-    attributed = both.where((F.col("_kind") == 1) & F.col("_imp").isNotNull() & (
-        F.col("ts").cast("double") - F.col("_imp_ts").cast("double") <= spec.attribution_minutes * 60))
+        "_imp_ts", F.last("_imp_ts", ignorenulls=True).over(w)
+    )
+    attributed = both.where(
+        (F.col("_kind") == 1)
+        & F.col("_imp").isNotNull()
+        & (F.col("ts").cast("double") - F.col("_imp_ts").cast("double") <= spec.attribution_minutes * 60)
+    )
     clicks = attributed.groupBy(F.col("_imp").alias("event_id")).agg(
-        F.lit(1).alias("label_click"), F.sum("dwell_ms").alias("dwell_ms"))
-    return (imps.select(*base, "event_type").join(clicks, "event_id", "left")
-            .fillna({"label_click": 0}))
+        F.lit(1).alias("label_click"), F.sum("dwell_ms").alias("dwell_ms")
+    )
+    return imps.select(*base, "event_type").join(clicks, "event_id", "left").fillna({"label_click": 0})
 
 
 def _masked(key_cols: tuple[str, ...], value: Column) -> Column:
@@ -130,7 +160,9 @@ def _masked(key_cols: tuple[str, ...], value: Column) -> Column:
 
 
 def point_in_time_features(
-    events: DataFrame, samples: DataFrame, stats: CrossStatsSpec,
+    events: DataFrame,
+    samples: DataFrame,
+    stats: CrossStatsSpec,
     priors: dict[tuple, tuple[float, float]],
 ) -> tuple[DataFrame, list[str]]:
     """Add the cross-statistics features as of just before each sample's ts. Both inputs carry the
@@ -145,14 +177,26 @@ def point_in_time_features(
     dim_cols = [dim_column_name(d) for d in stats.dims]
     finite = [w for w in stats.windows if w.seconds is not None]
     us = F.unix_micros("ts")
-    enter = F.struct(us.alias("_at"), F.lit(1).alias("_kind"),
-                     *[F.lit(1).alias(f"_d{i}") for i in range(len(finite))], F.lit(1).alias("_ev"))
-    leave = [F.struct((us + F.lit(w.seconds * 1_000_000)).alias("_at"), F.lit(2).alias("_kind"),
-                      *[F.lit(-1 if j == i else 0).alias(f"_d{j}") for j in range(len(finite))],
-                      F.lit(0).alias("_ev")) for i, w in enumerate(finite)]
-    ev = (events.where(F.col("event_type").isin(*stats.counted_types))
-          .select(F.col("event_type").alias("_type"), *dim_cols, F.explode(F.array(enter, *leave)).alias("_r"))
-          .select("_type", *dim_cols, "_r.*"))
+    enter = F.struct(
+        us.alias("_at"),
+        F.lit(1).alias("_kind"),
+        *[F.lit(1).alias(f"_d{i}") for i in range(len(finite))],
+        F.lit(1).alias("_ev"),
+    )
+    leave = [
+        F.struct(
+            (us + F.lit(w.seconds * 1_000_000)).alias("_at"),
+            F.lit(2).alias("_kind"),
+            *[F.lit(-1 if j == i else 0).alias(f"_d{j}") for j in range(len(finite))],
+            F.lit(0).alias("_ev"),
+        )
+        for i, w in enumerate(finite)
+    ]
+    ev = (
+        events.where(F.col("event_type").isin(*stats.counted_types))
+        .select(F.col("event_type").alias("_type"), *dim_cols, F.explode(F.array(enter, *leave)).alias("_r"))
+        .select("_type", *dim_cols, "_r.*")
+    )
     # the samples' own columns ride along (null on event rows), so no join back is needed
     rows = samples.select("*", us.alias("_at"), F.lit(0).alias("_kind")).unionByName(ev, allowMissingColumns=True)
     names: list[str] = []
@@ -162,8 +206,10 @@ def point_in_time_features(
         exprs = []
         for win in stats.windows:
             d = F.col("_ev") if win.seconds is None else F.col(f"_d{finite.index(win)}")
-            counts = {t: F.coalesce(F.sum(F.when(F.col("_type") == t, d)).over(before), F.lit(0)).cast("long")
-                      for t in stats.counted_types}
+            counts = {
+                t: F.coalesce(F.sum(F.when(F.col("_type") == t, d)).over(before), F.lit(0)).cast("long")
+                for t in stats.counted_types
+            }
             exprs += [(feature_name(key.name, win.name, t), counts[t]) for t in stats.event_types]
             for r in stats.rates:
                 num, den = rate_parts(r, counts.__getitem__)
@@ -181,26 +227,36 @@ def history_features(events: DataFrame, samples: DataFrame, spec: SampleSpec) ->
     """hist_items: the user's last `history_len` interactions (oldest first) strictly before the
     sample's ts; hist_len: how many interactions the user had before it in total."""
     inter = events.where(F.col("event_type").isin(*spec.history_types)).select(
-        "user_id", "ts", "event_id", "item_id", F.lit(1).alias("_kind"))
+        "user_id", "ts", "event_id", "item_id", F.lit(1).alias("_kind")
+    )
     w = Window.partitionBy("user_id").orderBy("ts", "event_id")
     inter = inter.withColumn("_hist", F.collect_list("item_id").over(w.rowsBetween(-(max(spec.history_len, 1) - 1), 0)))
     inter = inter.withColumn("_n", F.row_number().over(w).cast("long"))
     rows = samples.withColumn("_kind", F.lit(0)).unionByName(
-        inter.withColumnRenamed("event_id", "_eid").drop("item_id"), allowMissingColumns=True)
+        inter.withColumnRenamed("event_id", "_eid").drop("item_id"), allowMissingColumns=True
+    )
     rows = rows.withColumn("_eid", F.coalesce("_eid", "sample_id"))
-    before = (Window.partitionBy("user_id").orderBy("ts", "_kind", "_eid")
-              .rowsBetween(Window.unboundedPreceding, -1))
+    before = Window.partitionBy("user_id").orderBy("ts", "_kind", "_eid").rowsBetween(Window.unboundedPreceding, -1)
     hist = F.coalesce(F.last("_hist", ignorenulls=True).over(before), F.array().cast("array<string>"))
     if spec.history_len == 0:
         hist = F.array().cast("array<string>")
-    rows = rows.select("*", hist.alias("hist_items"),
-                       F.coalesce(F.last("_n", ignorenulls=True).over(before), F.lit(0)).alias("hist_len"))
+    rows = rows.select(
+        "*",
+        hist.alias("hist_items"),
+        F.coalesce(F.last("_n", ignorenulls=True).over(before), F.lit(0)).alias("hist_len"),
+    )
     return rows.where(F.col("_kind") == 0).drop("_kind", "_eid", "_hist", "_n")
 
 
 def build_training_samples(
-    events: DataFrame, items: DataFrame | None, cutoff: dt.datetime, spec: SampleSpec,
-    stats: CrossStatsSpec, bounds: SplitBounds, priors: dict[tuple, tuple[float, float]], mode: str,
+    events: DataFrame,
+    items: DataFrame | None,
+    cutoff: dt.datetime,
+    spec: SampleSpec,
+    stats: CrossStatsSpec,
+    bounds: SplitBounds,
+    priors: dict[tuple, tuple[float, float]],
+    mode: str,
 ) -> tuple[DataFrame, list[str]]:
     """Every labeled sample in [sample_start, cutoff) with its split and features (before
     subsampling: see `subsample`). Returns (frame, feature column names)."""
@@ -209,17 +265,23 @@ def build_training_samples(
     labeled = label_samples(ev, spec, mode).where(F.col("ts") >= ts_lit(bounds.sample_start))
     added = [c for c in ev.columns if c not in visible.columns]  # the dimension columns with_dims added
     samples = labeled.join(ev.select("event_id", *added), "event_id").withColumnRenamed("event_id", "sample_id")
-    sig = F.lit(1.0) / (F.lit(1.0) + F.exp(-(F.col("dwell_ms").cast("double") - spec.dwell_tau_ms) / spec.dwell_scale_ms))
+    sig = F.lit(1.0) / (
+        F.lit(1.0) + F.exp(-(F.col("dwell_ms").cast("double") - spec.dwell_tau_ms) / spec.dwell_scale_ms)
+    )
     samples = samples.select(
         "*",
         (F.col("label_click") * F.coalesce(sig, F.lit(1.0))).alias("label_dwell"),
         F.col("dwell_ms").isNotNull().alias("dwell_known"),
-        F.coalesce((F.col("label_click") == 1) & (F.col("dwell_ms") < spec.bounce_ms), F.lit(False)).alias("hard_negative"),
-        utc_hour_col("ts").alias("ctx_hour_of_day"), utc_dow_col("ts").alias("ctx_day_of_week"),
+        F.coalesce((F.col("label_click") == 1) & (F.col("dwell_ms") < spec.bounce_ms), F.lit(False)).alias(
+            "hard_negative"
+        ),
+        utc_hour_col("ts").alias("ctx_hour_of_day"),
+        utc_dow_col("ts").alias("ctx_day_of_week"),
         F.expr("try_cast(context['position'] AS INT)").alias("ctx_position"),
         F.when(F.col("ts") >= ts_lit(bounds.test_start), "test")
-         .when(F.col("ts") >= ts_lit(bounds.val_start), "validation")
-         .otherwise("train").alias("split"),
+        .when(F.col("ts") >= ts_lit(bounds.val_start), "validation")
+        .otherwise("train")
+        .alias("split"),
     )
     samples, names = point_in_time_features(ev, samples, stats, priors)
     samples = history_features(ev, samples, spec)
@@ -235,8 +297,12 @@ def subsample(samples: DataFrame, spec: SampleSpec) -> DataFrame:
     w = F.when(train, F.lit(spec.negative_rate)).otherwise(F.lit(1.0))
     keep_n = (F.col("label_click") == 1) | (uniform(spec.seed, F.col("sample_id"), salt="negative") < w)
     return samples.select(
-        "*", F.lit(spec.sample_rate).alias("sample_rate"), w.alias("negative_rate"),
-        (F.lit(1.0) / (F.lit(spec.sample_rate) * F.when(F.col("label_click") == 1, F.lit(1.0)).otherwise(w))).alias("weight"),
+        "*",
+        F.lit(spec.sample_rate).alias("sample_rate"),
+        w.alias("negative_rate"),
+        (F.lit(1.0) / (F.lit(spec.sample_rate) * F.when(F.col("label_click") == 1, F.lit(1.0)).otherwise(w))).alias(
+            "weight"
+        ),
         F.when(~keep_u, F.lit("subsampled")).when(~keep_n, F.lit("negative_downsampled")).alias("_drop"),
     )
 

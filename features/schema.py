@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 
 # Event types every job understands. `impression` is an exposure, the rest are interactions.
 EVENT_TYPES: tuple[str, ...] = (
-    "impression", "click", "view", "like", "review", "cart", "purchase", "share",
+    "impression",
+    "click",
+    "view",
+    "like",
+    "review",
+    "cart",
+    "purchase",
+    "share",
 )
 # Interactions that count as a positive signal by default (labels, I2I positives, sessions' "valid
 # clicks" use this set unless a job says otherwise).
@@ -29,21 +36,31 @@ ITEM_OPTIONAL = ("text", "brand", "price", "image_path", "created_ts")
 # Quarantine reason codes, in the order they are checked; a row's `reason` is the first that applies,
 # `reasons` lists all of them. Each comes with an example input (docs/reference/tables.md lists them from here).
 EVENT_REASONS = {
-    "NULL_KEY": ("user_id, item_id, event_type or ts is missing or blank after normalization",
-                 "user_id = '\\u00a0\\u200b' (a no-break and a zero-width space)"),
+    "NULL_KEY": (
+        "user_id, item_id, event_type or ts is missing or blank after normalization",
+        "user_id = '\\u00a0\\u200b' (a no-break and a zero-width space)",
+    ),
     "ID_TOO_LONG": ("user_id or item_id longer than --max-id-length characters", "item_id = 'x' * 10_000"),
-    "BAD_TIMESTAMP": ("ts present but not an instant: unparseable, NaN, infinite, beyond year 9999",
-                      "ts = 'yesterday', NaN, 1e300, '99999999999999999999999'"),
-    "IMPLAUSIBLE_TIMESTAMP": ("ts before --min-ts or at/after --max-ts", "ts = '0001-01-01', 0, '20250630' (as seconds)"),
+    "BAD_TIMESTAMP": (
+        "ts present but not an instant: unparseable, NaN, infinite, beyond year 9999",
+        "ts = 'yesterday', NaN, 1e300, '99999999999999999999999'",
+    ),
+    "IMPLAUSIBLE_TIMESTAMP": (
+        "ts before --min-ts or at/after --max-ts",
+        "ts = '0001-01-01', 0, '20250630' (as seconds)",
+    ),
     "UNKNOWN_EVENT_TYPE": ("event_type not in the vocabulary (after --event-type-map)", "event_type = 'hover'"),
-    "FUTURE_TIMESTAMP": ("ts at or after the end of the as-of date (a later date's load publishes it)",
-                         "ts = '1998-05-01T00:00:00Z' in a load for 1998-04-30"),
-    "BAD_DWELL": ("dwell_ms present but not a number of ms in [0, --max-dwell-ms]: NaN, infinite, too large",
-                  "dwell_ms = 'NaN', 'Infinity', 1e19, '12 s'"),
+    "FUTURE_TIMESTAMP": (
+        "ts at or after the end of the as-of date (a later date's load publishes it)",
+        "ts = '1998-05-01T00:00:00Z' in a load for 1998-04-30",
+    ),
+    "BAD_DWELL": (
+        "dwell_ms present but not a number of ms in [0, --max-dwell-ms]: NaN, infinite, too large",
+        "dwell_ms = 'NaN', 'Infinity', 1e19, '12 s'",
+    ),
     "NEGATIVE_DWELL": ("dwell_ms < 0", "dwell_ms = -5"),
     "ORPHAN_ITEM": ("item_id not in the item catalog as of the date", "item_id = 'i-never-listed'"),
-    "DUPLICATE": ("a second copy of an event (user, item, event_type, ts) within the load",
-                  "the same row twice"),
+    "DUPLICATE": ("a second copy of an event (user, item, event_type, ts) within the load", "the same row twice"),
 }
 ITEM_REASONS = {
     "NULL_KEY": ("item_id missing or blank after normalization", "item_id = '\\t'"),
@@ -53,8 +70,11 @@ ITEM_REASONS = {
     "BAD_TIMESTAMP": ("created_ts present but not an instant", "created_ts = 'soon'"),
     "IMPLAUSIBLE_TIMESTAMP": ("created_ts before --min-ts or at/after --max-ts", "created_ts = '1900-01-01'"),
     "DUPLICATE": ("another row of the same item_id saying the same thing", "the same row twice"),
-    "CONFLICTING_DUPLICATE": ("another row of the same item_id that differs (`detail` names the columns); "
-                              "the kept copy is the smallest raw row", "item 'i1' listed at price 5 and at 7"),
+    "CONFLICTING_DUPLICATE": (
+        "another row of the same item_id that differs (`detail` names the columns); "
+        "the kept copy is the smallest raw row",
+        "item 'i1' listed at price 5 and at 7",
+    ),
 }
 
 
@@ -98,9 +118,7 @@ class ColumnMapping:
         return {k: cast(v) for k, v in self.mapping.items()}
 
 
-def check_columns(
-    columns: list[str], required: tuple[str, ...], mapping: ColumnMapping, what: str
-) -> None:
+def check_columns(columns: list[str], required: tuple[str, ...], mapping: ColumnMapping, what: str) -> None:
     """Fail fast, naming every missing column and the closest source columns."""
     missing = [c for c in required if mapping.source(c) not in columns]
     if not missing:

@@ -20,7 +20,13 @@ from recfactory.features.instants import ts_lit
 SEQ_FIELDS = ("item_id", "ts", "event_type", "dwell_ms")
 
 DEFAULT_TYPE_CAPS = {
-    "click": 200, "view": 200, "like": 200, "review": 50, "share": 50, "cart": 50, "purchase": 50,
+    "click": 200,
+    "view": 200,
+    "like": 200,
+    "review": 50,
+    "share": 50,
+    "cart": 50,
+    "purchase": 50,
 }
 
 
@@ -49,9 +55,12 @@ class SequenceSpec:
 def value_counts(values) -> Column:
     """map<string,int>: how often each value occurs in an array<string> column."""
     return F.aggregate(
-        values, F.create_map().cast("map<string,int>"),
-        lambda acc, v: F.map_concat(F.map_filter(acc, lambda k, _: k != v),
-                                    F.create_map(v, F.coalesce(acc[v], F.lit(0)) + 1)))
+        values,
+        F.create_map().cast("map<string,int>"),
+        lambda acc, v: F.map_concat(
+            F.map_filter(acc, lambda k, _: k != v), F.create_map(v, F.coalesce(acc[v], F.lit(0)) + 1)
+        ),
+    )
 
 
 def visible_events(events: DataFrame, cutoff: dt.datetime) -> DataFrame:
@@ -75,8 +84,11 @@ def build_sequences(
     items: DataFrame | None = None,
 ) -> DataFrame:
     """user_id, sequence, seq_len, last_ts, secs_since_last, type_counts[, category_sequences]."""
-    visible = (visible_events(events, cutoff).where(F.col("event_type").isin(*spec.type_caps))
-               .select("user_id", "item_id", "event_type", "ts", "dwell_ms", "event_id"))
+    visible = (
+        visible_events(events, cutoff)
+        .where(F.col("event_type").isin(*spec.type_caps))
+        .select("user_id", "item_id", "event_type", "ts", "dwell_ms", "event_id")
+    )
     ev = visible
     if spec.dedup_consecutive:
         w = Window.partitionBy("user_id").orderBy("ts", "event_id")
@@ -93,7 +105,10 @@ def build_sequences(
     )
     cutoff_ts = ts_lit(cutoff)
     out = out.select(
-        "user_id", "sequence", F.size("sequence").alias("seq_len"), "last_ts",
+        "user_id",
+        "sequence",
+        F.size("sequence").alias("seq_len"),
+        "last_ts",
         (cutoff_ts.cast("long") - F.col("last_ts").cast("long")).alias("secs_since_last"),
         value_counts(F.transform("sequence", lambda x: x["event_type"])).alias("type_counts"),
     )
@@ -105,10 +120,12 @@ def build_sequences(
 def _category_sequences(visible: DataFrame, spec: SequenceSpec, items: DataFrame) -> DataFrame:
     """SIM hard search: user → category → most recent items of that category (capped).
     `visible`: the events before the cutoff of the included types, as build_sequences selects them."""
-    ev = visible.join(items.select("item_id", F.coalesce("category", F.lit("__none__")).alias("category")),
-                 "item_id", "left").fillna({"category": "__unknown__"})
+    ev = visible.join(
+        items.select("item_id", F.coalesce("category", F.lit("__none__")).alias("category")), "item_id", "left"
+    ).fillna({"category": "__unknown__"})
     w = Window.partitionBy("user_id", "category").orderBy(F.desc("ts"), F.desc("event_id"))
     ev = ev.withColumn("_r", F.row_number().over(w)).where(F.col("_r") <= spec.category_max_len)
     per_cat = ev.groupBy("user_id", "category").agg(_ordered_entries().alias("items"))
     return per_cat.groupBy("user_id").agg(
-        F.map_from_entries(F.sort_array(F.collect_list(F.struct("category", "items")))).alias("category_sequences"))
+        F.map_from_entries(F.sort_array(F.collect_list(F.struct("category", "items")))).alias("category_sequences")
+    )

@@ -55,8 +55,9 @@ def build_sessions(events: DataFrame, cutoff: dt.datetime, spec: SessionSpec = S
         F.min("ts").alias("start_ts"),
         F.min(F.struct("ts", "event_id"))["event_id"].alias("_first_event"),
         F.max("ts").alias("end_ts"),
-        F.transform(F.sort_array(F.collect_list(F.when(valid, F.struct("ts", "event_id", "item_id")))),
-                    lambda x: x["item_id"]).alias("items"),
+        F.transform(
+            F.sort_array(F.collect_list(F.when(valid, F.struct("ts", "event_id", "item_id")))), lambda x: x["item_id"]
+        ).alias("items"),
         F.count(F.lit(1)).alias("n_events"),
         F.sum(valid.cast("int")).alias("n_valid_clicks"),
         F.sum(accidental.cast("int")).alias("n_accidental_clicks"),
@@ -66,9 +67,15 @@ def build_sessions(events: DataFrame, cutoff: dt.datetime, spec: SessionSpec = S
     return out.select(
         # deterministic: the user and the session's first event (ts alone can tie after an end event)
         F.xxhash64("user_id", "_first_event").alias("session_id"),
-        "user_id", "start_ts", "end_ts",
+        "user_id",
+        "start_ts",
+        "end_ts",
         (F.col("end_ts").cast("long") - F.col("start_ts").cast("long")).alias("duration_s"),
-        "items", "n_events", value_counts(F.sort_array("_types")).alias("event_counts"), "n_valid_clicks",
-        "n_accidental_clicks", "total_dwell_ms",
+        "items",
+        "n_events",
+        value_counts(F.sort_array("_types")).alias("event_counts"),
+        "n_valid_clicks",
+        "n_accidental_clicks",
+        "total_dwell_ms",
         (F.col("n_valid_clicks") >= spec.min_valid_clicks).alias("is_valid"),
     )

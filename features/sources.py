@@ -70,8 +70,14 @@ def _provenance(dataset: str, files: list[Path]) -> list[dict]:
     out = []
     for f in files:
         h = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
-        out.append({"name": f"{dataset}:{f.name}", "path": str(f), "format": "package",
-                    "fingerprint": f"{_DIST[module]}=={ver} sha256:{h}"})
+        out.append(
+            {
+                "name": f"{dataset}:{f.name}",
+                "path": str(f),
+                "format": "package",
+                "fingerprint": f"{_DIST[module]}=={ver} sha256:{h}",
+            }
+        )
     return out
 
 
@@ -87,24 +93,28 @@ def movielens_100k() -> SourceFrames:
     inter, item = d / "ml-100k.inter", d / "ml-100k.item"
     r = _read_atomic(inter)
     rating = pd.to_numeric(r["rating"], errors="coerce")
-    events = pd.DataFrame({
-        "user_id": r["user_id"],
-        "item_id": r["item_id"],
-        "event_type": np.where(rating >= 4, "like", "view"),
-        "ts": r["timestamp"],  # unix seconds as text: parsed (and checked) by validation
-        "rating": r["rating"],
-    })
+    events = pd.DataFrame(
+        {
+            "user_id": r["user_id"],
+            "item_id": r["item_id"],
+            "event_type": np.where(rating >= 4, "like", "view"),
+            "ts": r["timestamp"],  # unix seconds as text: parsed (and checked) by validation
+            "rating": r["rating"],
+        }
+    )
     it = _read_atomic(item)
     genres = it["class"].fillna("")
     year = it["release_year"].fillna("")
-    items = pd.DataFrame({
-        "item_id": it["item_id"],
-        "title": it["movie_title"],
-        "category": genres.str.split(" ").str[0].replace("", None),
-        "text": it["movie_title"] + " (" + year + "). Genres: " + genres.str.replace(" ", ", "),
-        "genres": genres,
-        "release_year": year,
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": it["item_id"],
+            "title": it["movie_title"],
+            "category": genres.str.split(" ").str[0].replace("", None),
+            "text": it["movie_title"] + " (" + year + "). Genres: " + genres.str.replace(" ", ", "),
+            "genres": genres,
+            "release_year": year,
+        }
+    )
     return SourceFrames("movielens-100k", events, items, _provenance("movielens-100k", [inter, item]))
 
 
@@ -113,33 +123,36 @@ def clothing_reviews() -> SourceFrames:
     df = pd.read_parquet(path).reset_index(drop=True)
     df["_row"] = np.arange(len(df))
     base = pd.Timestamp("2019-01-01")
-    events = pd.DataFrame({
-        "user_id": "rev" + df["_row"].astype(str),
-        "item_id": df["Clothing ID"].astype(str),
-        "event_type": np.where(df["Rating"] >= 4, "like", "review"),
-        "ts": (base + pd.to_timedelta(df["_row"], unit="min")).dt.strftime("%Y-%m-%d %H:%M:%S"),
-        "rating": df["Rating"].astype(str),
-        "age": df["Age"].astype(str),
-        "recommended": df["Recommended IND"].astype(str),
-        "positive_feedback": df["Positive Feedback Count"].astype(str),
-    })
-    ranked = df.sort_values(["Clothing ID", "Positive Feedback Count", "_row"],
-                            ascending=[True, False, True])
+    events = pd.DataFrame(
+        {
+            "user_id": "rev" + df["_row"].astype(str),
+            "item_id": df["Clothing ID"].astype(str),
+            "event_type": np.where(df["Rating"] >= 4, "like", "review"),
+            "ts": (base + pd.to_timedelta(df["_row"], unit="min")).dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "rating": df["Rating"].astype(str),
+            "age": df["Age"].astype(str),
+            "recommended": df["Recommended IND"].astype(str),
+            "positive_feedback": df["Positive Feedback Count"].astype(str),
+        }
+    )
+    ranked = df.sort_values(["Clothing ID", "Positive Feedback Count", "_row"], ascending=[True, False, True])
     rows = []
     for cid, g in ranked.groupby("Clothing ID", sort=True):
         titled = g["Title"].dropna()
         texts = g["Review Text"].dropna().head(3).tolist()
         first = g.iloc[0]
         cls = first["Class Name"] if isinstance(first["Class Name"], str) else None
-        rows.append({
-            "item_id": str(cid),
-            "title": titled.iloc[0] if len(titled) else f"{cls or 'Clothing'} #{cid}",
-            "category": cls,
-            "text": " ".join(texts) or None,
-            "department": first["Department Name"] if isinstance(first["Department Name"], str) else None,
-            "division": first["Division Name"] if isinstance(first["Division Name"], str) else None,
-            "n_reviews": str(len(g)),
-        })
+        rows.append(
+            {
+                "item_id": str(cid),
+                "title": titled.iloc[0] if len(titled) else f"{cls or 'Clothing'} #{cid}",
+                "category": cls,
+                "text": " ".join(texts) or None,
+                "department": first["Department Name"] if isinstance(first["Department Name"], str) else None,
+                "division": first["Division Name"] if isinstance(first["Division Name"], str) else None,
+                "n_reviews": str(len(g)),
+            }
+        )
     items = pd.DataFrame(rows)
     return SourceFrames("clothing-reviews", events, items, _provenance("clothing-reviews", [path]))
 

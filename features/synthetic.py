@@ -34,8 +34,8 @@ from recfactory.features.instants import day_start, ts_lit
 @dataclass(frozen=True)
 class SyntheticSpec:
     n_events: int = 100_000
-    n_items: int | None = None        # default: n_events / 20, at least 100
-    n_users: int | None = None        # default: n_events / 40, at least 50
+    n_items: int | None = None  # default: n_events / 20, at least 100
+    n_users: int | None = None  # default: n_events / 40, at least 50
     n_categories: int = 50
     brands_per_category: int = 20
     days: int = 30
@@ -80,7 +80,7 @@ def expected_events_per_session(spec: SyntheticSpec) -> float:
     # steps = 1 + floor(Exp(1) * (m - 1)):  E[floor(c X)] = 1 / (e^(1/c) - 1)
     c = spec.mean_session_steps - 1
     steps = 1.0 + (1.0 / math.expm1(1.0 / c) if c > 0 else 0.0)
-    p_click = _P_CLICK1 * sum(p ** -0.5 for p in range(1, 11)) / 10
+    p_click = _P_CLICK1 * sum(p**-0.5 for p in range(1, 11)) / 10
     per_step = 1 + p_click * (1 + (1 - _P_ACCIDENTAL) * _P_CART * (1 + _P_BUY))
     return steps * per_step
 
@@ -89,18 +89,31 @@ def synthetic_items(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     s = spec.seed
     i = F.col("id")
     cat = i % spec.n_categories
-    brand = cat * spec.brands_per_category + F.floor(
-        uniform(s, i, salt="brand") * spec.brands_per_category).cast("long")
-    price = F.round(F.exp(F.lit(3.0) + F.lit(0.8) * F.sqrt(F.lit(-2.0) * F.log(
-        uniform(s, i, salt="p1") + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * uniform(s, i, salt="p2"))), 2)
-    end = day_start(spec.end)   # an aware UTC instant (never the host's local midnight)
+    brand = cat * spec.brands_per_category + F.floor(uniform(s, i, salt="brand") * spec.brands_per_category).cast(
+        "long"
+    )
+    price = F.round(
+        F.exp(
+            F.lit(3.0)
+            + F.lit(0.8)
+            * F.sqrt(F.lit(-2.0) * F.log(uniform(s, i, salt="p1") + F.lit(1e-12)))
+            * F.cos(F.lit(2 * math.pi) * uniform(s, i, salt="p2"))
+        ),
+        2,
+    )
+    end = day_start(spec.end)  # an aware UTC instant (never the host's local midnight)
     created = ts_lit(end - dt.timedelta(days=365)) + F.make_dt_interval(
-        F.floor(uniform(s, i, salt="created") * 365).cast("int"))
+        F.floor(uniform(s, i, salt="created") * 365).cast("int")
+    )
     return spark.range(spec.items).select(
         F.concat(F.lit("i"), i.cast("string")).alias("item_id"),
         F.concat(F.lit("synthetic item "), i.cast("string")).alias("title"),
-        F.concat(F.lit("synthetic "), F.format_string("cat%03d", cat), F.lit(" item by "),
-                 F.format_string("brand%05d", brand)).alias("text"),
+        F.concat(
+            F.lit("synthetic "),
+            F.format_string("cat%03d", cat),
+            F.lit(" item by "),
+            F.format_string("brand%05d", brand),
+        ).alias("text"),
         F.format_string("cat%03d", cat).alias("category"),
         F.format_string("brand%05d", brand).alias("brand"),
         price.alias("price"),
@@ -115,23 +128,30 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     n_sessions = max(1, round(spec.n_events / expected_events_per_session(spec)))
     n_per_cat = max(1, spec.items // spec.n_categories)
     sid = F.col("id")
-    end = day_start(spec.end)   # an aware UTC instant (never the host's local midnight)
+    end = day_start(spec.end)  # an aware UTC instant (never the host's local midnight)
     start0 = end - dt.timedelta(days=spec.days)
     day = F.floor(uniform(s, sid, salt="day") * spec.days).cast("int")
     # diurnal bias: mass concentrated in the evening (hour ~ 20) via a folded triangle
     hour = (F.lit(20.0) + (uniform(s, sid, salt="h1") - uniform(s, sid, salt="h2")) * 14.0 + 24.0) % 24.0
     start = ts_lit(start0) + F.make_dt_interval(
-        day, F.floor(hour).cast("int"), F.floor(uniform(s, sid, salt="min") * 60).cast("int"))
-    steps = F.least(F.lit(200), F.lit(1) + F.floor(
-        -F.log(uniform(s, sid, salt="len") + F.lit(1e-12)) * (spec.mean_session_steps - 1)).cast("int"))
+        day, F.floor(hour).cast("int"), F.floor(uniform(s, sid, salt="min") * 60).cast("int")
+    )
+    steps = F.least(
+        F.lit(200),
+        F.lit(1)
+        + F.floor(-F.log(uniform(s, sid, salt="len") + F.lit(1e-12)) * (spec.mean_session_steps - 1)).cast("int"),
+    )
     sessions = spark.range(n_sessions).select(
         sid.alias("session"),
-        F.concat(F.lit("u"), zipf_rank(uniform(s, sid, salt="user"), spec.users, spec.user_zipf)
-                 .cast("string")).alias("user_id"),
+        F.concat(F.lit("u"), zipf_rank(uniform(s, sid, salt="user"), spec.users, spec.user_zipf).cast("string")).alias(
+            "user_id"
+        ),
         (zipf_rank(uniform(s, sid, salt="theme"), spec.n_categories, 0.8)).alias("theme"),
         start.alias("start"),
-        F.when(uniform(s, sid, salt="device") < 0.6, "mobile").when(
-            uniform(s, sid, salt="device") < 0.9, "desktop").otherwise("tablet").alias("device"),
+        F.when(uniform(s, sid, salt="device") < 0.6, "mobile")
+        .when(uniform(s, sid, salt="device") < 0.9, "desktop")
+        .otherwise("tablet")
+        .alias("device"),
         F.explode(F.sequence(F.lit(1), steps)).alias("step"),
     )
     st = F.col("step")
@@ -139,38 +159,90 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     gap = -F.log(uniform(s, *key, salt="gap") + F.lit(1e-12)) * spec.mean_gap_s
     w = Window.partitionBy("session").orderBy("step").rowsBetween(Window.unboundedPreceding, 0)
     in_cat = uniform(s, *key, salt="incat") < spec.in_category_share
-    item_in_cat = zipf_rank(uniform(s, *key, salt="item"), n_per_cat, spec.item_zipf) * spec.n_categories + F.col("theme")
+    item_in_cat = zipf_rank(uniform(s, *key, salt="item"), n_per_cat, spec.item_zipf) * spec.n_categories + F.col(
+        "theme"
+    )
     item_global = zipf_rank(uniform(s, *key, salt="item"), spec.items, spec.item_zipf)
     item = F.least(F.when(in_cat, item_in_cat).otherwise(item_global), F.lit(spec.items - 1))
     position = ((st - 1) % 10) + 1
     p_click = F.lit(_P_CLICK1) / F.sqrt(position.cast("double"))
     clicked = uniform(s, *key, salt="click") < p_click
     accidental = uniform(s, *key, salt="acc") < _P_ACCIDENTAL
-    dwell = F.when(accidental, F.floor(uniform(s, *key, salt="dw0") * 5000)).otherwise(
-        F.floor(F.exp(F.lit(10.3) + F.lit(0.9) * F.sqrt(F.lit(-2.0) * F.log(
-            uniform(s, *key, salt="dw1") + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * uniform(s, *key, salt="dw2"))))
-    ).cast("long")
+    dwell = (
+        F.when(accidental, F.floor(uniform(s, *key, salt="dw0") * 5000))
+        .otherwise(
+            F.floor(
+                F.exp(
+                    F.lit(10.3)
+                    + F.lit(0.9)
+                    * F.sqrt(F.lit(-2.0) * F.log(uniform(s, *key, salt="dw1") + F.lit(1e-12)))
+                    * F.cos(F.lit(2 * math.pi) * uniform(s, *key, salt="dw2"))
+                )
+            )
+        )
+        .cast("long")
+    )
     carted = clicked & ~accidental & (uniform(s, *key, salt="cart") < _P_CART)
     bought = carted & (uniform(s, *key, salt="buy") < _P_BUY)
     steps_df = sessions.select(
-        "session", "user_id", "step", "device",
-        (F.col("start") + F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0),
-                                             F.sum(gap).over(w).cast("decimal(18,6)"))).alias("ts0"),
+        "session",
+        "user_id",
+        "step",
+        "device",
+        (
+            F.col("start") + F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0), F.sum(gap).over(w).cast("decimal(18,6)"))
+        ).alias("ts0"),
         F.concat(F.lit("i"), item.cast("string")).alias("item_id"),
-        position.alias("position"), clicked.alias("clicked"), dwell.alias("dwell"),
-        carted.alias("carted"), bought.alias("bought"),
+        position.alias("position"),
+        clicked.alias("clicked"),
+        dwell.alias("dwell"),
+        carted.alias("carted"),
+        bought.alias("bought"),
     )
     sec = lambda n: F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0), F.lit(n).cast("decimal(18,6)"))  # noqa: E731
     ev = F.struct  # (event_type, ts, dwell_ms)
-    events = F.filter(F.array(
-        ev(F.lit("impression").alias("event_type"), F.col("ts0").alias("ts"), F.lit(None).cast("long").alias("dwell_ms")),
-        F.when(F.col("clicked"), ev(F.lit("click").alias("event_type"), (F.col("ts0") + sec(1)).alias("ts"), F.col("dwell").alias("dwell_ms"))),
-        F.when(F.col("carted"), ev(F.lit("cart").alias("event_type"), (F.col("ts0") + sec(2)).alias("ts"), F.lit(None).cast("long").alias("dwell_ms"))),
-        F.when(F.col("bought"), ev(F.lit("purchase").alias("event_type"), (F.col("ts0") + sec(3)).alias("ts"), F.lit(None).cast("long").alias("dwell_ms"))),
-    ), lambda x: x.isNotNull())
+    events = F.filter(
+        F.array(
+            ev(
+                F.lit("impression").alias("event_type"),
+                F.col("ts0").alias("ts"),
+                F.lit(None).cast("long").alias("dwell_ms"),
+            ),
+            F.when(
+                F.col("clicked"),
+                ev(
+                    F.lit("click").alias("event_type"),
+                    (F.col("ts0") + sec(1)).alias("ts"),
+                    F.col("dwell").alias("dwell_ms"),
+                ),
+            ),
+            F.when(
+                F.col("carted"),
+                ev(
+                    F.lit("cart").alias("event_type"),
+                    (F.col("ts0") + sec(2)).alias("ts"),
+                    F.lit(None).cast("long").alias("dwell_ms"),
+                ),
+            ),
+            F.when(
+                F.col("bought"),
+                ev(
+                    F.lit("purchase").alias("event_type"),
+                    (F.col("ts0") + sec(3)).alias("ts"),
+                    F.lit(None).cast("long").alias("dwell_ms"),
+                ),
+            ),
+        ),
+        lambda x: x.isNotNull(),
+    )
     out = steps_df.select("user_id", "item_id", "position", "device", F.explode(events).alias("e"))
     return out.select(
-        "user_id", "item_id", F.col("e.event_type").alias("event_type"), F.col("e.ts").alias("ts"),
-        F.col("e.dwell_ms").alias("dwell_ms"), F.col("position").cast("string").alias("position"), "device",
+        "user_id",
+        "item_id",
+        F.col("e.event_type").alias("event_type"),
+        F.col("e.ts").alias("ts"),
+        F.col("e.dwell_ms").alias("dwell_ms"),
+        F.col("position").cast("string").alias("position"),
+        "device",
         F.lit("synthetic").alias("source"),
     ).where(F.col("ts") < ts_lit(end))

@@ -38,8 +38,8 @@ class Quantiles:
     """The empirical distribution of one feature: distinct values and their CDF levels."""
 
     feature: str
-    values: tuple[float, ...]   # strictly increasing
-    levels: tuple[float, ...]   # P(X <= value), non-decreasing, last = 1
+    values: tuple[float, ...]  # strictly increasing
+    levels: tuple[float, ...]  # P(X <= value), non-decreasing, last = 1
 
     @property
     def boundaries(self) -> tuple[float, ...]:
@@ -52,8 +52,9 @@ class Quantiles:
 SKETCH_PARTITIONS = 16
 
 
-def fit_quantiles(df: DataFrame, cols: list[str], n: int = 100, relative_error: float = 1e-3,
-                  order_by: str | None = None) -> dict[str, Quantiles]:
+def fit_quantiles(
+    df: DataFrame, cols: list[str], n: int = 100, relative_error: float = 1e-3, order_by: str | None = None
+) -> dict[str, Quantiles]:
     """Quantiles at levels 0, 1/n, ..., 1 of each column (nulls ignored; all-null columns skipped).
 
     A Greenwald–Khanna sketch depends on the order it sees the rows in and on how partitions'
@@ -74,7 +75,7 @@ def fit_quantiles(df: DataFrame, cols: list[str], n: int = 100, relative_error: 
         values, lv = [], []
         for v, q in zip(qs, levels, strict=True):
             if values and v == values[-1]:
-                lv[-1] = q          # a tie: the CDF at that value is the highest level reaching it
+                lv[-1] = q  # a tie: the CDF at that value is the highest level reaching it
             else:
                 values.append(float(v))
                 lv.append(q)
@@ -100,7 +101,7 @@ def cdf(c: Column, q: Quantiles) -> Column:
     lo, hi = F.element_at(vs, F.greatest(k, F.lit(1))), F.element_at(vs, F.least(k + 1, F.lit(len(q.values))))
     llo, lhi = F.element_at(ls, F.greatest(k, F.lit(1))), F.element_at(ls, F.least(k + 1, F.lit(len(q.values))))
     inner = llo + (x - lo) / (hi - lo) * (lhi - llo)
-    return (F.when(x.isNull(), None).when(k == 0, 0.0).when(k >= len(q.values), 1.0).otherwise(inner))
+    return F.when(x.isNull(), None).when(k == 0, 0.0).when(k >= len(q.values), 1.0).otherwise(inner)
 
 
 def cdf_powers(c: Column, q: Quantiles, name: str) -> list[Column]:

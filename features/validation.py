@@ -26,22 +26,38 @@ from recfactory.features.schema import (
 )
 
 CLEAN_EVENT_COLUMNS = (
-    "event_id", "user_id", "item_id", "event_type", "ts", "dwell_ms", "context", "source",
+    "event_id",
+    "user_id",
+    "item_id",
+    "event_type",
+    "ts",
+    "dwell_ms",
+    "context",
+    "source",
 )
+
+
 # Which copy of an event (one event_id) is published when copies differ (e.g. in dwell): the
 # smallest under this content order — known dwell before unknown, then the smaller dwell, then the
 # context and the source. Within a load it picks the clean copy (the others are DUPLICATE); across
 # loads it is the MERGE condition of `ingest`, so the winner does not depend on the loads' order.
 def _preference_key(prefix: str) -> str:
-    return (f"struct({prefix}dwell_ms IS NULL, coalesce({prefix}dwell_ms, 0), to_json({prefix}context), "
-            f"{prefix}source)")
+    return f"struct({prefix}dwell_ms IS NULL, coalesce({prefix}dwell_ms, 0), to_json({prefix}context), {prefix}source)"
 
 
 EVENT_PREFERENCE = f"{_preference_key('s.')} < {_preference_key('t.')}"
 
 ITEM_COLUMNS = (
-    "item_id", "title", "text", "category", "brand", "price", "image_path", "created_ts",
-    "attributes", "source",
+    "item_id",
+    "title",
+    "text",
+    "category",
+    "brand",
+    "price",
+    "image_path",
+    "created_ts",
+    "attributes",
+    "source",
 )
 
 
@@ -49,8 +65,8 @@ ITEM_COLUMNS = (
 # placeholder (year 1, the epoch's 1970-01-01, 9999-12-31), not an interaction.
 DEFAULT_MIN_TS = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
 DEFAULT_MAX_TS = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
-DEFAULT_MAX_ID_LENGTH = 256              # characters, after normalization
-DEFAULT_MAX_DWELL_MS = 86_400_000        # one day
+DEFAULT_MAX_ID_LENGTH = 256  # characters, after normalization
+DEFAULT_MAX_DWELL_MS = 86_400_000  # one day
 # what a timestamp can be at all (0001-01-01 .. 9999-12-31T23:59:59.999999 UTC, in epoch seconds);
 # a number outside is unparseable (BAD_TIMESTAMP), never an overflow that fails the task
 _TS_MIN_S, _TS_MAX_S = -62_135_596_800, 253_402_300_800
@@ -61,10 +77,10 @@ TS_UNITS = ("auto", "s", "ms", "us", "ns")
 class Limits:
     """What a value may be: shared by events and items."""
 
-    min_ts: dt.datetime = DEFAULT_MIN_TS     # ts < min_ts or ts >= max_ts: IMPLAUSIBLE_TIMESTAMP
+    min_ts: dt.datetime = DEFAULT_MIN_TS  # ts < min_ts or ts >= max_ts: IMPLAUSIBLE_TIMESTAMP
     max_ts: dt.datetime = DEFAULT_MAX_TS
     max_id_length: int = DEFAULT_MAX_ID_LENGTH
-    ts_unit: str = "auto"                    # numbers: s | ms | us | ns | auto (see parse_ts)
+    ts_unit: str = "auto"  # numbers: s | ms | us | ns | auto (see parse_ts)
 
     def __post_init__(self):
         if self.ts_unit not in TS_UNITS:
@@ -79,7 +95,7 @@ class Limits:
 class EventRules:
     """How raw events are read and judged."""
 
-    cutoff: dt.datetime                      # ts >= cutoff is a FUTURE_TIMESTAMP
+    cutoff: dt.datetime  # ts >= cutoff is a FUTURE_TIMESTAMP
     event_types: tuple[str, ...] = EVENT_TYPES
     event_type_map: tuple[tuple[str, str], ...] = ()  # raw value → canonical type
     check_orphans: bool = True
@@ -150,8 +166,7 @@ def parse_ts(c: Column, dtype: T.DataType, unit: str = "auto") -> Column:
         num = F.when(s.rlike(r"^-?[0-9]+(\.[0-9]+)?$"), s.try_cast("double"))
     if unit == "auto":
         a = F.abs(num)
-        secs = (F.when(a > 1e17, num / 1e9).when(a > 1e14, num / 1e6).when(a > 1e11, num / 1e3)
-                .otherwise(num))
+        secs = F.when(a > 1e17, num / 1e9).when(a > 1e14, num / 1e6).when(a > 1e11, num / 1e3).otherwise(num)
     else:
         secs = num / {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[unit]
     ok = _finite(secs) & (secs >= F.lit(float(_TS_MIN_S))) & (secs < F.lit(float(_TS_MAX_S)))
@@ -232,24 +247,29 @@ def validate_events(
     # BAD_DWELL: they never reach the cast to a long)
     dwell_ok = _finite(F.col("_dwell")) & (F.col("_dwell") <= F.lit(float(rules.max_dwell_ms)))
     ts_ok = plausible(F.col("_ts"), lim)
-    df = df.withColumns({
-        "dwell_ms": F.when(dwell_ok & (F.col("_dwell") >= 0), F.round("_dwell").cast("long")),
-        # an implausible instant is quarantined, not published: the clean ts is within the bounds
-        "ts": F.when(ts_ok, F.col("_ts")),
-    })
+    df = df.withColumns(
+        {
+            "dwell_ms": F.when(dwell_ok & (F.col("_dwell") >= 0), F.round("_dwell").cast("long")),
+            # an implausible instant is quarantined, not published: the clean ts is within the bounds
+            "ts": F.when(ts_ok, F.col("_ts")),
+        }
+    )
     df = df.withColumn(
         "event_id",
-        F.xxhash64("user_id", "item_id", "event_type", F.col("ts").cast("long"),
-                   F.date_format("ts", "SSSSSS")),
+        F.xxhash64("user_id", "item_id", "event_type", F.col("ts").cast("long"), F.date_format("ts", "SSSSSS")),
     )
     checks: list[tuple[str, Column]] = [
-        ("NULL_KEY", F.col("user_id").isNull() | F.col("item_id").isNull()
-         | F.col("event_type").isNull() | F.col("ts_raw").isNull()),
+        (
+            "NULL_KEY",
+            F.col("user_id").isNull()
+            | F.col("item_id").isNull()
+            | F.col("event_type").isNull()
+            | F.col("ts_raw").isNull(),
+        ),
         ("ID_TOO_LONG", (F.length("user_id") > lim.max_id_length) | (F.length("item_id") > lim.max_id_length)),
         ("BAD_TIMESTAMP", F.col("ts_raw").isNotNull() & F.col("_ts").isNull()),
         ("IMPLAUSIBLE_TIMESTAMP", F.col("_ts").isNotNull() & ~ts_ok),
-        ("UNKNOWN_EVENT_TYPE", F.col("event_type").isNotNull()
-         & ~F.col("event_type").isin(*rules.event_types)),
+        ("UNKNOWN_EVENT_TYPE", F.col("event_type").isNotNull() & ~F.col("event_type").isin(*rules.event_types)),
         ("FUTURE_TIMESTAMP", ts_ok & (F.col("_ts") >= ts_lit(rules.cutoff))),
         ("BAD_DWELL", F.col("dwell_raw").isNotNull() & ~F.coalesce(dwell_ok, F.lit(False))),
         ("NEGATIVE_DWELL", dwell_ok & (F.col("_dwell") < 0)),
@@ -271,11 +291,22 @@ def validate_events(
     )
     df = df.withColumn("_rank", F.when(ok, F.row_number().over(w)))
     dup = ok & (F.col("_rank") > 1)
-    df = df.withColumn("reasons", F.when(dup, F.array_append("reasons", F.lit("DUPLICATE")))
-                       .otherwise(F.col("reasons")))
+    df = df.withColumn(
+        "reasons", F.when(dup, F.array_append("reasons", F.lit("DUPLICATE"))).otherwise(F.col("reasons"))
+    )
     return df.select(
-        "event_id", "user_id", "item_id", "event_type", "ts", "dwell_ms", "context",
-        F.lit(source).alias("source"), "ts_raw", "dwell_raw", "raw", "reasons",
+        "event_id",
+        "user_id",
+        "item_id",
+        "event_type",
+        "ts",
+        "dwell_ms",
+        "context",
+        F.lit(source).alias("source"),
+        "ts_raw",
+        "dwell_raw",
+        "raw",
+        "reasons",
         F.get("reasons", 0).alias("reason"),
     )
 
@@ -283,8 +314,11 @@ def validate_events(
 def split_validated(annotated: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(clean, quarantine) from :func:`validate_events` / :func:`validate_items` output."""
     ok = F.size("reasons") == 0
-    clean_cols = [c for c in annotated.columns if c not in ("reasons", "reason", "raw", "ts_raw", "dwell_raw",
-                                                             "price_raw", "created_raw", "detail")]
+    clean_cols = [
+        c
+        for c in annotated.columns
+        if c not in ("reasons", "reason", "raw", "ts_raw", "dwell_raw", "price_raw", "created_raw", "detail")
+    ]
     clean = annotated.where(ok).select(*clean_cols)
     quarantine = annotated.where(~ok)
     return clean, quarantine
@@ -292,9 +326,23 @@ def split_validated(annotated: DataFrame) -> tuple[DataFrame, DataFrame]:
 
 def quarantine_columns(quarantine: DataFrame) -> DataFrame:
     """Quarantine rows keep the raw row (as JSON and canonical strings) plus the reasons."""
-    keep = [c for c in ("user_id", "item_id", "event_type", "ts_raw", "dwell_raw", "context",
-                        "title", "category", "price_raw", "created_raw", "detail")
-            if c in quarantine.columns]
+    keep = [
+        c
+        for c in (
+            "user_id",
+            "item_id",
+            "event_type",
+            "ts_raw",
+            "dwell_raw",
+            "context",
+            "title",
+            "category",
+            "price_raw",
+            "created_raw",
+            "detail",
+        )
+        if c in quarantine.columns
+    ]
     return quarantine.select(*keep, "raw", "reason", "reasons", "source")
 
 
@@ -302,8 +350,9 @@ def quarantine_columns(quarantine: DataFrame) -> DataFrame:
 _ITEM_CONTENT = ("title", "text", "category", "brand", "price", "image_path", "created_ts", "attributes")
 
 
-def validate_items(raw: DataFrame, mapping: ColumnMapping = ColumnMapping(),
-                   source: str = "user", limits: Limits = Limits()) -> DataFrame:
+def validate_items(
+    raw: DataFrame, mapping: ColumnMapping = ColumnMapping(), source: str = "user", limits: Limits = Limits()
+) -> DataFrame:
     """Canonical item rows with reasons (see ``schema.ITEM_REASONS``) and, for a conflicting
     duplicate, ``detail`` naming the columns in which it differs from the copy that was kept.
 
@@ -321,14 +370,21 @@ def validate_items(raw: DataFrame, mapping: ColumnMapping = ColumnMapping(),
         return F.col(present[name]) if name in present else F.lit(None)
 
     price_raw = opt("price")
-    price = (price_raw.cast("double") if "price" in present and isinstance(schema[present["price"]], T.NumericType)
-             else F.trim(price_raw.cast("string")).try_cast("double"))
+    price = (
+        price_raw.cast("double")
+        if "price" in present and isinstance(schema[present["price"]], T.NumericType)
+        else F.trim(price_raw.cast("string")).try_cast("double")
+    )
     created_raw = opt("created_ts")
-    created = (parse_ts(created_raw, schema[present["created_ts"]], limits.ts_unit) if "created_ts" in present
-               else F.lit(None).cast("timestamp"))
+    created = (
+        parse_ts(created_raw, schema[present["created_ts"]], limits.ts_unit)
+        if "created_ts" in present
+        else F.lit(None).cast("timestamp")
+    )
     attributes = (
         F.create_map(*[x for c in attr_cols for x in (F.lit(c), F.col(c).cast("string"))])
-        if attr_cols else F.create_map().cast("map<string,string>")
+        if attr_cols
+        else F.create_map().cast("map<string,string>")
     )
     df = raw.select(
         normalize_id(F.col(src["item_id"])).alias("item_id"),
@@ -347,16 +403,21 @@ def validate_items(raw: DataFrame, mapping: ColumnMapping = ColumnMapping(),
     )
     price_ok = _finite(F.col("_price")) & (F.col("_price") >= 0)
     created_ok = plausible(F.col("_created"), limits)
-    df = df.withColumns({"price": F.when(price_ok, F.col("_price")),
-                         "created_ts": F.when(created_ok, F.col("_created"))})
+    df = df.withColumns(
+        {"price": F.when(price_ok, F.col("_price")), "created_ts": F.when(created_ok, F.col("_created"))}
+    )
     checks = [
         ("NULL_KEY", F.col("item_id").isNull()),
         ("ID_TOO_LONG", F.length("item_id") > limits.max_id_length),
         ("NULL_TITLE", F.col("title").isNull()),
-        ("BAD_PRICE", (F.col("price_raw").isNotNull() & (F.trim("price_raw") != "")
-                       & ~F.coalesce(price_ok, F.lit(False)))),
-        ("BAD_TIMESTAMP", F.col("created_raw").isNotNull() & (F.trim("created_raw") != "")
-         & F.col("_created").isNull()),
+        (
+            "BAD_PRICE",
+            (F.col("price_raw").isNotNull() & (F.trim("price_raw") != "") & ~F.coalesce(price_ok, F.lit(False))),
+        ),
+        (
+            "BAD_TIMESTAMP",
+            F.col("created_raw").isNotNull() & (F.trim("created_raw") != "") & F.col("_created").isNull(),
+        ),
         ("IMPLAUSIBLE_TIMESTAMP", F.col("_created").isNotNull() & ~created_ok),
     ]
     df = df.withColumn(
@@ -367,22 +428,26 @@ def validate_items(raw: DataFrame, mapping: ColumnMapping = ColumnMapping(),
     w = Window.partitionBy("item_id", ok).orderBy(F.col("raw").asc())
     content = {c: (F.to_json(F.col(c)) if c == "attributes" else F.col(c)) for c in _ITEM_CONTENT}
     kept = {c: F.first(v).over(w) for c, v in content.items()}
-    differs = F.filter(F.array(*[F.when(~content[c].eqNullSafe(kept[c]), F.lit(c)) for c in _ITEM_CONTENT]),
-                       lambda x: x.isNotNull())
+    differs = F.filter(
+        F.array(*[F.when(~content[c].eqNullSafe(kept[c]), F.lit(c)) for c in _ITEM_CONTENT]), lambda x: x.isNotNull()
+    )
     df = df.withColumns({"_rank": F.when(ok, F.row_number().over(w)), "_differs": F.when(ok, differs)})
     loser = ok & (F.col("_rank") > 1)
     conflict = loser & (F.size("_differs") > 0)
-    df = df.withColumns({
-        "reasons": F.when(conflict, F.array(F.lit("CONFLICTING_DUPLICATE")))
-        .when(loser, F.array(F.lit("DUPLICATE"))).otherwise(F.col("reasons")),
-        "detail": F.when(conflict, F.concat(F.lit("differs from the kept copy in "),
-                                            F.array_join("_differs", ", "))),
-    })
+    df = df.withColumns(
+        {
+            "reasons": F.when(conflict, F.array(F.lit("CONFLICTING_DUPLICATE")))
+            .when(loser, F.array(F.lit("DUPLICATE")))
+            .otherwise(F.col("reasons")),
+            "detail": F.when(
+                conflict, F.concat(F.lit("differs from the kept copy in "), F.array_join("_differs", ", "))
+            ),
+        }
+    )
     return df.drop("_rank", "_differs", "_price", "_created").withColumn("reason", F.get("reasons", 0))
 
 
 def reason_counts(annotated: DataFrame) -> dict[str, int]:
     """{'clean': n, '<REASON>': n, ...} in one pass (reason = first reason)."""
-    rows = (annotated.groupBy(F.coalesce(F.col("reason"), F.lit("clean")).alias("r"))
-            .count().collect())
+    rows = annotated.groupBy(F.coalesce(F.col("reason"), F.lit("clean")).alias("r")).count().collect()
     return {r["r"]: int(r["count"]) for r in rows}

@@ -26,10 +26,10 @@ class EmbeddingSpec:
     methods: tuple[str, ...] = METHODS
     walks_per_node: int = 10
     walk_length: int = 20
-    p: float = 1.0          # node2vec return parameter
-    q: float = 0.5          # node2vec in-out parameter (< 1: outward, DFS-like)
+    p: float = 1.0  # node2vec return parameter
+    q: float = 0.5  # node2vec in-out parameter (< 1: outward, DFS-like)
     train: TrainSpec = field(default_factory=TrainSpec)
-    shards: int = 0         # walk shards (Ray tasks); 0: one per CPU
+    shards: int = 0  # walk shards (Ray tasks); 0: one per CPU
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]
@@ -41,15 +41,23 @@ class EmbeddingSpec:
 
 @dataclass
 class Fitted:
-    vectors: np.ndarray        # n × dim float32 (rows of nodes without a vector are NaN)
-    has_vector: np.ndarray     # bool
-    cold: np.ndarray           # bool: no walk reached the node (a cold item)
+    vectors: np.ndarray  # n × dim float32 (rows of nodes without a vector are NaN)
+    has_vector: np.ndarray  # bool
+    cold: np.ndarray  # bool: no walk reached the node (a cold item)
     losses: list[float]
     attention: dict[str, float] = field(default_factory=dict)
 
 
-def _train_task(method: str, walks: np.ndarray, n: int, fields: np.ndarray, vocab: list[int],
-                field_names: list[str], spec: TrainSpec, progress: bool) -> Fitted:
+def _train_task(
+    method: str,
+    walks: np.ndarray,
+    n: int,
+    fields: np.ndarray,
+    vocab: list[int],
+    field_names: list[str],
+    spec: TrainSpec,
+    progress: bool,
+) -> Fitted:
     import torch
 
     torch.set_num_threads(spec.threads or max(1, torch.get_num_threads()))
@@ -72,8 +80,16 @@ def _train_task(method: str, walks: np.ndarray, n: int, fields: np.ndarray, voca
     return Fitted(vec, has, cold, losses, attention)
 
 
-def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[str], spec: EmbeddingSpec,
-        seed: int, progress: bool = True, cpus: tuple[int, int] | None = None) -> dict[str, Fitted]:
+def fit(
+    graph: Graph,
+    fields: np.ndarray,
+    vocab: list[int],
+    field_names: list[str],
+    spec: EmbeddingSpec,
+    seed: int,
+    progress: bool = True,
+    cpus: tuple[int, int] | None = None,
+) -> dict[str, Fitted]:
     """One `Fitted` per method. `fields` (n × F codes) and `vocab` describe the side information
     of every node (EGES); walks are shared between DeepWalk and EGES. On the caller's Ray, whose
     topology `cpus` is (as `random_walks` takes it)."""
@@ -89,8 +105,18 @@ def fit(graph: Graph, fields: np.ndarray, vocab: list[int], field_names: list[st
     for m in spec.methods:
         pq = (spec.p, spec.q) if m == "node2vec" else (1.0, 1.0)
         if pq not in walks:
-            walks[pq] = ray.put(random_walks(graph, spec.walks_per_node, spec.walk_length, *pq, seed=seed,
-                                             shards=spec.shards, progress=progress, cpus=topology))
+            walks[pq] = ray.put(
+                random_walks(
+                    graph,
+                    spec.walks_per_node,
+                    spec.walk_length,
+                    *pq,
+                    seed=seed,
+                    shards=spec.shards,
+                    progress=progress,
+                    cpus=topology,
+                )
+            )
         task = ray.remote(num_cpus=per_node if m == "eges" else 1)(_train_task)
         futures[m] = task.remote(m, walks[pq], graph.n, fields, vocab, field_names, tspec, progress)
     return {m: ray.get(f) for m, f in futures.items()}
@@ -114,11 +140,11 @@ def nearest(vectors: np.ndarray, valid: np.ndarray, queries: np.ndarray, k: int)
     faiss.normalize_L2(qx)
     _, found = index.search(qx, min(k + 1, len(ids)))
     found = np.where(found >= 0, ids[np.maximum(found, 0)], -1)
-    found[found == queries[qv][:, None]] = -1            # drop the query itself
+    found[found == queries[qv][:, None]] = -1  # drop the query itself
     rows = np.full((qv.sum(), k), -1, dtype=np.int64)
-    for r in range(found.shape[0]):                       # keep order, skip the removed self
+    for r in range(found.shape[0]):  # keep order, skip the removed self
         f = found[r][found[r] >= 0][:k]
-        rows[r, :len(f)] = f
+        rows[r, : len(f)] = f
     out[qv] = rows
     return out
 

@@ -28,8 +28,8 @@ MISSING = "<missing>"
 
 @dataclass(frozen=True)
 class GraphSpec:
-    min_weight: float = 1.0           # edges with a smaller (decayed) weight are pruned
-    time_decay_days: float = 0.0      # 0: plain transition counts
+    min_weight: float = 1.0  # edges with a smaller (decayed) weight are pruned
+    time_decay_days: float = 0.0  # 0: plain transition counts
     side_fields: tuple[str, ...] = SIDE_FIELDS
     price_buckets: int = 10
 
@@ -45,17 +45,23 @@ def transitions(sessions: DataFrame, cutoff: dt.datetime, spec: GraphSpec) -> Da
     if spec.time_decay_days > 0:
         age_days = (F.lit(epoch_micros(cutoff) / 1e6) - F.col("end_ts").cast("double")) / 86400.0
         w = F.exp(-F.greatest(age_days, F.lit(0.0)) / F.lit(spec.time_decay_days))
-    steps = F.arrays_zip(F.slice("items", 1, F.size("items") - 1).alias("src"),
-                         F.slice("items", 2, F.size("items")).alias("dst"))
-    return (s.select(F.explode(steps).alias("e"), w.alias("w"))
-            .select(F.col("e.src").alias("src"), F.col("e.dst").alias("dst"), "w")
-            .where(F.col("src") != F.col("dst")))
+    steps = F.arrays_zip(
+        F.slice("items", 1, F.size("items") - 1).alias("src"), F.slice("items", 2, F.size("items")).alias("dst")
+    )
+    return (
+        s.select(F.explode(steps).alias("e"), w.alias("w"))
+        .select(F.col("e.src").alias("src"), F.col("e.dst").alias("dst"), "w")
+        .where(F.col("src") != F.col("dst"))
+    )
 
 
 def build_edges(sessions: DataFrame, cutoff: dt.datetime, spec: GraphSpec) -> DataFrame:
     """(src, dst, weight, transitions, kept): every edge, the pruned ones flagged kept = false."""
-    e = (transitions(sessions, cutoff, spec).groupBy("src", "dst")
-         .agg(F.sum("w").alias("weight"), F.count(F.lit(1)).alias("transitions")))
+    e = (
+        transitions(sessions, cutoff, spec)
+        .groupBy("src", "dst")
+        .agg(F.sum("w").alias("weight"), F.count(F.lit(1)).alias("transitions"))
+    )
     return e.withColumn("kept", F.col("weight") >= F.lit(spec.min_weight))
 
 
@@ -68,8 +74,9 @@ def side_field_columns(items: DataFrame, spec: GraphSpec) -> tuple[DataFrame, li
         # log-spaced quantile buckets of the catalog's prices (exact for these sizes: approxQuantile
         # with relative error 0 is the exact "lower" quantile)
         probs = [i / spec.price_buckets for i in range(1, spec.price_buckets)]
-        cuts = sorted(set(items.where(F.col("price") > 0).select(F.log("price").alias("lp"))
-                          .approxQuantile("lp", probs, 0.0)))
+        cuts = sorted(
+            set(items.where(F.col("price") > 0).select(F.log("price").alias("lp")).approxQuantile("lp", probs, 0.0))
+        )
         bucket = F.lit(0)
         for c in cuts:
             bucket = bucket + (F.log("price") > F.lit(c)).cast("int")
@@ -91,12 +98,17 @@ def build_nodes(items: DataFrame, edges: DataFrame, spec: GraphSpec) -> tuple[Da
     degree and weight over kept edges, is_cold (on no kept edge)."""
     df, fields, notes = side_field_columns(items, spec)
     kept = edges.where("kept")
-    outd = kept.groupBy(F.col("src").alias("item_id")).agg(F.count(F.lit(1)).alias("out_degree"),
-                                                           F.sum("weight").alias("out_weight"))
-    ind = kept.groupBy(F.col("dst").alias("item_id")).agg(F.count(F.lit(1)).alias("in_degree"),
-                                                          F.sum("weight").alias("in_weight"))
-    nodes = (df.join(outd, "item_id", "left").join(ind, "item_id", "left")
-             .fillna({"out_degree": 0, "in_degree": 0, "out_weight": 0.0, "in_weight": 0.0}))
+    outd = kept.groupBy(F.col("src").alias("item_id")).agg(
+        F.count(F.lit(1)).alias("out_degree"), F.sum("weight").alias("out_weight")
+    )
+    ind = kept.groupBy(F.col("dst").alias("item_id")).agg(
+        F.count(F.lit(1)).alias("in_degree"), F.sum("weight").alias("in_weight")
+    )
+    nodes = (
+        df.join(outd, "item_id", "left")
+        .join(ind, "item_id", "left")
+        .fillna({"out_degree": 0, "in_degree": 0, "out_weight": 0.0, "in_weight": 0.0})
+    )
     nodes = nodes.withColumn("is_cold", (F.col("out_degree") + F.col("in_degree")) == 0)
     return nodes, fields, notes
 
@@ -104,8 +116,9 @@ def build_nodes(items: DataFrame, edges: DataFrame, spec: GraphSpec) -> tuple[Da
 def in_catalog(edges: DataFrame, items: DataFrame) -> DataFrame:
     """The edges whose two endpoints are catalog items."""
     ids = items.select("item_id")
-    return (edges.join(ids.withColumnRenamed("item_id", "src"), "src", "left_semi")
-            .join(ids.withColumnRenamed("item_id", "dst"), "dst", "left_semi"))
+    return edges.join(ids.withColumnRenamed("item_id", "src"), "src", "left_semi").join(
+        ids.withColumnRenamed("item_id", "dst"), "dst", "left_semi"
+    )
 
 
 def leave_last_transition(sessions: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -116,9 +129,16 @@ def leave_last_transition(sessions: DataFrame) -> tuple[DataFrame, DataFrame]:
     last = F.row_number().over(Window.partitionBy("user_id").orderBy(F.desc("end_ts"), F.desc("session_id")))
     s = valid.withColumn("_last", last == 1)
     size = F.size("items")
-    test = (s.where("_last").select("user_id", F.get("items", size - 2).alias("trigger"),
-                                    F.get("items", size - 1).alias("target"))
-            .where(F.col("trigger") != F.col("target")))
-    train = s.select("user_id", "end_ts", "session_id", F.lit(True).alias("is_valid"),
-                     F.when(F.col("_last"), F.slice("items", 1, size - 1)).otherwise(F.col("items")).alias("items"))
+    test = (
+        s.where("_last")
+        .select("user_id", F.get("items", size - 2).alias("trigger"), F.get("items", size - 1).alias("target"))
+        .where(F.col("trigger") != F.col("target"))
+    )
+    train = s.select(
+        "user_id",
+        "end_ts",
+        "session_id",
+        F.lit(True).alias("is_valid"),
+        F.when(F.col("_last"), F.slice("items", 1, size - 1)).otherwise(F.col("items")).alias("items"),
+    )
     return train, test

@@ -38,7 +38,7 @@ from recfactory.graph.similarity_spec import SimilaritySpec
 # on 2 cores: 1M events (118k pairs) 16 blocks 5.1 s vs 64 blocks 6.6 s; 10M events (940k pairs)
 # 128 blocks 80 s / 7.3 GB peak vs 32 blocks 88 s / 12.0 GB.
 PAIRS_PER_BLOCK = 8000
-FIXED_SCALE = float(2 ** 40)  # fixed-point resolution of summed terms: 2^-40 ≈ 9.1e-13
+FIXED_SCALE = float(2**40)  # fixed-point resolution of summed terms: 2^-40 ≈ 9.1e-13
 
 
 def user_items(events: DataFrame, spec: SimilaritySpec) -> DataFrame:
@@ -48,9 +48,11 @@ def user_items(events: DataFrame, spec: SimilaritySpec) -> DataFrame:
     if spec.behavior_weights:
         m = F.create_map(*[x for k, v in spec.behavior_weights.items() for x in (F.lit(k), F.lit(float(v)))])
         bw = F.coalesce(m[F.col("event_type")], F.lit(1.0))
-    return (events.where(F.col("event_type").isin(*spec.event_types))
-            .groupBy("user_id", "item_id")
-            .agg(F.max(bw).alias("b"), F.max(F.col("ts").cast("double")).alias("t")))
+    return (
+        events.where(F.col("event_type").isin(*spec.event_types))
+        .groupBy("user_id", "item_id")
+        .agg(F.max(bw).alias("b"), F.max(F.col("ts").cast("double")).alias("t"))
+    )
 
 
 def _hash_rank(partition: str, seed: int) -> Column:
@@ -70,14 +72,19 @@ def apply_caps(ui: DataFrame, spec: SimilaritySpec) -> DataFrame:
 
 def cap_report(ui_all: DataFrame, ui_capped: DataFrame) -> DataFrame:
     """Per item: users and co-occurrence mass Σ_u (|I_u| − 1) before and after filters and caps."""
+
     def mass(ui, suffix):
         d = ui.withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
-        return d.groupBy("item_id").agg(F.count(F.lit(1)).alias(f"users{suffix}"),
-                                        F.sum(F.col("_n") - 1).alias(f"cooc_mass{suffix}"))
+        return d.groupBy("item_id").agg(
+            F.count(F.lit(1)).alias(f"users{suffix}"), F.sum(F.col("_n") - 1).alias(f"cooc_mass{suffix}")
+        )
+
     out = mass(ui_all, "").join(mass(ui_capped.select("user_id", "item_id"), "_kept"), "item_id", "left")
     out = out.fillna({"users_kept": 0, "cooc_mass_kept": 0})
-    return out.withColumn("removed_fraction", F.when(F.col("cooc_mass") > 0,
-                                                     1 - F.col("cooc_mass_kept") / F.col("cooc_mass")).otherwise(0.0))
+    return out.withColumn(
+        "removed_fraction",
+        F.when(F.col("cooc_mass") > 0, 1 - F.col("cooc_mass_kept") / F.col("cooc_mass")).otherwise(0.0),
+    )
 
 
 def _exact_sum(c: Column) -> Column:
@@ -91,8 +98,11 @@ def item_pairs(ui: DataFrame, spec: SimilaritySpec) -> DataFrame:
     a = ui.select("user_id", F.col("item_id").alias("i"), F.col("b").alias("bi"), F.col("t").alias("ti"), "n_u")
     b = ui.select("user_id", F.col("item_id").alias("j"), F.col("b").alias("bj"), F.col("t").alias("tj"))
     p = a.join(b, "user_id").where(F.col("i") != F.col("j"))
-    decay = (F.exp(-F.abs(F.col("ti") - F.col("tj")) / F.lit(spec.time_decay_days * 86400.0))
-             if spec.time_decay_days > 0 else F.lit(1.0))
+    decay = (
+        F.exp(-F.abs(F.col("ti") - F.col("tj")) / F.lit(spec.time_decay_days * 86400.0))
+        if spec.time_decay_days > 0
+        else F.lit(1.0)
+    )
     term = F.col("bi") * F.col("bj") * decay
     pairs = p.groupBy("i", "j").agg(
         F.count(F.lit(1)).alias("cooc"),
@@ -106,7 +116,9 @@ def item_pairs(ui: DataFrame, spec: SimilaritySpec) -> DataFrame:
     pairs = pairs.join(ni, "i").join(nj, "j")
     den = F.sqrt(F.col("ni") * F.col("nj"))
     return pairs.select(
-        "i", "j", "cooc",
+        "i",
+        "j",
+        "cooc",
         (F.col("_cf") / den).alias("itemcf"),
         (F.col("_iuf") / den).alias("itemcf_iuf"),
         "swing_simple",
@@ -120,10 +132,13 @@ def swing_pairs(ui: DataFrame, spec: SimilaritySpec) -> DataFrame:
     users = ui.select("user_id", "item_id", w.alias("w"))
     a = users.select(F.col("user_id").alias("u"), "item_id", F.col("w").alias("wu"))
     b = users.select(F.col("user_id").alias("v"), "item_id", F.col("w").alias("wv"))
-    uv = (a.join(b, "item_id").where(F.col("u") < F.col("v"))
-          .groupBy("u", "v").agg(F.collect_list("item_id").alias("common"), F.first("wu").alias("wu"),
-                                 F.first("wv").alias("wv"))
-          .where(F.size("common") >= 2))
+    uv = (
+        a.join(b, "item_id")
+        .where(F.col("u") < F.col("v"))
+        .groupBy("u", "v")
+        .agg(F.collect_list("item_id").alias("common"), F.first("wu").alias("wu"), F.first("wv").alias("wv"))
+        .where(F.size("common") >= 2)
+    )
     term = F.col("wu") * F.col("wv") / (F.lit(spec.swing_alpha) + F.size("common"))
     x = uv.select(term.alias("s"), F.explode("common").alias("i"), "common")
     x = x.select("s", "i", F.explode("common").alias("j")).where(F.col("i") != F.col("j"))
@@ -143,12 +158,20 @@ def encode(ui: DataFrame) -> tuple[DataFrame, DataFrame]:
     """Replace user_id and item_id by dense ints (joins and shuffles on ints are much cheaper than
     on strings). Item codes follow item_id order, so a tie broken by code is broken by item_id.
     Returns (encoded pairs, item dictionary (code, item_id))."""
+
     def codes(col):
         d = ui.select(col).distinct()
         return d.select(col, (F.dense_rank().over(Window.orderBy(col)) - 1).cast("int").alias("_code"))
+
     items, users = codes("item_id"), codes("user_id")
-    enc = (ui.join(items, "item_id").drop("item_id").withColumnRenamed("_code", "item_id")
-           .join(users, "user_id").drop("user_id").withColumnRenamed("_code", "user_id"))
+    enc = (
+        ui.join(items, "item_id")
+        .drop("item_id")
+        .withColumnRenamed("_code", "item_id")
+        .join(users, "user_id")
+        .drop("user_id")
+        .withColumnRenamed("_code", "user_id")
+    )
     return enc, items.select(F.col("_code").alias("code"), "item_id")
 
 
@@ -163,25 +186,35 @@ def top_k(wide: DataFrame, algos: tuple[str, ...], k: int, items: DataFrame) -> 
     aggs = []
     for a in algos:
         order = F.when(F.col(a) > 0, F.struct(F.round(a, 9).alias("s"), (-F.col("j")).alias("t")))
-        value = F.struct(F.col("_jid").alias("item_id"), F.col(a).alias("score"), F.col("cooc").cast("long").alias("cooc"))
+        value = F.struct(
+            F.col("_jid").alias("item_id"), F.col(a).alias("score"), F.col("cooc").cast("long").alias("cooc")
+        )
         aggs.append(F.max_by(value, order, k).alias(a))
     g = wide.groupBy("i").agg(*aggs)
     per_algo = F.array(*[F.struct(F.lit(a).alias("algo"), F.col(a).alias("nb")) for a in algos])
-    long = (g.select("i", F.explode(per_algo).alias("_x")).select("i", "_x.algo", "_x.nb")
-            .where(F.size("nb") > 0))
+    long = g.select("i", F.explode(per_algo).alias("_x")).select("i", "_x.algo", "_x.nb").where(F.size("nb") > 0)
     long = long.join(items.select(F.col("code").alias("i"), "item_id"), "i")
     top = F.col("nb")[0]["score"]
     return long.select(
-        "algo", "item_id",
-        F.transform("nb", lambda x: F.struct(x["item_id"].alias("item_id"), x["score"].alias("score"),
-                                             (x["score"] / top).alias("score_norm"), x["cooc"].alias("cooc")))
-        .alias("neighbors"),
+        "algo",
+        "item_id",
+        F.transform(
+            "nb",
+            lambda x: F.struct(
+                x["item_id"].alias("item_id"),
+                x["score"].alias("score"),
+                (x["score"] / top).alias("score_norm"),
+                x["cooc"].alias("cooc"),
+            ),
+        ).alias("neighbors"),
         F.size("nb").alias("n_neighbors"),
     )
 
 
-NEIGHBORS_SCHEMA = ("algo string, item_id string, neighbors array<struct<item_id:string,score:double,"
-                    "score_norm:double,cooc:bigint>>, n_neighbors int")
+NEIGHBORS_SCHEMA = (
+    "algo string, item_id string, neighbors array<struct<item_id:string,score:double,"
+    "score_norm:double,cooc:bigint>>, n_neighbors int"
+)
 
 
 def block_count(ui_capped: DataFrame, spec: SimilaritySpec) -> int:
@@ -209,11 +242,22 @@ def neighbor_lists(ui_capped: DataFrame, spec: SimilaritySpec, k: int | None = N
     blk = F.pmod(F.xxhash64(F.lit(spec.seed), F.lit("block"), F.col("item_id")), F.lit(block_count(ui_capped, spec)))
     # windows, not aggregate + join: one shuffle for the items' global norms, one to give every
     # user row to each block the user touches
-    ui = ui_capped.select("user_id", "item_id", "b", blk.alias("_blk"),
-                          F.sum(F.col("b") * F.col("b")).over(Window.partitionBy("item_id")).alias("nrm"))
+    ui = ui_capped.select(
+        "user_id",
+        "item_id",
+        "b",
+        blk.alias("_blk"),
+        F.sum(F.col("b") * F.col("b")).over(Window.partitionBy("item_id")).alias("nrm"),
+    )
     ui = ui.withColumn("_touched", F.collect_set("_blk").over(Window.partitionBy("user_id")))
-    data = ui.select(F.explode("_touched").alias("block"), "user_id", "item_id", "b", "nrm",
-                     (F.col("_blk") == F.col("block")).alias("in_block"))
+    data = ui.select(
+        F.explode("_touched").alias("block"),
+        "user_id",
+        "item_id",
+        "b",
+        "nrm",
+        (F.col("_blk") == F.col("block")).alias("in_block"),
+    )
     return data.groupBy("block").applyInArrow(lambda tbl: block_rows(tbl, spec, k), NEIGHBORS_SCHEMA)
 
 
@@ -227,12 +271,20 @@ def leave_last_out(ui_all: DataFrame) -> tuple[DataFrame, DataFrame]:
     """(train pairs, eval rows). Per user with ≥ 2 items: the latest pair (ties: larger item_id) is
     held out; the trigger is the latest remaining one. eval rows: user_id, trigger, target."""
     w = Window.partitionBy("user_id").orderBy(F.desc("t"), F.desc("item_id"))
-    r = ui_all.withColumn("_r", F.row_number().over(w)).withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
+    r = ui_all.withColumn("_r", F.row_number().over(w)).withColumn(
+        "_n", F.count(F.lit(1)).over(Window.partitionBy("user_id"))
+    )
     held = (F.col("_r") == 1) & (F.col("_n") >= 2)
     train = r.where(~held).drop("_r", "_n")
-    ev = (r.where(F.col("_n") >= 2).where(F.col("_r") <= 2).groupBy("user_id").agg(
-        F.max(F.when(F.col("_r") == 2, F.col("item_id"))).alias("trigger"),
-        F.max(F.when(F.col("_r") == 1, F.col("item_id"))).alias("target")))
+    ev = (
+        r.where(F.col("_n") >= 2)
+        .where(F.col("_r") <= 2)
+        .groupBy("user_id")
+        .agg(
+            F.max(F.when(F.col("_r") == 2, F.col("item_id"))).alias("trigger"),
+            F.max(F.when(F.col("_r") == 1, F.col("item_id"))).alias("target"),
+        )
+    )
     return train, ev
 
 
@@ -250,16 +302,39 @@ def evaluate(ui_all: DataFrame, spec: SimilaritySpec, ks: tuple[int, ...]) -> li
     for k in ks:
         top = F.transform(F.slice("neighbors", 1, k), lambda x: x["item_id"])
         rows = recs.select("algo", F.array_contains(top, F.col("target")).cast("int").alias("hit"), top.alias("top"))
-        for r in rows.groupBy("algo").agg(F.sum("hit").alias("hits"),
-                                          F.size(F.array_distinct(F.flatten(F.collect_list("top")))).alias("cov")).collect():
-            out.append({"algo": r["algo"], "k": k, "hit_rate": r["hits"] / n_users if n_users else 0.0,
-                        "coverage": r["cov"] / n_items if n_items else 0.0, "users": n_users})
+        for r in (
+            rows.groupBy("algo")
+            .agg(F.sum("hit").alias("hits"), F.size(F.array_distinct(F.flatten(F.collect_list("top")))).alias("cov"))
+            .collect()
+        ):
+            out.append(
+                {
+                    "algo": r["algo"],
+                    "k": k,
+                    "hit_rate": r["hits"] / n_users if n_users else 0.0,
+                    "coverage": r["cov"] / n_items if n_items else 0.0,
+                    "users": n_users,
+                }
+            )
         for a in set(spec.algos) - {o["algo"] for o in out if o["k"] == k}:
             out.append({"algo": a, "k": k, "hit_rate": 0.0, "coverage": 0.0, "users": n_users})
-    pop = [r["item_id"] for r in train.groupBy("item_id").agg(F.count(F.lit(1)).alias("n"))
-           .orderBy(F.desc("n"), "item_id").limit(kmax).collect()]
+    pop = [
+        r["item_id"]
+        for r in train.groupBy("item_id")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .orderBy(F.desc("n"), "item_id")
+        .limit(kmax)
+        .collect()
+    ]
     for k in ks:
         hits = ev.where(F.col("target").isin(pop[:k])).count() if pop else 0
-        out.append({"algo": "popularity", "k": k, "hit_rate": hits / n_users if n_users else 0.0,
-                    "coverage": min(k, len(pop)) / n_items if n_items else 0.0, "users": n_users})
+        out.append(
+            {
+                "algo": "popularity",
+                "k": k,
+                "hit_rate": hits / n_users if n_users else 0.0,
+                "coverage": min(k, len(pop)) / n_items if n_items else 0.0,
+                "users": n_users,
+            }
+        )
     return sorted(out, key=lambda o: (o["algo"], o["k"]))

@@ -25,10 +25,12 @@ import scipy.sparse as sp
 
 from recfactory.graph.similarity_spec import SimilaritySpec
 
-NEIGHBOR = pa.struct([("item_id", pa.string()), ("score", pa.float64()), ("score_norm", pa.float64()),
-                      ("cooc", pa.int64())])
-TABLE = pa.schema([("algo", pa.string()), ("item_id", pa.string()), ("neighbors", pa.list_(NEIGHBOR)),
-                   ("n_neighbors", pa.int32())])
+NEIGHBOR = pa.struct(
+    [("item_id", pa.string()), ("score", pa.float64()), ("score_norm", pa.float64()), ("cooc", pa.int64())]
+)
+TABLE = pa.schema(
+    [("algo", pa.string()), ("item_id", pa.string()), ("neighbors", pa.list_(NEIGHBOR)), ("n_neighbors", pa.int32())]
+)
 
 
 def _matrices(user_id, item_id, b):
@@ -41,7 +43,9 @@ def _matrices(user_id, item_id, b):
     return np.asarray(items, dtype=object), i_idx, X, B
 
 
-def scores(pairs: pd.DataFrame, spec: SimilaritySpec, chunk: int = 200_000) -> tuple[np.ndarray, dict[str, sp.csr_matrix], sp.csr_matrix]:
+def scores(
+    pairs: pd.DataFrame, spec: SimilaritySpec, chunk: int = 200_000
+) -> tuple[np.ndarray, dict[str, sp.csr_matrix], sp.csr_matrix]:
     """(items, {algo: item × item score matrix}, cooc matrix); diagonals removed."""
     if spec.time_decay_days:
         raise ValueError("the sparse peer has no time decay")
@@ -80,13 +84,13 @@ def _swing_pairs(B: sp.csr_matrix, chunk: int, band: int = 2000):
     """Chunks of ≤ `chunk` user pairs u < v with |I_u ∩ I_v| ≥ 2 and their overlaps, in (u, v)
     order. The overlaps BBᵀ are computed `band` users at a time, never all users × all users."""
     for s in range(0, B.shape[0], band):
-        ov = sp.triu(B[s:s + band] @ B.T, k=s + 1).tocoo()
+        ov = sp.triu(B[s : s + band] @ B.T, k=s + 1).tocoo()
         keep = ov.data >= 2
         us, vs, c = ov.row[keep] + s, ov.col[keep], ov.data[keep]
         order = np.lexsort((vs, us))
         us, vs, c = us[order], vs[order], c[order]
         for t in range(0, len(us), chunk):
-            yield us[t:t + chunk], vs[t:t + chunk], c[t:t + chunk]
+            yield us[t : t + chunk], vs[t : t + chunk], c[t : t + chunk]
 
 
 def _top_k(m: sp.csr_matrix, k: int):
@@ -98,8 +102,9 @@ def _top_k(m: sp.csr_matrix, k: int):
     return rows[order], m.indices[order], m.data[order]
 
 
-def neighbor_table(algo: str, items: np.ndarray, rows: np.ndarray, m: sp.csr_matrix, cooc: sp.csr_matrix,
-                   k: int) -> pa.Table:
+def neighbor_table(
+    algo: str, items: np.ndarray, rows: np.ndarray, m: sp.csr_matrix, cooc: sp.csr_matrix, k: int
+) -> pa.Table:
     """The lists of one algo as Arrow rows (algo, item_id, neighbors, n_neighbors): row r of `m` and
     of `cooc` is item items[rows[r]], columns are items."""
     r, c, v = _top_k(m, k)
@@ -112,12 +117,23 @@ def neighbor_table(algo: str, items: np.ndarray, rows: np.ndarray, m: sp.csr_mat
     offsets = np.append(starts, r.size).astype(np.int32)
     names = pa.array(items, pa.string())
     nb = pa.StructArray.from_arrays(
-        [pa.DictionaryArray.from_arrays(pa.array(c, pa.int32()), names).cast(pa.string()), pa.array(v),
-         pa.array(v / np.repeat(v[starts], counts)), pa.array(cc)], fields=list(NEIGHBOR))
+        [
+            pa.DictionaryArray.from_arrays(pa.array(c, pa.int32()), names).cast(pa.string()),
+            pa.array(v),
+            pa.array(v / np.repeat(v[starts], counts)),
+            pa.array(cc),
+        ],
+        fields=list(NEIGHBOR),
+    )
     return pa.Table.from_arrays(
-        [pa.array(np.full(first.size, algo, dtype=object), pa.string()),
-         pa.DictionaryArray.from_arrays(pa.array(rows[first], pa.int32()), names).cast(pa.string()),
-         pa.ListArray.from_arrays(pa.array(offsets), nb), pa.array(counts.astype(np.int32))], schema=TABLE)
+        [
+            pa.array(np.full(first.size, algo, dtype=object), pa.string()),
+            pa.DictionaryArray.from_arrays(pa.array(rows[first], pa.int32()), names).cast(pa.string()),
+            pa.ListArray.from_arrays(pa.array(offsets), nb),
+            pa.array(counts.astype(np.int32)),
+        ],
+        schema=TABLE,
+    )
 
 
 def top_k(items: np.ndarray, mats: dict[str, sp.csr_matrix], cooc: sp.csr_matrix, k: int) -> pa.Table:
@@ -136,8 +152,9 @@ def block_rows(tbl: pa.Table, spec: SimilaritySpec, k: int) -> pa.Table:
     """The rows of one item block (the Spark blocks engine): `tbl` holds the full item lists of the
     users touching the block, `in_block` flags the block's items and `nrm` is each item's global
     norm Σ_u b². Same algebra as `scores`, restricted to the block's rows."""
-    items, i_idx, X, B = _matrices(tbl.column("user_id").to_numpy(), tbl.column("item_id").to_numpy(),
-                                   tbl.column("b").to_numpy())
+    items, i_idx, X, B = _matrices(
+        tbl.column("user_id").to_numpy(), tbl.column("item_id").to_numpy(), tbl.column("b").to_numpy()
+    )
     in_block = tbl.column("in_block").to_numpy(zero_copy_only=False)
     rows = np.unique(i_idx[in_block])
     nrm = np.empty(len(items))

@@ -25,8 +25,8 @@ class SimilaritySpec:
     max_items_per_user: int = 200
     max_users_per_item: int = 1000
     top_k: int = 100
-    engine: str = "auto"       # auto | sql | blocks (auto: blocks unless time decay is on)
-    blocks: int = 0            # item blocks of the blocks engine; 0: one per PAIRS_PER_BLOCK pairs
+    engine: str = "auto"  # auto | sql | blocks (auto: blocks unless time decay is on)
+    blocks: int = 0  # item blocks of the blocks engine; 0: one per PAIRS_PER_BLOCK pairs
     seed: int = 42
 
     def __post_init__(self):

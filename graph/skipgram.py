@@ -57,10 +57,10 @@ class TrainSpec:
     window: int = 5
     negatives: int = 5
     epochs: int = 5
-    lr: float = 0.2                 # row-wise Adagrad (SkipGram); EGES's SparseAdam uses lr / 8
-    walks_per_batch: int = 256      # EGES: walks whose centers form one step
-    sample: float = 1e-3            # word2vec's subsampling of frequent nodes; 0: off
-    threads: int = 0                # torch threads; 0: torch's default
+    lr: float = 0.2  # row-wise Adagrad (SkipGram); EGES's SparseAdam uses lr / 8
+    walks_per_batch: int = 256  # EGES: walks whose centers form one step
+    sample: float = 1e-3  # word2vec's subsampling of frequent nodes; 0: off
+    threads: int = 0  # torch threads; 0: torch's default
     seed: int = 42
 
     def __post_init__(self):
@@ -81,7 +81,7 @@ class Unigram:
 
     def __init__(self, walks: np.ndarray, n: int, power: float = 0.75):
         counts = np.bincount(walks[walks >= 0].ravel(), minlength=n).astype(np.float64)
-        self.weights = counts ** power
+        self.weights = counts**power
         self.empty = not self.weights.sum()
         prob, alias = alias_tables(np.array([0, n], dtype=np.int64), self.weights)
         self.prob_np, self.alias_np = prob, alias
@@ -119,8 +119,8 @@ def centers_contexts(walks: np.ndarray, window: int, gen: np.random.Generator) -
     m, length = walks.shape
     offs = np.array([o for o in range(-window, window + 1) if o != 0])
     b = gen.integers(1, window + 1, size=(m, length))
-    pos = np.arange(length)[:, None] + offs[None, :]                         # L × 2w
-    ctx = walks[:, np.clip(pos, 0, length - 1)]                              # m × L × 2w
+    pos = np.arange(length)[:, None] + offs[None, :]  # L × 2w
+    ctx = walks[:, np.clip(pos, 0, length - 1)]  # m × L × 2w
     ok = ((pos >= 0) & (pos < length))[None] & (np.abs(offs)[None, None, :] <= b[:, :, None])
     ctx = np.where(ok & (walks[:, :, None] >= 0), ctx, -1).reshape(m * length, -1)
     centers = walks.reshape(-1)
@@ -144,16 +144,16 @@ def _center(emb, ctx, g_emb, g_ctx, v, slots, s, cnt, lr, h, gh, coef):
         for q in range(d):
             dot += h[q] * ctx[u, q]
         if t < cnt:
-            sg = 1.0 / (1.0 + math.exp(-dot))                 # σ(h·c)
+            sg = 1.0 / (1.0 + math.exp(-dot))  # σ(h·c)
             loss -= math.log(max(sg, 1e-30))
             coef[t] = sg - 1.0
         else:
-            sg = 1.0 / (1.0 + math.exp(dot))                  # σ(−h·n)
+            sg = 1.0 / (1.0 + math.exp(dot))  # σ(−h·n)
             loss -= cnt * math.log(max(sg, 1e-30))
             coef[t] = (1.0 - sg) * cnt
         for q in range(d):
             gh[q] += coef[t] * ctx[u, q]
-    for t in range(s):                  # all squared gradients first, as a batched step would
+    for t in range(s):  # all squared gradients first, as a batched step would
         g_ctx[slots[t]] += coef[t] * coef[t] * hn / d
     for t in range(s):
         u = slots[t]
@@ -247,7 +247,7 @@ class SkipGram(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         nn.init.uniform_(self.emb.weight, -0.5 / dim, 0.5 / dim, generator=gen)
         nn.init.zeros_(self.ctx.weight)
-        self.register_buffer("g_emb", torch.zeros(n))              # row-wise Adagrad state
+        self.register_buffer("g_emb", torch.zeros(n))  # row-wise Adagrad state
         self.register_buffer("g_ctx", torch.zeros(n))
 
     def input_vectors(self, nodes: torch.Tensor) -> torch.Tensor:
@@ -255,32 +255,49 @@ class SkipGram(nn.Module):
 
     def loss(self, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         """Mean center loss (contexts −1 = none)."""
-        h = self.input_vectors(centers)                                          # B × d
+        h = self.input_vectors(centers)  # B × d
         mask = (contexts >= 0).float()
-        pos = torch.bmm(self.ctx(contexts.clamp(min=0)), h.unsqueeze(-1)).squeeze(-1)   # B × 2w
-        neg = torch.bmm(self.ctx(negatives), h.unsqueeze(-1)).squeeze(-1)               # B × k
+        pos = torch.bmm(self.ctx(contexts.clamp(min=0)), h.unsqueeze(-1)).squeeze(-1)  # B × 2w
+        neg = torch.bmm(self.ctx(negatives), h.unsqueeze(-1)).squeeze(-1)  # B × k
         per = -(nn.functional.logsigmoid(pos) * mask).sum(1) - mask.sum(1) * nn.functional.logsigmoid(-neg).sum(1)
         return per.mean()
 
     def _tables(self):
-        return (self.emb.weight.detach().numpy(), self.ctx.weight.detach().numpy(),
-                self.g_emb.numpy(), self.g_ctx.numpy())
+        return (
+            self.emb.weight.detach().numpy(),
+            self.ctx.weight.detach().numpy(),
+            self.g_emb.numpy(),
+            self.g_ctx.numpy(),
+        )
 
     @torch.no_grad()
     def step(self, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor, lr: float) -> float:
         """SGNS + row-wise Adagrad over the batch's centers, one after the other (the compiled
         kernel); returns their mean loss, each taken just before its own update."""
         c = centers.numpy().astype(np.int64)
-        total = _train_batch(*self._tables(), c, contexts.numpy().astype(np.int64),
-                             negatives.numpy().astype(np.int64), float(lr))
+        total = _train_batch(
+            *self._tables(), c, contexts.numpy().astype(np.int64), negatives.numpy().astype(np.int64), float(lr)
+        )
         return total / max(int((contexts >= 0).any(1).sum()), 1)
 
-    def fit_walks(self, walks: np.ndarray, rows: np.ndarray, keep: np.ndarray, noise: Unigram,
-                  spec: TrainSpec, epoch: int) -> tuple[float, int]:
+    def fit_walks(
+        self, walks: np.ndarray, rows: np.ndarray, keep: np.ndarray, noise: Unigram, spec: TrainSpec, epoch: int
+    ) -> tuple[float, int]:
         """One pass of the compiled kernel over walks[rows]: (summed loss, centers)."""
         with torch.no_grad():
-            return _train_walks(*self._tables(), walks, rows, keep, noise.prob_np, noise.alias_np,
-                                spec.window, spec.negatives, float(spec.lr), np.uint64(spec.seed), epoch)
+            return _train_walks(
+                *self._tables(),
+                walks,
+                rows,
+                keep,
+                noise.prob_np,
+                noise.alias_np,
+                spec.window,
+                spec.negatives,
+                float(spec.lr),
+                np.uint64(spec.seed),
+                epoch,
+            )
 
     @torch.no_grad()
     def vectors(self) -> np.ndarray:
@@ -299,7 +316,7 @@ class EGES(SkipGram):
         for e in self.side:
             nn.init.uniform_(e.weight, -0.5 / dim, 0.5 / dim, generator=gen)
         self.attn = nn.Embedding(n, 1 + len(vocab), sparse=True)
-        nn.init.zeros_(self.attn.weight)   # uniform attention at the start
+        nn.init.zeros_(self.attn.weight)  # uniform attention at the start
         self._opt: torch.optim.Optimizer | None = None
 
     def _parts(self, nodes: torch.Tensor) -> torch.Tensor:
@@ -307,7 +324,7 @@ class EGES(SkipGram):
         return torch.stack([self.emb(nodes), *[e(f[:, j]) for j, e in enumerate(self.side)]], dim=1)  # B × (1+F) × d
 
     def input_vectors(self, nodes: torch.Tensor) -> torch.Tensor:
-        a = torch.softmax(self.attn(nodes), dim=-1).unsqueeze(-1)     # e^{a_j} / Σ e^{a_j}
+        a = torch.softmax(self.attn(nodes), dim=-1).unsqueeze(-1)  # e^{a_j} / Σ e^{a_j}
         return (a * self._parts(nodes)).sum(1)
 
     def step(self, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor, lr: float) -> float:
@@ -357,12 +374,16 @@ def train(model: SkipGram, walks: np.ndarray, spec: TrainSpec, progress: bool = 
     losses = []
     if type(model) is SkipGram:
         walks = np.ascontiguousarray(walks, dtype=np.int32)
-        chunks = max(1, math.ceil(len(walks) / max(spec.walks_per_batch * 64, 1)))   # progress granularity
+        chunks = max(1, math.ceil(len(walks) / max(spec.walks_per_batch * 64, 1)))  # progress granularity
         for epoch in range(spec.epochs):
             order = gen.permutation(len(walks))
             total, centers = 0.0, 0
-            for part in tqdm(np.array_split(order, chunks), desc=f"skip-gram epoch {epoch + 1}/{spec.epochs}",
-                             disable=not progress, mininterval=5.0):
+            for part in tqdm(
+                np.array_split(order, chunks),
+                desc=f"skip-gram epoch {epoch + 1}/{spec.epochs}",
+                disable=not progress,
+                mininterval=5.0,
+            ):
                 t, c = model.fit_walks(walks, part, keep, noise, spec, epoch)
                 total, centers = total + t, centers + c
             losses.append(total / max(centers, 1))
@@ -371,9 +392,10 @@ def train(model: SkipGram, walks: np.ndarray, spec: TrainSpec, progress: bool = 
     for epoch in range(spec.epochs):
         order = gen.permutation(len(walks))
         total, steps = 0.0, 0
-        for b in tqdm(range(batches), desc=f"EGES epoch {epoch + 1}/{spec.epochs}", disable=not progress,
-                      mininterval=5.0):
-            chunk = walks[order[b * spec.walks_per_batch:(b + 1) * spec.walks_per_batch]]
+        for b in tqdm(
+            range(batches), desc=f"EGES epoch {epoch + 1}/{spec.epochs}", disable=not progress, mininterval=5.0
+        ):
+            chunk = walks[order[b * spec.walks_per_batch : (b + 1) * spec.walks_per_batch]]
             if spec.sample:
                 chunk = subsample(chunk, keep, gen)
             c, x = centers_contexts(chunk, spec.window, gen)

@@ -35,7 +35,7 @@ from recfactory.graph.sampling import alias_draw, alias_tables, draw_hash, draw_
 class Graph:
     """A weighted directed graph in CSR form, plus the keys the walker searches."""
 
-    indptr: np.ndarray   # int64, n + 1
+    indptr: np.ndarray  # int64, n + 1
     indices: np.ndarray  # int32, E, increasing within each row
     weights: np.ndarray  # float64, E, > 0
 
@@ -63,8 +63,9 @@ class Graph:
     def from_labelled(cls, edges, index) -> Graph:
         """From a pandas frame of (src, dst, weight) item ids, `index` mapping every item id to its
         node (a pandas Series over nodes 0..len(index)−1)."""
-        return cls.from_edges(index[edges["src"]].to_numpy(), index[edges["dst"]].to_numpy(),
-                              edges["weight"].to_numpy(), len(index))
+        return cls.from_edges(
+            index[edges["src"]].to_numpy(), index[edges["dst"]].to_numpy(), edges["weight"].to_numpy(), len(index)
+        )
 
     def degree(self) -> np.ndarray:
         return np.diff(self.indptr)
@@ -131,15 +132,39 @@ def _walk(indptr, indices, prob, alias, starts, offset, length, p, q, seed, max_
     ok = np.ones(blocks, dtype=np.bool_)
     for blk in numba.prange(blocks):
         for i in range(blk * m // blocks, (blk + 1) * m // blocks):
-            if not _walk_one(indptr, indices, prob, alias, out, i, starts[i], offset + i, length, p, q,
-                             biased, top, seed, max_proposals):
+            if not _walk_one(
+                indptr,
+                indices,
+                prob,
+                alias,
+                out,
+                i,
+                starts[i],
+                offset + i,
+                length,
+                p,
+                q,
+                biased,
+                top,
+                seed,
+                max_proposals,
+            ):
                 ok[blk] = False
                 break
     return out, ok.all()
 
 
-def walk(a: dict, walk_ids: np.ndarray, length: int, p: float = 1.0, q: float = 1.0,
-         seed: int = 0, offset: int = 0, max_proposals: int = 10_000, threads: int = 1) -> np.ndarray:
+def walk(
+    a: dict,
+    walk_ids: np.ndarray,
+    length: int,
+    p: float = 1.0,
+    q: float = 1.0,
+    seed: int = 0,
+    offset: int = 0,
+    max_proposals: int = 10_000,
+    threads: int = 1,
+) -> np.ndarray:
     """Walks (len(walk_ids) × length, int32, −1 after an early stop); walk id w starts at node
     w mod n, and walk_ids[i] is walk number offset + i of the run (its random stream position).
     `a` is ``Graph.arrays()``; `threads` numba threads share the walks (never changes them)."""
@@ -149,8 +174,20 @@ def walk(a: dict, walk_ids: np.ndarray, length: int, p: float = 1.0, q: float = 
     numba.set_num_threads(threads)
     n = len(a["indptr"]) - 1
     starts = np.asarray(walk_ids, dtype=np.int64) % max(n, 1)
-    out, ok = _walk(a["indptr"], a["indices"], a["prob"], a["alias"], starts, np.int64(offset), int(length),
-                    float(p), float(q), np.uint64(seed & 0xFFFFFFFFFFFFFFFF), int(max_proposals), 8 * threads)
+    out, ok = _walk(
+        a["indptr"],
+        a["indices"],
+        a["prob"],
+        a["alias"],
+        starts,
+        np.int64(offset),
+        int(length),
+        float(p),
+        float(q),
+        np.uint64(seed & 0xFFFFFFFFFFFFFFFF),
+        int(max_proposals),
+        8 * threads,
+    )
     if not ok:
         raise RuntimeError(f"rejection sampling did not converge in {max_proposals} proposals")
     return out
@@ -168,9 +205,17 @@ def local_cpus() -> tuple[int, int]:
     return n, n
 
 
-def random_walks(graph: Graph, walks_per_node: int, length: int, p: float = 1.0, q: float = 1.0,
-                 seed: int = 0, shards: int = 0, progress: bool = True,
-                 cpus: tuple[int, int] | None = None) -> np.ndarray:
+def random_walks(
+    graph: Graph,
+    walks_per_node: int,
+    length: int,
+    p: float = 1.0,
+    q: float = 1.0,
+    seed: int = 0,
+    shards: int = 0,
+    progress: bool = True,
+    cpus: tuple[int, int] | None = None,
+) -> np.ndarray:
     """All walks of the graph's nodes with out-edges, computed by Ray tasks over shards of walk ids
     (the CSR put once in the object store), each shard's walks shared by its task's threads.
     shards = 0: one per node's worth of CPUs, more past 4M walks each (a shard's output is

@@ -39,25 +39,44 @@ from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.jobs.runtime.ray_runtime import init_ray
 from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k, simtier, u2i_pairs
 
-METRICS_SCHEMA = T.StructType([
-    T.StructField("split", T.StringType(), False), T.StructField("space", T.StringType(), False),
-    T.StructField("k", T.IntegerType(), False), T.StructField("recall", T.DoubleType()),
-    T.StructField("pairs", T.LongType()), T.StructField("ds", T.DateType()),
-])
-EMB_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("vector", T.ArrayType(T.FloatType())),
-    T.StructField("dim", T.IntegerType(), False), T.StructField("content_encoder", T.StringType(), False),
-    T.StructField("model_version", T.StringType(), False), T.StructField("run_id", T.StringType(), False),
-])
-MODEL_SCHEMA = T.StructType([
-    T.StructField("model_version", T.StringType(), False), T.StructField("weights", T.BinaryType(), False),
-    T.StructField("config", T.StringType(), False), T.StructField("checkpoint", T.StringType()),
-])
-SIMTIER_SCHEMA = T.StructType([
-    T.StructField("sample_id", T.StringType(), False), T.StructField("user_id", T.StringType()),
-    T.StructField("item_id", T.StringType()), T.StructField("simtier", T.ArrayType(T.IntegerType())),
-    T.StructField("history", T.IntegerType()), T.StructField("model_ds", T.DateType()),
-])
+METRICS_SCHEMA = T.StructType(
+    [
+        T.StructField("split", T.StringType(), False),
+        T.StructField("space", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("recall", T.DoubleType()),
+        T.StructField("pairs", T.LongType()),
+        T.StructField("ds", T.DateType()),
+    ]
+)
+EMB_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("vector", T.ArrayType(T.FloatType())),
+        T.StructField("dim", T.IntegerType(), False),
+        T.StructField("content_encoder", T.StringType(), False),
+        T.StructField("model_version", T.StringType(), False),
+        T.StructField("run_id", T.StringType(), False),
+    ]
+)
+MODEL_SCHEMA = T.StructType(
+    [
+        T.StructField("model_version", T.StringType(), False),
+        T.StructField("weights", T.BinaryType(), False),
+        T.StructField("config", T.StringType(), False),
+        T.StructField("checkpoint", T.StringType()),
+    ]
+)
+SIMTIER_SCHEMA = T.StructType(
+    [
+        T.StructField("sample_id", T.StringType(), False),
+        T.StructField("user_id", T.StringType()),
+        T.StructField("item_id", T.StringType()),
+        T.StructField("simtier", T.ArrayType(T.IntegerType())),
+        T.StructField("history", T.IntegerType()),
+        T.StructField("model_ds", T.DateType()),
+    ]
+)
 
 
 class AlignParams(JobParams):
@@ -65,10 +84,12 @@ class AlignParams(JobParams):
     i2i_algo: str = Field("swing", description="item_similarity algorithm of the I2I positives.")
     i2i_top_n: int = Field(10, ge=1, description="Neighbours per item taken as I2I positives (highest scores).")
     i2i_min_score: float = Field(0.0, ge=0, description="I2I positives need a score above this.")
-    id_method: Literal["deepwalk", "node2vec", "eges"] = Field("deepwalk", description="graph_embeddings method "
-                                                               "of the ID space that picks U2I triggers.")
-    u2i_window: int = Field(50, ge=1, description="A U2I trigger is chosen among the user's latest this many "
-                            "positives before the target.")
+    id_method: Literal["deepwalk", "node2vec", "eges"] = Field(
+        "deepwalk", description="graph_embeddings method of the ID space that picks U2I triggers."
+    )
+    u2i_window: int = Field(
+        50, ge=1, description="A U2I trigger is chosen among the user's latest this many positives before the target."
+    )
     event_types: list[str] = Field(list(POSITIVE_EVENT_TYPES), description="Event types that count as positives.")
     side_fields: list[str] = Field(list(SIDE_FIELDS), description="Side-information fields embedded by the projector.")
     price_buckets: int = Field(10, ge=1, description="Log-price quantile buckets of price_bucket.")
@@ -81,19 +102,30 @@ class AlignParams(JobParams):
     temperature: float = Field(0.07, gt=0, lt=1, description="Initial InfoNCE temperature (learned).")
     workers: int = Field(2, ge=1, description="Ray Train workers (DDP over CPU, gloo).")
     checkpoint_every: int = Field(5, ge=1, description="Epochs between checkpoints (and the last one).")
-    holdout: float = Field(0.1, gt=0, lt=1, description="Share of source items whose Swing pairs are held out "
-                           "for the gate (seeded hash).")
+    holdout: float = Field(
+        0.1, gt=0, lt=1, description="Share of source items whose Swing pairs are held out for the gate (seeded hash)."
+    )
     eval_k: list[int] = Field([10, 50], description="K values of recall@K.")
     gate_k: int = Field(50, ge=1, description="K of the quality gate's recall@K.")
-    gate_min_gain: float = Field(0.0, ge=0, description="The aligned recall must exceed the raw one by more "
-                                 "than this, on both held-out splits.")
+    gate_min_gain: float = Field(
+        0.0, ge=0, description="The aligned recall must exceed the raw one by more than this, on both held-out splits."
+    )
     simtier_buckets: int = Field(10, ge=2, description="SimTier buckets over [−1, 1].")
     simtier_history: int = Field(50, ge=1, description="SimTier: the user's latest positives before the sample.")
 
     def align_spec(self) -> AlignSpec:
-        return AlignSpec(out_dim=self.out_dim, hidden=self.hidden, side_dim=self.side_dim, batch_size=self.batch_size,
-                         epochs=self.epochs, lr=self.lr, temperature=self.temperature, workers=self.workers,
-                         checkpoint_every=self.checkpoint_every, seed=self.seed)
+        return AlignSpec(
+            out_dim=self.out_dim,
+            hidden=self.hidden,
+            side_dim=self.side_dim,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            lr=self.lr,
+            temperature=self.temperature,
+            workers=self.workers,
+            checkpoint_every=self.checkpoint_every,
+            seed=self.seed,
+        )
 
 
 class AlignEmbeddingsJob(Job):
@@ -101,14 +133,14 @@ class AlignEmbeddingsJob(Job):
     Params = AlignParams
     description = "QARM alignment of content vectors to behaviour (Swing I2I + ID-space U2I pairs) on Ray Train, gated."
     outputs = ("aligned_embeddings", "aligned_models", "alignment_metrics", "simtier_features")
-    inputs = ("content_embeddings", "items", "item_similarity", "graph_embeddings", "events_clean",
-              "training_samples")
+    inputs = ("content_embeddings", "items", "item_similarity", "graph_embeddings", "events_clean", "training_samples")
 
     def run(self, ctx: RunContext) -> None:
         p: AlignParams = ctx.params
         spark = ctx.spark
         content = date_partition(ctx, "content_embeddings", "build_content_embeddings").where(
-            F.col("encoder") == p.content_encoder)
+            F.col("encoder") == p.content_encoder
+        )
         cpdf = content.select("item_id", "vector").orderBy("item_id").toPandas()
         if not len(cpdf):
             raise ValueError(f"content_embeddings has no {p.content_encoder} vectors for {ctx.as_of}")
@@ -117,13 +149,14 @@ class AlignEmbeddingsJob(Job):
         X = np.stack(cpdf["vector"].to_numpy()).astype(np.float32)
         X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
         items = item_snapshot(ctx)
-        side, fields, notes = side_field_columns(items, GraphSpec(side_fields=tuple(p.side_fields),
-                                                                  price_buckets=p.price_buckets))
+        side, fields, notes = side_field_columns(
+            items, GraphSpec(side_fields=tuple(p.side_fields), price_buckets=p.price_buckets)
+        )
         for i, note in enumerate(notes):
             ctx.notes[f"side_fields.{i}"] = note
         spdf = side.toPandas().set_index("item_id").reindex(cpdf["item_id"])
         codes, vocab = np.zeros((n, len(fields)), dtype=np.int64), []
-        for j, f in enumerate(fields):       # an item missing from the catalog snapshot: its own code
+        for j, f in enumerate(fields):  # an item missing from the catalog snapshot: its own code
             c, u = pd.factorize(spdf[f].fillna("__MISSING__"), sort=True)
             codes[:, j] = c
             vocab.append(len(u))
@@ -131,9 +164,12 @@ class AlignEmbeddingsJob(Job):
 
         # I2I positives from the Swing table; a seeded share of source items held out
         sims = date_partition(ctx, "item_similarity", "build_similarity").where(F.col("algo") == p.i2i_algo)
-        i2i = (sims.select("item_id", F.posexplode("neighbors").alias("rank", "nb"))
-               .where((F.col("rank") < p.i2i_top_n) & (F.col("nb.score") > p.i2i_min_score))
-               .select(F.col("item_id").alias("a"), F.col("nb.item_id").alias("b")).toPandas())
+        i2i = (
+            sims.select("item_id", F.posexplode("neighbors").alias("rank", "nb"))
+            .where((F.col("rank") < p.i2i_top_n) & (F.col("nb.score") > p.i2i_min_score))
+            .select(F.col("item_id").alias("a"), F.col("nb.item_id").alias("b"))
+            .toPandas()
+        )
         known = i2i["a"].isin(index.index) & i2i["b"].isin(index.index)
         ctx.row_counts.update({"i2i_pairs": len(i2i), "i2i_pairs_without_content": int((~known).sum())})
         i2i = i2i[known]
@@ -150,9 +186,12 @@ class AlignEmbeddingsJob(Job):
         if len(gpdf):
             rows = index[gpdf["item_id"]].to_numpy()
             idv[rows], has_id[rows] = np.stack(gpdf["vector"].to_numpy()), True
-        pos = (visible_events(clean_events(ctx), ctx.cutoff).where(F.col("event_type").isin(*p.event_types))
-               .join(content.select("item_id"), "item_id", "left_semi")
-               .select("user_id", "item_id", "ts", "event_id"))
+        pos = (
+            visible_events(clean_events(ctx), ctx.cutoff)
+            .where(F.col("event_type").isin(*p.event_types))
+            .join(content.select("item_id"), "item_id", "left_semi")
+            .select("user_id", "item_id", "ts", "event_id")
+        )
         u2i, nxt = self._u2i(spark, pos, index, idv, has_id, p.u2i_window)
         ctx.row_counts.update({"u2i_pairs": len(u2i), "next_item_pairs": len(nxt)})
         train = np.concatenate([np.stack([ia[~held], ib[~held]], 1), u2i]).astype(np.int64)
@@ -167,9 +206,15 @@ class AlignEmbeddingsJob(Job):
         storage = ctx.warehouse.arrow_path("_checkpoints", "align_embeddings")
         # the checkpoint is keyed by the date, the params and every input version read: a rerun after
         # an upstream change trains afresh instead of resuming a model of other data
-        key = hashlib.sha256(json.dumps([ctx.manifest()["params_hash"], sorted(
-            (r.name, r.version, r.fingerprint) for r in ctx.inputs if r.name != RUNS_TABLE)],   # data, not the log
-            default=str).encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    ctx.manifest()["params_hash"],
+                    sorted((r.name, r.version, r.fingerprint) for r in ctx.inputs if r.name != RUNS_TABLE),
+                ],  # data, not the log
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
         init_ray()
         res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{key}")
         # the aligned embeddings published before this run (SimTier's previous-date model), pinned now
@@ -178,7 +223,9 @@ class AlignEmbeddingsJob(Job):
         published = ctx.read("aligned_embeddings") if ctx.has("aligned_embeddings") else None
         for e in res.history:
             ctx.metrics[f"loss.epoch{int(e['epoch']) + 1}"] = round(float(e["loss"]), 6)
-        ctx.metrics["temperature"] = round(float(res.history[-1]["temperature"]), 6) if res.history else spec.temperature
+        ctx.metrics["temperature"] = (
+            round(float(res.history[-1]["temperature"]), 6) if res.history else spec.temperature
+        )
         Z = project(res.model, X, codes)
 
         # the gate: held-out pairs, raw content space vs aligned space
@@ -192,36 +239,56 @@ class AlignEmbeddingsJob(Job):
                 for k in ks:
                     rows.append((split, space, k, r[k], len(a), ctx.as_of))
                     ctx.metrics[f"recall@{k}.{split}.{space}"] = round(r[k], 6)
-        worse = [s for s in ("i2i", "next_item")
-                 if not rec[(s, "aligned")] > rec[(s, "content")] + p.gate_min_gain]
+        worse = [s for s in ("i2i", "next_item") if not rec[(s, "aligned")] > rec[(s, "content")] + p.gate_min_gain]
         if worse:
             raise QualityGateError(
-                "alignment did not beat the raw content space on " + ", ".join(
+                "alignment did not beat the raw content space on "
+                + ", ".join(
                     f"{s} (recall@{p.gate_k} aligned {rec[(s, 'aligned')]:.4f} vs content {rec[(s, 'content')]:.4f})"
-                    for s in worse) + ": aligned_embeddings not published")
+                    for s in worse
+                )
+                + ": aligned_embeddings not published"
+            )
         ctx.write(spark.createDataFrame(rows, METRICS_SCHEMA), "alignment_metrics")
 
         version = f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}"
         ctx.notes["model_version"] = version
-        emb = pd.DataFrame({"item_id": cpdf["item_id"], "vector": list(Z), "dim": Z.shape[1],
-                            "content_encoder": p.content_encoder, "model_version": version, "run_id": ctx.run_id})
+        emb = pd.DataFrame(
+            {
+                "item_id": cpdf["item_id"],
+                "vector": list(Z),
+                "dim": Z.shape[1],
+                "content_encoder": p.content_encoder,
+                "model_version": version,
+                "run_id": ctx.run_id,
+            }
+        )
         ref = ctx.write(spark.createDataFrame(emb, EMB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "aligned_embeddings")
         ctx.row_counts["aligned_embeddings"] = ref.rows
         from safetensors.torch import save
 
-        config = {"spec": spec.to_dict(), "in_dim": int(X.shape[1]), "fields": fields, "vocab": vocab,
-                  "content_encoder": p.content_encoder}
-        ctx.write(spark.createDataFrame([(version, bytearray(save(res.model.state_dict())), json.dumps(config),
-                                          res.checkpoint)], MODEL_SCHEMA).withColumn("ds", F.lit(ctx.as_of)),
-                  "aligned_models")
+        config = {
+            "spec": spec.to_dict(),
+            "in_dim": int(X.shape[1]),
+            "fields": fields,
+            "vocab": vocab,
+            "content_encoder": p.content_encoder,
+        }
+        ctx.write(
+            spark.createDataFrame(
+                [(version, bytearray(save(res.model.state_dict())), json.dumps(config), res.checkpoint)], MODEL_SCHEMA
+            ).withColumn("ds", F.lit(ctx.as_of)),
+            "aligned_models",
+        )
         self._simtier(ctx, p, pos, published)
 
     @staticmethod
     def _u2i(spark, pos, index: pd.Series, idv: np.ndarray, has_id: np.ndarray, window: int):
         """(U2I training pairs (trigger, target), next-item test pairs (previous positive, last
         positive)) over every user's positives in time order."""
-        schema = T.StructType([T.StructField("kind", T.StringType()), T.StructField("a", T.LongType()),
-                               T.StructField("b", T.LongType())])
+        schema = T.StructType(
+            [T.StructField("kind", T.StringType()), T.StructField("a", T.LongType()), T.StructField("b", T.LongType())]
+        )
         lookup = index.to_dict()
 
         def per_user(pdf: pd.DataFrame) -> pd.DataFrame:
@@ -230,13 +297,23 @@ class AlignEmbeddingsJob(Job):
             if len(seq) < 2:
                 # typed: an untyped empty frame is float64, which Arrow 26 turns into a chunked
                 # string column that Spark then fails to batch (any user with < 2 positives)
-                return pd.DataFrame({"kind": pd.Series([], dtype=object), "a": pd.Series([], dtype="int64"),
-                                     "b": pd.Series([], dtype="int64")})
+                return pd.DataFrame(
+                    {
+                        "kind": pd.Series([], dtype=object),
+                        "a": pd.Series([], dtype="int64"),
+                        "b": pd.Series([], dtype="int64"),
+                    }
+                )
             rows = u2i_pairs(seq, idv, has_id, window)
             last = len(seq) - 1
             train = rows[rows[:, 2] != last]
-            return pd.DataFrame({"kind": ["u2i"] * len(train) + ["next"], "a": [*train[:, 0], seq[last - 1]],
-                                 "b": [*train[:, 1], seq[last]]})
+            return pd.DataFrame(
+                {
+                    "kind": ["u2i"] * len(train) + ["next"],
+                    "a": [*train[:, 0], seq[last - 1]],
+                    "b": [*train[:, 1], seq[last]],
+                }
+            )
 
         out = pos.groupBy("user_id").applyInPandas(per_user, schema).toPandas()
         u2i = out[out["kind"] == "u2i"][["a", "b"]].to_numpy(dtype=np.int64).reshape(-1, 2)
@@ -256,19 +333,30 @@ class AlignEmbeddingsJob(Job):
             return
         if published is None:
             published = ctx.spark.createDataFrame([], "item_id string, vector array<float>, ds date")
-        aligned = published.where(F.col("content_encoder") == p.content_encoder) if "content_encoder" in \
-            published.columns else published
+        aligned = (
+            published.where(F.col("content_encoder") == p.content_encoder)
+            if "content_encoder" in published.columns
+            else published
+        )
         s = samples.select(F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
         feats, model_ds = point_in_time_simtier(s, pos, aligned, ctx.as_of, p.simtier_buckets, p.simtier_history)
-        ctx.notes["simtier_model"] = (f"aligned_embeddings ds={model_ds}" if model_ds else
-                                      "none for the previous date: every sample's simtier is null")
+        ctx.notes["simtier_model"] = (
+            f"aligned_embeddings ds={model_ds}"
+            if model_ds
+            else "none for the previous date: every sample's simtier is null"
+        )
         feats = feats.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             n_feats, n_samples = feats.count(), samples.count()
-            ctx.row_counts.update({
-                "training_samples": n_samples,
-                "simtier_without_model": feats.where(F.col("model_ds").isNull()).count(),
-                "simtier_without_vector": feats.where(F.col("model_ds").isNotNull() & F.col("simtier").isNull()).count()})
+            ctx.row_counts.update(
+                {
+                    "training_samples": n_samples,
+                    "simtier_without_model": feats.where(F.col("model_ds").isNull()).count(),
+                    "simtier_without_vector": feats.where(
+                        F.col("model_ds").isNotNull() & F.col("simtier").isNull()
+                    ).count(),
+                }
+            )
             if n_feats != n_samples:
                 raise QualityGateError(f"simtier_features has {n_feats} rows for {n_samples} training samples")
             ref = ctx.write(feats.withColumn("ds", F.lit(ctx.as_of)), "simtier_features")
@@ -298,15 +386,20 @@ def point_in_time_simtier(samples, pos, aligned, as_of, buckets: int, history: i
     earlier = aligned.where((F.col("ds") == F.lit(prev)) & F.col("vector").isNotNull())
     model_ds = prev if earlier.limit(1).count() else None
     if model_ds is None:
-        out = samples.select("sample_id", "user_id", "item_id", F.lit(None).cast("array<int>").alias("simtier"),
-                             F.lit(0).alias("history"), F.lit(None).cast("date").alias("model_ds"))
+        out = samples.select(
+            "sample_id",
+            "user_id",
+            "item_id",
+            F.lit(None).cast("array<int>").alias("simtier"),
+            F.lit(0).alias("history"),
+            F.lit(None).cast("date").alias("model_ds"),
+        )
         return out, None
     zp = earlier.select("item_id", "vector").toPandas()
     lookup = {i: r for r, i in enumerate(zp["item_id"])}
-    Z = (np.stack(zp["vector"].to_numpy()).astype(np.float32) if len(zp)
-         else np.zeros((0, 1), dtype=np.float32))
+    Z = np.stack(zp["vector"].to_numpy()).astype(np.float32) if len(zp) else np.zeros((0, 1), dtype=np.float32)
     Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
-    start = np.datetime64(day_end(model_ds).replace(tzinfo=None))   # pandas gives UTC-naive (session UTC)
+    start = np.datetime64(day_end(model_ds).replace(tzinfo=None))  # pandas gives UTC-naive (session UTC)
 
     def per_user(s: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
         h = h.sort_values(["ts", "event_id"], kind="stable")
@@ -319,7 +412,7 @@ def point_in_time_simtier(samples, pos, aligned, as_of, buckets: int, history: i
                 out.append((sid, uid, iid, None, 0, None))
                 continue
             end = np.searchsorted(hts, t, side="left") if len(hts) else 0
-            rows = hrow[max(0, end - history):end]
+            rows = hrow[max(0, end - history) : end]
             rows = rows[rows >= 0]
             target = lookup.get(iid)
             tier = None if target is None else simtier(Z[target], Z[rows], buckets).tolist()

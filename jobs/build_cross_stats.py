@@ -30,14 +30,21 @@ from recfactory.jobs.runtime.params import Field, JobParams
 class CrossStatsSpecParams(JobParams):
     """The cross-statistics spec, declared once for build_cross_stats and build_training_samples."""
 
-    keys: str = Field(DEFAULT_KEYS, description="Key declarations name=dim[*dim...]; dims: user_id, item_id, "
-                      "category, brand, hour, dow, ctx:NAME (a context field). Keys over a context field "
-                      "no event carries are skipped (recorded in the manifest).")
+    keys: str = Field(
+        DEFAULT_KEYS,
+        description="Key declarations name=dim[*dim...]; dims: user_id, item_id, "
+        "category, brand, hour, dow, ctx:NAME (a context field). Keys over a context field "
+        "no event carries are skipped (recorded in the manifest).",
+    )
     windows: str = Field(DEFAULT_WINDOWS, description="Windows ending at the cutoff: Nd, Nh or all.")
-    rates: str = Field(DEFAULT_RATES, description="Smoothed rates name=num_type/den_type[+type...]; rates "
-                       "whose denominator types never occur are skipped.")
-    event_types: list[str] = Field(list(EVENT_TYPES), description="Event types counted (n_<type>); types "
-                                   "that never occur are skipped.")
+    rates: str = Field(
+        DEFAULT_RATES,
+        description="Smoothed rates name=num_type/den_type[+type...]; rates "
+        "whose denominator types never occur are skipped.",
+    )
+    event_types: list[str] = Field(
+        list(EVENT_TYPES), description="Event types counted (n_<type>); types that never occur are skipped."
+    )
     min_prior_strength: float = Field(2.0, gt=0, description="Lower clip of the Beta prior's α+β.")
     max_prior_strength: float = Field(1e4, gt=0, description="Upper clip of the Beta prior's α+β.")
 
@@ -47,9 +54,14 @@ class CrossStatsSpecParams(JobParams):
         return self
 
     def stats_spec(self) -> CrossStatsSpec:
-        return CrossStatsSpec.parse(keys=self.keys, windows=self.windows, rates=self.rates,
-                                    event_types=self.event_types, min_prior_strength=self.min_prior_strength,
-                                    max_prior_strength=self.max_prior_strength)
+        return CrossStatsSpec.parse(
+            keys=self.keys,
+            windows=self.windows,
+            rates=self.rates,
+            event_types=self.event_types,
+            min_prior_strength=self.min_prior_strength,
+            max_prior_strength=self.max_prior_strength,
+        )
 
 
 def pruned_spec(ctx: RunContext, events) -> CrossStatsSpec:
@@ -70,8 +82,10 @@ def record_priors(ctx: RunContext, priors: dict, prefix: str = "prior") -> None:
 class BuildCrossStatsJob(Job):
     name = "build_cross_stats"
     Params = CrossStatsSpecParams
-    description = ("Windowed counts per event type, distinct users, Bayesian-smoothed rates and recency "
-                   "for every declared key × window.")
+    description = (
+        "Windowed counts per event type, distinct users, Bayesian-smoothed rates and recency "
+        "for every declared key × window."
+    )
     outputs = ("cross_stats",)
     inputs = ("events_clean", "items")
 
@@ -87,9 +101,15 @@ class BuildCrossStatsJob(Job):
         # visible events; the difference is the events lacking one of the key's dimensions
         visible = visible_events(events, ctx.cutoff).where(F.col("event_type").isin(*spec.counted_types)).count()
         ctx.row_counts["visible_events"] = visible
-        written = (ctx.spark.read.format("delta").option("versionAsOf", ref.version).load(ref.path)
-                   .where((F.col("ds") == F.lit(ctx.as_of)) & (F.col("window") == "all"))
-                   .groupBy("key_type").agg(F.sum("n_events").alias("n")).collect())
+        written = (
+            ctx.spark.read.format("delta")
+            .option("versionAsOf", ref.version)
+            .load(ref.path)
+            .where((F.col("ds") == F.lit(ctx.as_of)) & (F.col("window") == "all"))
+            .groupBy("key_type")
+            .agg(F.sum("n_events").alias("n"))
+            .collect()
+        )
         for r in written:
             ctx.row_counts[f"events_counted.{r['key_type']}"] = int(r["n"])
 

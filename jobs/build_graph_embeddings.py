@@ -43,25 +43,37 @@ from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
 
-METRICS_SCHEMA = T.StructType([
-    T.StructField("split", T.StringType(), False), T.StructField("method", T.StringType(), False),
-    T.StructField("k", T.IntegerType(), False), T.StructField("hit_rate", T.DoubleType()),
-    T.StructField("coverage", T.DoubleType()), T.StructField("pairs", T.LongType()),
-    T.StructField("ds", T.DateType()),
-])
-EMB_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("method", T.StringType(), False),
-    T.StructField("vector", T.ArrayType(T.FloatType())), T.StructField("is_cold_start", T.BooleanType(), False),
-    T.StructField("dim", T.IntegerType(), False), T.StructField("run_id", T.StringType(), False),
-])
+METRICS_SCHEMA = T.StructType(
+    [
+        T.StructField("split", T.StringType(), False),
+        T.StructField("method", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("hit_rate", T.DoubleType()),
+        T.StructField("coverage", T.DoubleType()),
+        T.StructField("pairs", T.LongType()),
+        T.StructField("ds", T.DateType()),
+    ]
+)
+EMB_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("method", T.StringType(), False),
+        T.StructField("vector", T.ArrayType(T.FloatType())),
+        T.StructField("is_cold_start", T.BooleanType(), False),
+        T.StructField("dim", T.IntegerType(), False),
+        T.StructField("run_id", T.StringType(), False),
+    ]
+)
 
 
 class GraphEmbeddingParams(JobParams):
     methods: list[Literal["deepwalk", "node2vec", "eges"]] = Field(list(METHODS), description="Embedding methods.")
     min_weight: float = Field(1.0, ge=0, description="Edges with a smaller (decayed) transition weight are pruned.")
     time_decay_days: float = Field(0.0, ge=0, description="Edge weight decay exp(-age/τ) by session end; 0: counts.")
-    side_fields: list[str] = Field(list(SIDE_FIELDS), description="EGES side-information fields (catalog "
-                                   "columns, price_bucket derived from price).")
+    side_fields: list[str] = Field(
+        list(SIDE_FIELDS),
+        description="EGES side-information fields (catalog columns, price_bucket derived from price).",
+    )
     price_buckets: int = Field(10, ge=1, description="Log-price quantile buckets of price_bucket.")
     walks_per_node: int = Field(10, ge=1, description="Walks started at every node with out-edges.")
     walk_length: int = Field(20, ge=2, description="Nodes per walk (DeepWalk: 40; shorter on session graphs).")
@@ -72,30 +84,61 @@ class GraphEmbeddingParams(JobParams):
     negatives: int = Field(5, ge=1, description="Negatives per positive pair, from unigram^0.75.")
     epochs: int = Field(5, ge=1, description="Passes over the walks (word2vec: 5).")
     lr: float = Field(0.2, gt=0, description="Row-wise Adagrad learning rate (EGES: SparseAdam at lr/8).")
-    sample: float = Field(1e-3, ge=0, lt=1, description="word2vec's subsampling of frequent nodes: a node of walk "
-                          "frequency f is kept with probability (√(f/s) + 1)·s/f; 0: off.")
+    sample: float = Field(
+        1e-3,
+        ge=0,
+        lt=1,
+        description="word2vec's subsampling of frequent nodes: a node of walk "
+        "frequency f is kept with probability (√(f/s) + 1)·s/f; 0: off.",
+    )
     walks_per_batch: int = Field(256, ge=1, description="EGES: walks whose positions form one training step.")
-    shards: int = Field(0, ge=0, description="Walk shards (Ray tasks); 0: one per CPU (more past 1M walks each). "
-                        "Never changes the walks.")
+    shards: int = Field(
+        0,
+        ge=0,
+        description="Walk shards (Ray tasks); 0: one per CPU (more past 1M walks each). Never changes the walks.",
+    )
     evaluate: bool = Field(True, description="Train on a held-out graph first and record HitRate@K.")
     eval_k: list[int] = Field([10, 20, 50], description="K values of HitRate@K.")
-    cold_holdout: float = Field(0.05, ge=0, lt=1, description="Share of graph items held out as cold in the evaluation.")
+    cold_holdout: float = Field(
+        0.05, ge=0, lt=1, description="Share of graph items held out as cold in the evaluation."
+    )
 
     def graph_spec(self) -> GraphSpec:
-        return GraphSpec(min_weight=self.min_weight, time_decay_days=self.time_decay_days,
-                         side_fields=tuple(self.side_fields), price_buckets=self.price_buckets)
+        return GraphSpec(
+            min_weight=self.min_weight,
+            time_decay_days=self.time_decay_days,
+            side_fields=tuple(self.side_fields),
+            price_buckets=self.price_buckets,
+        )
 
     def embedding_spec(self) -> EmbeddingSpec:
-        tr = TrainSpec(dim=self.dim, window=self.window, negatives=self.negatives, epochs=self.epochs,
-                       lr=self.lr, walks_per_batch=self.walks_per_batch, sample=self.sample, seed=self.seed)
-        return EmbeddingSpec(methods=tuple(dict.fromkeys(self.methods)), walks_per_node=self.walks_per_node,
-                             walk_length=self.walk_length, p=self.p, q=self.q, train=tr, shards=self.shards)
+        tr = TrainSpec(
+            dim=self.dim,
+            window=self.window,
+            negatives=self.negatives,
+            epochs=self.epochs,
+            lr=self.lr,
+            walks_per_batch=self.walks_per_batch,
+            sample=self.sample,
+            seed=self.seed,
+        )
+        return EmbeddingSpec(
+            methods=tuple(dict.fromkeys(self.methods)),
+            walks_per_node=self.walks_per_node,
+            walk_length=self.walk_length,
+            p=self.p,
+            q=self.q,
+            train=tr,
+            shards=self.shards,
+        )
 
 
 class BuildGraphEmbeddingsJob(Job):
     name = "build_graph_embeddings"
     Params = GraphEmbeddingParams
-    description = "Session item graph, weighted DeepWalk / Node2Vec walks on Ray, skip-gram and EGES embeddings with cold start."
+    description = (
+        "Session item graph, weighted DeepWalk / Node2Vec walks on Ray, skip-gram and EGES embeddings with cold start."
+    )
     outputs = ("item_graph", "graph_embeddings", "graph_embedding_metrics")
     inputs = ("sessions", "items")
 
@@ -112,8 +155,10 @@ class BuildGraphEmbeddingsJob(Job):
             n_edges, n_known = edges.count(), known.count()
             ctx.row_counts.update({"edges": n_edges, "edges_unknown_item": n_edges - n_known})
             if n_edges > n_known:
-                ctx.notes["unknown_items"] = (f"{n_edges - n_known} edges touch items missing from the catalog "
-                                              "snapshot: written to item_graph with kept = false")
+                ctx.notes["unknown_items"] = (
+                    f"{n_edges - n_known} edges touch items missing from the catalog "
+                    "snapshot: written to item_graph with kept = false"
+                )
             nodes, fields, notes = build_nodes(items, known, gspec)
             for i, note in enumerate(notes):
                 ctx.notes[f"side_fields.{i}"] = note
@@ -130,8 +175,9 @@ class BuildGraphEmbeddingsJob(Job):
             if p.evaluate:
                 self._evaluate(ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec)
             init_ray()
-            fitted = fit(Graph.from_labelled(kept, index), field_codes, vocab, fields, espec, seed=p.seed,
-                         cpus=node_cpus())
+            fitted = fit(
+                Graph.from_labelled(kept, index), field_codes, vocab, fields, espec, seed=p.seed, cpus=node_cpus()
+            )
             for m, f in fitted.items():
                 for i, loss in enumerate(f.losses):
                     ctx.metrics[f"loss.{m}.epoch{i + 1}"] = round(loss, 6)
@@ -145,7 +191,9 @@ class BuildGraphEmbeddingsJob(Job):
             ref = ctx.write(self._vectors(ctx, npdf, fitted, p.dim), "graph_embeddings")
             ctx.row_counts["graph_embeddings"] = ref.rows
             if ref.rows != n * len(fitted):
-                raise QualityGateError(f"graph_embeddings has {ref.rows} rows, expected {n} items × {len(fitted)} methods")
+                raise QualityGateError(
+                    f"graph_embeddings has {ref.rows} rows, expected {n} items × {len(fitted)} methods"
+                )
         finally:
             for df in (sessions, edges, known):
                 df.unpersist()
@@ -155,8 +203,18 @@ class BuildGraphEmbeddingsJob(Job):
         frames = []
         for m, f in fitted.items():
             vec = [None if not h else v for v, h in zip(f.vectors.tolist(), f.has_vector, strict=True)]
-            frames.append(pd.DataFrame({"item_id": npdf["item_id"], "method": m, "vector": vec,
-                                        "is_cold_start": f.cold, "dim": dim, "run_id": ctx.run_id}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "item_id": npdf["item_id"],
+                        "method": m,
+                        "vector": vec,
+                        "is_cold_start": f.cold,
+                        "dim": dim,
+                        "run_id": ctx.run_id,
+                    }
+                )
+            )
         out = ctx.spark.createDataFrame(pd.concat(frames, ignore_index=True), EMB_SCHEMA)
         return out.withColumn("ds", F.lit(ctx.as_of))
 
@@ -166,19 +224,34 @@ class BuildGraphEmbeddingsJob(Job):
         ks = tuple(sorted(set(p.eval_k)))
         kmax = max(ks)
         train, test = leave_last_transition(sessions)
-        tr_edges = (in_catalog(build_edges(train, ctx.cutoff, gspec).where("kept"), items)
-                    .select("src", "dst", "weight", "transitions").toPandas())
+        tr_edges = (
+            in_catalog(build_edges(train, ctx.cutoff, gspec).where("kept"), items)
+            .select("src", "dst", "weight", "transitions")
+            .toPandas()
+        )
         graph_items = np.union1d(tr_edges["src"].to_numpy(dtype=object), tr_edges["dst"].to_numpy(dtype=object))
         cold = set(graph_items[seeded_share(graph_items, p.seed, "cold", p.cold_holdout)])
         touches = tr_edges["src"].isin(cold) | tr_edges["dst"].isin(cold)
         cold_pairs = tr_edges[~tr_edges["src"].isin(cold) & tr_edges["dst"].isin(cold)][["src", "dst"]]
         warm_edges = tr_edges[~touches]
         init_ray()
-        fitted = fit(Graph.from_labelled(warm_edges, index), field_codes, vocab, fields, espec, seed=p.seed,
-                     progress=False, cpus=node_cpus())
+        fitted = fit(
+            Graph.from_labelled(warm_edges, index),
+            field_codes,
+            vocab,
+            fields,
+            espec,
+            seed=p.seed,
+            progress=False,
+            cpus=node_cpus(),
+        )
         tp = test.toPandas()
-        tp = tp[tp["trigger"].isin(index.index) & tp["target"].isin(index.index)
-                & ~tp["trigger"].isin(cold) & ~tp["target"].isin(cold)]
+        tp = tp[
+            tp["trigger"].isin(index.index)
+            & tp["target"].isin(index.index)
+            & ~tp["trigger"].isin(cold)
+            & ~tp["target"].isin(cold)
+        ]
         trig, targ = index[tp["trigger"]].to_numpy(), index[tp["target"]].to_numpy()
         ctrig, ctarg = index[cold_pairs["src"]].to_numpy(), index[cold_pairs["dst"]].to_numpy()
         rows = []
@@ -192,25 +265,30 @@ class BuildGraphEmbeddingsJob(Job):
                 ctx.metrics[f"{prefix}@{k}.{method}"] = round(hr[k], 6)
 
         n_warm = len(np.union1d(warm_edges["src"], warm_edges["dst"]))
-        for m, f in fitted.items():   # coverage over the items the method can recommend (has a vector for)
+        for m, f in fitted.items():  # coverage over the items the method can recommend (has a vector for)
             record("next_item", m, nearest(f.vectors, f.has_vector, trig, kmax), targ, int(f.has_vector.sum()))
             record("cold_item", m, nearest(f.vectors, f.has_vector, ctrig, kmax), ctarg, int(f.has_vector.sum()))
         # baselines on the same training sessions: Swing neighbors and popularity (in-weight)
-        ui = (train.select("user_id", F.explode("items").alias("item_id")).distinct()
-              .where(~F.col("item_id").isin(list(cold)) if cold else F.lit(True))
-              .select("user_id", "item_id", F.lit(1.0).alias("b"), F.lit(0.0).alias("t")))
+        ui = (
+            train.select("user_id", F.explode("items").alias("item_id"))
+            .distinct()
+            .where(~F.col("item_id").isin(list(cold)) if cold else F.lit(True))
+            .select("user_id", "item_id", F.lit(1.0).alias("b"), F.lit(0.0).alias("t"))
+        )
         sspec = SimilaritySpec(algos=("swing",), top_k=kmax, seed=p.seed)
-        sw = {r["item_id"]: [x["item_id"] for x in r["neighbors"]]
-              for r in neighbor_lists(apply_caps(ui, sspec), sspec, k=kmax).collect()}
+        sw = {
+            r["item_id"]: [x["item_id"] for x in r["neighbors"]]
+            for r in neighbor_lists(apply_caps(ui, sspec), sspec, k=kmax).collect()
+        }
         inv = index.index.to_numpy()
         srecs = np.full((len(trig), kmax), -1, dtype=np.int64)
         for r, t in enumerate(inv[trig]):
             nb = [index[x] for x in sw.get(t, [])][:kmax]
-            srecs[r, :len(nb)] = nb
+            srecs[r, : len(nb)] = nb
         record("next_item", "swing", srecs, targ, n_warm)
         pop = warm_edges.groupby("dst")["weight"].sum().sort_values(ascending=False, kind="stable").index[:kmax]
         prow = np.full(kmax, -1, dtype=np.int64)
-        prow[:len(pop)] = index[pop].to_numpy()
+        prow[: len(pop)] = index[pop].to_numpy()
         record("next_item", "popularity", np.tile(prow, (len(trig), 1)), targ, n_warm)
         for k in ks:  # expected HitRate of K random items among the warm and held-out items
             val = min(1.0, k / max(1, n_warm + len(cold) - 1))

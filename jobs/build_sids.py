@@ -51,41 +51,72 @@ from recfactory.tokenizers import sids as S
 from recfactory.tokenizers.rq import Codebooks, RQSpec
 from recfactory.tokenizers.rq_ray import ShardedSearch, fit_on_ray
 
-WRITERS = {"aligned_embeddings": "align_embeddings", "graph_embeddings": "build_graph_embeddings",
-           "content_embeddings": "build_content_embeddings"}
+WRITERS = {
+    "aligned_embeddings": "align_embeddings",
+    "graph_embeddings": "build_graph_embeddings",
+    "content_embeddings": "build_content_embeddings",
+}
 
-SID_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("codes", T.ArrayType(T.IntegerType()), False),
-    T.StructField("suffix", T.IntegerType(), False), T.StructField("sid", T.StringType(), False),
-    T.StructField("generation", T.StringType(), False), T.StructField("rq_codes", T.ArrayType(T.IntegerType()), False),
-    T.StructField("in_catalog", T.BooleanType(), False), T.StructField("assigned_ds", T.DateType(), False),
-])
-CODEBOOK_SCHEMA = T.StructType([
-    T.StructField("generation", T.StringType(), False), T.StructField("level", T.IntegerType(), False),
-    T.StructField("code", T.IntegerType(), False), T.StructField("centroid", T.ArrayType(T.FloatType()), False),
-    T.StructField("removed", T.BooleanType(), False), T.StructField("fit_items", T.LongType(), False),
-    T.StructField("spec", T.StringType(), False),
-])
-LOOKUP_SCHEMA = T.StructType([
-    T.StructField("sid", T.StringType(), False), T.StructField("item_id", T.StringType(), False),
-    T.StructField("generation", T.StringType(), False), T.StructField("in_catalog", T.BooleanType(), False),
-])
-FEATURE_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("generation", T.StringType(), False),
-    T.StructField("sid", T.StringType(), False), T.StructField("prefix_ngram_ids", T.ArrayType(T.LongType()), False),
-    T.StructField("bigram_ids", T.ArrayType(T.LongType()), False), T.StructField("vocab_size", T.LongType(), False),
-])
-REMAP_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("old_generation", T.StringType(), False),
-    T.StructField("old_sid", T.StringType(), False), T.StructField("new_generation", T.StringType(), False),
-    T.StructField("new_sid", T.StringType()),
-])
-QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType()), T.StructField("reason", T.StringType(), False),
-])
-METRICS_SCHEMA = T.StructType([T.StructField("generation", T.StringType(), False),
-                               T.StructField("level", T.IntegerType(), False)]
-                              + [T.StructField(m, T.DoubleType()) for m in G.LEVEL_METRICS + G.TOTAL_METRICS])
+SID_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("codes", T.ArrayType(T.IntegerType()), False),
+        T.StructField("suffix", T.IntegerType(), False),
+        T.StructField("sid", T.StringType(), False),
+        T.StructField("generation", T.StringType(), False),
+        T.StructField("rq_codes", T.ArrayType(T.IntegerType()), False),
+        T.StructField("in_catalog", T.BooleanType(), False),
+        T.StructField("assigned_ds", T.DateType(), False),
+    ]
+)
+CODEBOOK_SCHEMA = T.StructType(
+    [
+        T.StructField("generation", T.StringType(), False),
+        T.StructField("level", T.IntegerType(), False),
+        T.StructField("code", T.IntegerType(), False),
+        T.StructField("centroid", T.ArrayType(T.FloatType()), False),
+        T.StructField("removed", T.BooleanType(), False),
+        T.StructField("fit_items", T.LongType(), False),
+        T.StructField("spec", T.StringType(), False),
+    ]
+)
+LOOKUP_SCHEMA = T.StructType(
+    [
+        T.StructField("sid", T.StringType(), False),
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("generation", T.StringType(), False),
+        T.StructField("in_catalog", T.BooleanType(), False),
+    ]
+)
+FEATURE_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("generation", T.StringType(), False),
+        T.StructField("sid", T.StringType(), False),
+        T.StructField("prefix_ngram_ids", T.ArrayType(T.LongType()), False),
+        T.StructField("bigram_ids", T.ArrayType(T.LongType()), False),
+        T.StructField("vocab_size", T.LongType(), False),
+    ]
+)
+REMAP_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("old_generation", T.StringType(), False),
+        T.StructField("old_sid", T.StringType(), False),
+        T.StructField("new_generation", T.StringType(), False),
+        T.StructField("new_sid", T.StringType()),
+    ]
+)
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType()),
+        T.StructField("reason", T.StringType(), False),
+    ]
+)
+METRICS_SCHEMA = T.StructType(
+    [T.StructField("generation", T.StringType(), False), T.StructField("level", T.IntegerType(), False)]
+    + [T.StructField(m, T.DoubleType()) for m in G.LEVEL_METRICS + G.TOTAL_METRICS]
+)
 
 
 class MissingPriorDateError(ValueError):
@@ -93,68 +124,115 @@ class MissingPriorDateError(ValueError):
 
 
 class SidParams(JobParams):
-    embeddings: str = Field("aligned_embeddings", pattern=TABLE_NAME, description="Embedding table (its ds = "
-                            "as-of partition).")
+    embeddings: str = Field(
+        "aligned_embeddings", pattern=TABLE_NAME, description="Embedding table (its ds = as-of partition)."
+    )
     embedding_filter: str | None = Restricted(
-        "filter", None, description="Rows selecting one embedding per item: clauses column = value, column != value, "
+        "filter",
+        None,
+        description="Rows selecting one embedding per item: clauses column = value, column != value, "
         "column in (a, b), column not in (a, b), joined by and — e.g. \"method = 'deepwalk'\" for graph_embeddings "
-        "(checked against the table's schema; never evaluated as SQL).")
+        "(checked against the table's schema; never evaluated as SQL).",
+    )
     vector_column: str = Field("vector", description="The float-array column of the embedding table.")
     normalize: bool = Field(True, description="L2-normalize vectors before quantizing.")
-    new_generation: bool = Field(False, description="Refit the codebooks into a new generation (and write "
-                                 "sid_remap); the first run always does.")
+    new_generation: bool = Field(
+        False, description="Refit the codebooks into a new generation (and write sid_remap); the first run always does."
+    )
     codebook_sizes: list[int] = Field([256, 256, 256], description="Codes per level (e.g. 1024,4096,32768).")
-    balance: float | None = Field(1.0, ge=0, description="Levels 1..L−1: a code holds at most (1 + balance)·N/K "
-                                  "items; none: plain k-means.")
-    prefix_balance: float | None = Field(0.0, ge=0, description="Last level: at most (1 + prefix_balance)·n/K "
-                                         "items per code among the n items of a prefix; none: plain nearest code.")
+    balance: float | None = Field(
+        1.0, ge=0, description="Levels 1..L−1: a code holds at most (1 + balance)·N/K items; none: plain k-means."
+    )
+    prefix_balance: float | None = Field(
+        0.0,
+        ge=0,
+        description="Last level: at most (1 + prefix_balance)·n/K "
+        "items per code among the n items of a prefix; none: plain nearest code.",
+    )
     kmeans_iterations: int = Field(20, ge=1, description="faiss k-means iterations per level.")
     balanced_iterations: int = Field(10, ge=0, description="Capacity-constrained Lloyd iterations per level.")
     candidates: int = Field(32, ge=2, description="Nearest codes ranked per item by the balanced assignment.")
     sample_size: int = Field(65536, ge=2, description="Items the codebooks are fitted on (seeded bottom-k sample).")
-    encode_shard_rows: int = Field(131072, ge=1, description="Items per Ray task of the catalog's nearest-code "
-                                   "search (the codebooks are broadcast; the result does not depend on it).")
+    encode_shard_rows: int = Field(
+        131072,
+        ge=1,
+        description="Items per Ray task of the catalog's nearest-code "
+        "search (the codebooks are broadcast; the result does not depend on it).",
+    )
     drop_levels: list[int] = Field([], description="Hourglass: levels (1-based, not the last) left out of the SIDs.")
-    remove_top_tokens: int = Field(0, ge=0, description="Hourglass: the most frequent tokens of --top-token-level "
-                                   "removed from the SIDs of their items (variable-length SIDs).")
+    remove_top_tokens: int = Field(
+        0,
+        ge=0,
+        description="Hourglass: the most frequent tokens of --top-token-level "
+        "removed from the SIDs of their items (variable-length SIDs).",
+    )
     top_token_level: int = Field(2, ge=1, description="The level whose top tokens --remove-top-tokens removes.")
-    collision: Literal["suffix", "reassign"] = Field("suffix", description="suffix: an extra last token "
-                                                     "0..n−1; reassign: at most --max-per-sid items per SID, "
-                                                     "overflow moves to a free last-level code.")
+    collision: Literal["suffix", "reassign"] = Field(
+        "suffix",
+        description="suffix: an extra last token "
+        "0..n−1; reassign: at most --max-per-sid items per SID, "
+        "overflow moves to a free last-level code.",
+    )
     max_per_sid: int = Field(1, ge=1, description="reassign: items per SID before moving (> 1 adds a suffix).")
-    reassign_candidates: int = Field(16, ge=1, description="reassign: nearest last-level codes tried before a "
-                                     "seeded random free one.")
+    reassign_candidates: int = Field(
+        16, ge=1, description="reassign: nearest last-level codes tried before a seeded random free one."
+    )
     feature_vocab: int = Field(1 << 20, ge=2, description="Hash space of the SID token features.")
     eval_algo: str = Field("swing", description="item_similarity algorithm of the prefix-recall evaluation.")
     eval_k: int = Field(10, ge=1, description="Neighbours per item in the prefix-recall evaluation.")
     gate_max_collision_rate: float = Field(0.5, ge=0, le=1, description="Largest collision rate before handling.")
-    gate_min_utilization: float = Field(0.1, ge=0, le=1, description="Smallest share of used codes on every kept "
-                                        "level.")
+    gate_min_utilization: float = Field(
+        0.1, ge=0, le=1, description="Smallest share of used codes on every kept level."
+    )
     gate_max_relative_recon_error: float = Field(0.9, gt=0, description="Largest mean ‖e − ê‖² / ‖e‖².")
-    gate_min_recall_lift: float = Field(1.0, ge=0, description="Level-1 prefix recall must be at least this times "
-                                        "its random baseline (when item_similarity has the date).")
+    gate_min_recall_lift: float = Field(
+        1.0,
+        ge=0,
+        description="Level-1 prefix recall must be at least this times "
+        "its random baseline (when item_similarity has the date).",
+    )
 
     def rq_spec(self) -> RQSpec:
-        return RQSpec(codebook_sizes=tuple(self.codebook_sizes), balance=self.balance,
-                      prefix_balance=self.prefix_balance, kmeans_iterations=self.kmeans_iterations,
-                      balanced_iterations=self.balanced_iterations, candidates=self.candidates, seed=self.seed)
+        return RQSpec(
+            codebook_sizes=tuple(self.codebook_sizes),
+            balance=self.balance,
+            prefix_balance=self.prefix_balance,
+            kmeans_iterations=self.kmeans_iterations,
+            balanced_iterations=self.balanced_iterations,
+            candidates=self.candidates,
+            seed=self.seed,
+        )
 
     def generation_spec(self) -> dict:
         """What a generation fixes for all its daily runs."""
-        return {"rq": self.rq_spec().to_dict(), "drop_levels": sorted(self.drop_levels),
-                "remove_top_tokens": self.remove_top_tokens, "top_token_level": self.top_token_level,
-                "collision": self.collision, "max_per_sid": self.max_per_sid,
-                "reassign_candidates": self.reassign_candidates, "normalize": self.normalize,
-                "embeddings": self.embeddings, "embedding_filter": self.embedding_filter,
-                "vector_column": self.vector_column}
+        return {
+            "rq": self.rq_spec().to_dict(),
+            "drop_levels": sorted(self.drop_levels),
+            "remove_top_tokens": self.remove_top_tokens,
+            "top_token_level": self.top_token_level,
+            "collision": self.collision,
+            "max_per_sid": self.max_per_sid,
+            "reassign_candidates": self.reassign_candidates,
+            "normalize": self.normalize,
+            "embeddings": self.embeddings,
+            "embedding_filter": self.embedding_filter,
+            "vector_column": self.vector_column,
+        }
 
 
 class BuildSidsJob(Job):
     name = "build_sids"
     Params = SidParams
     description = "Balanced RQ-KMeans semantic IDs with collision handling, metrics, gates and stable generations."
-    outputs = ("semantic_ids", "sid_codebooks", "sid_lookup", "sid_features", "sid_metrics", "sid_remap",
-               "sid_quarantine")
+    outputs = (
+        "semantic_ids",
+        "sid_codebooks",
+        "sid_lookup",
+        "sid_features",
+        "sid_metrics",
+        "sid_remap",
+        "sid_quarantine",
+    )
 
     @classmethod
     def input_tables(cls, params) -> tuple[str, ...]:
@@ -167,22 +245,32 @@ class BuildSidsJob(Job):
         prior, gen_prev, books_prev, spec_prev, removed_prev = self._prior(ctx, p.new_generation)
         fresh = prior is None or p.new_generation
         gspec = p.generation_spec() if fresh else spec_prev
-        generation = gen_prev        # a new generation's id is its content's, known after the fit
+        generation = gen_prev  # a new generation's id is its content's, known after the fit
         if not fresh and json.dumps(p.generation_spec(), sort_keys=True) != json.dumps(spec_prev, sort_keys=True):
-            ctx.notes["spec"] = ("the run's codebook/SID parameters differ from generation "
-                                 f"{generation}'s; its own were used (pass --new-generation to apply them)")
+            ctx.notes["spec"] = (
+                "the run's codebook/SID parameters differ from generation "
+                f"{generation}'s; its own were used (pass --new-generation to apply them)"
+            )
         spec = RQSpec(**gspec["rq"])
         n = len(ids)
         if fresh and n < max(spec.codebook_sizes):
-            raise ValueError(f"{n} items with a vector cannot fit codebooks of sizes {list(spec.codebook_sizes)}: "
-                             "lower --codebook-sizes")
+            raise ValueError(
+                f"{n} items with a vector cannot fit codebooks of sizes {list(spec.codebook_sizes)}: "
+                "lower --codebook-sizes"
+            )
 
         # who keeps a published SID, who is new; fit (fresh) on Ray; encode and resolve
         plan = G.plan(ids, prior, fresh, spec.levels)
         index = pd.Series(np.arange(n), index=ids)
         kept = plan.kept
-        ctx.row_counts.update({"items": n, "new_items": len(plan.new_rows), "kept_items": len(kept),
-                               "kept_in_catalog": int(kept["item_id"].isin(index.index).sum()) if len(kept) else 0})
+        ctx.row_counts.update(
+            {
+                "items": n,
+                "new_items": len(plan.new_rows),
+                "kept_items": len(kept),
+                "kept_in_catalog": int(kept["item_id"].isin(index.index).sum()) if len(kept) else 0,
+            }
+        )
         fit_s = 0.0
         if fresh:
             sample = X[G.sample_rows(ids, p.sample_size, p.seed)]
@@ -198,17 +286,30 @@ class BuildSidsJob(Job):
         ctx.notes["generation"] = f"{generation} ({'new' if fresh else 'continued'})"
         # hourglass removal is fixed per generation: computed on its fit, read back afterwards
         a = G.assign(ids, X, plan, books, spec, gspec, None if fresh else removed_prev, p.seed, search=search)
-        ctx.metrics.update({"fit_seconds": round(fit_s, 3), "encode_seconds": round(time.time() - t0, 3),
-                            "search_tasks": search.tasks})
+        ctx.metrics.update(
+            {"fit_seconds": round(fit_s, 3), "encode_seconds": round(time.time() - t0, 3), "search_tasks": search.tasks}
+        )
 
         # metrics and gates (in-catalog items, their current vectors)
         items = a.item_of[a.in_catalog]
-        metrics, flat = G.metrics(X[index.reindex(items).to_numpy()], a, books, self._neighbors(ctx, p, items),
-                                  ctx.metrics["fit_seconds"], ctx.metrics["encode_seconds"])
+        metrics, flat = G.metrics(
+            X[index.reindex(items).to_numpy()],
+            a,
+            books,
+            self._neighbors(ctx, p, items),
+            ctx.metrics["fit_seconds"],
+            ctx.metrics["encode_seconds"],
+        )
         ctx.metrics.update(flat)
         metrics.insert(0, "generation", generation)
-        failed = G.gate_failures(metrics, a.removed, p.gate_max_collision_rate, p.gate_min_utilization,
-                                 p.gate_max_relative_recon_error, p.gate_min_recall_lift)
+        failed = G.gate_failures(
+            metrics,
+            a.removed,
+            p.gate_max_collision_rate,
+            p.gate_min_utilization,
+            p.gate_max_relative_recon_error,
+            p.gate_min_recall_lift,
+        )
         if failed:
             raise QualityGateError("semantic IDs not published: " + "; ".join(failed))
 
@@ -216,40 +317,77 @@ class BuildSidsJob(Job):
         as_of = ctx.as_of
         if fresh:
             fit_counts = [np.bincount(a.encoding.codes[:, lv], minlength=k) for lv, k in enumerate(spec.codebook_sizes)]
-            cb = [(generation, lv + 1, code, books.centroids[lv][code].tolist(), bool(a.removed[lv][code]),
-                   int(fit_counts[lv][code]), json.dumps(gspec, sort_keys=True))
-                  for lv in range(spec.levels) for code in range(spec.codebook_sizes[lv])]
+            cb = [
+                (
+                    generation,
+                    lv + 1,
+                    code,
+                    books.centroids[lv][code].tolist(),
+                    bool(a.removed[lv][code]),
+                    int(fit_counts[lv][code]),
+                    json.dumps(gspec, sort_keys=True),
+                )
+                for lv in range(spec.levels)
+                for code in range(spec.codebook_sizes[lv])
+            ]
             # replaces this generation's rows only: another generation fitted for the date (a rerun on
             # changed inputs) keeps its centroids, so no state that names it is ever orphaned
-            ctx.write(spark.createDataFrame(cb, CODEBOOK_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_codebooks",
-                      where={"generation": generation})
-        assigned = np.concatenate([kept["assigned_ds"].to_numpy(dtype=object) if len(kept) else np.zeros(0, object),
-                                   np.array([as_of] * len(plan.new_rows), dtype=object)])
-        state = pd.DataFrame({
-            "item_id": a.item_of, "codes": [[int(c) for c in r if c >= 0] for r in a.final],
-            "suffix": a.suffix.astype(int), "sid": a.sid, "generation": generation,
-            "rq_codes": [r.tolist() for r in a.rq_codes], "in_catalog": a.in_catalog, "assigned_ds": assigned,
-        }).sort_values("item_id", kind="stable")
+            ctx.write(
+                spark.createDataFrame(cb, CODEBOOK_SCHEMA).withColumn("ds", F.lit(as_of)),
+                "sid_codebooks",
+                where={"generation": generation},
+            )
+        assigned = np.concatenate(
+            [
+                kept["assigned_ds"].to_numpy(dtype=object) if len(kept) else np.zeros(0, object),
+                np.array([as_of] * len(plan.new_rows), dtype=object),
+            ]
+        )
+        state = pd.DataFrame(
+            {
+                "item_id": a.item_of,
+                "codes": [[int(c) for c in r if c >= 0] for r in a.final],
+                "suffix": a.suffix.astype(int),
+                "sid": a.sid,
+                "generation": generation,
+                "rq_codes": [r.tolist() for r in a.rq_codes],
+                "in_catalog": a.in_catalog,
+                "assigned_ds": assigned,
+            }
+        ).sort_values("item_id", kind="stable")
         ref = ctx.write(spark.createDataFrame(state, SID_SCHEMA).withColumn("ds", F.lit(as_of)), "semantic_ids")
         ctx.row_counts["semantic_ids"] = ref.rows
         lookup = state[["sid", "item_id", "generation", "in_catalog"]]
         ctx.write(spark.createDataFrame(lookup, LOOKUP_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_lookup")
         pre, bi = S.token_features(a.final, p.feature_vocab, seed=G.generation_seed(generation))
-        feats = pd.DataFrame({"item_id": a.item_of, "generation": generation, "sid": a.sid,
-                              "prefix_ngram_ids": [r[r >= 0].tolist() for r in pre],
-                              "bigram_ids": [r[r >= 0].tolist() for r in bi], "vocab_size": p.feature_vocab})
-        ctx.write(spark.createDataFrame(feats[a.in_catalog], FEATURE_SCHEMA).withColumn("ds", F.lit(as_of)),
-                  "sid_features")
+        feats = pd.DataFrame(
+            {
+                "item_id": a.item_of,
+                "generation": generation,
+                "sid": a.sid,
+                "prefix_ngram_ids": [r[r >= 0].tolist() for r in pre],
+                "bigram_ids": [r[r >= 0].tolist() for r in bi],
+                "vocab_size": p.feature_vocab,
+            }
+        )
+        ctx.write(
+            spark.createDataFrame(feats[a.in_catalog], FEATURE_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_features"
+        )
         if fresh and prior is not None:
             new_sid = pd.Series(a.sid, index=a.item_of)
-            remap = pd.DataFrame({"item_id": prior["item_id"], "old_generation": gen_prev, "old_sid": prior["sid"],
-                                  "new_generation": generation,
-                                  "new_sid": new_sid.reindex(prior["item_id"]).to_numpy()})
+            remap = pd.DataFrame(
+                {
+                    "item_id": prior["item_id"],
+                    "old_generation": gen_prev,
+                    "old_sid": prior["sid"],
+                    "new_generation": generation,
+                    "new_sid": new_sid.reindex(prior["item_id"]).to_numpy(),
+                }
+            )
             remap["new_sid"] = remap["new_sid"].astype(object).where(remap["new_sid"].notna(), None)
             ref = ctx.write(spark.createDataFrame(remap, REMAP_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_remap")
             ctx.row_counts["sid_remap"] = ref.rows
-        ctx.write(spark.createDataFrame(quarantine, QUARANTINE_SCHEMA).withColumn("ds", F.lit(as_of)),
-                  "sid_quarantine")
+        ctx.write(spark.createDataFrame(quarantine, QUARANTINE_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_quarantine")
         ctx.write(spark.createDataFrame(metrics, METRICS_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_metrics")
 
     # ---- inputs -----------------------------------------------------------------------------
@@ -263,14 +401,14 @@ class BuildSidsJob(Job):
             raise ValueError(f"{p.embeddings} needs item_id and {p.vector_column} columns; it has {df.columns}")
         if p.embedding_filter:
             df = df.where(filter_column(parse_filter(p.embedding_filter), df.schema))
-        pdf = df.select(F.col("item_id").cast("string").alias("item_id"),
-                        F.col(p.vector_column).alias("v")).toPandas()
+        pdf = df.select(F.col("item_id").cast("string").alias("item_id"), F.col(p.vector_column).alias("v")).toPandas()
         ctx.row_counts["embedding_rows"] = len(pdf)
         if not len(pdf):
-            raise ValueError(f"{p.embeddings} has no rows for {ctx.as_of}"
-                             + (f" matching {p.embedding_filter!r}" if p.embedding_filter else ""))
-        ids, X, q = G.check_vectors(pdf["item_id"].to_numpy(dtype=object), pdf["v"].to_numpy(dtype=object),
-                                    p.normalize)
+            raise ValueError(
+                f"{p.embeddings} has no rows for {ctx.as_of}"
+                + (f" matching {p.embedding_filter!r}" if p.embedding_filter else "")
+            )
+        ids, X, q = G.check_vectors(pdf["item_id"].to_numpy(dtype=object), pdf["v"].to_numpy(dtype=object), p.normalize)
         ctx.row_counts["quarantined"] = len(q)
         return ids, X, q
 
@@ -302,7 +440,8 @@ class BuildSidsJob(Job):
             raise MissingPriorDateError(
                 f"build_sids for {ctx.as_of} continues the semantic IDs of {prev}, which has none, while "
                 f"{older} has: run build_sids for {prev} first (dates after {older} in order), or pass "
-                "--new-generation to start a new chain")
+                "--new-generation to start a new chain"
+            )
         state = state.sort_values("item_id", kind="stable")
         gens = sorted(set(state["generation"]))
         if len(gens) != 1:
@@ -331,10 +470,12 @@ class BuildSidsJob(Job):
             ctx.notes["prefix_recall"] = "skipped: no item_similarity table"
             return None
         sims = ctx.read("item_similarity").where((F.col("ds") == F.lit(ctx.as_of)) & (F.col("algo") == p.eval_algo))
-        pairs = (sims.select("item_id", F.posexplode("neighbors").alias("rank", "nb"))
-                 .where(F.col("rank") < p.eval_k)
-                 .select(F.col("item_id").cast("string").alias("a"), F.col("nb.item_id").cast("string").alias("b"))
-                 .toPandas())
+        pairs = (
+            sims.select("item_id", F.posexplode("neighbors").alias("rank", "nb"))
+            .where(F.col("rank") < p.eval_k)
+            .select(F.col("item_id").cast("string").alias("a"), F.col("nb.item_id").cast("string").alias("b"))
+            .toPandas()
+        )
         if not len(pairs):
             ctx.notes["prefix_recall"] = f"skipped: item_similarity has no {p.eval_algo} rows for {ctx.as_of}"
             return None

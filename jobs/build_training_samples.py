@@ -32,47 +32,73 @@ from recfactory.jobs.runtime.params import Field
 
 class TrainingSampleParams(CrossStatsSpecParams):
     mode: Literal["auto", "impressions", "interactions"] = Field(
-        "auto", description="Sample rows: impressions, interaction rows, or auto (impressions when any exist).")
+        "auto", description="Sample rows: impressions, interaction rows, or auto (impressions when any exist)."
+    )
     positive_types: list[str] = Field(list(POSITIVE_EVENT_TYPES), description="Event types that make label_click = 1.")
-    attribution_minutes: float = Field(30.0, gt=0, description="Impressions mode: a positive within this long "
-                                       "after the impression (and before the pair's next impression) is its click.")
+    attribution_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="Impressions mode: a positive within this long "
+        "after the impression (and before the pair's next impression) is its click.",
+    )
     dwell_tau_ms: float = Field(30_000.0, description="τ of label_dwell = click × sigmoid((dwell − τ)/s).")
     dwell_scale_ms: float = Field(10_000.0, gt=0, description="s of label_dwell.")
     bounce_ms: int = Field(5_000, ge=0, description="A click with known dwell below this is a hard negative.")
     history_len: int = Field(20, ge=0, description="Last k interactions before each sample (hist_items).")
-    history_types: list[str] = Field([t for t in EVENT_TYPES if t != "impression"],
-                                     description="Event types that enter hist_items.")
-    warmup_days: float = Field(7.0, gt=0, description="The first days of data are history only; the "
-                               "smoothing priors are fit on them.")
+    history_types: list[str] = Field(
+        [t for t in EVENT_TYPES if t != "impression"], description="Event types that enter hist_items."
+    )
+    warmup_days: float = Field(
+        7.0, gt=0, description="The first days of data are history only; the smoothing priors are fit on them."
+    )
     val_days: float = Field(1.0, ge=0, description="Validation split: the days before the test split.")
     test_days: float = Field(1.0, ge=0, description="Test split: the last days before the cutoff.")
     sample_rate: float = Field(1.0, gt=0, le=1, description="Uniform subsampling rate r (every split).")
-    negative_rate: float = Field(1.0, gt=0, le=1, description="Negative downsampling rate w (train split "
-                                 "only); stored per row for recalibration q = p/(p+(1−p)/w).")
+    negative_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Negative downsampling rate w (train split "
+        "only); stored per row for recalibration q = p/(p+(1−p)/w).",
+    )
     quantiles: int = Field(100, ge=2, description="Quantile levels stored per numeric feature in feature_quantiles.")
 
     def sample_spec(self) -> SampleSpec:
-        return SampleSpec(mode=self.mode, positive_types=tuple(self.positive_types),
-                          attribution_minutes=self.attribution_minutes, dwell_tau_ms=self.dwell_tau_ms,
-                          dwell_scale_ms=self.dwell_scale_ms, bounce_ms=self.bounce_ms,
-                          history_len=self.history_len, history_types=tuple(self.history_types),
-                          warmup_days=self.warmup_days, val_days=self.val_days, test_days=self.test_days,
-                          sample_rate=self.sample_rate, negative_rate=self.negative_rate, seed=self.seed)
+        return SampleSpec(
+            mode=self.mode,
+            positive_types=tuple(self.positive_types),
+            attribution_minutes=self.attribution_minutes,
+            dwell_tau_ms=self.dwell_tau_ms,
+            dwell_scale_ms=self.dwell_scale_ms,
+            bounce_ms=self.bounce_ms,
+            history_len=self.history_len,
+            history_types=tuple(self.history_types),
+            warmup_days=self.warmup_days,
+            val_days=self.val_days,
+            test_days=self.test_days,
+            sample_rate=self.sample_rate,
+            negative_rate=self.negative_rate,
+            seed=self.seed,
+        )
 
 
-QUANTILE_SCHEMA = T.StructType([
-    T.StructField("feature", T.StringType(), False),
-    T.StructField("values", T.ArrayType(T.DoubleType())),
-    T.StructField("levels", T.ArrayType(T.DoubleType())),
-    T.StructField("ds", T.DateType()),
-])
+QUANTILE_SCHEMA = T.StructType(
+    [
+        T.StructField("feature", T.StringType(), False),
+        T.StructField("values", T.ArrayType(T.DoubleType())),
+        T.StructField("levels", T.ArrayType(T.DoubleType())),
+        T.StructField("ds", T.DateType()),
+    ]
+)
 
 
 class BuildTrainingSamplesJob(Job):
     name = "build_training_samples"
     Params = TrainingSampleParams
-    description = ("Labeled samples (click, dwell-weighted click, hard negatives) with point-in-time cross "
-                   "statistics, last-k history, a time split and optional negative downsampling.")
+    description = (
+        "Labeled samples (click, dwell-weighted click, hard negatives) with point-in-time cross "
+        "statistics, last-k history, a time split and optional negative downsampling."
+    )
     outputs = ("training_samples", "feature_quantiles")
     inputs = ("events_clean", "items")
 
@@ -100,8 +126,10 @@ class BuildTrainingSamplesJob(Job):
         samples, names = build_training_samples(events, items, ctx.cutoff, spec, stats, bounds, priors, mode)
         marked = subsample(samples, spec).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            counts = {(r["split"], r["_drop"], r["label_click"]): r["n"] for r in
-                      marked.groupBy("split", "_drop", "label_click").agg(F.count(F.lit(1)).alias("n")).collect()}
+            counts = {
+                (r["split"], r["_drop"], r["label_click"]): r["n"]
+                for r in marked.groupBy("split", "_drop", "label_click").agg(F.count(F.lit(1)).alias("n")).collect()
+            }
             self._check_counts(ctx, counts, visible, bounds, mode)
             out = marked.where(F.col("_drop").isNull()).drop("_drop", "context")
             out = out.select(*[c for c in out.columns if not c.startswith("f_")], *names)
@@ -130,17 +158,28 @@ class BuildTrainingSamplesJob(Job):
             if ctx.row_counts[f"{split}_rows"]:
                 ctx.metrics[f"{split}_label_rate"] = pos / ctx.row_counts[f"{split}_rows"]
         # one pass over the visible events: the warm-up history, and the sample events in range
-        is_sample = (F.col("event_type") == "impression") if mode == "impressions" else (F.col("event_type") != "impression")
+        is_sample = (
+            (F.col("event_type") == "impression") if mode == "impressions" else (F.col("event_type") != "impression")
+        )
         in_range = F.col("ts") >= ts_lit(bounds.sample_start)
-        row = visible.agg(F.count_if(~in_range).alias("history"), F.count_if(is_sample & in_range).alias("expected")).first()
+        row = visible.agg(
+            F.count_if(~in_range).alias("history"), F.count_if(is_sample & in_range).alias("expected")
+        ).first()
         ctx.row_counts["history_only_events"] = row["history"]
         expected = row["expected"]
-        if total != expected or total != kept + ctx.row_counts["dropped_subsampled"] + ctx.row_counts["dropped_negative_downsampled"]:
-            raise QualityGateError(f"sample counts do not reconcile: {expected} sample events in range, {ctx.row_counts}")
+        if (
+            total != expected
+            or total != kept + ctx.row_counts["dropped_subsampled"] + ctx.row_counts["dropped_negative_downsampled"]
+        ):
+            raise QualityGateError(
+                f"sample counts do not reconcile: {expected} sample events in range, {ctx.row_counts}"
+            )
         train = [y for (s, d, y) in counts if s == "train" and d is None]
         if set(train) != {0, 1}:
-            raise QualityGateError(f"the train split needs both labels, has {sorted(set(train))}: check "
-                                   "--positive-types and the split days")
+            raise QualityGateError(
+                f"the train split needs both labels, has {sorted(set(train))}: check "
+                "--positive-types and the split days"
+            )
 
 
 if __name__ == "__main__":

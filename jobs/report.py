@@ -43,30 +43,48 @@ from recfactory.jobs.runtime.job import RUNS_TABLE, Job, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams, Restricted
 from recfactory.jobs.runtime.reports import ReportFolder, calibration_figure, importance_figure, pyplot
 
-SECTIONS = ("Runs", "Lineage", "Item-to-item quality", "Neighbor examples", "Embedding maps", "Semantic IDs",
-            "GBDT", "Quarantine")
+SECTIONS = (
+    "Runs",
+    "Lineage",
+    "Item-to-item quality",
+    "Neighbor examples",
+    "Embedding maps",
+    "Semantic IDs",
+    "GBDT",
+    "Quarantine",
+)
 QUARANTINES = ("events_quarantine", "items_quarantine", "content_quarantine", "sid_quarantine")
-INDEX_SCHEMA = T.StructType([
-    T.StructField("run_id", T.StringType(), False), T.StructField("path", T.StringType(), False),
-    T.StructField("sections", T.ArrayType(T.StringType()), False),
-    T.StructField("missing_sections", T.ArrayType(T.StringType()), False),
-    T.StructField("images", T.IntegerType(), False), T.StructField("html_bytes", T.LongType(), False),
-])
+INDEX_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("path", T.StringType(), False),
+        T.StructField("sections", T.ArrayType(T.StringType()), False),
+        T.StructField("missing_sections", T.ArrayType(T.StringType()), False),
+        T.StructField("images", T.IntegerType(), False),
+        T.StructField("html_bytes", T.LongType(), False),
+    ]
+)
 
 
 class ReportParams(JobParams):
-    output_dir: str | None = Restricted("path", None, description="Folder for index.html and the PNGs (default "
-                                   "<warehouse>/_reports/report/<as-of>).")
+    output_dir: str | None = Restricted(
+        "path", None, description="Folder for index.html and the PNGs (default <warehouse>/_reports/report/<as-of>)."
+    )
     example_items: int = Field(5, ge=1, le=50, description="Most-interacted items shown with their neighbors.")
     neighbors: int = Field(10, ge=1, le=100, description="Neighbors shown per example item and algorithm.")
-    neighbor_algos: list[str] = Field(["swing", "itemcf_iuf"], description="item_similarity algorithms shown "
-                                      "in the neighbor examples (besides the aligned embeddings' nearest).")
+    neighbor_algos: list[str] = Field(
+        ["swing", "itemcf_iuf"],
+        description="item_similarity algorithms shown "
+        "in the neighbor examples (besides the aligned embeddings' nearest).",
+    )
     map_sample: int = Field(2000, ge=50, description="Items per embedding map (seeded sample).")
     projection: Literal["tsne", "pca"] = Field("tsne", description="2-D projection of the embedding maps.")
-    map_categories: int = Field(8, ge=1, le=20, description="Most frequent categories coloured in the maps "
-                                "(the rest are grey).")
-    calibration_rows: int = Field(200_000, ge=100, description="Most test rows scored for the calibration curve "
-                                  "(seeded sample).")
+    map_categories: int = Field(
+        8, ge=1, le=20, description="Most frequent categories coloured in the maps (the rest are grey)."
+    )
+    calibration_rows: int = Field(
+        200_000, ge=100, description="Most test rows scored for the calibration curve (seeded sample)."
+    )
 
 
 def _esc(x) -> str:
@@ -76,8 +94,11 @@ def _esc(x) -> str:
 def _table(df: pd.DataFrame, floats: int = 4) -> str:
     """A pandas frame as an HTML table (escaped; floats rounded, float columns holding only whole
     numbers as integers; thousands separators)."""
-    whole = {c for c in df.columns if df[c].dtype.kind == "f" and df[c].notna().any()
-             and np.all(np.mod(df[c].dropna().to_numpy(), 1) == 0)}
+    whole = {
+        c
+        for c in df.columns
+        if df[c].dtype.kind == "f" and df[c].notna().any() and np.all(np.mod(df[c].dropna().to_numpy(), 1) == 0)
+    }
 
     def fmt(v, col):
         if isinstance(v, (float, np.floating)):
@@ -87,9 +108,12 @@ def _table(df: pd.DataFrame, floats: int = 4) -> str:
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             return f"{v:,}"
         return _esc(v)
+
     head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(v, c)}</td>" for v, c in zip(row, df.columns, strict=True)) + "</tr>"
-                   for row in df.itertuples(index=False))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{fmt(v, c)}</td>" for v, c in zip(row, df.columns, strict=True)) + "</tr>"
+        for row in df.itertuples(index=False)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -104,7 +128,7 @@ def _layered_layout(g) -> dict:
     import networkx as nx
 
     g = g.copy()
-    while not nx.is_directed_acyclic_graph(g):      # a job that read a version it wrote: lay it out anyway
+    while not nx.is_directed_acyclic_graph(g):  # a job that read a version it wrote: lay it out anyway
         g.remove_edge(*nx.find_cycle(g)[-1][:2])
     layers = [sorted(nodes) for nodes in nx.topological_generations(g)]
     rank = {n: i for layer in layers for i, n in enumerate(layer)}
@@ -112,9 +136,11 @@ def _layered_layout(g) -> dict:
         order = range(1, len(layers)) if sweep % 2 == 0 else range(len(layers) - 2, -1, -1)
         for k in order:
             nbrs = g.predecessors if sweep % 2 == 0 else g.successors
+
             def key(n, nbrs=nbrs):
                 r = [rank[m] for m in nbrs(n)]
                 return (sum(r) / len(r) if r else rank[n], n)
+
             layers[k].sort(key=key)
             rank.update({n: i for i, n in enumerate(layers[k])})
     widest = max(len(layer) for layer in layers)
@@ -129,12 +155,28 @@ class Missing(Exception):
 class ReportJob(Job):
     name = "report"
     Params = ReportParams
-    description = ("One HTML report (and its PNGs) for the date: runs, lineage, i2i quality, neighbors, "
-                   "embedding maps, semantic IDs, GBDT, quarantine.")
+    description = (
+        "One HTML report (and its PNGs) for the date: runs, lineage, i2i quality, neighbors, "
+        "embedding maps, semantic IDs, GBDT, quarantine."
+    )
     outputs = ("report_index",)
-    inputs = (RUNS_TABLE, "events_clean", "items", "similarity_metrics", "item_similarity", "graph_embedding_metrics",
-              "graph_embeddings", "alignment_metrics", "aligned_embeddings", "semantic_ids", "sid_metrics",
-              "gbdt_models", "gbdt_metrics", "training_samples", *QUARANTINES)
+    inputs = (
+        RUNS_TABLE,
+        "events_clean",
+        "items",
+        "similarity_metrics",
+        "item_similarity",
+        "graph_embedding_metrics",
+        "graph_embeddings",
+        "alignment_metrics",
+        "aligned_embeddings",
+        "semantic_ids",
+        "sid_metrics",
+        "gbdt_models",
+        "gbdt_metrics",
+        "training_samples",
+        *QUARANTINES,
+    )
 
     def run(self, ctx: RunContext) -> None:
         p: ReportParams = ctx.params
@@ -156,8 +198,9 @@ class ReportJob(Job):
             body.append(f'<section id="{anchor}"><h2>{_esc(title)}</h2>{content}</section>')
         page = self._page(body)
         self.out.put("index.html", page.encode())
-        ctx.row_counts.update({"sections": len(SECTIONS) - len(missing), "missing_sections": len(missing),
-                               "images": len(self.images)})
+        ctx.row_counts.update(
+            {"sections": len(SECTIONS) - len(missing), "missing_sections": len(missing), "images": len(self.images)}
+        )
         ctx.notes["report"] = f"{folder}/index.html"
         row = (ctx.run_id, f"{folder}/index.html", list(SECTIONS), missing, len(self.images), len(page.encode()))
         ctx.write(ctx.spark.createDataFrame([row], INDEX_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "report_index")
@@ -189,8 +232,9 @@ class ReportJob(Job):
             items = self._read("items", "ingest", latest=True).select("item_id", "title", "category").toPandas()
             label = items["title"].fillna(items["item_id"]).astype(str)
             self._titles = pd.Series(label.to_numpy(), index=items["item_id"].to_numpy())
-            self._categories = pd.Series(items["category"].fillna("(none)").astype(str).to_numpy(),
-                                         index=items["item_id"].to_numpy())
+            self._categories = pd.Series(
+                items["category"].fillna("(none)").astype(str).to_numpy(), index=items["item_id"].to_numpy()
+            )
         return self._titles
 
     def _runs_of_date(self) -> pd.DataFrame:
@@ -202,9 +246,11 @@ class ReportJob(Job):
     def _collect_runs(self) -> pd.DataFrame:
         if not self.ctx.has(RUNS_TABLE):
             raise Missing(f"{RUNS_TABLE} does not exist (no job ran on this warehouse)")
-        runs = self._load(RUNS_TABLE).where((F.col("as_of") == F.lit(self.ctx.as_of))
-                                               & (F.col("job") != self.name)).select(
-            "run_id", "job", "status", "started_at", "duration_s", "inputs", "outputs", "row_counts", "error")
+        runs = (
+            self._load(RUNS_TABLE)
+            .where((F.col("as_of") == F.lit(self.ctx.as_of)) & (F.col("job") != self.name))
+            .select("run_id", "job", "status", "started_at", "duration_s", "inputs", "outputs", "row_counts", "error")
+        )
         pdf = runs.toPandas()
         if not len(pdf):
             raise Missing(f"{RUNS_TABLE} has no run for {self.ctx.as_of}")
@@ -225,10 +271,17 @@ class ReportJob(Job):
         rows = []
         for r in latest.itertuples():
             outs = list(r.outputs) if r.outputs is not None else []
-            rows.append({"job": r.job, "run": r.run_id[:12], "started (UTC)": str(r.started_at)[:19],
-                         "seconds": float(r.duration_s), "attempts": int(attempts[r.job]),
-                         "rows written": int(sum(int(o["rows"]) for o in outs)),
-                         "tables": ", ".join(f"{o['name']} ({int(o['rows']):,})" for o in outs)})
+            rows.append(
+                {
+                    "job": r.job,
+                    "run": r.run_id[:12],
+                    "started (UTC)": str(r.started_at)[:19],
+                    "seconds": float(r.duration_s),
+                    "attempts": int(attempts[r.job]),
+                    "rows written": int(sum(int(o["rows"]) for o in outs)),
+                    "tables": ", ".join(f"{o['name']} ({int(o['rows']):,})" for o in outs),
+                }
+            )
         tab = pd.DataFrame(rows)
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 0.32 * len(tab) + 1.2))
@@ -237,9 +290,12 @@ class ReportJob(Job):
             ax.text(v, y, f" {v:.0f}s", va="center", fontsize=8)
         ax.set(xlabel="seconds (latest succeeded run)", title=f"stage durations, {self.ctx.as_of}")
         total = float(tab["seconds"].sum())
-        out = [f"<p>{len(tab)} jobs succeeded for {self.ctx.as_of}, {total:,.0f} s in all; "
-               f"{len(runs)} attempts recorded in <code>_runs</code>, {len(failed)} not succeeded.</p>",
-               self._figure("runs_durations.png", fig, "seconds per stage"), _table(tab, 1)]
+        out = [
+            f"<p>{len(tab)} jobs succeeded for {self.ctx.as_of}, {total:,.0f} s in all; "
+            f"{len(runs)} attempts recorded in <code>_runs</code>, {len(failed)} not succeeded.</p>",
+            self._figure("runs_durations.png", fig, "seconds per stage"),
+            _table(tab, 1),
+        ]
         if len(failed):
             f = failed[["job", "run_id", "status", "error"]].assign(error=failed["error"].fillna("").str[:200])
             out += ["<h3>Attempts that did not succeed</h3>", _table(f)]
@@ -256,18 +312,34 @@ class ReportJob(Job):
             outs = list(r.outputs) if r.outputs is not None else []
             g.add_node(r.job, kind="job")
             for i in ins:
-                node = f"{i['name']}\nv{i['version']}" if i["version"] is not None else f"{i['name'].split(':')[-1]}\n({i['format']})"
+                node = (
+                    f"{i['name']}\nv{i['version']}"
+                    if i["version"] is not None
+                    else f"{i['name'].split(':')[-1]}\n({i['format']})"
+                )
                 g.add_node(node, kind="table")
                 g.add_edge(node, r.job)
             for o in outs:
                 node = f"{o['name']}\nv{o['version']}"
                 g.add_node(node, kind="table")
                 g.add_edge(r.job, node)
-            rows.append({"job": r.job, "run": r.run_id[:12],
-                         "read (table @ version)": ", ".join(sorted({f"{i['name']}@{i['version']}"
-                                                                     if i["version"] is not None else
-                                                                     f"{i['name']} ({i['format']})" for i in ins})),
-                         "wrote (table @ version)": ", ".join(f"{o['name']}@{o['version']}" for o in outs)})
+            rows.append(
+                {
+                    "job": r.job,
+                    "run": r.run_id[:12],
+                    "read (table @ version)": ", ".join(
+                        sorted(
+                            {
+                                f"{i['name']}@{i['version']}"
+                                if i["version"] is not None
+                                else f"{i['name']} ({i['format']})"
+                                for i in ins
+                            }
+                        )
+                    ),
+                    "wrote (table @ version)": ", ".join(f"{o['name']}@{o['version']}" for o in outs),
+                }
+            )
         pos = _layered_layout(g)
         plt = pyplot()
         layers = 1 + int(max(y for _, y in pos.values()))
@@ -275,19 +347,33 @@ class ReportJob(Job):
         fig, ax = plt.subplots(figsize=(max(8, 1.45 * widest), max(5, 0.75 * layers)))
         jobs = [n for n in g if g.nodes[n]["kind"] == "job"]
         tables = [n for n in g if g.nodes[n]["kind"] == "table"]
-        nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, arrowsize=7, width=0.5, edge_color="#999999",
-                               node_size=600)
-        nx.draw_networkx_labels(g, pos, {n: n for n in tables}, ax=ax, font_size=6,
-                                bbox={"boxstyle": "round,pad=0.2", "fc": "#eef3fb", "ec": "#8aa6d1", "lw": 0.5})
-        nx.draw_networkx_labels(g, pos, {n: n for n in jobs}, ax=ax, font_size=7, font_weight="bold",
-                                bbox={"boxstyle": "square,pad=0.3", "fc": "#fde9c9", "ec": "#d08c2c", "lw": 0.6})
+        nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, arrowsize=7, width=0.5, edge_color="#999999", node_size=600)
+        nx.draw_networkx_labels(
+            g,
+            pos,
+            {n: n for n in tables},
+            ax=ax,
+            font_size=6,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "#eef3fb", "ec": "#8aa6d1", "lw": 0.5},
+        )
+        nx.draw_networkx_labels(
+            g,
+            pos,
+            {n: n for n in jobs},
+            ax=ax,
+            font_size=7,
+            font_weight="bold",
+            bbox={"boxstyle": "square,pad=0.3", "fc": "#fde9c9", "ec": "#d08c2c", "lw": 0.6},
+        )
         ax.set_title("lineage: table versions read (above) → job → versions written (below)")
         ax.invert_yaxis()
         ax.axis("off")
-        return ("<p>Every table version the date's jobs read and wrote (the latest succeeded run per job, from "
-                "their <code>_runs</code> rows): rerunning a job with the versions below reproduces its output.</p>"
-                + self._figure("lineage.png", fig, "lineage graph of tables and versions")
-                + _table(pd.DataFrame(rows)))
+        return (
+            "<p>Every table version the date's jobs read and wrote (the latest succeeded run per job, from "
+            "their <code>_runs</code> rows): rerunning a job with the versions below reproduces its output.</p>"
+            + self._figure("lineage.png", fig, "lineage graph of tables and versions")
+            + _table(pd.DataFrame(rows))
+        )
 
     def _item_to_item_quality(self) -> str:
         plt = pyplot()
@@ -313,32 +399,40 @@ class ReportJob(Job):
         for k in ks:
             if k in pop.index and pop[k] > 0:
                 wide[f"HR@{k} / popularity"] = wide[f"HR@{k}"] / pop[k]
-        out += [f"<p>Each user's last interaction held out ({users:,} users); an algorithm hits when the held-out "
-                "item is among the top-K neighbors of the user's earlier items.</p>",
-                self._figure("i2i_hit_rate.png", fig, "HitRate@K per algorithm"),
-                _table(wide.reset_index())]
+        out += [
+            f"<p>Each user's last interaction held out ({users:,} users); an algorithm hits when the held-out "
+            "item is among the top-K neighbors of the user's earlier items.</p>",
+            self._figure("i2i_hit_rate.png", fig, "HitRate@K per algorithm"),
+            _table(wide.reset_index()),
+        ]
         try:
             gm = self._read("graph_embedding_metrics", "build_graph_embeddings").toPandas()
             nxt = gm[gm["split"] == "next_item"]
             tab = nxt.pivot_table(index="method", columns="k", values="hit_rate")
             tab.columns = [f"HR@{k}" for k in tab.columns]
             pairs = int(nxt["pairs"].max()) if len(nxt) else 0
-            out += [f"<h3>Graph embeddings: next item in session ({pairs:,} held-out transitions)</h3>",
-                    _table(tab.reset_index())]
+            out += [
+                f"<h3>Graph embeddings: next item in session ({pairs:,} held-out transitions)</h3>",
+                _table(tab.reset_index()),
+            ]
             cold = gm[gm["split"] == "cold_item"]
             if len(cold):
                 tab = cold.pivot_table(index="method", columns="k", values="hit_rate")
                 tab.columns = [f"HR@{k}" for k in tab.columns]
-                out += ["<h3>Graph embeddings: items held out of the graph (cold start; random baseline)</h3>",
-                        _table(tab.reset_index())]
+                out += [
+                    "<h3>Graph embeddings: items held out of the graph (cold start; random baseline)</h3>",
+                    _table(tab.reset_index()),
+                ]
         except Missing as e:
             out.append(f'<p class="missing">{_esc(e)}</p>')
         try:
             am = self._read("alignment_metrics", "align_embeddings").toPandas()
             tab = am.pivot_table(index=["split", "space"], columns="k", values="recall")
             tab.columns = [f"recall@{k}" for k in tab.columns]
-            out += ["<h3>Content embeddings before and after alignment to behaviour (QARM)</h3>",
-                    _table(tab.reset_index())]
+            out += [
+                "<h3>Content embeddings before and after alignment to behaviour (QARM)</h3>",
+                _table(tab.reset_index()),
+            ]
         except Missing as e:
             out.append(f'<p class="missing">{_esc(e)}</p>')
         return "".join(out)
@@ -346,8 +440,13 @@ class ReportJob(Job):
     def _example_items(self) -> list[str]:
         """The most-interacted items (distinct users, ties by id) up to the as-of."""
         events = self._load("events_clean").where(F.col("ds") <= F.lit(self.ctx.as_of))
-        top = (events.groupBy("item_id").agg(F.countDistinct("user_id").alias("users"))
-               .orderBy(F.desc("users"), "item_id").limit(self.p.example_items).toPandas())
+        top = (
+            events.groupBy("item_id")
+            .agg(F.countDistinct("user_id").alias("users"))
+            .orderBy(F.desc("users"), "item_id")
+            .limit(self.p.example_items)
+            .toPandas()
+        )
         if not len(top):
             raise Missing("events_clean has no events up to the date (run ingest)")
         self._example_users = dict(zip(top["item_id"], top["users"], strict=True))
@@ -360,8 +459,11 @@ class ReportJob(Job):
         items = self._example_items()
         sim = self._read("item_similarity", "build_similarity")
         algos = [a for a in self.p.neighbor_algos]
-        got = (sim.where(F.col("item_id").isin(items) & F.col("algo").isin(algos))
-               .select("algo", "item_id", F.slice("neighbors", 1, self.p.neighbors).alias("nb")).toPandas())
+        got = (
+            sim.where(F.col("item_id").isin(items) & F.col("algo").isin(algos))
+            .select("algo", "item_id", F.slice("neighbors", 1, self.p.neighbors).alias("nb"))
+            .toPandas()
+        )
         lists = {(r.algo, r.item_id): [n["item_id"] for n in r.nb] for r in got.itertuples()}
         columns = {a: a for a in algos}
         try:
@@ -371,17 +473,27 @@ class ReportJob(Job):
         except Missing:
             pass
         name = lambda i: titles.get(i, i)  # noqa: E731
-        out = [f"<p>The {len(items)} items with the most distinct users up to {self.ctx.as_of}, and their top "
-               f"{self.p.neighbors} neighbors per source.</p>"]
+        out = [
+            f"<p>The {len(items)} items with the most distinct users up to {self.ctx.as_of}, and their top "
+            f"{self.p.neighbors} neighbors per source.</p>"
+        ]
         for i in items:
             head = "".join(f"<th>{_esc(c)}</th>" for c in columns.values())
             n = max((len(lists.get((a, i), [])) for a in columns), default=0)
-            body = "".join("<tr>" + "".join(
-                f"<td>{_esc(name(lists[(a, i)][r])) if r < len(lists.get((a, i), [])) else ''}</td>"
-                for a in columns) + "</tr>" for r in range(n))
-            out.append(f"<h3>{_esc(name(i))} <small>(item {_esc(i)}, {self._example_users[i]:,} users, "
-                       f"{_esc(self._categories.get(i, '(none)'))})</small></h3>"
-                       f'<table class="nb"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+            body = "".join(
+                "<tr>"
+                + "".join(
+                    f"<td>{_esc(name(lists[(a, i)][r])) if r < len(lists.get((a, i), [])) else ''}</td>"
+                    for a in columns
+                )
+                + "</tr>"
+                for r in range(n)
+            )
+            out.append(
+                f"<h3>{_esc(name(i))} <small>(item {_esc(i)}, {self._example_users[i]:,} users, "
+                f"{_esc(self._categories.get(i, '(none)'))})</small></h3>"
+                f'<table class="nb"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            )
         return "".join(out)
 
     def _aligned_neighbors(self, items: list[str]) -> dict[str, list[str]]:
@@ -417,7 +529,8 @@ class ReportJob(Job):
 
         cand = emb.rdd.mapPartitions(top).collect()
         df = pd.DataFrame(cand, columns=["q", "item_id", "score"]).sort_values(
-            ["q", "score", "item_id"], ascending=[True, False, True])
+            ["q", "score", "item_id"], ascending=[True, False, True]
+        )
         return {i: g["item_id"].head(k).tolist() for i, g in df.groupby("q")}
 
     def _sample(self, df, n: int):
@@ -437,8 +550,9 @@ class ReportJob(Job):
 
         if x.shape[1] > 50:
             x = PCA(n_components=50, random_state=self.p.seed).fit_transform(x)
-        return TSNE(n_components=2, init="pca", perplexity=min(30.0, (len(x) - 1) / 3), random_state=self.p.seed,
-                    max_iter=750).fit_transform(x)
+        return TSNE(
+            n_components=2, init="pca", perplexity=min(30.0, (len(x) - 1) / 3), random_state=self.p.seed, max_iter=750
+        ).fit_transform(x)
 
     def _embedding_maps(self) -> str:
         self.titles()
@@ -448,19 +562,28 @@ class ReportJob(Job):
             ge = self._read("graph_embeddings", "build_graph_embeddings")
             for m in sorted(r[0] for r in ge.select("method").distinct().collect()):
                 # cold-start items a walk method cannot embed carry an empty vector: not drawn
-                maps.append((f"graph: {m}", ge.where((F.col("method") == m) & (F.size("vector") > 0))
-                             .select("item_id", "vector")))
+                maps.append(
+                    (
+                        f"graph: {m}",
+                        ge.where((F.col("method") == m) & (F.size("vector") > 0)).select("item_id", "vector"),
+                    )
+                )
         except Missing:
             pass
         try:
-            maps.append(("aligned (content → behaviour)",
-                         self._read("aligned_embeddings", "align_embeddings").select("item_id", "vector")))
+            maps.append(
+                (
+                    "aligned (content → behaviour)",
+                    self._read("aligned_embeddings", "align_embeddings").select("item_id", "vector"),
+                )
+            )
         except Missing:
             pass
         if not maps:
-            raise Missing("neither graph_embeddings nor aligned_embeddings (run build_graph_embeddings, "
-                          "align_embeddings)")
-        top = cats.value_counts().index[:self.p.map_categories].tolist()
+            raise Missing(
+                "neither graph_embeddings nor aligned_embeddings (run build_graph_embeddings, align_embeddings)"
+            )
+        top = cats.value_counts().index[: self.p.map_categories].tolist()
         palette = pyplot().get_cmap("tab10" if len(top) <= 10 else "tab20")
         colors = {c: palette(i) for i, c in enumerate(top)}
         plt = pyplot()
@@ -468,7 +591,7 @@ class ReportJob(Job):
         rows = -(-len(maps) // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5.2 * rows), squeeze=False)
         sizes = []
-        for ax, (title, df) in zip(axes.flat, maps, strict=False):      # the grid may have a spare axis
+        for ax, (title, df) in zip(axes.flat, maps, strict=False):  # the grid may have a spare axis
             pdf = self._sample(df, self.p.map_sample).toPandas().sort_values("item_id")
             xy = self._project(np.stack(pdf["vector"].to_numpy()).astype(np.float32))
             c = pdf["item_id"].map(cats).fillna("(none)")
@@ -482,34 +605,40 @@ class ReportJob(Job):
             ax.set_xticks([])
             ax.set_yticks([])
             sizes.append(len(pdf))
-        for ax in list(axes.flat)[len(maps):]:
+        for ax in list(axes.flat)[len(maps) :]:
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), markerscale=3, frameon=False)
         fig.subplots_adjust(bottom=0.12)
         how = "t-SNE (after PCA to 50 dimensions)" if self.p.projection == "tsne" else "PCA"
-        return (f"<p>{how} of L2-normalised vectors; a seeded sample of at most {self.p.map_sample:,} items per "
-                f"map; the {len(top)} most frequent categories coloured.</p>"
-                + self._figure("embedding_maps.png", fig, "embedding maps coloured by category"))
+        return (
+            f"<p>{how} of L2-normalised vectors; a seeded sample of at most {self.p.map_sample:,} items per "
+            f"map; the {len(top)} most frequent categories coloured.</p>"
+            + self._figure("embedding_maps.png", fig, "embedding maps coloured by category")
+        )
 
     def _semantic_ids(self) -> str:
         plt = pyplot()
         sid = self._read("semantic_ids", "build_sids").where("in_catalog")
         met = self._read("sid_metrics", "build_sids").toPandas()
-        gen = str(met["generation"].max())   # one generation per date
+        gen = str(met["generation"].max())  # one generation per date
         met = met[met["generation"] == gen]
         levels = met[met["level"] > 0].sort_values("level")
         summary = met[met["level"] == 0].iloc[0] if (met["level"] == 0).any() else None
         n_levels = int(levels["level"].max())
-        counts = (sid.select(F.posexplode("rq_codes").alias("pos", "code")).groupBy("pos", "code").count()
-                  .toPandas())
+        counts = sid.select(F.posexplode("rq_codes").alias("pos", "code")).groupBy("pos", "code").count().toPandas()
         fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
         ax = axes[0]
         for lv in range(n_levels):
             c = np.sort(counts.loc[counts["pos"] == lv, "count"].to_numpy())[::-1]
             ax.plot(np.arange(1, len(c) + 1), c, label=f"level {lv + 1}")
-        ax.set(xscale="log", yscale="log", xlabel="code rank", ylabel="items per code",
-               title="items per code per level (RQ codes)")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="code rank",
+            ylabel="items per code",
+            title="items per code per level (RQ codes)",
+        )
         ax.legend()
         ax = axes[1]
         size = levels["codebook_size"].to_numpy()
@@ -519,36 +648,80 @@ class ReportJob(Job):
         ax.barh(y, used, left=-used / 2, color="#dddddd", label="codes used")
         ax.barh(y, eff, left=-eff / 2, color="#4c72b0", label="effective codes (perplexity)")
         for yy, e, s in zip(y, eff, size, strict=True):
-            ax.text(0, yy, f"{e * s:,.0f} / {s:,.0f}", ha="center", va="center", fontsize=8, color="white"
-                    if e > 0.3 else "black")
-        ax.set(yticks=y, yticklabels=[f"level {int(v)}" for v in levels["level"]], xlim=(-0.55, 0.55),
-               xticks=[], title="hourglass: share of each codebook in effective use")
+            ax.text(
+                0,
+                yy,
+                f"{e * s:,.0f} / {s:,.0f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if e > 0.3 else "black",
+            )
+        ax.set(
+            yticks=y,
+            yticklabels=[f"level {int(v)}" for v in levels["level"]],
+            xlim=(-0.55, 0.55),
+            xticks=[],
+            title="hourglass: share of each codebook in effective use",
+        )
         ax.legend(loc="lower center", fontsize=7, bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
         ax = axes[2]
         if summary is not None and np.isfinite(summary["collision_rate_before"]):
-            vals = [summary["collision_rate_before"], summary["collision_rate_after"],
-                    summary["sid_gini_before"], summary["sid_gini_after"]]
-            bars = ax.bar(["collision\nbefore", "collision\nafter", "SID Gini\nbefore", "SID Gini\nafter"], vals,
-                          color=["#c44e52", "#55a868", "#c44e52", "#55a868"])
+            vals = [
+                summary["collision_rate_before"],
+                summary["collision_rate_after"],
+                summary["sid_gini_before"],
+                summary["sid_gini_after"],
+            ]
+            bars = ax.bar(
+                ["collision\nbefore", "collision\nafter", "SID Gini\nbefore", "SID Gini\nafter"],
+                vals,
+                color=["#c44e52", "#55a868", "#c44e52", "#55a868"],
+            )
             for b, v in zip(bars, vals, strict=True):
                 ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
             ax.set(title="collisions and SID Gini, before / after handling", ylim=(0, max(0.01, 1.15 * max(vals))))
         else:
             ax.text(0.5, 0.5, "no collision metrics for this generation", ha="center")
             ax.axis("off")
-        per_level = levels[["level", "codebook_size", "utilization", "perplexity", "gini", "top_token_share",
-                            "max_code_size", "relative_recon_error", "prefix_recall", "prefix_recall_random"]]
-        out = [f"<p>Generation {gen}: {int(levels['items'].max()):,} items in the catalog, {n_levels} levels. The "
-               "hourglass chart shows how much of each codebook is in effective use (perplexity of the code "
-               "distribution / codebook size): a narrow middle level is the hourglass effect. The last level's codes are "
-               "capped per prefix (at most a few items per last code among items sharing the earlier codes), so "
-               "they concentrate on a few code values globally by design; what matters there is the collision "
-               "rate.</p>",
-               self._figure("sid_codes.png", fig, "semantic-ID code distribution, hourglass and collisions"),
-               "<h3>Per level</h3>", _table(per_level)]
+        per_level = levels[
+            [
+                "level",
+                "codebook_size",
+                "utilization",
+                "perplexity",
+                "gini",
+                "top_token_share",
+                "max_code_size",
+                "relative_recon_error",
+                "prefix_recall",
+                "prefix_recall_random",
+            ]
+        ]
+        out = [
+            f"<p>Generation {gen}: {int(levels['items'].max()):,} items in the catalog, {n_levels} levels. The "
+            "hourglass chart shows how much of each codebook is in effective use (perplexity of the code "
+            "distribution / codebook size): a narrow middle level is the hourglass effect. The last level's codes are "
+            "capped per prefix (at most a few items per last code among items sharing the earlier codes), so "
+            "they concentrate on a few code values globally by design; what matters there is the collision "
+            "rate.</p>",
+            self._figure("sid_codes.png", fig, "semantic-ID code distribution, hourglass and collisions"),
+            "<h3>Per level</h3>",
+            _table(per_level),
+        ]
         if summary is not None:
-            keys = ["collision_rate_before", "collision_rate_after", "max_items_per_sid_before", "sid_gini_before",
-                    "sid_gini_after", "moved", "new_items", "kept_items", "removed_items", "relative_recon_error"]
+            keys = [
+                "collision_rate_before",
+                "collision_rate_after",
+                "max_items_per_sid_before",
+                "sid_gini_before",
+                "sid_gini_after",
+                "moved",
+                "new_items",
+                "kept_items",
+                "removed_items",
+                "relative_recon_error",
+            ]
             s = pd.DataFrame({"metric": keys, "value": [float(summary[k]) for k in keys]})
             out += ["<h3>Whole SID</h3>", _table(s)]
         return "".join(out)
@@ -566,12 +739,17 @@ class ReportJob(Job):
         label = json.loads(run["params"]).get("label", "label_click") if run is not None else "label_click"
         trained_ds = run["as_of"] if run is not None else None
         names = list(model["feature_names"])
-        overall = met[met["slice_column"].isna()][["model", "rows", "positives", "auc", "ne", "rig",
-                                                    "calibration_ratio"]]
-        out = [f"<p>Model <code>{_esc(model['model_version'])}</code>: {len(names)} features; test metrics as "
-               "published by <code>train_gbdt</code> (NE: normalized entropy, lower is better).</p>", _table(overall)]
-        sliced = met[met["slice_column"].notna()][["slice_column", "slice_value", "rows", "auc", "ne",
-                                                    "calibration_ratio"]]
+        overall = met[met["slice_column"].isna()][
+            ["model", "rows", "positives", "auc", "ne", "rig", "calibration_ratio"]
+        ]
+        out = [
+            f"<p>Model <code>{_esc(model['model_version'])}</code>: {len(names)} features; test metrics as "
+            "published by <code>train_gbdt</code> (NE: normalized entropy, lower is better).</p>",
+            _table(overall),
+        ]
+        sliced = met[met["slice_column"].notna()][
+            ["slice_column", "slice_value", "rows", "auc", "ne", "calibration_ratio"]
+        ]
         figs = []
         ds = trained_ds or self.ctx.as_of
         samples = self._load("training_samples").where((F.col("ds") == F.lit(ds)) & (F.col("split") == "test"))
@@ -586,11 +764,22 @@ class ReportJob(Job):
             pdf = samples.select(*[F.col(c).cast("double") for c in names], F.col(label).cast("double")).toPandas()
             booster = lgb.Booster(model_str=model["model_text"])
             q = recalibrate(booster.predict(pdf[names].to_numpy()), float(summary.get("negative_rate", 1.0)))
-            figs.append(self._figure("gbdt_calibration.png", calibration_figure(
-                pdf[label].to_numpy(), {"gbdt": q}, f"calibration by decile, {len(pdf):,} test rows of {ds}"),
-                "GBDT calibration curve"))
-        figs.append(self._figure("gbdt_importance.png", importance_figure(summary.get("importance_gain", {})),
-                                 "GBDT feature importance (gain)"))
+            figs.append(
+                self._figure(
+                    "gbdt_calibration.png",
+                    calibration_figure(
+                        pdf[label].to_numpy(), {"gbdt": q}, f"calibration by decile, {len(pdf):,} test rows of {ds}"
+                    ),
+                    "GBDT calibration curve",
+                )
+            )
+        figs.append(
+            self._figure(
+                "gbdt_importance.png",
+                importance_figure(summary.get("importance_gain", {})),
+                "GBDT feature importance (gain)",
+            )
+        )
         out.append('<div class="row">' + "".join(figs) + "</div>")
         if len(sliced):
             out += ["<h3>By slice (GBDT)</h3>", _table(sliced)]
@@ -600,9 +789,14 @@ class ReportJob(Job):
         """The _runs row of the train_gbdt run that published the model (its version ends in the run id's
         first 12 characters)."""
         suffix = model_version.rsplit("-", 1)[-1]
-        runs = (self._load(RUNS_TABLE).where((F.col("job") == "train_gbdt") & (F.col("status") == "succeeded")
-                                                & F.col("run_id").startswith(suffix))
-                .select("params", "as_of").toPandas())
+        runs = (
+            self._load(RUNS_TABLE)
+            .where(
+                (F.col("job") == "train_gbdt") & (F.col("status") == "succeeded") & F.col("run_id").startswith(suffix)
+            )
+            .select("params", "as_of")
+            .toPandas()
+        )
         return None if not len(runs) else runs.iloc[0]
 
     def _quarantine(self) -> str:
@@ -622,25 +816,45 @@ class ReportJob(Job):
             rows.append({"table": name, "rows": total, "note": ""})
             for x in by.itertuples():
                 reasons.append({"table": name, "reason": x.reason, "rows": int(x.count)})
-        out = ["<p>Rows set aside with a reason instead of being dropped, for the date's partition.</p>",
-               _table(pd.DataFrame(rows).fillna({"rows": 0}))]
+        out = [
+            "<p>Rows set aside with a reason instead of being dropped, for the date's partition.</p>",
+            _table(pd.DataFrame(rows).fillna({"rows": 0})),
+        ]
         try:
             ing = self._latest_runs()
             ing = ing[ing["job"] == "ingest"]
             if len(ing):
                 rc = dict(ing.iloc[0]["row_counts"])
-                keys = [k for k in ("events_input", "events_clean", "events_quarantine", "events_published",
-                                    "events_republished", "events_already_published", "events_backdated",
-                                    "items_input", "items", "items_not_yet_created", "items_quarantine") if k in rc]
-                out += ["<h3>Ingest reconciliation</h3>",
-                        _table(pd.DataFrame({"count": keys, "rows": [int(rc[k]) for k in keys]}))]
+                keys = [
+                    k
+                    for k in (
+                        "events_input",
+                        "events_clean",
+                        "events_quarantine",
+                        "events_published",
+                        "events_republished",
+                        "events_already_published",
+                        "events_backdated",
+                        "items_input",
+                        "items",
+                        "items_not_yet_created",
+                        "items_quarantine",
+                    )
+                    if k in rc
+                ]
+                out += [
+                    "<h3>Ingest reconciliation</h3>",
+                    _table(pd.DataFrame({"count": keys, "rows": [int(rc[k]) for k in keys]})),
+                ]
                 if {"events_input", "events_clean", "events_quarantine"} <= set(rc):
                     ok = rc["events_input"] == rc["events_clean"] + rc["events_quarantine"]
                     out.append(f"<p>events: input = clean + quarantined: <b>{'yes' if ok else 'NO'}</b></p>")
                 if rc.get("events_backdated"):
-                    out.append(f"<p>{int(rc['events_backdated']):,} events published for dates before "
-                               f"{self.ctx.as_of} (late arrivals or a history load): features already built "
-                               "for those dates did not see them; rebuild them to include them.</p>")
+                    out.append(
+                        f"<p>{int(rc['events_backdated']):,} events published for dates before "
+                        f"{self.ctx.as_of} (late arrivals or a history load): features already built "
+                        "for those dates did not see them; rebuild them to include them.</p>"
+                    )
         except Missing:
             pass
         if reasons:

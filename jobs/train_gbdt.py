@@ -32,43 +32,78 @@ from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.tokenizers.gbdt import GBDTSpec
 
 CONTEXT_FEATURES = ("ctx_hour_of_day", "ctx_day_of_week", "ctx_position", "hist_len")
-MODEL_SCHEMA = T.StructType([
-    T.StructField("model_version", T.StringType(), False), T.StructField("model_text", T.StringType(), False),
-    T.StructField("params", T.StringType(), False), T.StructField("feature_names", T.ArrayType(T.StringType()), False),
-    T.StructField("negative_rate", T.DoubleType(), False), T.StructField("metrics", T.StringType(), False),
-    T.StructField("trained_at", T.TimestampType()),
-])
-VOCAB_SCHEMA = T.StructType([
-    T.StructField("model_version", T.StringType(), False), T.StructField("tree", T.IntegerType(), False),
-    T.StructField("leaf", T.IntegerType(), False), T.StructField("global_id", T.IntegerType(), False),
-    T.StructField("leaf_value", T.DoubleType(), False), T.StructField("count", T.LongType(), False),
-])
-METRICS_SCHEMA = T.StructType([
-    T.StructField("model_version", T.StringType(), False), T.StructField("model", T.StringType(), False),
-    T.StructField("split", T.StringType(), False), T.StructField("slice_column", T.StringType()),
-    T.StructField("slice_value", T.StringType()), T.StructField("rows", T.LongType(), False),
-    T.StructField("positives", T.LongType(), False), T.StructField("auc", T.DoubleType()),
-    T.StructField("ne", T.DoubleType()), T.StructField("rig", T.DoubleType()),
-    T.StructField("calibration_ratio", T.DoubleType()),
-])
+MODEL_SCHEMA = T.StructType(
+    [
+        T.StructField("model_version", T.StringType(), False),
+        T.StructField("model_text", T.StringType(), False),
+        T.StructField("params", T.StringType(), False),
+        T.StructField("feature_names", T.ArrayType(T.StringType()), False),
+        T.StructField("negative_rate", T.DoubleType(), False),
+        T.StructField("metrics", T.StringType(), False),
+        T.StructField("trained_at", T.TimestampType()),
+    ]
+)
+VOCAB_SCHEMA = T.StructType(
+    [
+        T.StructField("model_version", T.StringType(), False),
+        T.StructField("tree", T.IntegerType(), False),
+        T.StructField("leaf", T.IntegerType(), False),
+        T.StructField("global_id", T.IntegerType(), False),
+        T.StructField("leaf_value", T.DoubleType(), False),
+        T.StructField("count", T.LongType(), False),
+    ]
+)
+METRICS_SCHEMA = T.StructType(
+    [
+        T.StructField("model_version", T.StringType(), False),
+        T.StructField("model", T.StringType(), False),
+        T.StructField("split", T.StringType(), False),
+        T.StructField("slice_column", T.StringType()),
+        T.StructField("slice_value", T.StringType()),
+        T.StructField("rows", T.LongType(), False),
+        T.StructField("positives", T.LongType(), False),
+        T.StructField("auc", T.DoubleType()),
+        T.StructField("ne", T.DoubleType()),
+        T.StructField("rig", T.DoubleType()),
+        T.StructField("calibration_ratio", T.DoubleType()),
+    ]
+)
 
 
 class TrainGBDTParams(JobParams):
     label: str = Field("label_click", description="The binary label column of training_samples.")
-    features: list[str] = Field([], description="Feature columns; empty: every f_* column plus "
-                                + ", ".join(CONTEXT_FEATURES) + " (those present).")
-    tree_fraction: float = Field(0.5, gt=0, lt=1, description="Earliest share (by ts) of the train split the "
-                                 "trees learn on; the rest trains the downstream models.")
-    negative_rate: float = Field(1.0, gt=0, le=1, description="Further negative downsampling of the tree rows "
-                                 "(seeded hash), on top of the samples' own rate; recalibrated.")
+    features: list[str] = Field(
+        [],
+        description="Feature columns; empty: every f_* column plus "
+        + ", ".join(CONTEXT_FEATURES)
+        + " (those present).",
+    )
+    tree_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Earliest share (by ts) of the train split the "
+        "trees learn on; the rest trains the downstream models.",
+    )
+    negative_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Further negative downsampling of the tree rows "
+        "(seeded hash), on top of the samples' own rate; recalibrated.",
+    )
     num_trees: int = Field(200, ge=1, description="Boosting rounds (trees).")
     num_leaves: int = Field(31, ge=2, description="Leaves per tree.")
     learning_rate: float = Field(0.05, gt=0, description="Shrinkage.")
     min_data_in_leaf: int = Field(100, ge=1, description="Smallest leaf.")
     feature_fraction: float = Field(0.8, gt=0, le=1, description="Features sampled per tree.")
     bagging_fraction: float = Field(0.8, gt=0, le=1, description="Rows sampled per tree.")
-    distributed_rows: int = Field(5_000_000, ge=1, description="Tree rows from which training runs data-parallel "
-                                  "on Ray Train (LightGBMTrainer) instead of one Ray task.")
+    distributed_rows: int = Field(
+        5_000_000,
+        ge=1,
+        description="Tree rows from which training runs data-parallel "
+        "on Ray Train (LightGBMTrainer) instead of one Ray task.",
+    )
     workers: int = Field(2, ge=1, description="Ray Train workers of the data-parallel training.")
     slices: list[str] = Field(["category"], description="Columns the calibration is also reported by.")
     max_slice_values: int = Field(10, ge=1, description="Most frequent values reported per slice column.")
@@ -76,9 +111,15 @@ class TrainGBDTParams(JobParams):
     gate_max_ne: float = Field(1.0, gt=0, description="The GBDT's test NE must stay below this (1: the base rate).")
 
     def gbdt_spec(self) -> GBDTSpec:
-        return GBDTSpec(num_trees=self.num_trees, num_leaves=self.num_leaves, learning_rate=self.learning_rate,
-                        min_data_in_leaf=self.min_data_in_leaf, feature_fraction=self.feature_fraction,
-                        bagging_fraction=self.bagging_fraction, seed=self.seed)
+        return GBDTSpec(
+            num_trees=self.num_trees,
+            num_leaves=self.num_leaves,
+            learning_rate=self.learning_rate,
+            min_data_in_leaf=self.min_data_in_leaf,
+            feature_fraction=self.feature_fraction,
+            bagging_fraction=self.bagging_fraction,
+            seed=self.seed,
+        )
 
 
 def _train_task(X: np.ndarray, y: np.ndarray, spec_dict: dict, names: list[str], cpus: int) -> str:
@@ -109,9 +150,15 @@ class TrainGBDTJob(Job):
         df = date_partition(ctx, "training_samples", "build_training_samples")
         names = self._feature_names(df, p)
         slices = [s for s in p.slices if s in df.columns]
-        pdf = df.select(F.col("sample_id").cast("string").alias("sample_id"), "ts", "split",
-                        F.col(p.label).cast("double").alias("_y"), "negative_rate",
-                        *[F.col(c).cast("double").alias(c) for c in names], *slices).toPandas()
+        pdf = df.select(
+            F.col("sample_id").cast("string").alias("sample_id"),
+            "ts",
+            "split",
+            F.col(p.label).cast("double").alias("_y"),
+            "negative_rate",
+            *[F.col(c).cast("double").alias(c) for c in names],
+            *slices,
+        ).toPandas()
         ctx.row_counts["samples"] = len(pdf)
         bad = pdf["_y"].isna() | ~pdf["_y"].isin([0.0, 1.0])
         if bad.any():
@@ -119,21 +166,38 @@ class TrainGBDTJob(Job):
 
         sp = gbdt.split_rows(pdf, p.tree_fraction, p.negative_rate, p.seed, f"training_samples of {ctx.as_of}")
         tree, down, test, w_tree = sp.tree, sp.down, sp.test, sp.w_tree
-        ctx.row_counts.update({"tree_rows": len(tree), "downstream_rows": len(down), "test_rows": len(test),
-                               "tree_rows_negative_downsampled": sp.downsampled, "unused_rows": sp.unused})
+        ctx.row_counts.update(
+            {
+                "tree_rows": len(tree),
+                "downstream_rows": len(down),
+                "test_rows": len(test),
+                "tree_rows_negative_downsampled": sp.downsampled,
+                "unused_rows": sp.unused,
+            }
+        )
 
         ray = init_ray()
         cpus = node_cpus()[0]
         spec = p.gbdt_spec()
         if len(tree) >= p.distributed_rows:
             storage = ctx.warehouse.arrow_path("_checkpoints", "train_gbdt")
-            booster = gbdt.train_distributed(tree[names].to_numpy(), tree["_y"].to_numpy(), spec, names, p.workers,
-                                             storage, f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}")
+            booster = gbdt.train_distributed(
+                tree[names].to_numpy(),
+                tree["_y"].to_numpy(),
+                spec,
+                names,
+                p.workers,
+                storage,
+                f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}",
+            )
             text = booster.model_to_string()
             ctx.notes["training"] = f"Ray Train LightGBMTrainer, {p.workers} workers"
         else:
-            text = ray.get(ray.remote(num_cpus=cpus)(_train_task).remote(
-                tree[names].to_numpy(), tree["_y"].to_numpy(), spec.to_dict(), names, cpus))
+            text = ray.get(
+                ray.remote(num_cpus=cpus)(_train_task).remote(
+                    tree[names].to_numpy(), tree["_y"].to_numpy(), spec.to_dict(), names, cpus
+                )
+            )
             ctx.notes["training"] = f"one Ray task, {cpus} threads"
         booster = lgb.Booster(model_str=text)
         vocab = gbdt.leaf_vocab(booster)
@@ -143,15 +207,18 @@ class TrainGBDTJob(Job):
         Xt, yt = test[names].to_numpy(), test["_y"].to_numpy()
         scores = {"gbdt": recalibrate(booster.predict(Xt), w_tree)}
         if len(down) and len(np.unique(down["_y"])) == 2:
-            lr, c = gbdt.lr_comparison(booster, offsets, len(vocab), down[names].to_numpy(), down["_y"].to_numpy(),
-                                       Xt, sp.w_down)
+            lr, c = gbdt.lr_comparison(
+                booster, offsets, len(vocab), down[names].to_numpy(), down["_y"].to_numpy(), Xt, sp.w_down
+            )
             scores.update(lr)
             ctx.metrics["lr_leaves_C"] = c
         else:
             ctx.notes["downstream"] = "skipped: the downstream rows have a single label"
         version = f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}"
-        met = pd.DataFrame(gbdt.evaluate(version, scores, test, slices, p.max_slice_values),
-                           columns=[f.name for f in METRICS_SCHEMA.fields])
+        met = pd.DataFrame(
+            gbdt.evaluate(version, scores, test, slices, p.max_slice_values),
+            columns=[f.name for f in METRICS_SCHEMA.fields],
+        )
         for r in met[met["slice_column"].isna()].itertuples():
             for k in ("auc", "ne", "rig", "calibration_ratio"):
                 if getattr(r, k) is not None and np.isfinite(getattr(r, k)):
@@ -162,29 +229,48 @@ class TrainGBDTJob(Job):
         if failed:
             raise QualityGateError("GBDT not published: " + "; ".join(failed))
 
-        summary = {"test": {r.model: {"auc": r.auc, "ne": r.ne, "calibration_ratio": r.calibration_ratio}
-                            for r in met[met["slice_column"].isna()].itertuples()},
-                   "importance_gain": importance, "negative_rate": w_tree}
+        summary = {
+            "test": {
+                r.model: {"auc": r.auc, "ne": r.ne, "calibration_ratio": r.calibration_ratio}
+                for r in met[met["slice_column"].isna()].itertuples()
+            },
+            "importance_gain": importance,
+            "negative_rate": w_tree,
+        }
         ctx.notes["model_version"] = version
         # Each model version is an identity of its own (date + run id): its rows are written beside the
         # date's other versions (the daily model and a weekly refit of the same date), never over
         # them, so the gbdt_leaves rows that name a version always find its model and vocabulary.
         own = {"model_version": version}
         trained_at = dt.datetime.now(dt.UTC)
-        ctx.write(spark.createDataFrame([(version, text, json.dumps(spec.to_dict()), names, w_tree,
-                                          json.dumps(summary), trained_at)], MODEL_SCHEMA)
-                  .withColumn("ds", F.lit(ctx.as_of)), "gbdt_models", where=own)
+        ctx.write(
+            spark.createDataFrame(
+                [(version, text, json.dumps(spec.to_dict()), names, w_tree, json.dumps(summary), trained_at)],
+                MODEL_SCHEMA,
+            ).withColumn("ds", F.lit(ctx.as_of)),
+            "gbdt_models",
+            where=own,
+        )
         vocab.insert(0, "model_version", version)
-        ref = ctx.write(spark.createDataFrame(vocab, VOCAB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_leaf_vocab",
-                        where=own)
+        ref = ctx.write(
+            spark.createDataFrame(vocab, VOCAB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_leaf_vocab", where=own
+        )
         ctx.row_counts["leaves"] = ref.rows
-        ctx.write(spark.createDataFrame(met, METRICS_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_metrics",
-                  where=own)
+        ctx.write(
+            spark.createDataFrame(met, METRICS_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_metrics", where=own
+        )
         ctx.notes["report"] = self._report(ctx, version, met, importance, yt, scores, ctx.metrics.get("lr_leaves_C"))
 
     @staticmethod
-    def _report(ctx: RunContext, version: str, met: pd.DataFrame, importance: dict, y: np.ndarray,
-                scores: dict[str, np.ndarray], c_leaves) -> str:
+    def _report(
+        ctx: RunContext,
+        version: str,
+        met: pd.DataFrame,
+        importance: dict,
+        y: np.ndarray,
+        scores: dict[str, np.ndarray],
+        c_leaves,
+    ) -> str:
         """report.md + calibration.png + importance.png under <warehouse>/_reports/train_gbdt/<as-of>/
         (any filesystem pyarrow knows). Returns the folder."""
         from recfactory.jobs.runtime.reports import ReportFolder, calibration_figure, importance_figure
@@ -196,24 +282,50 @@ class TrainGBDTJob(Job):
 
         overall = met[met["slice_column"].isna()]
         sliced = met[met["slice_column"].notna()]
-        md = [f"# GBDT {version}", "", f"Test split: {int(overall['rows'].iloc[0]):,} rows, "
-              f"{int(overall['positives'].iloc[0]):,} positives. Predictions recalibrated q = p/(p + (1−p)/w).", "",
-              "## Facebook comparison (test NE; lower is better)", "",
-              "| model | AUC | NE | RIG | calibration |", "|---|---|---|---|---|"]
-        labels = {"gbdt": "GBDT alone", "lr_leaves": f"LR on one-hot leaves (C = {c_leaves})",
-                  "lr_raw": "LR on raw features"}
+        md = [
+            f"# GBDT {version}",
+            "",
+            f"Test split: {int(overall['rows'].iloc[0]):,} rows, "
+            f"{int(overall['positives'].iloc[0]):,} positives. Predictions recalibrated q = p/(p + (1−p)/w).",
+            "",
+            "## Facebook comparison (test NE; lower is better)",
+            "",
+            "| model | AUC | NE | RIG | calibration |",
+            "|---|---|---|---|---|",
+        ]
+        labels = {
+            "gbdt": "GBDT alone",
+            "lr_leaves": f"LR on one-hot leaves (C = {c_leaves})",
+            "lr_raw": "LR on raw features",
+        }
         for r in overall.itertuples():
-            md.append(f"| {labels.get(r.model, r.model)} | {r.auc:.4f} | {r.ne:.4f} | {r.rig:.4f} | "
-                      f"{r.calibration_ratio:.3f} |")
+            md.append(
+                f"| {labels.get(r.model, r.model)} | {r.auc:.4f} | {r.ne:.4f} | {r.rig:.4f} | "
+                f"{r.calibration_ratio:.3f} |"
+            )
         if len(sliced):
-            md += ["", "## Calibration by slice (GBDT)", "", "| slice | rows | AUC | NE | calibration |",
-                   "|---|---|---|---|---|"]
+            md += [
+                "",
+                "## Calibration by slice (GBDT)",
+                "",
+                "| slice | rows | AUC | NE | calibration |",
+                "|---|---|---|---|---|",
+            ]
             for r in sliced.itertuples():
-                fmt = (lambda v, d: "–" if v is None or not np.isfinite(v) else f"{v:.{d}f}")
-                md.append(f"| {r.slice_column} = {r.slice_value} | {r.rows:,} | {fmt(r.auc, 4)} | {fmt(r.ne, 4)} | "
-                          f"{fmt(r.calibration_ratio, 3)} |")
-        md += ["", "![calibration](calibration.png)", "", "## Feature importance (total gain)", "",
-               "| feature | share |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in list(importance.items())[:20]]
+                fmt = lambda v, d: "–" if v is None or not np.isfinite(v) else f"{v:.{d}f}"
+                md.append(
+                    f"| {r.slice_column} = {r.slice_value} | {r.rows:,} | {fmt(r.auc, 4)} | {fmt(r.ne, 4)} | "
+                    f"{fmt(r.calibration_ratio, 3)} |"
+                )
+        md += [
+            "",
+            "![calibration](calibration.png)",
+            "",
+            "## Feature importance (total gain)",
+            "",
+            "| feature | share |",
+            "|---|---|",
+        ] + [f"| {k} | {v:.4f} |" for k, v in list(importance.items())[:20]]
         md += ["", "![importance](importance.png)", ""]
         out.put("report.md", "\n".join(md).encode())
         return folder

@@ -29,33 +29,53 @@ os.environ.setdefault("RECFACTORY_DRIVER_MEMORY", "3g")
 # quarter off (`build_cross_stats` in a fresh process: 69 s → 47 s). Spark's SQL settings are read
 # from `spark.*` JVM system properties, so they reach spark-submit's drivers too. Test-only: production
 # JVMs, and `make bench` (BENCH_RUN set), keep Spark's and the JVM's defaults.
-TEST_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dspark.sql.codegen.wholeStage=false "
-                    "-Dspark.sql.codegen.factoryMode=NO_CODEGEN -Dspark.sql.files.maxPartitionBytes=1073741824")
+TEST_JVM_OPTIONS = (
+    "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dspark.sql.codegen.wholeStage=false "
+    "-Dspark.sql.codegen.factoryMode=NO_CODEGEN -Dspark.sql.files.maxPartitionBytes=1073741824"
+)
 if not os.environ.get("BENCH_RUN"):
     os.environ.setdefault("JAVA_TOOL_OPTIONS", TEST_JVM_OPTIONS)
 # Under pytest-xdist each worker is its own Spark driver and local Ray: its own scratch space
 # (spark.local.dir, Ray's temp dir), so two workers never share a Ray session folder.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["RECFACTORY_TMP"] = str(Path(os.environ.get("RECFACTORY_TMP", Path.cwd() / ".tmp")).absolute()
-                                       / os.environ["PYTEST_XDIST_WORKER"])
+    os.environ["RECFACTORY_TMP"] = str(
+        Path(os.environ.get("RECFACTORY_TMP", Path.cwd() / ".tmp")).absolute() / os.environ["PYTEST_XDIST_WORKER"]
+    )
 
 
 # The longest test files first (as measured in CI), so that `pytest -n 2 --dist loadfile
 # --no-loadscope-reorder` starts them at once and the short ones fill in around them (a file runs in
 # one worker: module fixtures are shared). The DAG file, the longest, starts on one worker.
-LONGEST_FIRST = ("test_dags.py", "test_faults.py", "test_backfill.py", "test_alignment.py", "test_gbdt_jobs.py",
-                 "test_samples.py", "test_cross_stats.py", "test_sids_job.py", "test_point_in_time.py",
-                 "test_hostile_input.py", "test_cli.py")
+LONGEST_FIRST = (
+    "test_dags.py",
+    "test_faults.py",
+    "test_backfill.py",
+    "test_alignment.py",
+    "test_gbdt_jobs.py",
+    "test_samples.py",
+    "test_cross_stats.py",
+    "test_sids_job.py",
+    "test_point_in_time.py",
+    "test_hostile_input.py",
+    "test_cli.py",
+)
 
 
 # a test that takes one of these fixtures needs what the marker says, whatever its own marks
-FIXTURE_MARKS = {"spark": "spark", "movielens_run": "spark", "movielens_ingested": "spark", "slice_ingested": "spark",
-                 "spark_cluster": "spark", "ray_two_nodes": "ray", "airflow_home": "airflow"}
+FIXTURE_MARKS = {
+    "spark": "spark",
+    "movielens_run": "spark",
+    "movielens_ingested": "spark",
+    "slice_ingested": "spark",
+    "spark_cluster": "spark",
+    "ray_two_nodes": "ray",
+    "airflow_home": "airflow",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda it: rank.get(Path(str(it.fspath)).name, len(rank)))      # stable: order kept within a file
+    items.sort(key=lambda it: rank.get(Path(str(it.fspath)).name, len(rank)))  # stable: order kept within a file
     for it in items:
         for name in sorted(set(getattr(it, "fixturenames", ())) & set(FIXTURE_MARKS)):
             it.add_marker(FIXTURE_MARKS[name])
@@ -67,7 +87,7 @@ def _fast_tier_starts_no_ray():
     yield
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        ray.shutdown()                      # the next test is not blamed for it
+        ray.shutdown()  # the next test is not blamed for it
         pytest.fail("this test started Ray: mark it `ray` (make test-fast runs without Spark, Ray and Airflow)")
 
 
@@ -135,8 +155,22 @@ def slice_ingested(spark, movielens_slice, tmp_path_factory):
     base = tmp_path_factory.mktemp("slice")
     events, items = movielens_slice(base, 200)
     wh = base / "warehouse"
-    run_job("ingest", ["--warehouse", str(wh), "--as-of", "1998-04-30", "--dataset", "tables",
-                       "--events-path", str(events), "--items-path", str(items)], spark=spark)
+    run_job(
+        "ingest",
+        [
+            "--warehouse",
+            str(wh),
+            "--as-of",
+            "1998-04-30",
+            "--dataset",
+            "tables",
+            "--events-path",
+            str(events),
+            "--items-path",
+            str(items),
+        ],
+        spark=spark,
+    )
     return lambda dest: str(shutil.copytree(wh, dest))
 
 
@@ -203,18 +237,55 @@ def spark_standalone(tmp: Path, cores: int = 2, memory: str = "6g"):
 
     spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "SPARK_WORKER_DIR": str(tmp / "work"), "SPARK_LOG_DIR": str(tmp)}
+    env = {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "SPARK_WORKER_DIR": str(tmp / "work"),
+        "SPARK_LOG_DIR": str(tmp),
+    }
     port, ui, wui = free_port(), free_port(), free_port()
     master_url = f"spark://127.0.0.1:{port}"
     cluster = SparkStandalone(master_url, f"http://127.0.0.1:{ui}")
     logs = [tmp / "master.log", tmp / "worker.log"]
     try:
-        cluster.procs.append(_spawn([str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                     "--port", str(port), "--webui-port", str(ui)], env, logs[0]))
-        cluster.procs.append(_spawn([str(spark_class), "org.apache.spark.deploy.worker.Worker", master_url,
-                                     "--host", "127.0.0.1", "--cores", str(cores), "--memory", memory,
-                                     "--webui-port", str(wui), "--work-dir", str(tmp / "work")], env, logs[1]))
+        cluster.procs.append(
+            _spawn(
+                [
+                    str(spark_class),
+                    "org.apache.spark.deploy.master.Master",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--webui-port",
+                    str(ui),
+                ],
+                env,
+                logs[0],
+            )
+        )
+        cluster.procs.append(
+            _spawn(
+                [
+                    str(spark_class),
+                    "org.apache.spark.deploy.worker.Worker",
+                    master_url,
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    str(cores),
+                    "--memory",
+                    memory,
+                    "--webui-port",
+                    str(wui),
+                    "--work-dir",
+                    str(tmp / "work"),
+                ],
+                env,
+                logs[1],
+            )
+        )
         _wait(lambda: cluster.alive_workers() >= 1, "Spark standalone worker", logs)
         yield cluster
     finally:
@@ -262,13 +333,27 @@ def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1, object_store_
     token = tmp / "auth_token"
     token.write_text(os.urandom(32).hex())
     token.chmod(0o600)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_TMPDIR": str(tmp),
-           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_TMPDIR": str(tmp),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("RAY_ADDRESS", None)
     gcs, dash = free_port(), free_port()
     cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env)
-    common = ["--block", "--num-cpus", str(cpus_per_node), "--object-store-memory", str(object_store_mb << 20),
-              "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    common = [
+        "--block",
+        "--num-cpus",
+        str(cpus_per_node),
+        "--object-store-memory",
+        str(object_store_mb << 20),
+        "--node-ip-address",
+        "127.0.0.1",
+        "--disable-usage-stats",
+    ]
     logs = [tmp / f"ray-node{i}.log" for i in range(nodes)]
 
     def own_ports() -> list[str]:
@@ -277,13 +362,34 @@ def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1, object_store_
         return ["--dashboard-agent-listen-port", str(free_port())]
 
     try:
-        cluster.procs.append(_spawn([str(BIN / "ray"), "start", "--head", "--port", str(gcs), "--dashboard-host",
-                                     "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", str(tmp), *common,
-                                     *own_ports()], env, logs[0]))
+        cluster.procs.append(
+            _spawn(
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    "--head",
+                    "--port",
+                    str(gcs),
+                    "--dashboard-host",
+                    "127.0.0.1",
+                    "--dashboard-port",
+                    str(dash),
+                    "--temp-dir",
+                    str(tmp),
+                    *common,
+                    *own_ports(),
+                ],
+                env,
+                logs[0],
+            )
+        )
         _wait(lambda: cluster.alive_nodes() >= 1, "Ray head", logs)
         for i in range(1, nodes):
-            cluster.procs.append(_spawn([str(BIN / "ray"), "start", "--address", cluster.gcs_address, *common,
-                                         *own_ports()], env, logs[i]))
+            cluster.procs.append(
+                _spawn(
+                    [str(BIN / "ray"), "start", "--address", cluster.gcs_address, *common, *own_ports()], env, logs[i]
+                )
+            )
         _wait(lambda: cluster.alive_nodes() >= nodes, f"{nodes} Ray nodes", logs)
         # nodes are alive before the head's job agent takes submissions ("No available agent")
         _wait(cluster.runs_a_job, "the Ray Jobs API", logs)
@@ -317,16 +423,22 @@ def make_airflow_home(home: Path) -> dict[str, str]:
     """A fresh Airflow deployment: its own home and SQLite metadata DB, warehouse <home>/wh. (One
     warehouse per deployment: an asset's name, recfactory.<table>, is bound to its first URI.)
     Returns the environment its commands run with."""
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-           "RECFACTORY_WAREHOUSE": str(home / "wh"), "RECFACTORY_START_DATE": "1998-04-01",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "SPARK_LOCAL_IP": "127.0.0.1",
-           # the tests' run confs point ingest at their slice (a deployment allows it explicitly)
-           "RECFACTORY_RUN_CONF_ALLOW": "ingest.events_path,ingest.items_path"}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "RECFACTORY_WAREHOUSE": str(home / "wh"),
+        "RECFACTORY_START_DATE": "1998-04-01",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        # the tests' run confs point ingest at their slice (a deployment allows it explicitly)
+        "RECFACTORY_RUN_CONF_ALLOW": "ingest.events_path,ingest.items_path",
+    }
     env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return env
 
@@ -338,6 +450,7 @@ def airflow_home():
 
 
 # -- the report in a real browser ---------------------------------------------------------------------
+
 
 def open_in_chromium(page: Path, screenshot: Path) -> dict:
     """Open a local HTML page in headless Chromium (Debian's package, driven by Playwright, which
@@ -354,8 +467,10 @@ def open_in_chromium(page: Path, screenshot: Path) -> dict:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         tab = browser.new_page(viewport={"width": 1300, "height": 900})
-        tab.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-               if m.type in ("error", "warning") else None)
+        tab.on(
+            "console",
+            lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+        )
         tab.on("pageerror", lambda e: problems.append(f"page error: {e}"))
         tab.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
         response = tab.goto(page.resolve().as_uri(), wait_until="load")

@@ -38,10 +38,14 @@ def test_u2i_pairs_on_spark_with_users_too_short_to_pair(spark):
 
     index = pd.Series(np.arange(4), index=["i0", "i1", "i2", "i3"])
     idv = np.eye(4, dtype=np.float32)
-    idv[2] = idv[1]                                      # i2's nearest earlier item is i1
+    idv[2] = idv[1]  # i2's nearest earlier item is i1
     t0 = dt.datetime(2026, 1, 1)
-    rows = [("u1", "i0", t0, 1), ("u1", "i1", t0 + dt.timedelta(1), 2), ("u1", "i2", t0 + dt.timedelta(2), 3),
-            ("u2", "i3", t0, 4)]                         # u2: a single positive
+    rows = [
+        ("u1", "i0", t0, 1),
+        ("u1", "i1", t0 + dt.timedelta(1), 2),
+        ("u1", "i2", t0 + dt.timedelta(2), 3),
+        ("u2", "i3", t0, 4),
+    ]  # u2: a single positive
     pos = spark.createDataFrame(rows, "user_id string, item_id string, ts timestamp, event_id long")
     u2i, nxt = AlignEmbeddingsJob._u2i(spark, pos, index, idv, np.ones(4, bool), 50)
     ref = u2i_pairs(np.array([0, 1, 2]), idv, np.ones(4, bool), 50)
@@ -52,14 +56,14 @@ def test_info_nce_masks_known_pairs_and_repeated_items():
     torch.manual_seed(0)
     za = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
     zb = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
-    a, b = torch.tensor([0, 1, 2]), torch.tensor([5, 6, 5])        # b_0 == b_2: the same item
-    keys = torch.as_tensor(pair_keys(np.array([0]), np.array([6]), 10))   # (0, 6) is also a positive
+    a, b = torch.tensor([0, 1, 2]), torch.tensor([5, 6, 5])  # b_0 == b_2: the same item
+    keys = torch.as_tensor(pair_keys(np.array([0]), np.array([6]), 10))  # (0, 6) is also a positive
     scale = torch.tensor(10.0)
     got = info_nce(za, zb, a, b, keys, 10, scale)
     logits = (za @ zb.T * 10).numpy().astype(np.float64)
     mask = np.zeros((3, 3), dtype=bool)
-    mask[0, 1] = True                 # (a_0, b_1) = (0, 6): a known pair
-    mask[0, 2] = mask[2, 0] = True    # b_2 == b_0 and b_0 == b_2
+    mask[0, 1] = True  # (a_0, b_1) = (0, 6): a known pair
+    mask[0, 2] = mask[2, 0] = True  # b_2 == b_0 and b_0 == b_2
     lg = np.where(mask, -np.inf, logits)
 
     def ce(m):
@@ -70,8 +74,8 @@ def test_info_nce_masks_known_pairs_and_repeated_items():
 
 def test_simtier_histogram():
     t = np.array([1.0, 0.0])
-    h = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8], [2.0, 0.0]])   # cos 1, 0, −1, 0.6, 1
-    assert simtier(t, h, 4).tolist() == [1, 0, 1, 3]          # [−1,−.5) [−.5,0) [0,.5) [.5,1]
+    h = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8], [2.0, 0.0]])  # cos 1, 0, −1, 0.6, 1
+    assert simtier(t, h, 4).tolist() == [1, 0, 1, 3]  # [−1,−.5) [−.5,0) [0,.5) [.5,1]
     assert simtier(t, h[:0], 4).tolist() == [0, 0, 0, 0]
 
 
@@ -117,8 +121,9 @@ def test_fit_on_ray_train_aligns_a_planted_fixture_and_resumes_from_its_checkpoi
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RECFACTORY_TMP=str(tmp_path / "t"))
-    out = subprocess.run([sys.executable, "-c", FIT_SCRIPT, str(tmp_path / "ckpt")], env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", FIT_SCRIPT, str(tmp_path / "ckpt")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert [e["epoch"] for e in res["first"]] == [0, 1, 2, 3]
@@ -133,15 +138,16 @@ def aligned_warehouse(spark, movielens_ingested, tmp_path_factory):
     """MovieLens-100K through every input of align_embeddings (lean settings)."""
     from recfactory.jobs.runtime.job import run_job
 
-    wh = movielens_ingested(tmp_path_factory.mktemp("align") / "wh")     # MovieLens-100K as of 1998-04-30
+    wh = movielens_ingested(tmp_path_factory.mktemp("align") / "wh")  # MovieLens-100K as of 1998-04-30
     base = ["--warehouse", wh, "--as-of", "1998-04-30"]
     run_job("build_sessions", base, spark=spark)
     run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)
     run_job("build_graph_embeddings", [*base, "--methods", "deepwalk", "--no-evaluate", "--epochs", "2"], spark=spark)
     run_job("build_content_embeddings", base, spark=spark)
     # the samples the SimTier features are written for (their own features are not read here)
-    run_job("build_training_samples", [*base, "--keys", "user=user_id,item=item_id", "--windows", "7d,all"],
-            spark=spark)
+    run_job(
+        "build_training_samples", [*base, "--keys", "user=user_id,item=item_id", "--windows", "7d,all"], spark=spark
+    )
     return wh, base
 
 
@@ -171,18 +177,26 @@ def test_align_embeddings_job_beats_raw_content_and_writes_simtier(spark, aligne
 
     from recfactory.jobs.align_embeddings import point_in_time_simtier
 
-    earlier = spark.read.format("delta").load(f"{wh}/aligned_embeddings").withColumn(
-        "ds", F.lit(dt.date(1998, 4, 21)))
-    samples = spark.read.format("delta").load(f"{wh}/training_samples").select(
-        F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
-    pos = (spark.read.format("delta").load(f"{wh}/events_clean").where(F.col("event_type") == "like")
-           .select("user_id", "item_id", "ts", "event_id"))
+    earlier = spark.read.format("delta").load(f"{wh}/aligned_embeddings").withColumn("ds", F.lit(dt.date(1998, 4, 21)))
+    samples = (
+        spark.read.format("delta")
+        .load(f"{wh}/training_samples")
+        .select(F.col("sample_id").cast("string"), "user_id", "item_id", "ts")
+    )
+    pos = (
+        spark.read.format("delta")
+        .load(f"{wh}/events_clean")
+        .where(F.col("event_type") == "like")
+        .select("user_id", "item_id", "ts", "event_id")
+    )
     feats, model_ds = point_in_time_simtier(samples, pos, earlier, dt.date(1998, 4, 22), 10, 50)
     assert model_ds == dt.date(1998, 4, 21)
     f = feats.join(samples.select("sample_id", "ts"), "sample_id").toPandas()
     scored = f["model_ds"].notna()
     assert scored.any() and (~scored).any()
-    assert (f.loc[scored, "ts"] >= pd.Timestamp("1998-04-22")).all() and (f.loc[~scored, "ts"] < pd.Timestamp("1998-04-22")).all()
+    assert (f.loc[scored, "ts"] >= pd.Timestamp("1998-04-22")).all() and (
+        f.loc[~scored, "ts"] < pd.Timestamp("1998-04-22")
+    ).all()
     row = f[scored & (f["history"] > 0)].iloc[0]
     assert len(row["simtier"]) == 10 and sum(row["simtier"]) == row["history"] <= 50
     model = spark.read.format("delta").load(f"{wh}/aligned_models").first()
@@ -227,36 +241,40 @@ def test_simtier_never_carries_a_planted_label_only_signal(spark):
     noise = rng.normal(size=(n, d))
     rows = []
     for u in range(n):
-        rows.append((f"h{u}", hist[u].tolist(), dt.date(1998, 4, 29)))          # the previous date's model
+        rows.append((f"h{u}", hist[u].tolist(), dt.date(1998, 4, 29)))  # the previous date's model
         rows.append((f"t{u}", noise[u].tolist(), dt.date(1998, 4, 29)))
-        rows.append((f"h{u}", hist[u].tolist(), dt.date(1998, 4, 30)))          # the samples' date: planted
+        rows.append((f"h{u}", hist[u].tolist(), dt.date(1998, 4, 30)))  # the samples' date: planted
         rows.append((f"t{u}", (hist[u] if labels[u] else -hist[u]).tolist(), dt.date(1998, 4, 30)))
     aligned = spark.createDataFrame(rows, "item_id string, vector array<float>, ds date")
     at = lambda h: ts_lit(dt.datetime(1998, 4, 30, h, tzinfo=dt.UTC))  # noqa: E731
-    samples = spark.createDataFrame([(f"s{u}", f"u{u}", f"t{u}") for u in range(n)],
-                                    "sample_id string, user_id string, item_id string").withColumn("ts", at(12))
-    pos = spark.createDataFrame([(f"u{u}", f"h{u}", u) for u in range(n)],
-                                "user_id string, item_id string, event_id long").withColumn("ts", at(1))
+    samples = spark.createDataFrame(
+        [(f"s{u}", f"u{u}", f"t{u}") for u in range(n)], "sample_id string, user_id string, item_id string"
+    ).withColumn("ts", at(12))
+    pos = spark.createDataFrame(
+        [(f"u{u}", f"h{u}", u) for u in range(n)], "user_id string, item_id string, event_id long"
+    ).withColumn("ts", at(1))
     feats, model_ds = point_in_time_simtier(samples, pos, aligned, dt.date(1998, 4, 30), 4, 50)
     assert model_ds == dt.date(1998, 4, 29)
     f = feats.toPandas().set_index("sample_id").loc[[f"s{u}" for u in range(n)]]
     assert (f["history"] == 1).all() and f["simtier"].notna().all()
-    top = np.array([t[-1] + t[-2] for t in f["simtier"]], dtype=float)        # cos >= 0: "similar"
+    top = np.array([t[-1] + t[-2] for t in f["simtier"]], dtype=float)  # cos >= 0: "similar"
 
     def auc(score, y):
         order = np.argsort(score, kind="stable")
         ranks = np.empty(len(score))
         ranks[order] = np.arange(1, len(score) + 1)
-        for v in np.unique(score):                                            # ties share their mean rank
+        for v in np.unique(score):  # ties share their mean rank
             ranks[score == v] = ranks[score == v].mean()
         pos_ = y == 1
         return (ranks[pos_].sum() - pos_.sum() * (pos_.sum() + 1) / 2) / (pos_.sum() * (~pos_).sum())
 
     assert abs(auc(top, labels) - 0.5) < 0.1
     unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
-    leaky = np.array([simtier(unit(hist[u] if labels[u] else -hist[u]), unit(hist[u])[None, :], 4)[-2:].sum()
-                      for u in range(n)], dtype=float)
-    assert auc(leaky, labels) == 1.0                                          # the planted signal is real
+    leaky = np.array(
+        [simtier(unit(hist[u] if labels[u] else -hist[u]), unit(hist[u])[None, :], 4)[-2:].sum() for u in range(n)],
+        dtype=float,
+    )
+    assert auc(leaky, labels) == 1.0  # the planted signal is real
     # the same samples one day later: the planted model is now "earlier", but the samples are before its end
     later, ds = point_in_time_simtier(samples, pos, aligned, dt.date(1998, 5, 1), 4, 50)
     assert ds == dt.date(1998, 4, 30) and later.where(F.col("simtier").isNotNull()).count() == 0

@@ -21,10 +21,17 @@ def test_an_unfinished_attempt_is_running_then_abandoned_with_its_partial_versio
     t0 = time.time() - 60
     record_start(wh, "a" * 32, "build_similarity", D, "h", "v", ("item_similarity", "similarity_metrics"), t0)
     # it committed its first table, then died
-    write_deltalake(f"{wh}/item_similarity", pa.table({"x": [1]}),
-                    commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps({"run_id": "a" * 32})}))
-    write_deltalake(f"{wh}/item_similarity", pa.table({"x": [2]}), mode="append",
-                    commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps({"run_id": "c" * 32})}))
+    write_deltalake(
+        f"{wh}/item_similarity",
+        pa.table({"x": [1]}),
+        commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps({"run_id": "a" * 32})}),
+    )
+    write_deltalake(
+        f"{wh}/item_similarity",
+        pa.table({"x": [2]}),
+        mode="append",
+        commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps({"run_id": "c" * 32})}),
+    )
     h = history(wh)
     assert list(h["status"]) == ["running"] and list(h["outputs"][0]) == ["item_similarity v0"]
     assert list(history(wh, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))["status"]) == ["abandoned"]

@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.spark
 
 DATES = ("1998-03-10", "1998-03-11", "1998-03-12")
-USERS = 60                   # MovieLens users 1..60: every date below has events of its own
+USERS = 60  # MovieLens users 1..60: every date below has events of its own
 # which run wrote a row: the only columns allowed to differ
 RUN_COLUMNS = {"run_id", "model_version"}
 STEPS = (
@@ -23,8 +23,21 @@ STEPS = (
     ("build_sequences", []),
     ("build_sessions", []),
     ("build_cross_stats", ["--keys", "user=user_id,item=item_id,category=category", "--windows", "1d,7d,all"]),
-    ("build_training_samples", ["--keys", "user=user_id,item=item_id", "--windows", "7d,all",
-                                "--negative-rate", "0.5", "--test-days", "7", "--val-days", "0"]),
+    (
+        "build_training_samples",
+        [
+            "--keys",
+            "user=user_id,item=item_id",
+            "--windows",
+            "7d,all",
+            "--negative-rate",
+            "0.5",
+            "--test-days",
+            "7",
+            "--val-days",
+            "0",
+        ],
+    ),
 )
 
 
@@ -41,8 +54,14 @@ def _run_date(spark, wh: Path, src: Path, ds: str) -> None:
     for job, extra in STEPS:
         args = ["--warehouse", str(wh), "--as-of", ds, *extra]
         if job == "ingest":
-            args += ["--dataset", "tables", "--events-path", str(src / "events.parquet"),
-                     "--items-path", str(src / "items.parquet")]
+            args += [
+                "--dataset",
+                "tables",
+                "--events-path",
+                str(src / "events.parquet"),
+                "--items-path",
+                str(src / "items.parquet"),
+            ]
         run_job(job, args, spark=spark)
 
 
@@ -80,9 +99,11 @@ def test_dates_in_order_in_reverse_and_at_once_give_the_same_tables(spark, sourc
         chain(at_once, [DATES[0]])
 
     # the three warehouses side by side (one Spark session; each its own thread)
-    threads = [threading.Thread(target=chain, args=(in_order, DATES)),
-               threading.Thread(target=chain, args=(reverse, DATES[::-1])),
-               threading.Thread(target=two_at_once_then_the_first)]
+    threads = [
+        threading.Thread(target=chain, args=(in_order, DATES)),
+        threading.Thread(target=chain, args=(reverse, DATES[::-1])),
+        threading.Thread(target=two_at_once_then_the_first),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -90,7 +111,9 @@ def test_dates_in_order_in_reverse_and_at_once_give_the_same_tables(spark, sourc
     assert not errors, errors
 
     a, b, c = _tables(in_order), _tables(reverse), _tables(at_once)
-    assert set(a) == set(b) == set(c) and {"events_clean", "user_sequences", "cross_stats", "training_samples"} <= set(a)
+    assert set(a) == set(b) == set(c) and {"events_clean", "user_sequences", "cross_stats", "training_samples"} <= set(
+        a
+    )
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name], obj=f"{name}: in order vs in reverse")
         pd.testing.assert_frame_equal(a[name], c[name], obj=f"{name}: in order vs two at once")

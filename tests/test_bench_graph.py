@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.ray]
 
 DIM, WINDOW, NEG, EPOCHS, WALKS, LENGTH, K = 64, 5, 5, 5, 10, 20, 20
 REPEATS = 3
-WALK_REPEATS = 7      # a walk run takes ~0.1–0.5 s: more repeats against this VM's jitter
+WALK_REPEATS = 7  # a walk run takes ~0.1–0.5 s: more repeats against this VM's jitter
 THROUGHPUT_WALKS = 2_000_000
 
 
@@ -54,8 +54,9 @@ def _gensim(walks: np.ndarray, seed: int):
 
     sentences = [[str(x) for x in w[w >= 0]] for w in walks]
     t0 = time.time()
-    model = Word2Vec(sentences, vector_size=DIM, window=WINDOW, negative=NEG, sg=1, min_count=1,
-                     epochs=EPOCHS, workers=2, seed=seed)
+    model = Word2Vec(
+        sentences, vector_size=DIM, window=WINDOW, negative=NEG, sg=1, min_count=1, epochs=EPOCHS, workers=2, seed=seed
+    )
     return time.time() - t0, model
 
 
@@ -83,19 +84,29 @@ def test_bench_graph(spark, tmp_path):
     tp = tp[tp["trigger"].isin(index.index) & tp["target"].isin(index.index)]
     trig, targ = index[tp["trigger"]].to_numpy(), index[tp["target"]].to_numpy()
     starts = walk_ids(g.n, WALKS, np.flatnonzero(g.degree() > 0))
-    res = {"size": size, "nodes": g.n, "edges": int(len(g.indices)), "walks": int(len(starts)), "walk_length": LENGTH,
-           "test_pairs": int(len(targ)), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    res = {
+        "size": size,
+        "nodes": g.n,
+        "edges": int(len(g.indices)),
+        "walks": int(len(starts)),
+        "walk_length": LENGTH,
+        "test_pairs": int(len(targ)),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
 
     init_ray()
-    random_walks(unweighted, 1, 3, seed=0, progress=False)        # Ray up and its workers warm
+    random_walks(unweighted, 1, 3, seed=0, progress=False)  # Ray up and its workers warm
     dw_walks = random_walks(g, WALKS, LENGTH, seed=7, progress=False)  # the skip-gram corpus
     # throughput on at least 2M walks (both sides the same walks): fixed costs amortised
     rounds = max(WALKS, -(-THROUGHPUT_WALKS // max(1, int((g.degree() > 0).sum()))))
     many = walk_ids(g.n, rounds, np.flatnonzero(g.degree() > 0))
     res["throughput_walks"] = int(len(many))
     rates = {}
-    for name, graph, p, q in (("ours_unweighted", unweighted, 1.0, 1.0), ("ours_weighted", g, 1.0, 1.0),
-                              ("ours_weighted_node2vec_p1_q0.5", g, 1.0, 0.5)):
+    for name, graph, p, q in (
+        ("ours_unweighted", unweighted, 1.0, 1.0),
+        ("ours_weighted", g, 1.0, 1.0),
+        ("ours_weighted_node2vec_p1_q0.5", g, 1.0, 0.5),
+    ):
         best = float("inf")
         for _ in range(WALK_REPEATS):
             t0 = time.time()
@@ -104,19 +115,22 @@ def test_bench_graph(spark, tmp_path):
         rates[name] = round(len(walks) / best, 1)
     del walks
     try:
-        _pyg_walks(unweighted, starts[:100] % g.n, LENGTH)           # first call loads the extension
+        _pyg_walks(unweighted, starts[:100] % g.n, LENGTH)  # first call loads the extension
         secs = min(_pyg_walks(unweighted, many % g.n, LENGTH)[0] for _ in range(WALK_REPEATS))
         rates["pyg_torch_cluster_unweighted"] = round(len(many) / secs, 1)
         res["pyg_skipped"] = None
     except ImportError as e:
         res["pyg_skipped"] = f"torch-cluster not installed ({e}); `make bench-deps` compiles it"
     res["walks_per_s"] = rates
-    res["ratio_walks_ours_to_pyg"] = (round(rates["ours_unweighted"] / rates["pyg_torch_cluster_unweighted"], 2)
-                                      if "pyg_torch_cluster_unweighted" in rates else None)
+    res["ratio_walks_ours_to_pyg"] = (
+        round(rates["ours_unweighted"] / rates["pyg_torch_cluster_unweighted"], 2)
+        if "pyg_torch_cluster_unweighted" in rates
+        else None
+    )
 
     spec = TrainSpec(dim=DIM, window=WINDOW, negatives=NEG, epochs=EPOCHS, threads=2, seed=7)
     times = []
-    for _ in range(REPEATS):   # best of REPEATS, both sides: single runs here vary by ±30%
+    for _ in range(REPEATS):  # best of REPEATS, both sides: single runs here vary by ±30%
         model = SkipGram(g.n, DIM)
         t0 = time.time()
         train(model, dw_walks, spec, progress=False)
@@ -142,18 +156,29 @@ def test_bench_graph(spark, tmp_path):
         res["gensim_skipped"] = f"gensim not installed ({e}); `make bench-deps` installs it"
         res.update(gensim_s=None, ratio_skipgram_time_ours_to_gensim=None)
         res["gensim_hr@20"] = None
-    md = [f"Graph embeddings, {size}: {g.n:,} nodes, {res['edges']:,} weighted directed edges (the training "
-          f"sessions' item graph), {len(starts):,} walks of {LENGTH} nodes, {res['machine']['cpus']} cores.", "",
-          f"Walk throughput over {res['throughput_walks']:,} walks (the same for every walker; best of {WALK_REPEATS}):", "",
-          "| walker | walks/s |", "|---|---|", *[f"| {k} | {v:,} |" for k, v in rates.items()],
-          "", f"Ours / PyG (unweighted, p = q = 1): {res['ratio_walks_ours_to_pyg']}×"
-          + (f" — {res['pyg_skipped']}" if res["pyg_skipped"] else ""), "",
-          f"| skip-gram on the same weighted DeepWalk walks (dim {DIM}, window {WINDOW}, {NEG} negatives, "
-          f"{EPOCHS} epochs) | seconds (best of {REPEATS}) | HR@{K} |", "|---|---|---|",
-          f"| ours (SGNS kernel over torch tables, row-wise Adagrad, 1 thread, deterministic) | {res['ours_skipgram_s']} | {res['ours_hr@20']} |",
-          f"| gensim Word2Vec (sg=1, 2 workers, sample 1e-3 like ours) | {res['gensim_s']} | {res['gensim_hr@20']} |", "",
-          f"Time ours / gensim: {res['ratio_skipgram_time_ours_to_gensim']}×"
-          + (f" — {res['gensim_skipped']}" if res["gensim_skipped"] else ""), ""]
+    md = [
+        f"Graph embeddings, {size}: {g.n:,} nodes, {res['edges']:,} weighted directed edges (the training "
+        f"sessions' item graph), {len(starts):,} walks of {LENGTH} nodes, {res['machine']['cpus']} cores.",
+        "",
+        f"Walk throughput over {res['throughput_walks']:,} walks (the same for every walker; best of {WALK_REPEATS}):",
+        "",
+        "| walker | walks/s |",
+        "|---|---|",
+        *[f"| {k} | {v:,} |" for k, v in rates.items()],
+        "",
+        f"Ours / PyG (unweighted, p = q = 1): {res['ratio_walks_ours_to_pyg']}×"
+        + (f" — {res['pyg_skipped']}" if res["pyg_skipped"] else ""),
+        "",
+        f"| skip-gram on the same weighted DeepWalk walks (dim {DIM}, window {WINDOW}, {NEG} negatives, "
+        f"{EPOCHS} epochs) | seconds (best of {REPEATS}) | HR@{K} |",
+        "|---|---|---|",
+        f"| ours (SGNS kernel over torch tables, row-wise Adagrad, 1 thread, deterministic) | {res['ours_skipgram_s']} | {res['ours_hr@20']} |",
+        f"| gensim Word2Vec (sg=1, 2 workers, sample 1e-3 like ours) | {res['gensim_s']} | {res['gensim_hr@20']} |",
+        "",
+        f"Time ours / gensim: {res['ratio_skipgram_time_ours_to_gensim']}×"
+        + (f" — {res['gensim_skipped']}" if res["gensim_skipped"] else ""),
+        "",
+    ]
     write_results(f"graph-{size}", res, md)
     # correctness beside the speed figures: every step of a walk is an edge of the graph (a sample),
     # the walks are the seed's whatever the run, and the embeddings find next items
@@ -162,7 +187,7 @@ def test_bench_graph(spark, tmp_path):
     for w in dw_walks[:: max(1, len(dw_walks) // 2000)]:
         w = w[w >= 0]
         assert all((int(a), int(b)) in edges for a, b in zip(w[:-1], w[1:], strict=True))
-    first = random_walks(g, 1, LENGTH, seed=7, progress=False)       # the first round's walks again
-    assert np.array_equal(first, dw_walks[:len(first)])
+    first = random_walks(g, 1, LENGTH, seed=7, progress=False)  # the first round's walks again
+    assert np.array_equal(first, dw_walks[: len(first)])
     assert res["ours_hr@20"] > 0
     print(json.dumps(res, indent=2))

@@ -31,13 +31,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark]
 def compare(got: pa.Table, ref: pa.Table) -> tuple[int, list]:
     """(lists, mismatched (algo, item_id) keys): same lists, same neighbors in the same order, same
     cooc, scores within 1e-9 (relative above 1) — vectorized, both sides as Arrow."""
+
     def flat(t):
         t = t.sort_by([("algo", "ascending"), ("item_id", "ascending")])
         nb = pc.list_flatten(t.column("neighbors"))
-        return (t.column("algo").to_pylist(), t.column("item_id").to_pylist(),
-                pc.list_value_length(t.column("neighbors")).to_numpy(),
-                pc.struct_field(nb, "item_id").to_numpy(zero_copy_only=False),
-                pc.struct_field(nb, "score").to_numpy(), pc.struct_field(nb, "cooc").to_numpy())
+        return (
+            t.column("algo").to_pylist(),
+            t.column("item_id").to_pylist(),
+            pc.list_value_length(t.column("neighbors")).to_numpy(),
+            pc.struct_field(nb, "item_id").to_numpy(zero_copy_only=False),
+            pc.struct_field(nb, "score").to_numpy(),
+            pc.struct_field(nb, "cooc").to_numpy(),
+        )
+
     ga, gi, gl, gj, gs, gc = flat(got)
     ra, ri, rl, rj, rs, rc = flat(ref)
     if (ga, gi) != (ra, ri):
@@ -63,11 +69,19 @@ def test_bench_similarity(spark, tmp_path):
     events = spark.read.format("delta").load(f"{wh}/events_clean")
     ui = apply_caps(user_items(events, spec), spec).persist(StorageLevel.MEMORY_AND_DISK)
     n_pairs = ui.count()
-    res = {"size": size, "events": events.count(), "pairs_after_caps": n_pairs,
-           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                       "spark_master": spark.sparkContext.master}, "algos": list(spec.algos)}
+    res = {
+        "size": size,
+        "events": events.count(),
+        "pairs_after_caps": n_pairs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "spark_master": spark.sparkContext.master,
+        },
+        "algos": list(spec.algos),
+    }
     res["spark_sql_s"] = res["spark_sql_peak_rss_gb"] = None
-    if size != "10m":   # the SQL engine, for comparison (timed, not kept); at 10M only the default
+    if size != "10m":  # the SQL engine, for comparison (timed, not kept); at 10M only the default
         with PeakRSS() as mem:
             t0 = time.time()
             neighbor_lists(ui, replace(spec, engine="sql")).write.format("noop").mode("overwrite").save()
@@ -111,22 +125,36 @@ def test_bench_similarity(spark, tmp_path):
     res["caps_removed_mass_fraction"] = ctx.metrics["caps.removed_mass_fraction"]
     hr = res["hit_rate"]
     algos = [*spec.algos, "popularity"]
-    md = [f"Swing/ItemCF, {res['events']:,} events → {n_pairs:,} user-item pairs after caps, "
-          f"{res['machine']['cpus']} cores.", "",
-          "| implementation | seconds | peak RSS GB |", "|---|---|---|",
-          f"| Spark, blocks engine ({res['blocks']} item blocks, SciPy per block; all four algos, top-{spec.top_k}) "
-          f"| {res['spark_s']} | {res['spark_peak_rss_gb']} |",
-          (f"| Spark, SQL engine (fixed-point sums, max_by top-K) | {res['spark_sql_s']} | {res['spark_sql_peak_rss_gb']} |"
-           if res["spark_sql_s"] is not None else "| Spark, SQL engine | not run at this size | |"),
-          f"| SciPy single process (`graph.similarity_sparse`; RSS of the Python process) | {res['scipy_s']} | {res['scipy_peak_rss_gb']} |",
-          "", f"Spark (blocks) / SciPy time: {res['ratio_spark_to_scipy']}×; top-K lists agree exactly: "
-          f"{res['exact_agreement']} ({res['lists']:,} lists, {res['mismatched_lists']} differ).", "",
-          f"Spark times are of a second run: the first ({res['spark_first_run_s']} s) also starts the "
-          "Python workers and their imports, which a long-lived executor pays once.", "",
-          f"Whole job with its leave-last-out evaluation: {res['job_with_evaluation_s']} s.", "",
-          "| algo | HR@10 | HR@50 | coverage@50 |", "|---|---|---|---|"]
-    md += [f"| {a} | {hr.get(f'hr@10.{a}', 0):.4f} | {hr.get(f'hr@50.{a}', 0):.4f} | {hr.get(f'coverage@50.{a}', 0):.4f} |"
-           for a in algos]
+    md = [
+        f"Swing/ItemCF, {res['events']:,} events → {n_pairs:,} user-item pairs after caps, "
+        f"{res['machine']['cpus']} cores.",
+        "",
+        "| implementation | seconds | peak RSS GB |",
+        "|---|---|---|",
+        f"| Spark, blocks engine ({res['blocks']} item blocks, SciPy per block; all four algos, top-{spec.top_k}) "
+        f"| {res['spark_s']} | {res['spark_peak_rss_gb']} |",
+        (
+            f"| Spark, SQL engine (fixed-point sums, max_by top-K) | {res['spark_sql_s']} | {res['spark_sql_peak_rss_gb']} |"
+            if res["spark_sql_s"] is not None
+            else "| Spark, SQL engine | not run at this size | |"
+        ),
+        f"| SciPy single process (`graph.similarity_sparse`; RSS of the Python process) | {res['scipy_s']} | {res['scipy_peak_rss_gb']} |",
+        "",
+        f"Spark (blocks) / SciPy time: {res['ratio_spark_to_scipy']}×; top-K lists agree exactly: "
+        f"{res['exact_agreement']} ({res['lists']:,} lists, {res['mismatched_lists']} differ).",
+        "",
+        f"Spark times are of a second run: the first ({res['spark_first_run_s']} s) also starts the "
+        "Python workers and their imports, which a long-lived executor pays once.",
+        "",
+        f"Whole job with its leave-last-out evaluation: {res['job_with_evaluation_s']} s.",
+        "",
+        "| algo | HR@10 | HR@50 | coverage@50 |",
+        "|---|---|---|---|",
+    ]
+    md += [
+        f"| {a} | {hr.get(f'hr@10.{a}', 0):.4f} | {hr.get(f'hr@50.{a}', 0):.4f} | {hr.get(f'coverage@50.{a}', 0):.4f} |"
+        for a in algos
+    ]
     write_results(f"similarity-{size}", res, md)
     print(json.dumps(res, indent=2))
     assert res["exact_agreement"] is not False, f"{res['mismatched_lists']} lists differ"

@@ -11,15 +11,30 @@ from recfactory.jobs.runtime.bench import STAGES, summarize
 def _files(out, run):
     data = {
         "similarity-small": {"spark_s": 4.0, "scipy_s": 8.0, "exact_agreement": True, "lists": 1200},
-        "graph-small": {"walks_per_s": {"ours_unweighted": 900.0, "pyg_torch_cluster_unweighted": 600.0},
-                        "throughput_walks": 10, "walk_length": 20, "ours_skipgram_s": 3.0, "gensim_s": None,
-                        "gensim_skipped": "gensim not installed", "ours_hr@20": 0.1, "gensim_hr@20": None},
-        "gbdt-small": {"spark_cores": 2, "job_rows_per_s_per_core": 70_000, "raw_rows_per_s_per_core": 100_000,
-                       "encode_rows_per_s_per_core": 90_000, "encode_ratio": 0.9, "rows": 100_000, "trees": 200},
-        "e2e-small": {"tasks": 13, "airflow_s": 600.0, "pipeline_s": 300.0, "airflow_skipped": None,
-                      "events": 100_000},
-        "content-clothing": {"in_process": {"minilm-onnx@1": 50.0, "minilm-st@1": 25.0},
-                             "cosine_onnx_vs_st": {"mean": 0.99, "min": 0.97}},
+        "graph-small": {
+            "walks_per_s": {"ours_unweighted": 900.0, "pyg_torch_cluster_unweighted": 600.0},
+            "throughput_walks": 10,
+            "walk_length": 20,
+            "ours_skipgram_s": 3.0,
+            "gensim_s": None,
+            "gensim_skipped": "gensim not installed",
+            "ours_hr@20": 0.1,
+            "gensim_hr@20": None,
+        },
+        "gbdt-small": {
+            "spark_cores": 2,
+            "job_rows_per_s_per_core": 70_000,
+            "raw_rows_per_s_per_core": 100_000,
+            "encode_rows_per_s_per_core": 90_000,
+            "encode_ratio": 0.9,
+            "rows": 100_000,
+            "trees": 200,
+        },
+        "e2e-small": {"tasks": 13, "airflow_s": 600.0, "pipeline_s": 300.0, "airflow_skipped": None, "events": 100_000},
+        "content-clothing": {
+            "in_process": {"minilm-onnx@1": 50.0, "minilm-st@1": 25.0},
+            "cosine_onnx_vs_st": {"mean": 0.99, "min": 0.97},
+        },
     }
     for stem, res in data.items():
         res["bench_run"] = run if stem != "content-clothing" else "an-older-run"

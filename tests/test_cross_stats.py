@@ -15,8 +15,10 @@ from recfactory.features.cross_stats import CrossStatsSpec, KeyDecl, WindowDecl,
 from recfactory.jobs.runtime.job import run_job
 
 CUTOFF = dt.datetime(2026, 11, 29)
-SCHEMA = ("event_id long, user_id string, item_id string, event_type string, ts timestamp, "
-          "dwell_ms long, context map<string,string>")
+SCHEMA = (
+    "event_id long, user_id string, item_id string, event_type string, ts timestamp, "
+    "dwell_ms long, context map<string,string>"
+)
 TYPES = ("impression", "click", "purchase")
 
 
@@ -25,14 +27,15 @@ def make_events(seed=3, n=400):
     edges = [dt.timedelta(days=1), dt.timedelta(days=7), dt.timedelta(days=30)]
     rows = []
     for i in range(n):
-        if i % 10 == 0:   # exactly on a window edge, or one microsecond outside it
+        if i % 10 == 0:  # exactly on a window edge, or one microsecond outside it
             ts = CUTOFF - rnd.choice(edges) - rnd.choice([dt.timedelta(0), dt.timedelta(microseconds=1)])
         else:
             ts = CUTOFF - dt.timedelta(seconds=rnd.randint(1, 45 * 86400))
         ctx = {"device": rnd.choice(["mobile", "desktop"])} if rnd.random() < 0.7 else {}
-        rows.append((i, f"u{rnd.randint(0, 7)}", f"i{rnd.randint(0, 11)}", rnd.choice(TYPES * 2 + ("click",)),
-                     ts, None, ctx))
-    rows.append((10**6, "u0", "i0", "click", CUTOFF, None, {}))               # at the cutoff: invisible
+        rows.append(
+            (i, f"u{rnd.randint(0, 7)}", f"i{rnd.randint(0, 11)}", rnd.choice(TYPES * 2 + ("click",)), ts, None, ctx)
+        )
+    rows.append((10**6, "u0", "i0", "click", CUTOFF, None, {}))  # at the cutoff: invisible
     rows.append((10**6 + 1, "u0", "i0", "click", CUTOFF + dt.timedelta(days=3), None, {}))
     return rows
 
@@ -41,9 +44,11 @@ ITEMS = [(f"i{k}", f"c{k % 3}") for k in range(12)]
 
 SPEC = CrossStatsSpec.parse(
     keys="user=user_id,item=item_id,category=category,user_category=user_id*category,"
-         "item_hour=item_id*hour,item_device=item_id*ctx:device",
-    windows="1d,7d,30d,all", rates="ctr=click/impression,cvr=purchase/click+impression",
-    event_types=TYPES)
+    "item_hour=item_id*hour,item_device=item_id*ctx:device",
+    windows="1d,7d,30d,all",
+    rates="ctr=click/impression,cvr=purchase/click+impression",
+    event_types=TYPES,
+)
 
 
 def reference(rows, spec: CrossStatsSpec):
@@ -58,10 +63,15 @@ def reference(rows, spec: CrossStatsSpec):
             sub = sub.dropna(subset=list(key.columns))
             for k, g in sub.groupby(list(key.columns)):
                 k = k if isinstance(k, tuple) else (k,)
-                rec = {"key_type": key.name, "window": w.name, **dict(zip(key.columns, map(str, k), strict=True)),
-                       "n_events": len(g), **{f"n_{t}": int((g.event_type == t).sum()) for t in TYPES},
-                       "n_users": None if "user_id" in key.columns else g.user_id.nunique(),
-                       "days_since_last": (CUTOFF - g.ts.max()).total_seconds() / 86400}
+                rec = {
+                    "key_type": key.name,
+                    "window": w.name,
+                    **dict(zip(key.columns, map(str, k), strict=True)),
+                    "n_events": len(g),
+                    **{f"n_{t}": int((g.event_type == t).sum()) for t in TYPES},
+                    "n_users": None if "user_id" in key.columns else g.user_id.nunique(),
+                    "days_since_last": (CUTOFF - g.ts.max()).total_seconds() / 86400,
+                }
                 out.append(rec)
     ref = pd.DataFrame(out)
     for r in spec.rates:
@@ -71,8 +81,11 @@ def reference(rows, spec: CrossStatsSpec):
             raw = (g[f"{r.name}_num"] / g[f"{r.name}_den"])[g[f"{r.name}_den"] >= 1]
             m, v = raw.mean(), raw.var(ddof=0)
             m = min(max(m, 1e-6), 1 - 1e-6)
-            strength = np.clip(m * (1 - m) / v - 1 if v > 0 else spec.max_prior_strength,
-                               spec.min_prior_strength, spec.max_prior_strength)
+            strength = np.clip(
+                m * (1 - m) / v - 1 if v > 0 else spec.max_prior_strength,
+                spec.min_prior_strength,
+                spec.max_prior_strength,
+            )
             a, b = m * strength, (1 - m) * strength
             idx = g.index
             ref.loc[idx, r.name] = (ref.loc[idx, f"{r.name}_num"] + a) / (ref.loc[idx, f"{r.name}_den"] + a + b)
@@ -83,8 +96,14 @@ def test_spec_parsing_and_errors():
     assert SPEC.dims == ("user_id", "item_id", "category", "hour", "ctx:device")
     assert [w.seconds for w in SPEC.windows] == [86400, 7 * 86400, 30 * 86400, None]
     assert SPEC.rates[1].den == ("click", "impression")
-    for bad in (dict(keys="x=user_id*nope"), dict(windows="0d"), dict(windows="7w"), dict(rates="ctr=click"),
-                dict(rates="ctr=clack/impression"), dict(keys="u=user_id,u=item_id")):
+    for bad in (
+        dict(keys="x=user_id*nope"),
+        dict(windows="0d"),
+        dict(windows="7w"),
+        dict(rates="ctr=click"),
+        dict(rates="ctr=clack/impression"),
+        dict(keys="u=user_id,u=item_id"),
+    ):
         with pytest.raises(ValueError):
             CrossStatsSpec.parse(**bad)
     pruned = SPEC.prune({"click", "purchase"}, set())
@@ -99,9 +118,9 @@ def test_beta_prior_method_of_moments():
     rates = np.array([0.1, 0.2, 0.3, 0.15])
     a, b = beta_prior(rates.mean(), rates.var(), 4, SPEC)
     m, v = a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
-    assert m == pytest.approx(rates.mean()) and v == pytest.approx(rates.var())   # moments reproduced
-    assert sum(beta_prior(0.5, 0.25, 3, SPEC)) == SPEC.min_prior_strength     # clipped below
-    assert sum(beta_prior(0.5, 0.0, 3, SPEC)) == SPEC.max_prior_strength      # no spread: clipped above
+    assert m == pytest.approx(rates.mean()) and v == pytest.approx(rates.var())  # moments reproduced
+    assert sum(beta_prior(0.5, 0.25, 3, SPEC)) == SPEC.min_prior_strength  # clipped below
+    assert sum(beta_prior(0.5, 0.0, 3, SPEC)) == SPEC.max_prior_strength  # no spread: clipped above
     assert beta_prior(None, None, 0, SPEC) == (1.0, 1.0)
 
 
@@ -136,12 +155,14 @@ def test_job_on_the_movielens_slice_idempotent(spark, slice_ingested, tmp_path):
     again = run_job("build_cross_stats", args, spark=spark)
     t = spark.read.format("delta").load(f"{wh}/cross_stats")
     assert t.count() == ctx.row_counts["cross_stats"] == again.row_counts["cross_stats"]
-    assert ctx.notes["dropped_keys"] == "item_device"                 # MovieLens has no device
+    assert ctx.notes["dropped_keys"] == "item_device"  # MovieLens has no device
     assert {"n_like", "n_view", "like_rate", "like_rate_raw", "n_users"} <= set(t.columns)
     allt = t.where("key_type = 'item' AND window = 'all'")
-    assert allt.agg(F.sum("n_events")).first()[0] == ratings        # every event counted once per key
+    assert allt.agg(F.sum("n_events")).first()[0] == ratings  # every event counted once per key
     assert ctx.row_counts["visible_events"] == ctx.row_counts["events_counted.user"] == ratings
     # the smoothed rate lies between the raw rate and the prior mean
     a, b = ctx.metrics["prior.item.all.like_rate.alpha"], ctx.metrics["prior.item.all.like_rate.beta"]
-    bad = allt.where(~((F.col("like_rate") - F.col("like_rate_raw")) * (F.col("like_rate") - F.lit(a / (a + b))) <= 1e-12))
+    bad = allt.where(
+        ~((F.col("like_rate") - F.col("like_rate_raw")) * (F.col("like_rate") - F.lit(a / (a + b))) <= 1e-12)
+    )
     assert bad.count() == 0

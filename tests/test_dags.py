@@ -29,20 +29,30 @@ from recfactory.jobs.runtime.pipeline import DAILY, WEEKLY, upstream
 pytestmark = [pytest.mark.airflow]
 
 ROOT = Path(__file__).resolve().parents[1]
-D = "1998-05-02"            # a Saturday: the weekly run of [1998-04-26, 1998-05-03) has this as-of
+D = "1998-05-02"  # a Saturday: the weekly run of [1998-04-26, 1998-05-03) has this as-of
 DAY = dt.date.fromisoformat(D)
 BIN = Path(sys.executable).parent
-USERS = 200                 # the slice: MovieLens users 1..200 (19,747 of the 100,000 ratings), every item
+USERS = 200  # the slice: MovieLens users 1..200 (19,747 of the 100,000 ratings), every item
 # small but real: every step runs, with the heavy ones scaled down (ingest's paths: the slice's)
 CONF = {
     "build_similarity": {"algos": ["swing"]},
-    "build_graph_embeddings": {"walks_per_node": 4, "walk_length": 20, "epochs": 1, "methods": ["deepwalk"],
-                               "evaluate": False},
+    "build_graph_embeddings": {
+        "walks_per_node": 4,
+        "walk_length": 20,
+        "epochs": 1,
+        "methods": ["deepwalk"],
+        "evaluate": False,
+    },
     "build_sids": {"codebook_sizes": [16, 16, 16], "embeddings": "aligned_embeddings"},
     "train_gbdt": {"num_trees": 30},
     "build_cross_stats": {"keys": "user=user_id,item=item_id,category=category", "windows": "7d,all"},
-    "build_training_samples": {"negative_rate": 0.5, "test_days": 30, "val_days": 0, "windows": "7d,all",
-                               "keys": "user=user_id,item=item_id,category=category"},
+    "build_training_samples": {
+        "negative_rate": 0.5,
+        "test_days": 30,
+        "val_days": 0,
+        "windows": "7d,all",
+        "keys": "user=user_id,item=item_id,category=category",
+    },
     "align_embeddings": {"epochs": 2, "workers": 1},
 }
 
@@ -52,8 +62,12 @@ def _airflow(env, *args, timeout=3600):
 
 
 def _build_wheel(dest: Path) -> Path:
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                          "-w", str(dest), str(ROOT)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (wheel,) = dest.glob("recfactory-*.whl")
     return wheel
@@ -112,8 +126,14 @@ for dag_id, dag in bag.dags.items():
         "params": sorted(dag.params.keys()), "max_active_runs": dag.max_active_runs}
 print("RESULT " + json.dumps(out))
 """
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=str(ROOT / "airflow_dags"))
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(ROOT / "airflow_dags"),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads([x for x in res.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
     assert out["errors"] == {}
@@ -148,10 +168,14 @@ def cluster_env(airflow_env, wheel, spark_cluster, ray_two_nodes):
     Ray steps."""
     env, _ = airflow_env
     rc = ray_two_nodes
-    return {**env, **{k: rc.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
-            "RECFACTORY_PY_FILES": str(wheel),
-            "AIRFLOW_CONN_RECFACTORY_SPARK": json.dumps({"conn_type": "spark", "host": spark_cluster.master_url}),
-            "RAY_ADDRESS": rc.dashboard_url, "RECFACTORY_RAY_PYTHON": sys.executable}
+    return {
+        **env,
+        **{k: rc.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
+        "RECFACTORY_PY_FILES": str(wheel),
+        "AIRFLOW_CONN_RECFACTORY_SPARK": json.dumps({"conn_type": "spark", "host": spark_cluster.master_url}),
+        "RAY_ADDRESS": rc.dashboard_url,
+        "RECFACTORY_RAY_PYTHON": sys.executable,
+    }
 
 
 class TestOnTheClusters:
@@ -161,7 +185,8 @@ class TestOnTheClusters:
     @pytest.mark.spark
     @pytest.mark.ray
     def test_the_shipped_wheel_is_what_spark_executors_and_ray_workers_import(
-            self, tmp_path, wheel, cluster_env, spark_cluster, ray_two_nodes):
+        self, tmp_path, wheel, cluster_env, spark_cluster, ray_two_nodes
+    ):
         from ray.job_submission import JobStatus, JobSubmissionClient
 
         from recfactory.jobs.runtime.shipping import ray_py_modules, spark_py_files
@@ -169,15 +194,28 @@ class TestOnTheClusters:
         sc, rc = spark_cluster, ray_two_nodes
         probe = tmp_path / "probe.py"
         probe.write_text(PROBE)
-        res = subprocess.run([str(BIN / "spark-submit"), "--master", sc.master_url, "--py-files",
-                              spark_py_files(str(wheel)), str(probe)], env=cluster_env, capture_output=True, text=True,
-                             timeout=600)
+        res = subprocess.run(
+            [
+                str(BIN / "spark-submit"),
+                "--master",
+                sc.master_url,
+                "--py-files",
+                spark_py_files(str(wheel)),
+                str(probe),
+            ],
+            env=cluster_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-4000:]
         out = json.loads([x for x in res.stdout.splitlines() if x.startswith("PROBE ")][-1][6:])
         assert all(wheel.stem in f and not f.startswith(str(ROOT)) for f in [out["driver"], *out["executors"]]), out
         client = JobSubmissionClient(rc.dashboard_url, headers=rc.auth_header())
-        job = client.submit_job(entrypoint=shlex.join([sys.executable, "-c", RAY_PROBE]),
-                                runtime_env={"py_modules": ray_py_modules(str(wheel))})
+        job = client.submit_job(
+            entrypoint=shlex.join([sys.executable, "-c", RAY_PROBE]),
+            runtime_env={"py_modules": ray_py_modules(str(wheel))},
+        )
         t0 = time.time()
         while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
             assert time.time() - t0 < 300
@@ -190,7 +228,7 @@ class TestOnTheClusters:
 
     @pytest.mark.spark
     @pytest.mark.ray
-    @pytest.mark.timeout(3000)          # thirteen spark-submits and Ray jobs in a row
+    @pytest.mark.timeout(3000)  # thirteen spark-submits and Ray jobs in a row
     def test_airflow_dags_test_runs_the_daily_dag_on_the_clusters(self, airflow_env, cluster_env, conf, spark_cluster):
         from deltalake import DeltaTable
 
@@ -202,12 +240,14 @@ class TestOnTheClusters:
         assert spark_cluster.master_url in text and "submitted Ray job" in text
         runs = DeltaTable(str(wh / "_runs")).to_pandas()
         assert sorted(runs["job"]) == sorted(s.job for s in DAILY) and set(runs["status"]) == {"succeeded"}
-        assert spark_cluster.master_url in set(runs["spark_master"])          # the Spark steps ran on the cluster
+        assert spark_cluster.master_url in set(runs["spark_master"])  # the Spark steps ran on the cluster
         versions = _delta_versions(wh)
         # one asset event per output table, carrying the Delta version written
         db = sqlite3.connect(str(home / "airflow.db"))
-        events = {name: json.loads(extra) for name, extra in db.execute(
-            "select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id")}
+        events = {
+            name: json.loads(extra)
+            for name, extra in db.execute("select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id")
+        }
         for s in DAILY:
             for table in load_job(s.job).outputs:
                 if table in versions:
@@ -257,15 +297,22 @@ def test_the_daily_runs_report_has_every_section_and_opens_in_chromium(airflow_e
     assert row["path"] == str(page_path)
     shot = tmp_path / "report.png"
     page = chromium(page_path, shot)
-    with capsys.disabled():     # in the test output even when it passes
+    with capsys.disabled():  # in the test output even when it passes
         print(f"\nscreenshot of the daily run's report: {shot} ({shot.stat().st_size:,} bytes)")
     assert page["ok"] and page["problems"] == [] and page["broken"] == []
     # CONF runs the graph embeddings without their evaluation: the one note, naming the table
     assert page["missing"] == ["graph_embedding_metrics does not exist (run build_graph_embeddings)"]
     assert page["headings"] == list(SECTIONS) and page["images"] == row["images"] >= 7
     html = page_path.read_text()
-    for text in ("Star Wars", "HR@10 / popularity", "Generation 1", "collision_rate_before", "auc",
-                 "events: input = clean + quarantined: <b>yes</b>", "build_gbdt_leaves"):
+    for text in (
+        "Star Wars",
+        "HR@10 / popularity",
+        "Generation 1",
+        "collision_rate_before",
+        "auc",
+        "events: input = clean + quarantined: <b>yes</b>",
+        "build_gbdt_leaves",
+    ):
         assert text in html, text
 
 
@@ -273,8 +320,17 @@ def test_a_run_conf_that_sets_a_path_the_deployment_does_not_allow_fails_naming_
     """The deployment allows ingest's input paths (RECFACTORY_RUN_CONF_ALLOW), not the report's
     output folder: the task fails before anything runs, naming the refused override."""
     env, home = airflow_env
-    res = _airflow(env, "tasks", "test", "recfactory_daily", "report", D, "-t",
-                   json.dumps({"report": {"output_dir": str(home / "elsewhere")}}), timeout=600)
+    res = _airflow(
+        env,
+        "tasks",
+        "test",
+        "recfactory_daily",
+        "report",
+        D,
+        "-t",
+        json.dumps({"report": {"output_dir": str(home / "elsewhere")}}),
+        timeout=600,
+    )
     text = res.stdout + res.stderr
     assert "the run conf may not set report.output_dir" in text, text[-3000:]
     assert "RECFACTORY_RUN_CONF_ALLOW=report.output_dir" in text and not (home / "elsewhere").exists()
@@ -286,13 +342,38 @@ def test_a_backfill_covers_each_date_of_the_range_in_order(airflow_env):
     env, _ = airflow_env
     res = _airflow(env, "dags", "reserialize", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    res = _airflow(env, "backfill", "create", "--dag-id", "recfactory_daily", "--from-date", "1998-04-27",
-                   "--to-date", "1998-04-30", "--dry-run", "--reprocess-behavior", "completed", timeout=600)
+    res = _airflow(
+        env,
+        "backfill",
+        "create",
+        "--dag-id",
+        "recfactory_daily",
+        "--from-date",
+        "1998-04-27",
+        "--to-date",
+        "1998-04-30",
+        "--dry-run",
+        "--reprocess-behavior",
+        "completed",
+        timeout=600,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    dates = re.findall(r"^\| (\d{4}-\d{2}-\d{2}) ", res.stdout + res.stderr, re.M)          # "Runs to be attempted" table
+    dates = re.findall(r"^\| (\d{4}-\d{2}-\d{2}) ", res.stdout + res.stderr, re.M)  # "Runs to be attempted" table
     assert dates == ["1998-04-27", "1998-04-28", "1998-04-29", "1998-04-30"], res.stdout[-3000:]
-    res = _airflow(env, "backfill", "create", "--dag-id", "recfactory_daily", "--from-date", "1998-04-27",
-                   "--to-date", "1998-04-30", "--dry-run", "--run-backwards", timeout=600)
+    res = _airflow(
+        env,
+        "backfill",
+        "create",
+        "--dag-id",
+        "recfactory_daily",
+        "--from-date",
+        "1998-04-27",
+        "--to-date",
+        "1998-04-30",
+        "--dry-run",
+        "--run-backwards",
+        timeout=600,
+    )
     assert res.returncode != 0 and "depends_on_past" in (res.stdout + res.stderr), (res.stdout + res.stderr)[-3000:]
 
 
@@ -307,7 +388,7 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env, conf):
     wh = home / "wh"
     if not (wh / "semantic_ids").exists():
         pytest.skip("needs the daily DAG run of the test above")
-    tables = {"build_sids": "semantic_ids"}    # ingest's rerun: test_ingest, test_faults
+    tables = {"build_sids": "semantic_ids"}  # ingest's rerun: test_ingest, test_faults
     before = {t: DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)]) for t in tables.values()}
     versions = _delta_versions(wh)
     for task in tables:
@@ -317,8 +398,13 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env, conf):
         after = DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)])
         assert len(after) == len(before[t]) and DeltaTable(str(wh / t)).version() == versions[t] + 1
     key = ["item_id", "sid"]
-    assert before["semantic_ids"][key].sort_values(key).values.tolist() == \
-        DeltaTable(str(wh / "semantic_ids")).to_pandas(filters=[("ds", "=", DAY)])[key].sort_values(key).values.tolist()
+    assert (
+        before["semantic_ids"][key].sort_values(key).values.tolist()
+        == DeltaTable(str(wh / "semantic_ids"))
+        .to_pandas(filters=[("ds", "=", DAY)])[key]
+        .sort_values(key)
+        .values.tolist()
+    )
 
 
 @pytest.mark.spark
@@ -357,18 +443,31 @@ def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_not
         pytest.skip("needs the daily DAG run of the test above")
     before = _delta_versions(wh)
     conf = {**conf, "train_gbdt": {"num_trees": 30, "gate_min_auc": 0.99}}
-    res = _airflow(env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf),
-                   "--mark-success-pattern", "^(?!(train_gbdt|build_gbdt_leaves)$).*")
+    res = _airflow(
+        env,
+        "dags",
+        "test",
+        "recfactory_daily",
+        D,
+        "-c",
+        json.dumps(conf),
+        "--mark-success-pattern",
+        "^(?!(train_gbdt|build_gbdt_leaves)$).*",
+    )
     text = res.stdout + res.stderr
     assert "quality gate failed, nothing published" in text, text[-4000:]
     after = _delta_versions(wh)
     for table in ("gbdt_models", "gbdt_leaf_vocab", "gbdt_metrics", "gbdt_leaves"):
         assert after[table] == before[table]
-    assert after["_runs"] == before["_runs"] + 1          # the failed run is recorded
+    assert after["_runs"] == before["_runs"] + 1  # the failed run is recorded
     db = sqlite3.connect(str(home / "airflow.db"))
-    states = dict(db.execute("select ti.task_id, ti.state from task_instance ti join dag_run r "
-                             "on r.run_id = ti.run_id and r.dag_id = ti.dag_id "
-                             "where r.dag_id = 'recfactory_daily' order by r.id"))
+    states = dict(
+        db.execute(
+            "select ti.task_id, ti.state from task_instance ti join dag_run r "
+            "on r.run_id = ti.run_id and r.dag_id = ti.dag_id "
+            "where r.dag_id = 'recfactory_daily' order by r.id"
+        )
+    )
     assert states["train_gbdt"] == "failed" and states["build_gbdt_leaves"] == "upstream_failed"
 
 
@@ -386,7 +485,7 @@ def test_a_backfill_of_an_earlier_date_leaves_the_later_tables_as_they_were(airf
     if not (wh / "user_sequences").exists():
         pytest.skip("needs the daily DAG run above")
     tasks = ("ingest", "build_sequences")
-    only = "^(?!(" + "|".join(tasks) + ")$).*"      # every other task marked successful
+    only = "^(?!(" + "|".join(tasks) + ")$).*"  # every other task marked successful
 
     def rows(table, ds=None):
         df = DeltaTable(str(wh / table)).to_pandas(filters=[("ds", "=", dt.date.fromisoformat(ds))] if ds else None)
@@ -394,8 +493,9 @@ def test_a_backfill_of_an_earlier_date_leaves_the_later_tables_as_they_were(airf
         return df[cols].map(str).sort_values(cols).reset_index(drop=True)
 
     before = {"events": rows("events_clean"), "05-02": rows("user_sequences", D)}
-    res = _airflow(env, "dags", "test", "recfactory_daily", "1998-04-20", "-c", json.dumps(conf),
-                   "--mark-success-pattern", only)
+    res = _airflow(
+        env, "dags", "test", "recfactory_daily", "1998-04-20", "-c", json.dumps(conf), "--mark-success-pattern", only
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     after = {"events": rows("events_clean"), "05-02": rows("user_sequences", D)}
     assert after["events"]["event_id"].is_unique

@@ -11,10 +11,10 @@ def test_a_seeded_share_keeps_its_fraction_whatever_the_order():
     assert abs(mask.mean() - 0.3) < 0.01
     perm = np.random.default_rng(0).permutation(len(values))
     assert np.array_equal(seeded_share(values[perm], 7, "holdout", 0.3), mask[perm])
-    assert not np.array_equal(seeded_share(values, 7, "other", 0.3), mask)        # the salt matters
-    assert not np.array_equal(seeded_share(values, 8, "holdout", 0.3), mask)      # so does the seed
+    assert not np.array_equal(seeded_share(values, 7, "other", 0.3), mask)  # the salt matters
+    assert not np.array_equal(seeded_share(values, 8, "holdout", 0.3), mask)  # so does the seed
     assert not seeded_share(values, 7, "holdout", 0.0).any() and seeded_share(values, 7, "holdout", 1.0).all()
-    assert (mask <= seeded_share(values, 7, "holdout", 0.5)).all()                # nested as the fraction grows
+    assert (mask <= seeded_share(values, 7, "holdout", 0.5)).all()  # nested as the fraction grows
 
 
 def test_a_seeded_sample_is_the_same_set_whatever_the_order():

@@ -24,8 +24,13 @@ D = "1998-04-30"
 def _start(job: str, wh: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     env.pop("RECFACTORY_RUN_ID", None)
-    return subprocess.Popen([sys.executable, "-m", "recfactory", job, "--warehouse", wh, "--as-of", D, *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "recfactory", job, "--warehouse", wh, "--as-of", D, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _files(table: Path) -> set[str]:
@@ -76,19 +81,27 @@ def _snapshot(wh: Path, tables) -> dict[str, tuple[int, list]]:
         if _committed(wh / t):
             dt_ = DeltaTable(str(wh / t))
             df = dt_.to_pandas()
-            run_specific = [c for c in df if c == "run_id" or c.endswith("_seconds")]    # ids, timings
-            out[t] = (dt_.version(), sorted(map(str, df.drop(columns=run_specific)
-                                                 .astype(str).itertuples(index=False))))
+            run_specific = [c for c in df if c == "run_id" or c.endswith("_seconds")]  # ids, timings
+            out[t] = (
+                dt_.version(),
+                sorted(map(str, df.drop(columns=run_specific).astype(str).itertuples(index=False))),
+            )
     return out
 
 
-USERS = 200        # a MovieLens slice (users 1..200, every item): the faults, not the data, are under test
+USERS = 200  # a MovieLens slice (users 1..200, every item): the faults, not the data, are under test
 
 
 def _slice_args(base: Path) -> list[str]:
     """ingest's arguments for the slice (written under base by `ingested`)."""
-    return ["--dataset", "tables", "--events-path", str(base / "events.parquet"),
-            "--items-path", str(base / "items.parquet")]
+    return [
+        "--dataset",
+        "tables",
+        "--events-path",
+        str(base / "events.parquet"),
+        "--items-path",
+        str(base / "items.parquet"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +119,7 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested,
     src, base = ingested
     from recfactory.jobs.runtime.job import run_job
 
-    tables = ("item_similarity", "similarity_cap_report")          # two commits, in this order
+    tables = ("item_similarity", "similarity_cap_report")  # two commits, in this order
     args = ("--algos", "swing", "--no-evaluate")
     # the uninterrupted result (in this process: the same job, the same rows)
     ref = base / "ref"
@@ -120,17 +133,17 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested,
     proc = _start("build_similarity", str(wh), *args)
     first = wh / "item_similarity"
     assert _kill_when(proc, lambda: len(_files(first)) > 0 and not _committed(first))
-    assert _snapshot(wh, tables) == {}                   # nothing committed, nothing readable half-done
+    assert _snapshot(wh, tables) == {}  # nothing committed, nothing readable half-done
     # 2) killed between two of the job's commits: item_similarity committed, the others not yet
     proc = _start("build_similarity", str(wh), *args)
     assert _kill_when(proc, lambda: (first / "_delta_log" / "00000000000000000000.json").exists())
     mid = _snapshot(wh, tables)
-    assert mid["item_similarity"] == expected["item_similarity"]      # the commit is whole
+    assert mid["item_similarity"] == expected["item_similarity"]  # the commit is whole
     # 3) the rerun of the date converges to the uninterrupted result, one copy of each partition
     proc = _start("build_similarity", str(wh), *args)
     assert proc.wait(timeout=900) == 0, proc.stdout.read()[-3000:]
     log = proc.stdout.read()
-    assert "never finished" in log and "it left item_similarity v0" in log, log[-3000:]   # found by the next run
+    assert "never finished" in log and "it left item_similarity v0" in log, log[-3000:]  # found by the next run
     got = _snapshot(wh, tables)
     for t in tables:
         assert got[t][1] == expected[t][1], t
@@ -138,7 +151,7 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested,
 
     runs = DeltaTable(str(wh / "_runs")).to_pandas()
     sim = runs[runs["job"] == "build_similarity"]
-    assert list(sim["status"]) == ["succeeded"]          # killed runs leave no row, never a duplicate
+    assert list(sim["status"]) == ["succeeded"]  # killed runs leave no row, never a duplicate
     # ... but both killed attempts are on record, with what each left behind
     from recfactory.jobs.runtime.attempts import format_history, history
 
@@ -159,8 +172,10 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested,
     assert again == published and DeltaTable(str(first)).version() == 2
     df = again.to_pandas()
     run_specific = [c for c in df if c == "run_id" or c.endswith("_seconds")]
-    assert sorted(map(str, df.drop(columns=run_specific).astype(str).itertuples(index=False))) == \
-        expected["item_similarity"][1]
+    assert (
+        sorted(map(str, df.drop(columns=run_specific).astype(str).itertuples(index=False)))
+        == expected["item_similarity"][1]
+    )
     with pytest.raises(tables.NotPublishedError, match="run build_similarity"):
         tables.read(str(wh), "item_similarity", "1998-01-01")
     # ... and so does every reader inside the factory (the next job, the report): the killed
@@ -172,8 +187,10 @@ def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested,
     ctx = RunContext(spark, Warehouse(spark, str(wh)), JobParams(warehouse=str(wh), as_of=D), job="downstream")
     read = ctx.read("item_similarity")
     assert [(i.name, i.version) for i in ctx.inputs if i.name != "_runs"] == [("item_similarity", 1)]
-    assert sorted(map(str, read.toPandas().drop(columns=run_specific).astype(str).itertuples(index=False))) == \
-        expected["item_similarity"][1]
+    assert (
+        sorted(map(str, read.toPandas().drop(columns=run_specific).astype(str).itertuples(index=False)))
+        == expected["item_similarity"][1]
+    )
 
 
 def test_jobs_writing_different_tables_run_concurrently(ingested):
@@ -226,13 +243,21 @@ def test_sigkill_of_build_sids_after_its_new_codebooks_keeps_the_ids_a_rerun_ass
     common = ["--warehouse", str(prep), "--as-of", D]
     run_job("build_similarity", [*common, "--algos", "swing", "--no-evaluate"], spark=spark)
     run_job("build_content_embeddings", common, spark=spark)
-    args = ("--embeddings", "content_embeddings", "--codebook-sizes", "16,16,16", "--sample-size", "1000",
-            "--gate-min-recall-lift", "0")
+    args = (
+        "--embeddings",
+        "content_embeddings",
+        "--codebook-sizes",
+        "16,16,16",
+        "--sample-size",
+        "1000",
+        "--gate-min-recall-lift",
+        "0",
+    )
     tables = ("sid_codebooks", "semantic_ids", "sid_lookup", "sid_features", "sid_quarantine", "sid_metrics")
     ref, wh = base / "sids-ref", base / "sids-killed"
     shutil.copytree(prep, ref)
     shutil.copytree(prep, wh)
-    run_job("build_sids", ["--warehouse", str(ref), "--as-of", D, *args], spark=spark)      # uninterrupted
+    run_job("build_sids", ["--warehouse", str(ref), "--as-of", D, *args], spark=spark)  # uninterrupted
     expected = _snapshot(ref, tables)
     proc = _start("build_sids", str(wh), *args)
     assert _kill_when(proc, lambda: _committed(wh / "sid_codebooks"))
@@ -243,7 +268,7 @@ def test_sigkill_of_build_sids_after_its_new_codebooks_keeps_the_ids_a_rerun_ass
     got = _snapshot(wh, tables)
     for t in tables:
         assert got[t][1] == expected[t][1], t
-    assert got["sid_codebooks"][0] == 1                  # the orphan version replaced, not added to
+    assert got["sid_codebooks"][0] == 1  # the orphan version replaced, not added to
 
 
 def test_two_runs_of_the_same_date_at_once_publish_one_consistent_set_and_other_dates_run_alongside(ingested):
@@ -266,9 +291,23 @@ def test_two_runs_of_the_same_date_at_once_publish_one_consistent_set_and_other_
     procs = {k: _start("build_similarity", str(wh), *args, "--top-k", k) for k in ("5", "9")}
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     env.pop("RECFACTORY_RUN_ID", None)
-    other = subprocess.Popen([sys.executable, "-m", "recfactory", "build_similarity", "--warehouse", str(wh),
-                              "--as-of", "1998-04-29", *args], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recfactory",
+            "build_similarity",
+            "--warehouse",
+            str(wh),
+            "--as-of",
+            "1998-04-29",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert other.wait(timeout=900) == 0, other.stdout.read()[-3000:]
     codes = {k: p.wait(timeout=900) for k, p in procs.items()}
     logs = {k: p.stdout.read() for k, p in procs.items()}
@@ -278,7 +317,7 @@ def test_two_runs_of_the_same_date_at_once_publish_one_consistent_set_and_other_
             assert "another writer committed to" in logs[k] and "publishes nothing" in logs[k], logs[k][-3000:]
     runs = DeltaTable(str(wh / "_runs")).to_pandas()
     pair = runs[(runs["as_of"].astype(str) == D) & (runs["job"] == "build_similarity")]
-    assert len(pair) == 2 and pair["started_at"].max() < pair["finished_at"].min()     # they did overlap
+    assert len(pair) == 2 and pair["started_at"].max() < pair["finished_at"].min()  # they did overlap
     ok = pair[pair["status"] == "succeeded"].sort_values("finished_at")
     winner = ok.iloc[-1]
     top_k = json.loads(winner["params"])["top_k"]
@@ -287,10 +326,10 @@ def test_two_runs_of_the_same_date_at_once_publish_one_consistent_set_and_other_
     named = {o["name"]: int(o["version"]) for o in winner["outputs"]}
     assert {t: p.version for t, p in pubs.items()} == {t: named[t] for t in outs}
     sims = pubs["item_similarity"].to_pandas()
-    assert sims["n_neighbors"].max() == top_k                             # the winner's rows, not the loser's
+    assert sims["n_neighbors"].max() == top_k  # the winner's rows, not the loser's
     inside = read_arrow(str(wh), "item_similarity").to_pandas()
     assert inside.loc[inside["ds"].astype(str) == D, "n_neighbors"].max() == top_k
-    assert len(inside[inside["ds"].astype(str) == "1998-04-29"]) > 0     # the other date, published beside it
+    assert len(inside[inside["ds"].astype(str) == "1998-04-29"]) > 0  # the other date, published beside it
 
 
 KILLED_IN_RUNS_WRITE = """
@@ -328,13 +367,18 @@ def test_sigkill_inside_the_runs_write_publishes_nothing_and_the_attempt_is_on_r
     before = DeltaTable(str(wh / "_runs")).to_pandas()
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     env.pop("RECFACTORY_RUN_ID", None)
-    res = subprocess.run([sys.executable, "-c", KILLED_IN_RUNS_WRITE, "--warehouse", str(wh), "--as-of", D],
-                         env=env, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_RUNS_WRITE, "--warehouse", str(wh), "--as-of", D],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
-    assert DeltaTable(str(wh / "user_sequences")).version() == 0                  # its output was committed
+    assert DeltaTable(str(wh / "user_sequences")).version() == 0  # its output was committed
     assert len(list((wh / "_runs").glob("*.parquet"))) > len(DeltaTable(str(wh / "_runs")).file_uris())  # the orphan
     after = DeltaTable(str(wh / "_runs")).to_pandas()
-    assert sorted(after["run_id"]) == sorted(before["run_id"])                     # no half row
+    assert sorted(after["run_id"]) == sorted(before["run_id"])  # no half row
     with pytest.raises(tables.NotPublishedError):
         tables.read(str(wh), "user_sequences", D)
     h = history(str(wh), job="build_sequences")

@@ -26,14 +26,15 @@ def data(n=4000, seed=0):
 
 def test_leaf_vocabulary_is_dense_and_encodes_the_raw_score():
     X, y = data()
-    spec = GBDTSpec(num_trees=12, num_leaves=8, min_data_in_leaf=20, bagging_fraction=1.0, feature_fraction=1.0,
-                    threads=1)
+    spec = GBDTSpec(
+        num_trees=12, num_leaves=8, min_data_in_leaf=20, bagging_fraction=1.0, feature_fraction=1.0, threads=1
+    )
     booster = train(X, y, spec, [f"x{i}" for i in range(5)])
     vocab = leaf_vocab(booster)
     assert vocab["global_id"].tolist() == list(range(len(vocab)))
     for _, g in vocab.groupby("tree"):
         assert g["leaf"].tolist() == list(range(len(g)))
-        assert g["count"].sum() == len(X)                       # no bagging: every row reaches one leaf
+        assert g["count"].sum() == len(X)  # no bagging: every row reaches one leaf
     leaves = encode_leaves(booster, X, tree_offsets(vocab))
     assert leaves.shape == (len(X), 12)
     direct = booster.predict(X, pred_leaf=True)
@@ -55,7 +56,7 @@ def test_recalibration_recovers_the_true_rate_after_negative_downsampling():
     for w in (0.5, 0.1, 0.02):
         keep = y | (rng.random(len(y)) < w)
         seen = np.array([y[keep & (bucket == b)].mean() for b in range(4)])
-        assert (seen > rates * 1.5).all()                                 # downsampling inflates the rate
+        assert (seen > rates * 1.5).all()  # downsampling inflates the rate
         np.testing.assert_allclose(recalibrate(seen, w), rates, rtol=0.06)
 
 
@@ -93,11 +94,18 @@ def test_compiled_leaf_encoder_equals_lightgbm_pred_leaf(zero_as_missing):
 
     rng = np.random.default_rng(3)
     X, y = data(6000, seed=3)
-    X[rng.random(X.shape) < 0.1] = np.nan                       # missing values, both directions
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values, both directions
     X[:, 3] = np.where(rng.random(len(X)) < 0.3, 0.0, X[:, 3])  # a column with many zeros
-    X[:, 4] = np.round(X[:, 4])                                  # ties on thresholds
-    params = {"objective": "binary", "num_leaves": 15, "min_data_in_leaf": 20, "verbose": -1,
-              "zero_as_missing": zero_as_missing, "seed": 1, "deterministic": True}
+    X[:, 4] = np.round(X[:, 4])  # ties on thresholds
+    params = {
+        "objective": "binary",
+        "num_leaves": 15,
+        "min_data_in_leaf": 20,
+        "verbose": -1,
+        "zero_as_missing": zero_as_missing,
+        "seed": 1,
+        "deterministic": True,
+    }
     booster = lgb.train(params, lgb.Dataset(X, label=y), num_boost_round=30)
     offsets = tree_offsets(leaf_vocab(booster))
     enc = LeafEncoder(booster.model_to_string(), offsets)
@@ -105,7 +113,7 @@ def test_compiled_leaf_encoder_equals_lightgbm_pred_leaf(zero_as_missing):
     Xt, _ = data(3000, seed=4)
     Xt[rng.random(Xt.shape) < 0.1] = np.nan
     Xt[:300] = 0.0
-    Xt[300:400] = 1e-40                                          # LightGBM reads |x| <= 1e-35 as zero
+    Xt[300:400] = 1e-40  # LightGBM reads |x| <= 1e-35 as zero
     Xt[400:500] = -np.inf
     Xt[500:600] = np.inf
     Xt[:, 4] = np.round(Xt[:, 4])
@@ -113,7 +121,7 @@ def test_compiled_leaf_encoder_equals_lightgbm_pred_leaf(zero_as_missing):
     got = enc.encode(Xt)
     assert got.dtype == np.int32 and np.array_equal(got, expected)
     with pytest.raises(ValueError, match="features"):
-        enc.encode(Xt[:, :enc.num_features - 1])
+        enc.encode(Xt[:, : enc.num_features - 1])
 
 
 def test_leaf_encoder_single_leaf_trees_and_categorical_fallback():
@@ -123,16 +131,28 @@ def test_leaf_encoder_single_leaf_trees_and_categorical_fallback():
 
     X, y = data(2000, seed=5)
     # no split is worth its gain: single-leaf trees (no split arrays in the text)
-    stump = lgb.train({"objective": "binary", "num_leaves": 4, "min_data_in_leaf": 1500, "verbose": -1,
-                       "min_gain_to_split": 1e9}, lgb.Dataset(X, label=y), num_boost_round=3)
+    stump = lgb.train(
+        {"objective": "binary", "num_leaves": 4, "min_data_in_leaf": 1500, "verbose": -1, "min_gain_to_split": 1e9},
+        lgb.Dataset(X, label=y),
+        num_boost_round=3,
+    )
     enc = LeafEncoder(stump.model_to_string())
     assert enc.num_trees == stump.num_trees() >= 1 and (enc.n_leaves == 1).all()
     assert np.array_equal(enc.encode(X), np.tile(np.arange(enc.num_trees), (len(X), 1)))
     Xc = X.copy()
-    Xc[:, 0] = np.floor(np.abs(Xc[:, 0]) * 3)                      # a categorical column
-    cat = lgb.train({"objective": "binary", "num_leaves": 8, "min_data_in_leaf": 20, "verbose": -1,
-                     "min_data_per_group": 5, "cat_smooth": 1}, lgb.Dataset(Xc, label=y, categorical_feature=[0]),
-                    num_boost_round=10)
+    Xc[:, 0] = np.floor(np.abs(Xc[:, 0]) * 3)  # a categorical column
+    cat = lgb.train(
+        {
+            "objective": "binary",
+            "num_leaves": 8,
+            "min_data_in_leaf": 20,
+            "verbose": -1,
+            "min_data_per_group": 5,
+            "cat_smooth": 1,
+        },
+        lgb.Dataset(Xc, label=y, categorical_feature=[0]),
+        num_boost_round=10,
+    )
     enc = LeafEncoder(cat.model_to_string())
     assert enc.categorical
     offsets = tree_offsets(leaf_vocab(cat))

@@ -15,10 +15,11 @@ D = "1998-04-30"
 def gbdt_warehouse(spark, slice_ingested, tmp_path_factory):
     from recfactory.jobs.runtime.job import run_job
 
-    wh = slice_ingested(tmp_path_factory.mktemp("gbdt") / "wh")      # the MovieLens slice ingested as of D
+    wh = slice_ingested(tmp_path_factory.mktemp("gbdt") / "wh")  # the MovieLens slice ingested as of D
     base = ["--warehouse", wh, "--as-of", D]
-    run_job("build_training_samples", [*base, "--negative-rate", "0.5", "--test-days", "30", "--val-days", "0"],
-            spark=spark)
+    run_job(
+        "build_training_samples", [*base, "--negative-rate", "0.5", "--test-days", "30", "--val-days", "0"], spark=spark
+    )
     ctx = run_job("train_gbdt", [*base, "--num-trees", "40"], spark=spark)
     return wh, base, ctx
 
@@ -36,8 +37,9 @@ def _pred_leaf(spark, wh, frame):
 
     model = _read(spark, wh, "gbdt_models").iloc[0]
     X = frame[list(model["feature_names"])].astype(float).to_numpy()
-    return encode_leaves(lgb.Booster(model_str=model["model_text"]), X,
-                         tree_offsets(_read(spark, wh, "gbdt_leaf_vocab")))
+    return encode_leaves(
+        lgb.Booster(model_str=model["model_text"]), X, tree_offsets(_read(spark, wh, "gbdt_leaf_vocab"))
+    )
 
 
 def test_train_gbdt_publishes_model_text_a_dense_vocabulary_and_calibrated_metrics(spark, gbdt_warehouse):
@@ -45,10 +47,16 @@ def test_train_gbdt_publishes_model_text_a_dense_vocabulary_and_calibrated_metri
 
     wh, _, ctx = gbdt_warehouse
     rc, m = ctx.row_counts, ctx.metrics
-    assert rc["tree_rows"] + rc["tree_rows_negative_downsampled"] + rc["downstream_rows"] + rc["test_rows"] \
-        + rc["unused_rows"] == rc["samples"]
+    assert (
+        rc["tree_rows"]
+        + rc["tree_rows_negative_downsampled"]
+        + rc["downstream_rows"]
+        + rc["test_rows"]
+        + rc["unused_rows"]
+        == rc["samples"]
+    )
     model = _read(spark, wh, "gbdt_models").iloc[0]
-    booster = lgb.Booster(model_str=model["model_text"])          # text, no pickle
+    booster = lgb.Booster(model_str=model["model_text"])  # text, no pickle
     assert booster.num_trees() == 40 and list(model["feature_names"]) == booster.feature_name()
     vocab = _read(spark, wh, "gbdt_leaf_vocab").sort_values("global_id")
     assert vocab["global_id"].tolist() == list(range(len(vocab))) == list(range(rc["leaves"]))
@@ -88,8 +96,9 @@ def test_a_table_without_the_model_features_is_refused(spark, gbdt_warehouse):
     wh, base, _ = gbdt_warehouse
     model = _read(spark, wh, "gbdt_models").iloc[0]
     gone, text = model["feature_names"][0], model["feature_names"][1]
-    spark.read.format("delta").load(f"{wh}/training_samples").drop(gone) \
-        .withColumn(text, F.lit("x")).write.format("delta").partitionBy("ds").save(f"{wh}/fresh_rows")
+    spark.read.format("delta").load(f"{wh}/training_samples").drop(gone).withColumn(text, F.lit("x")).write.format(
+        "delta"
+    ).partitionBy("ds").save(f"{wh}/fresh_rows")
     with pytest.raises(ValueError, match=rf"missing \['{gone}'\]; not numeric \['{text}'\]"):
         run_job("build_gbdt_leaves", [*base, "--input", "fresh_rows"], spark=spark)
 
@@ -104,18 +113,21 @@ def test_large_training_runs_data_parallel_on_ray_train(spark, gbdt_warehouse, t
 
     wh, base, single = gbdt_warehouse
     other = str(tmp_path / "wh")
-    spark.read.format("delta").load(f"{wh}/training_samples").write.format("delta").partitionBy("ds") \
-        .save(f"{other}/training_samples")
+    spark.read.format("delta").load(f"{wh}/training_samples").write.format("delta").partitionBy("ds").save(
+        f"{other}/training_samples"
+    )
     # a fresh interpreter: Ray Train V2 (2.60) can stall a later trainer started by one driver
-    code = ("from recfactory.jobs.runtime.job import run_job; import json; "
-            f"c = run_job('train_gbdt', ['--warehouse', '{other}', '--as-of', '{D}', '--num-trees', '40', "
-            "'--distributed-rows', '1000']); print('RESULT', json.dumps([c.notes['training'], c.metrics['auc.gbdt']]))")
+    code = (
+        "from recfactory.jobs.runtime.job import run_job; import json; "
+        f"c = run_job('train_gbdt', ['--warehouse', '{other}', '--as-of', '{D}', '--num-trees', '40', "
+        "'--distributed-rows', '1000']); print('RESULT', json.dumps([c.notes['training'], c.metrics['auc.gbdt']]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     import json
 
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    training, auc = json.loads(line[len("RESULT "):])
+    training, auc = json.loads(line[len("RESULT ") :])
     assert training.startswith("Ray Train") and abs(auc - single.metrics["auc.gbdt"]) < 0.03
 
 
@@ -129,12 +141,16 @@ def test_fresh_rows_with_nulls_encode_as_lightgbm_missing_values(spark, gbdt_war
     wh, base, _ = gbdt_warehouse
     model = _read(spark, wh, "gbdt_models").iloc[0]
     names = list(model["feature_names"])
-    src = spark.read.format("delta").load(f"{wh}/training_samples").limit(3000) \
+    src = (
+        spark.read.format("delta")
+        .load(f"{wh}/training_samples")
+        .limit(3000)
         .withColumn("row_key", F.concat(F.lit("r"), F.col("sample_id").cast("string")))
+    )
     for i, c in enumerate(names[:6]):
         src = src.withColumn(c, F.when(F.xxhash64("row_key", F.lit(i)) % 3 == 0, F.lit(None)).otherwise(F.col(c)))
     src.write.format("delta").partitionBy("ds").save(f"{wh}/fresh_nulls")
-    run_job("build_gbdt_leaves", base, spark=spark)                    # the samples' leaves of the date
+    run_job("build_gbdt_leaves", base, spark=spark)  # the samples' leaves of the date
     ctx = run_job("build_gbdt_leaves", [*base, "--input", "fresh_nulls", "--id-column", "row_key"], spark=spark)
     rows = _read(spark, wh, "fresh_nulls")
     assert rows[names[:6]].isna().any().all() and ctx.row_counts["gbdt_leaves"] == len(rows) == 3000
@@ -143,5 +159,6 @@ def test_fresh_rows_with_nulls_encode_as_lightgbm_missing_values(spark, gbdt_war
     fresh = leaves[leaves["source"] == "fresh_nulls"].set_index("sample_id")
     assert np.array_equal(np.stack(fresh.loc[rows["row_key"], "leaf_ids"].to_numpy()), direct)
     # the training samples' leaves of the same date are still there
-    assert (leaves["source"] == "training_samples").sum() == spark.read.format("delta") \
-        .load(f"{wh}/training_samples").count()
+    assert (leaves["source"] == "training_samples").sum() == spark.read.format("delta").load(
+        f"{wh}/training_samples"
+    ).count()

@@ -49,7 +49,7 @@ def test_walk_transitions_match_node2vec_probabilities(p, q):
             exp = np.array([w[(v, x)] * a for x, a in zip(xs, alpha, strict=True)])
             obs = np.array([second[(t, v, x)] for x in xs])
             pvalues.append(chisquare(obs, exp / exp.sum() * obs.sum()).pvalue)
-    assert min(pvalues) > 1e-3, pvalues   # seeded: the same walks every run
+    assert min(pvalues) > 1e-3, pvalues  # seeded: the same walks every run
 
 
 def test_uniforms_are_a_pure_function_of_position():
@@ -72,7 +72,7 @@ def test_alias_tables_encode_the_row_distributions_exactly():
     for v in range(len(deg)):
         lo, hi = indptr[v], indptr[v + 1]
         implied = np.zeros(hi - lo)
-        for k in range(lo, hi):          # slot k: itself with prob[k], else its alias
+        for k in range(lo, hi):  # slot k: itself with prob[k], else its alias
             implied[k - lo] += prob[k]
             implied[alias[k] - lo] += 1 - prob[k]
         assert np.allclose(implied / deg[v], w[lo:hi] / w[lo:hi].sum(), atol=1e-12)
@@ -87,14 +87,18 @@ def test_unweighted_rows_draw_uniformly():
 
 
 def test_walks_stop_at_sinks_and_do_not_depend_on_sharding_or_threads():
-    g = Graph.from_edges(np.array([0, 1]), np.array([1, 2]), np.array([1.0, 1.0]), 3)   # 0 → 1 → 2, 2 a sink
+    g = Graph.from_edges(np.array([0, 1]), np.array([1, 2]), np.array([1.0, 1.0]), 3)  # 0 → 1 → 2, 2 a sink
     out = walk(g.arrays(), walk_ids(3, 2, np.array([0, 1])), 4, seed=3)
     assert out.tolist() == [[0, 1, 2, -1], [1, 2, -1, -1]] * 2
     g = Graph.from_edges(SRC, DST, W, 5)
     ids = walk_ids(5, 50)
     whole = walk(g.arrays(), ids, 6, 0.5, 2.0, seed=5)
-    parts = np.concatenate([walk(g.arrays(), ids[pos], 6, 0.5, 2.0, seed=5, offset=int(pos[0]))
-                            for pos in np.array_split(np.arange(len(ids)), 7)])
+    parts = np.concatenate(
+        [
+            walk(g.arrays(), ids[pos], 6, 0.5, 2.0, seed=5, offset=int(pos[0]))
+            for pos in np.array_split(np.arange(len(ids)), 7)
+        ]
+    )
     assert np.array_equal(whole, parts)
     assert np.array_equal(whole, walk(g.arrays(), ids, 6, 0.5, 2.0, seed=5, threads=2))
     assert not np.array_equal(whole, walk(g.arrays(), ids, 6, 0.5, 2.0, seed=6))
@@ -104,9 +108,14 @@ def test_centers_contexts_equal_brute_force_and_shrink_like_word2vec():
     walks = np.array([[0, 1, 2, 3], [4, 5, -1, -1]])
     c, x = centers_contexts(walks, 1, np.random.default_rng(0))
     got = sorted((a, b) for a, row in zip(c.tolist(), x.tolist(), strict=True) for b in row if b >= 0)
-    want = sorted((a, b) for row in walks.tolist() for i, a in enumerate(row) for j, b in enumerate(row)
-                  if abs(i - j) == 1 and a >= 0 and b >= 0)
-    assert got == want and len(c) == 6          # every position with a context is a center
+    want = sorted(
+        (a, b)
+        for row in walks.tolist()
+        for i, a in enumerate(row)
+        for j, b in enumerate(row)
+        if abs(i - j) == 1 and a >= 0 and b >= 0
+    )
+    assert got == want and len(c) == 6  # every position with a context is a center
     # window 3: the center's window b ~ U{1..3}, so distance d is kept with probability (3 − d + 1)/3
     walks = np.tile(np.arange(10), (2000, 1))
     c, x = centers_contexts(walks, 3, np.random.default_rng(0))
@@ -127,7 +136,7 @@ def test_skipgram_step_descends_its_loss(eges):
     c, x = torch.tensor([0, 1, 2]), torch.tensor([[1, -1], [2, 0], [3, -1]])
     neg = torch.tensor([[4, 5], [5, 4], [4, 4]])
     first = model.step(c, x, neg, 0.2)
-    assert abs(first - model.loss(c, x, neg).detach().item()) > 0       # the step changed the parameters
+    assert abs(first - model.loss(c, x, neg).detach().item()) > 0  # the step changed the parameters
     for _ in range(50):
         last = model.step(c, x, neg, 0.2)
     assert last < first * 0.5
@@ -169,7 +178,7 @@ def test_skipgram_training_is_seeded_and_independent_of_chunking():
 
     rng = np.random.default_rng(3)
     walks = rng.integers(0, 30, size=(200, 8)).astype(np.int32)
-    walks[::7, 5:] = -1                                      # early stops
+    walks[::7, 5:] = -1  # early stops
     spec = TrainSpec(dim=8, epochs=2, seed=4, sample=0.05)
     a, b, c = SkipGram(30, 8), SkipGram(30, 8), SkipGram(30, 8)
     for m in (a, b, c):
@@ -242,14 +251,14 @@ def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
     src = np.repeat(np.arange(g.n), g.degree())[keep]
     g = Graph.from_edges(src, g.indices[keep], g.weights[keep], g.n)
     a, b = random_walks(g, 3, 8, seed=1, shards=1), random_walks(g, 3, 8, seed=1, shards=5)
-    assert np.array_equal(a, b)   # same walks whatever the number of Ray tasks
+    assert np.array_equal(a, b)  # same walks whatever the number of Ray tasks
     spec = EmbeddingSpec(walks_per_node=10, walk_length=10, train=TrainSpec(dim=16, epochs=3, seed=1))
     fitted = fit(g, comm[:, None], [4], ["community"], spec, seed=1, progress=False)
     warm = np.setdiff1d(np.arange(g.n), cold)
     for m, f in fitted.items():
         recs = nearest(f.vectors, f.has_vector, warm, 5)
         same = (comm[recs] == comm[warm][:, None]).mean()
-        assert same > 0.8, (m, same)                      # random: 0.25
+        assert same > 0.8, (m, same)  # random: 0.25
         assert f.cold[cold].all() and not f.cold[warm].any()
     assert not fitted["deepwalk"].has_vector[cold].any()  # no walk: no vector, no pretending
     eges = fitted["eges"]
@@ -276,13 +285,21 @@ def test_build_graph_embeddings_on_movielens(spark, movielens_run):
     emb = spark.read.format("delta").load(f"{wh}/graph_embeddings")
     items = spark.read.format("delta").load(f"{wh}/items").select("item_id").distinct().count()
     assert emb.count() == 3 * items == ctx.row_counts["graph_embeddings"]
-    by = {r["method"]: r for r in emb.groupBy("method").agg(
-        F.count(F.lit(1)).alias("n"), F.sum(F.col("vector").isNull().cast("int")).alias("null"),
-        F.sum(F.col("is_cold_start").cast("int")).alias("cold"), F.min(F.size("vector")).alias("dmin")).collect()}
-    assert by["eges"]["null"] == 0 and by["eges"]["dmin"] == 16          # every item, cold ones too
+    by = {
+        r["method"]: r
+        for r in emb.groupBy("method")
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(F.col("vector").isNull().cast("int")).alias("null"),
+            F.sum(F.col("is_cold_start").cast("int")).alias("cold"),
+            F.min(F.size("vector")).alias("dmin"),
+        )
+        .collect()
+    }
+    assert by["eges"]["null"] == 0 and by["eges"]["dmin"] == 16  # every item, cold ones too
     # cold = no walk visited the item: every item on no kept edge, and rarely a barely reachable one
     assert by["deepwalk"]["null"] == by["deepwalk"]["cold"] >= ctx.row_counts["cold_items"]
-    assert by["eges"]["cold"] == by["deepwalk"]["cold"]                  # the same walks
+    assert by["eges"]["cold"] == by["deepwalk"]["cold"]  # the same walks
     graph = spark.read.format("delta").load(f"{wh}/item_graph")
     assert graph.count() == ctx.row_counts["edges"] and graph.where("src = dst").count() == 0
     # the edges equal a direct count of consecutive distinct items in valid sessions
@@ -291,8 +308,9 @@ def test_build_graph_embeddings_on_movielens(spark, movielens_run):
     got = {(r["src"], r["dst"]): r["transitions"] for r in graph.collect()}
     assert got == direct
     sess = spark.read.format("delta").load(f"{wh}/sessions").drop("ds")
-    assert build_edges(sess, dt.datetime(1998, 5, 1), GraphSpec(min_weight=3)).where("kept").count() == \
-        sum(1 for v in direct.values() if v >= 3)
+    assert build_edges(sess, dt.datetime(1998, 5, 1), GraphSpec(min_weight=3)).where("kept").count() == sum(
+        1 for v in direct.values() if v >= 3
+    )
     m = ctx.metrics
     assert m["hr@20.deepwalk"] > m["hr@20.popularity"] and m["hr@20.eges"] > m["hr@20.popularity"]
     metrics = spark.read.format("delta").load(f"{wh}/graph_embedding_metrics")

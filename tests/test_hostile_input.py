@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from recfactory.features.filters import RowFilter, parse_filter
 from recfactory.features.schema import EVENT_REASONS, EVENT_TYPES, ITEM_REASONS
 
-CUTOFF = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)           # the end of 2025-06-30
+CUTOFF = dt.datetime(2025, 7, 1, tzinfo=dt.UTC)  # the end of 2025-06-30
 EXAMPLES = int(os.environ.get("RECFACTORY_HYPOTHESIS_EXAMPLES", "30"))
 
 # -- a plain-Python reference of ID normalization ------------------------------------------------
@@ -49,41 +49,117 @@ def reference_id(raw: str | None) -> str | None:
     return s or None
 
 
-ID_CHARS = list("abcXYZ019_-.:/") + ["é", "e\u0301", "ß", "用", "Å", "A\u030a", "\u00a0", "\u2003", "\u3000",
-                                      "\u2028", "\t", "\n", " ", "\x00", "\x1f", "\u200b", "\u200c", "\u200d",
-                                      "\u2060", "\ufeff", "\u202e", "\u00ad"]
+ID_CHARS = list("abcXYZ019_-.:/") + [
+    "é",
+    "e\u0301",
+    "ß",
+    "用",
+    "Å",
+    "A\u030a",
+    "\u00a0",
+    "\u2003",
+    "\u3000",
+    "\u2028",
+    "\t",
+    "\n",
+    " ",
+    "\x00",
+    "\x1f",
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u202e",
+    "\u00ad",
+]
 # plausible values most of the time (so rows reach the later checks), hostile ones often enough
 plain_ids = st.sampled_from(["u1", "u2", "i1", "i2", "42"])
-ids = st.one_of(plain_ids, plain_ids, plain_ids, st.none(),
-                st.lists(st.sampled_from(ID_CHARS), max_size=12).map("".join),
-                st.sampled_from([" u1 ", "\u200bu1", "u1\u00a0", "e\u0301", "x" * 300]))
-numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**63), 2**63 - 1).map(float),
-                    st.sampled_from([0.0, -1.0, 1.75e9, 1.75e12, 1.75e15, 1.75e18, 1e19, 1e300, 86_400_001.0]))
-number_text = st.one_of(numbers.map(repr), st.sampled_from(["NaN", "nan", "Infinity", "-Infinity", "inf", "1e19",
-                                                             "99999999999999999999999", "-0", "  42 ", "", " ",
-                                                             "12 s", "0x10", "1_000"]))
-good_ts = st.sampled_from(["2025-06-30T10:00:00Z", "2025-06-29 08:00:00", "1751277600", "1751277600000",
-                           "2025-06-30T23:59:59.999999Z"])
-ts_text = st.one_of(good_ts, good_ts, number_text, st.sampled_from([
-    "2025-06-30T23:59:59.999999Z", "2025-07-01T00:00:00Z", "2025-06-30 10:00:00", "0001-01-01", "1969-12-31",
-    "9999-12-31T23:59:59Z", "+294247-01-10T04:00:54Z", "2025-02-30", "20250630", "yesterday", "\u200b2025-06-30"]))
-event_types = st.one_of(st.sampled_from(EVENT_TYPES), st.sampled_from(EVENT_TYPES), st.none(),
-                        st.sampled_from(["CLICK", " click ", "hover", "", "\u00a0"]))
+ids = st.one_of(
+    plain_ids,
+    plain_ids,
+    plain_ids,
+    st.none(),
+    st.lists(st.sampled_from(ID_CHARS), max_size=12).map("".join),
+    st.sampled_from([" u1 ", "\u200bu1", "u1\u00a0", "e\u0301", "x" * 300]),
+)
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**63), 2**63 - 1).map(float),
+    st.sampled_from([0.0, -1.0, 1.75e9, 1.75e12, 1.75e15, 1.75e18, 1e19, 1e300, 86_400_001.0]),
+)
+number_text = st.one_of(
+    numbers.map(repr),
+    st.sampled_from(
+        [
+            "NaN",
+            "nan",
+            "Infinity",
+            "-Infinity",
+            "inf",
+            "1e19",
+            "99999999999999999999999",
+            "-0",
+            "  42 ",
+            "",
+            " ",
+            "12 s",
+            "0x10",
+            "1_000",
+        ]
+    ),
+)
+good_ts = st.sampled_from(
+    ["2025-06-30T10:00:00Z", "2025-06-29 08:00:00", "1751277600", "1751277600000", "2025-06-30T23:59:59.999999Z"]
+)
+ts_text = st.one_of(
+    good_ts,
+    good_ts,
+    number_text,
+    st.sampled_from(
+        [
+            "2025-06-30T23:59:59.999999Z",
+            "2025-07-01T00:00:00Z",
+            "2025-06-30 10:00:00",
+            "0001-01-01",
+            "1969-12-31",
+            "9999-12-31T23:59:59Z",
+            "+294247-01-10T04:00:54Z",
+            "2025-02-30",
+            "20250630",
+            "yesterday",
+            "\u200b2025-06-30",
+        ]
+    ),
+)
+event_types = st.one_of(
+    st.sampled_from(EVENT_TYPES),
+    st.sampled_from(EVENT_TYPES),
+    st.none(),
+    st.sampled_from(["CLICK", " click ", "hover", "", "\u00a0"]),
+)
 good_numbers = st.one_of(st.integers(0, 600_000).map(float), st.sampled_from([1.75e9, 1.7512776e12]))
 
 
 @st.composite
 def event_tables(draw):
-    typed = draw(st.booleans())              # ts and dwell as doubles, or everything as text
+    typed = draw(st.booleans())  # ts and dwell as doubles, or everything as text
     n = draw(st.integers(1, 14))
     rows = []
     for _ in range(n):
-        rows.append((draw(ids), draw(ids), draw(event_types),
-                     draw(st.one_of(good_numbers, numbers)) if typed else draw(st.one_of(ts_text, ts_text, st.none())),
-                     draw(st.one_of(st.none(), good_numbers, numbers)) if typed
-                     else draw(st.one_of(st.none(), good_numbers.map(repr), number_text)),
-                     draw(st.one_of(st.none(), st.text(max_size=8)))))
-    if draw(st.booleans()) and rows:          # an exact copy: a DUPLICATE
+        rows.append(
+            (
+                draw(ids),
+                draw(ids),
+                draw(event_types),
+                draw(st.one_of(good_numbers, numbers)) if typed else draw(st.one_of(ts_text, ts_text, st.none())),
+                draw(st.one_of(st.none(), good_numbers, numbers))
+                if typed
+                else draw(st.one_of(st.none(), good_numbers.map(repr), number_text)),
+                draw(st.one_of(st.none(), st.text(max_size=8))),
+            )
+        )
+    if draw(st.booleans()) and rows:  # an exact copy: a DUPLICATE
         rows.append(rows[0])
     return typed, rows
 
@@ -95,11 +171,19 @@ def item_tables(draw):
     rows = []
     for _ in range(n):
         price = draw(st.one_of(st.none(), numbers)) if typed else draw(st.one_of(st.none(), number_text))
-        rows.append((draw(st.one_of(ids, st.sampled_from(["i1", "i1 ", "\u200bi1"]))),
-                     draw(st.one_of(st.sampled_from(["Title", "Dress"]), st.none(),
-                                    st.sampled_from(["", " ", "\u3000", "T\u200b"]))),
-                     draw(st.one_of(st.none(), st.sampled_from(["c", ""]))), price,
-                     draw(st.one_of(st.none(), ts_text))))
+        rows.append(
+            (
+                draw(st.one_of(ids, st.sampled_from(["i1", "i1 ", "\u200bi1"]))),
+                draw(
+                    st.one_of(
+                        st.sampled_from(["Title", "Dress"]), st.none(), st.sampled_from(["", " ", "\u3000", "T\u200b"])
+                    )
+                ),
+                draw(st.one_of(st.none(), st.sampled_from(["c", ""]))),
+                price,
+                draw(st.one_of(st.none(), ts_text)),
+            )
+        )
     return typed, rows
 
 
@@ -109,7 +193,7 @@ def _check_ids(clean: pd.DataFrame, col: str, max_len: int = 256):
         assert v == unicodedata.normalize("NFC", v) and reference_id(v) == v, repr(v)
 
 
-TALLY = os.environ.get("RECFACTORY_HYPOTHESIS_TALLY")     # a JSON file: what the generated rows produced
+TALLY = os.environ.get("RECFACTORY_HYPOTHESIS_TALLY")  # a JSON file: what the generated rows produced
 
 
 def _tally(kind: str, out: pd.DataFrame) -> None:
@@ -133,10 +217,16 @@ def _tally(kind: str, out: pd.DataFrame) -> None:
 def _property(strategy, examples: int):
     """A hypothesis test over ``strategy``: ``examples`` deterministic examples (the CI test command
     runs RECFACTORY_HYPOTHESIS_EXAMPLES, default 30, about a minute each; `make bench` 300)."""
+
     def wrap(body):
-        return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])(
-            given(table=strategy)(body))
+        return settings(
+            max_examples=examples,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )(given(table=strategy)(body))
+
     return wrap
 
 
@@ -146,14 +236,16 @@ def events_property(spark, table):
 
     typed, rows = table
     kind = "double" if typed else "string"
-    df = spark.createDataFrame(rows, f"user_id string, item_id string, event_type string, ts {kind}, "
-                                     f"dwell_ms {kind}, note string")
-    ann = validate_events(df, EventRules(cutoff=CUTOFF))        # one Spark job per example: one collect
-    out = ann.selectExpr("user_id", "item_id", "event_type", "dwell_ms", "event_id", "reasons", "reason",
-                         "unix_micros(ts) AS us").toPandas()
+    df = spark.createDataFrame(
+        rows, f"user_id string, item_id string, event_type string, ts {kind}, dwell_ms {kind}, note string"
+    )
+    ann = validate_events(df, EventRules(cutoff=CUTOFF))  # one Spark job per example: one collect
+    out = ann.selectExpr(
+        "user_id", "item_id", "event_type", "dwell_ms", "event_id", "reasons", "reason", "unix_micros(ts) AS us"
+    ).toPandas()
     _tally("events", out)
     ok = out["reasons"].map(len) == 0
-    assert len(out) == len(rows)                                   # clean + quarantined = input
+    assert len(out) == len(rows)  # clean + quarantined = input
     assert out.loc[~ok, "reason"].notna().all()
     assert out.loc[~ok, "reasons"].map(lambda r: set(r) <= set(EVENT_REASONS)).all()
     good = out[ok]
@@ -184,8 +276,11 @@ def items_property(spark, table):
     good = out[ok]
     _check_ids(good, "item_id")
     assert good["item_id"].is_unique and good["title"].notna().all()
-    assert good["price"].map(lambda p: p is None or (isinstance(p, float) and math.isfinite(p) and p >= 0)
-                             or pd.isna(p)).all()
+    assert (
+        good["price"]
+        .map(lambda p: p is None or (isinstance(p, float) and math.isfinite(p) and p >= 0) or pd.isna(p))
+        .all()
+    )
     conflicts = out[out["reason"] == "CONFLICTING_DUPLICATE"]
     assert conflicts["detail"].str.startswith("differs from the kept copy in ").all()
     # every valid item id has a kept copy
@@ -194,9 +289,11 @@ def items_property(spark, table):
 
 
 test_no_event_row_fails_validation_and_every_row_is_accounted_for = pytest.mark.spark(
-    _property(event_tables(), EXAMPLES)(events_property))
+    _property(event_tables(), EXAMPLES)(events_property)
+)
 test_no_item_row_fails_validation_and_one_copy_of_each_item_is_kept = pytest.mark.spark(
-    _property(item_tables(), EXAMPLES)(items_property))
+    _property(item_tables(), EXAMPLES)(items_property)
+)
 test_many_more_hostile_event_rows = pytest.mark.slow(pytest.mark.spark(_property(event_tables(), 300)(events_property)))
 test_many_more_hostile_item_rows = pytest.mark.slow(pytest.mark.spark(_property(item_tables(), 300)(items_property)))
 
@@ -205,7 +302,7 @@ test_many_more_hostile_item_rows = pytest.mark.slow(pytest.mark.spark(_property(
 
 EVENTS = [  # (user_id, item_id, event_type, ts, dwell_ms) → the reason planted
     (("u1", "i1", "click", "2025-06-30T10:00:00Z", "1500"), None),
-    (("\u00a0u2\u200b", "i1", "CLICK", "1751277600", None), None),                       # normalized, clean
+    (("\u00a0u2\u200b", "i1", "CLICK", "1751277600", None), None),  # normalized, clean
     (("\u00a0\u200b", "i1", "click", "2025-06-30T10:00:00Z", None), "NULL_KEY"),
     (("u3", "x" * 300, "click", "2025-06-30T10:00:00Z", None), "ID_TOO_LONG"),
     (("u4", "i1", "click", "yesterday", None), "BAD_TIMESTAMP"),
@@ -245,13 +342,29 @@ def test_ingest_quarantines_each_planted_reason_and_never_fails_on_a_value(spark
     pd.DataFrame([r for r, _ in EVENTS], columns=["user_id", "item_id", "event_type", "ts", "dwell_ms"]).to_parquet(ev)
     pd.DataFrame([r for r, _ in ITEMS], columns=["item_id", "title", "category", "price", "created_ts"]).to_parquet(it)
     wh = str(tmp_path / "wh")
-    ctx = run_job("ingest", ["--warehouse", wh, "--as-of", "2025-06-30", "--dataset", "tables", "--events-path", str(ev),
-                             "--items-path", str(it), "--max-quarantine-fraction", "1"], spark=spark)
+    ctx = run_job(
+        "ingest",
+        [
+            "--warehouse",
+            wh,
+            "--as-of",
+            "2025-06-30",
+            "--dataset",
+            "tables",
+            "--events-path",
+            str(ev),
+            "--items-path",
+            str(it),
+            "--max-quarantine-fraction",
+            "1",
+        ],
+        spark=spark,
+    )
     rc = ctx.row_counts
     want = pd.Series([r for _, r in EVENTS if r]).value_counts().to_dict()
-    assert {k[len("events_quarantine."):]: v for k, v in rc.items() if k.startswith("events_quarantine.")} == want
+    assert {k[len("events_quarantine.") :]: v for k, v in rc.items() if k.startswith("events_quarantine.")} == want
     want_items = pd.Series([r for _, r in ITEMS if r]).value_counts().to_dict()
-    assert {k[len("items_quarantine."):]: v for k, v in rc.items() if k.startswith("items_quarantine.")} == want_items
+    assert {k[len("items_quarantine.") :]: v for k, v in rc.items() if k.startswith("items_quarantine.")} == want_items
     assert set(want) | {"DUPLICATE"} >= set(EVENT_REASONS) - {"DUPLICATE"} and set(want_items) == set(ITEM_REASONS)
     assert rc["events_input"] == len(EVENTS) == rc["events_clean"] + rc["events_quarantine"]
     clean = DeltaTable(f"{wh}/events_clean").to_pandas()
@@ -262,14 +375,25 @@ def test_ingest_quarantines_each_planted_reason_and_never_fails_on_a_value(spark
 
 # -- parameters are data --------------------------------------------------------------------------
 
+
 def test_filters_parse_as_data_and_refuse_anything_else():
-    f = parse_filter("method = 'deepwalk' and dim != 0 and encoder in (minilm-onnx, \"it's\") "
-                     "and ds not in ('2025-01-01')")
+    f = parse_filter(
+        "method = 'deepwalk' and dim != 0 and encoder in (minilm-onnx, \"it's\") and ds not in ('2025-01-01')"
+    )
     assert isinstance(f, RowFilter) and [c.op for c in f.clauses] == ["=", "!=", "in", "not in"]
     assert f.clauses[2].values == ("minilm-onnx", "it's") and parse_filter(str(f)) == f
-    for bad in ["raise_error(reflect('java.lang.System','getenv','SOME_SECRET')) IS NULL",
-                "method = 'a' or 1=1", "1 = 1", "method = ", "method in ('a'", "method like 'a%'",
-                "method = 'a'; drop table x", "`method` = 'a'", "", "method = lower('A')"]:
+    for bad in [
+        "raise_error(reflect('java.lang.System','getenv','SOME_SECRET')) IS NULL",
+        "method = 'a' or 1=1",
+        "1 = 1",
+        "method = ",
+        "method in ('a'",
+        "method like 'a%'",
+        "method = 'a'; drop table x",
+        "`method` = 'a'",
+        "",
+        "method = lower('A')",
+    ]:
         with pytest.raises(ValueError):
             parse_filter(bad)
 
@@ -278,12 +402,15 @@ def test_filters_parse_as_data_and_refuse_anything_else():
 def test_a_filter_is_checked_against_the_schema_and_matches_a_pandas_reference(spark):
     from recfactory.features.filters import filter_column
 
-    pdf = pd.DataFrame({"method": ["deepwalk", "node2vec", "eges", None], "dim": [64, 64, 32, 8],
-                        "ok": [True, False, True, True]})
+    pdf = pd.DataFrame(
+        {"method": ["deepwalk", "node2vec", "eges", None], "dim": [64, 64, 32, 8], "ok": [True, False, True, True]}
+    )
     df = spark.createDataFrame(pdf)
-    cases = {"method = deepwalk": pdf["method"] == "deepwalk",
-             "method in (deepwalk, eges) and dim != 64": pdf["method"].isin(["deepwalk", "eges"]) & (pdf["dim"] != 64),
-             "method not in (eges) and ok = true": pdf["method"].notna() & (pdf["method"] != "eges") & pdf["ok"]}
+    cases = {
+        "method = deepwalk": pdf["method"] == "deepwalk",
+        "method in (deepwalk, eges) and dim != 64": pdf["method"].isin(["deepwalk", "eges"]) & (pdf["dim"] != 64),
+        "method not in (eges) and ok = true": pdf["method"].notna() & (pdf["method"] != "eges") & pdf["ok"],
+    }
     for text, mask in cases.items():
         got = sorted(r["dim"] for r in df.where(filter_column(parse_filter(text), df.schema)).collect())
         assert got == sorted(pdf.loc[mask, "dim"]), text
@@ -298,8 +425,15 @@ def test_a_hostile_embedding_filter_fails_validation_without_touching_the_enviro
 
     monkeypatch.setenv("SOME_SECRET", "hunter2-do-not-leak")
     with pytest.raises(SystemExit) as e:
-        main(["build_sids", "--as-of", "2025-06-30", "--embedding-filter",
-              "raise_error(reflect('java.lang.System','getenv','SOME_SECRET')) IS NULL"])
+        main(
+            [
+                "build_sids",
+                "--as-of",
+                "2025-06-30",
+                "--embedding-filter",
+                "raise_error(reflect('java.lang.System','getenv','SOME_SECRET')) IS NULL",
+            ]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--embedding-filter" in err and "hunter2" not in err
@@ -309,8 +443,8 @@ def test_the_run_conf_may_not_set_restricted_parameters_unless_the_deployment_al
     from recfactory.jobs.runtime.pipeline import DAILY, check_run_conf
 
     steps = {s.task_id: s for s in DAILY}
-    check_run_conf(steps["ingest"], {"max_quarantine_fraction": 0.5}, allow="")                 # not restricted
-    check_run_conf(steps["build_content_embeddings"], {"encoders": ["minilm-st"]}, allow="")      # a registered name
+    check_run_conf(steps["ingest"], {"max_quarantine_fraction": 0.5}, allow="")  # not restricted
+    check_run_conf(steps["build_content_embeddings"], {"encoders": ["minilm-st"]}, allow="")  # a registered name
     for task, conf, named in [
         ("ingest", {"events_path": "/etc", "items_path": "/x"}, ["ingest.events_path", "ingest.items_path"]),
         ("report", {"output_dir": "/var/www"}, ["report.output_dir"]),
@@ -321,5 +455,5 @@ def test_the_run_conf_may_not_set_restricted_parameters_unless_the_deployment_al
         with pytest.raises(ValueError) as e:
             check_run_conf(steps[task], conf, allow="ingest.max_quarantine_fraction")
         assert all(n in str(e.value) for n in named) and "RECFACTORY_RUN_CONF_ALLOW=" in str(e.value)
-        check_run_conf(steps[task], conf, allow=",".join(named))                                  # allowed
+        check_run_conf(steps[task], conf, allow=",".join(named))  # allowed
     check_run_conf(steps["report"], {"output_dir": "/tmp/r"}, allow="*")

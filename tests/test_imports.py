@@ -26,8 +26,9 @@ print("TOKENIZERS", tokenizers.__file__)
 
 
 def _probe(cwd: Path, pre: str = "", env: dict[str, str] | None = None) -> dict[str, str]:
-    res = subprocess.run([sys.executable, "-c", PROBE.format(pre=pre)], cwd=cwd, capture_output=True, text=True,
-                         timeout=120, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE.format(pre=pre)], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return dict(line.split(" ", 1) for line in res.stdout.splitlines() if line.startswith(("RECFACTORY", "TOKENIZERS")))
 
@@ -43,7 +44,9 @@ def _checkout(dest: Path) -> Path:
 
 
 def _is_hugging_faces(path: str, *checkouts: Path) -> bool:
-    return "site-packages" in path and Path(path).resolve().parent not in {c.resolve() / "tokenizers" for c in checkouts}
+    return "site-packages" in path and Path(path).resolve().parent not in {
+        c.resolve() / "tokenizers" for c in checkouts
+    }
 
 
 def test_from_this_checkout_and_from_a_second_one(tmp_path):
@@ -55,18 +58,37 @@ def test_from_this_checkout_and_from_a_second_one(tmp_path):
 
 
 def test_from_a_wheel_install_with_a_checkout_as_the_working_directory(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                          "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("recfactory-*.whl")
     site = tmp_path / "site"
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = _probe(ROOT, env=env)
-    assert Path(out["RECFACTORY"]).resolve().is_relative_to(site.resolve()), out      # the wheel, not the checkout
+    assert Path(out["RECFACTORY"]).resolve().is_relative_to(site.resolve()), out  # the wheel, not the checkout
     assert _is_hugging_faces(out["TOKENIZERS"], ROOT), out
 
 

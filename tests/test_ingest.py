@@ -68,8 +68,7 @@ def test_manifest_in_runs_table_and_commit_metadata(spark, movielens_run):
 
 
 def test_rerun_same_as_of_leaves_no_duplicates(spark, warehouse):
-    args = ["--warehouse", warehouse, "--as-of", "2026-11-28", "--dataset", "synthetic",
-            "--synthetic-events", "3000"]
+    args = ["--warehouse", warehouse, "--as-of", "2026-11-28", "--dataset", "synthetic", "--synthetic-events", "3000"]
     first = run_job("ingest", args, spark=spark)
     second = run_job("ingest", args, spark=spark)
     clean = spark.read.format("delta").load(f"{warehouse}/events_clean")
@@ -92,9 +91,9 @@ GOOD_TS = "2026-11-27 10:00:00"
 EVENTS = [
     # uid,  iid,   action,      time,                    dwell,  expected reason
     ("u1", "i1", "click", GOOD_TS, "5000", None),
-    ("u1", "i2", "Purchase ", "1764237600", None, None),               # unix seconds, case/space
-    ("u2", "i3", "2", "1764237600000", "10", None),                   # mapped type, unix ms
-    ("u2", "i1", "view", "2026-11-28 23:59:59", None, None),          # last second of the day
+    ("u1", "i2", "Purchase ", "1764237600", None, None),  # unix seconds, case/space
+    ("u2", "i3", "2", "1764237600000", "10", None),  # mapped type, unix ms
+    ("u2", "i1", "view", "2026-11-28 23:59:59", None, None),  # last second of the day
     (None, "i1", "click", GOOD_TS, "1", "NULL_KEY"),
     ("u3", "", "click", GOOD_TS, "1", "NULL_KEY"),
     ("u3", "i1", "click", None, "1", "NULL_KEY"),
@@ -104,23 +103,24 @@ EVENTS = [
     ("u3", "i1", "click", GOOD_TS, "abc", "BAD_DWELL"),
     ("u3", "i2", "click", GOOD_TS, "-5", "NEGATIVE_DWELL"),
     ("u3", "i999", "click", GOOD_TS, "1", "ORPHAN_ITEM"),
-    ("u1", "i1", "click", GOOD_TS, "5000", "DUPLICATE"),              # exact copy of row 0
-    (None, "i1", "click", "garbage", "-1", "NULL_KEY"),                # several problems
+    ("u1", "i1", "click", GOOD_TS, "5000", "DUPLICATE"),  # exact copy of row 0
+    (None, "i1", "click", "garbage", "-1", "NULL_KEY"),  # several problems
 ]
 ITEMS = [
     ("i1", "Item one", "shoes", "10.5"),
     ("i2", "Item two", "shoes", None),
     ("i3", "Item three", "hats", "3"),
-    ("i3", "Item three-b", "hats", "4"),       # CONFLICTING_DUPLICATE (the smaller raw row is kept)
-    (None, "No id", "hats", "1"),              # NULL_KEY
-    ("i4", "Bad price", "hats", "-1"),         # BAD_PRICE
+    ("i3", "Item three-b", "hats", "4"),  # CONFLICTING_DUPLICATE (the smaller raw row is kept)
+    (None, "No id", "hats", "1"),  # NULL_KEY
+    ("i4", "Bad price", "hats", "-1"),  # BAD_PRICE
 ]
 
 
 @pytest.fixture()
 def bad_input(spark, tmp_path):
-    ev = spark.createDataFrame([e[:5] for e in EVENTS],
-                               "uid string, iid string, action string, time string, dwell string")
+    ev = spark.createDataFrame(
+        [e[:5] for e in EVENTS], "uid string, iid string, action string, time string, dwell string"
+    )
     ev_path = str(tmp_path / "raw_events.parquet")
     ev.coalesce(1).write.parquet(ev_path)
     it = spark.createDataFrame(ITEMS, "sku string, name string, cat string, price string")
@@ -130,10 +130,27 @@ def bad_input(spark, tmp_path):
 
 
 def bad_args(wh, ev_path, it_path, as_of="2026-11-28", *extra):
-    return ["--warehouse", wh, "--as-of", as_of, "--dataset", "tables", "--events-path", ev_path,
-            "--items-path", it_path, "--events-columns", "user_id=uid,item_id=iid,event_type=action,"
-            "ts=time,dwell_ms=dwell", "--items-columns", "item_id=sku,title=name,category=cat",
-            "--event-type-map", "2=click", "--max-quarantine-fraction", "1.0", *extra]
+    return [
+        "--warehouse",
+        wh,
+        "--as-of",
+        as_of,
+        "--dataset",
+        "tables",
+        "--events-path",
+        ev_path,
+        "--items-path",
+        it_path,
+        "--events-columns",
+        "user_id=uid,item_id=iid,event_type=action,ts=time,dwell_ms=dwell",
+        "--items-columns",
+        "item_id=sku,title=name,category=cat",
+        "--event-type-map",
+        "2=click",
+        "--max-quarantine-fraction",
+        "1.0",
+        *extra,
+    ]
 
 
 def test_each_kind_of_bad_row_is_quarantined_with_its_reason(spark, warehouse, bad_input):
@@ -159,8 +176,11 @@ def test_each_kind_of_bad_row_is_quarantined_with_its_reason(spark, warehouse, b
     # items: conflicting duplicates, null keys and bad prices are quarantined, not dropped
     assert rc["items"] == 3 and rc["items_quarantine"] == 3
     iq = {r.reason: r.detail for r in spark.read.format("delta").load(f"{warehouse}/items_quarantine").collect()}
-    assert iq == {"CONFLICTING_DUPLICATE": "differs from the kept copy in title, price", "NULL_KEY": None,
-                  "BAD_PRICE": None}
+    assert iq == {
+        "CONFLICTING_DUPLICATE": "differs from the kept copy in title, price",
+        "NULL_KEY": None,
+        "BAD_PRICE": None,
+    }
     kept_i3 = spark.read.format("delta").load(f"{warehouse}/items").where("item_id = 'i3'").first()
     assert kept_i3.title == "Item three"
 
@@ -182,8 +202,12 @@ def test_second_load_pins_inputs_dedups_history_and_time_travels(spark, warehous
     assert clean.count() == first.row_counts["events_clean"] + 1
     assert clean.select("event_id").distinct().count() == clean.count()
     # partitioned by event date (UTC), not by load
-    assert {str(r.ds) for r in clean.select("ds").distinct().collect()} == {"2025-11-27", "2026-11-27",
-                                                                            "2026-11-28", "2026-11-29"}
+    assert {str(r.ds) for r in clean.select("ds").distinct().collect()} == {
+        "2025-11-27",
+        "2026-11-27",
+        "2026-11-28",
+        "2026-11-29",
+    }
     # manifest: every input with the exact version read
     row = runs(spark, warehouse).where(F.col("run_id") == second.run_id).first()
     inputs = {i.name: i for i in row.inputs}

@@ -14,23 +14,39 @@ def parse(argv):
 
 
 def test_flags_are_typed_and_defaulted():
-    p = parse(["--as-of", "2026-11-28", "--seed", "7", "--event-types", "click,purchase",
-               "--no-check-orphans", "--dataset", "synthetic", "--synthetic-events", "500"])
+    p = parse(
+        [
+            "--as-of",
+            "2026-11-28",
+            "--seed",
+            "7",
+            "--event-types",
+            "click,purchase",
+            "--no-check-orphans",
+            "--dataset",
+            "synthetic",
+            "--synthetic-events",
+            "500",
+        ]
+    )
     assert p.as_of == dt.date(2026, 11, 28)
     assert p.seed == 7 and p.event_types == ["click", "purchase"]
     assert p.check_orphans is False and p.synthetic_events == 500
     assert p.warehouse == "./warehouse" and p.dataset == "synthetic"
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--as-of", "2026-13-01"], "--as-of"),
-    (["--as-of", "2026-11-28", "--seed", "-1"], "--seed"),
-    (["--as-of", "2026-11-28", "--dataset", "nope"], "invalid choice"),
-    (["--as-of", "2026-11-28", "--events-path", "/x"], "--dataset tables"),
-    (["--as-of", "2026-11-28", "--dataset", "tables", "--events-path", "/x"], "both"),
-    (["--as-of", "2026-11-28", "--events-columns", "user_id"], "canonical=source"),
-    (["--seed", "3"], "--as-of"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--as-of", "2026-13-01"], "--as-of"),
+        (["--as-of", "2026-11-28", "--seed", "-1"], "--seed"),
+        (["--as-of", "2026-11-28", "--dataset", "nope"], "invalid choice"),
+        (["--as-of", "2026-11-28", "--events-path", "/x"], "--dataset tables"),
+        (["--as-of", "2026-11-28", "--dataset", "tables", "--events-path", "/x"], "both"),
+        (["--as-of", "2026-11-28", "--events-columns", "user_id"], "canonical=source"),
+        (["--seed", "3"], "--as-of"),
+    ],
+)
 def test_bad_flags_fail_with_a_message_naming_the_problem(argv, needle, capsys):
     with pytest.raises(SystemExit):
         parse(argv)
@@ -72,8 +88,7 @@ def test_credentials_in_uris_never_reach_manifests():
     from recfactory.jobs.runtime.env import redact
 
     assert redact("s3a://AKIA:se%2Fcret@bucket/raw") == "s3a://***@bucket/raw"
-    assert redact({"p": ["abfss://u:pw@acct/x", "/local/path@2"]}) == {
-        "p": ["abfss://***@acct/x", "/local/path@2"]}
+    assert redact({"p": ["abfss://u:pw@acct/x", "/local/path@2"]}) == {"p": ["abfss://***@acct/x", "/local/path@2"]}
 
 
 def test_no_parameter_has_two_defaults():
@@ -101,5 +116,7 @@ def test_no_parameter_has_two_defaults():
                     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                     checked += 1
                     if norm(P.model_fields[f.name].default) != norm(default):
-                        disagree.append(f"{name}.{f.name}: {P.model_fields[f.name].default!r} vs {cls_name} {default!r}")
+                        disagree.append(
+                            f"{name}.{f.name}: {P.model_fields[f.name].default!r} vs {cls_name} {default!r}"
+                        )
     assert checked > 20 and not disagree, disagree

@@ -39,8 +39,10 @@ def test_to_argv_round_trips_lists_bools_and_nones():
     assert "--new-generation" in argv and "--codebook-sizes=16,16,16" in argv and "--remove-top-tokens=2" in argv
     assert parse_params(load_job("build_sids").Params, argv, "x", "") == p
     q = step_params(Step("build_gbdt_leaves"), "1998-04-30", "wh", {"model_version": None})
-    assert "--model-version=none" in to_argv(q) and parse_params(load_job("build_gbdt_leaves").Params,
-                                                                 to_argv(q), "x", "") == q
+    assert (
+        "--model-version=none" in to_argv(q)
+        and parse_params(load_job("build_gbdt_leaves").Params, to_argv(q), "x", "") == q
+    )
 
 
 def test_bad_overrides_are_refused_naming_the_task_and_the_parameter():
@@ -75,7 +77,7 @@ def _reference_upstream(steps):
         for e in steps[:i]:
             if reads & set(load_job(e.job).outputs):
                 deps.add(e.task_id)
-        if s.last:       # every earlier step nothing else waits for
+        if s.last:  # every earlier step nothing else waits for
             waited = set().union(*out.values()) if out else set()
             deps = {e.task_id for e in steps[:i]} - waited
         out[s.task_id] = sorted(deps)
@@ -104,8 +106,12 @@ def test_daily_dependencies_follow_the_tables_each_job_reads():
 
 
 def test_params_choose_inputs_and_so_dependencies():
-    p = {s.task_id: step_params(s, "2000-01-01", "wh", {"embeddings": "graph_embeddings"}
-                                if s.job == "build_sids" else None) for s in DAILY}
+    p = {
+        s.task_id: step_params(
+            s, "2000-01-01", "wh", {"embeddings": "graph_embeddings"} if s.job == "build_sids" else None
+        )
+        for s in DAILY
+    }
     assert upstream(DAILY, p)["build_sids"] == ["build_graph_embeddings", "build_similarity"]
     assert set(PIPELINES) == {"daily", "weekly"}
 
@@ -122,15 +128,18 @@ def test_recfactory_pipeline_skips_what_depends_on_a_failed_gate(spark, tmp_path
     from recfactory.jobs.runtime.pipeline import pipeline_main, run_pipeline
 
     wh = str(tmp_path / "wh")
-    conf = {"build_training_samples": {"negative_rate": 0.5, "test_days": 30, "val_days": 0},
-            "train_gbdt": {"num_trees": 20}}
+    conf = {
+        "build_training_samples": {"negative_rate": 0.5, "test_days": 30, "val_days": 0},
+        "train_gbdt": {"num_trees": 20},
+    }
     only = ["ingest", "build_training_samples", "train_gbdt", "build_gbdt_leaves"]
     res = run_pipeline("daily", wh, "1998-04-30", conf, only=only, spark=spark)
     assert [(r.task_id, r.status) for r in res] == [(t, "succeeded") for t in only]
     assert res[2].outputs == {"gbdt_models": 0, "gbdt_leaf_vocab": 0, "gbdt_metrics": 0}
     failing = json.dumps({**conf, "train_gbdt": {"num_trees": 20, "gate_min_auc": 0.99}})
-    code = pipeline_main(["--warehouse", wh, "--as-of", "1998-04-30", "--params", failing,
-                          "--only", "train_gbdt,build_gbdt_leaves"])
+    code = pipeline_main(
+        ["--warehouse", wh, "--as-of", "1998-04-30", "--params", failing, "--only", "train_gbdt,build_gbdt_leaves"]
+    )
     out = capsys.readouterr().out
     assert code == 3 and "gate_failed" in out and "upstream_failed" in out
     assert DeltaTable(f"{wh}/gbdt_models").version() == 0 and DeltaTable(f"{wh}/gbdt_leaves").version() == 0

@@ -29,8 +29,14 @@ def _write(root, table, run_id, day, value, mode="partition"):
     if not exists or mode == "append":
         write_deltalake(uri, rows, partition_by=["ds"], mode="append", commit_properties=meta)
     else:
-        write_deltalake(uri, rows, partition_by=["ds"], mode="overwrite", predicate=f"ds = '{day.isoformat()}'",
-                        commit_properties=meta)
+        write_deltalake(
+            uri,
+            rows,
+            partition_by=["ds"],
+            mode="overwrite",
+            predicate=f"ds = '{day.isoformat()}'",
+            commit_properties=meta,
+        )
     return DeltaTable(uri).version()
 
 
@@ -51,12 +57,19 @@ def _history(rng: random.Random, root: str):
             value = rng.randint(0, 10**6)
             wrote[(r, t)] = value
             outputs[r].append({"name": t, "version": _write(root, t, r, day, value)})
-        for r in rng.sample(group, len(group)):            # they finish in a random order
+        for r in rng.sample(group, len(group)):  # they finish in a random order
             clock += 1
-            if fates[r] in ("succeeded", "failed"):        # a killed run leaves no _runs row
-                runs.append({"run_id": r, "job": "j", "as_of": day, "status": fates[r],
-                             "finished_at": dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
-                             + dt.timedelta(seconds=clock), "outputs": outputs[r]})
+            if fates[r] in ("succeeded", "failed"):  # a killed run leaves no _runs row
+                runs.append(
+                    {
+                        "run_id": r,
+                        "job": "j",
+                        "as_of": day,
+                        "status": fates[r],
+                        "finished_at": dt.datetime(2026, 12, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=clock),
+                        "outputs": outputs[r],
+                    }
+                )
     return runs, wrote
 
 
@@ -64,8 +77,11 @@ def _expected(runs, wrote, table):
     """Brute force: per date, the rows the latest finished succeeded run of that date wrote."""
     out = []
     for day in DATES:
-        done = [r for r in runs if r["status"] == "succeeded" and r["as_of"] == day
-                and any(o["name"] == table for o in r["outputs"])]
+        done = [
+            r
+            for r in runs
+            if r["status"] == "succeeded" and r["as_of"] == day and any(o["name"] == table for o in r["outputs"])
+        ]
         if done:
             r = max(done, key=lambda r: r["finished_at"])["run_id"]
             v = wrote[(r, table)]
@@ -97,12 +113,28 @@ def test_published_rows_are_the_latest_succeeded_run_of_each_date(tmp_path, seed
 def test_a_killed_rerun_makes_its_date_dirty_and_the_published_version_is_read(tmp_path):
     root, day = str(tmp_path), DATES[0]
     v0 = _write(root, "t1", "good", day, 1)
-    runs = [{"run_id": "good", "job": "j", "as_of": day, "status": "succeeded",
-             "finished_at": dt.datetime(2026, 12, 1), "outputs": [{"name": "t1", "version": v0}]}]
-    _write(root, "t1", "killed", day, 100)                        # v1: a partial rerun, no _runs row
-    v2 = _write(root, "t1", "other", DATES[1], 7)                 # v2: a later date, succeeded
-    runs.append({"run_id": "other", "job": "j", "as_of": DATES[1], "status": "succeeded",
-                 "finished_at": dt.datetime(2026, 12, 2), "outputs": [{"name": "t1", "version": v2}]})
+    runs = [
+        {
+            "run_id": "good",
+            "job": "j",
+            "as_of": day,
+            "status": "succeeded",
+            "finished_at": dt.datetime(2026, 12, 1),
+            "outputs": [{"name": "t1", "version": v0}],
+        }
+    ]
+    _write(root, "t1", "killed", day, 100)  # v1: a partial rerun, no _runs row
+    v2 = _write(root, "t1", "other", DATES[1], 7)  # v2: a later date, succeeded
+    runs.append(
+        {
+            "run_id": "other",
+            "job": "j",
+            "as_of": DATES[1],
+            "status": "succeeded",
+            "finished_at": dt.datetime(2026, 12, 2),
+            "outputs": [{"name": "t1", "version": v2}],
+        }
+    )
     pub = resolve(root, "t1", runs)
     assert pub.version == v2 and pub.dirty == {day.isoformat(): v0}
     assert pub.plan() == [(v2, False, [day]), (v0, True, [day])]
@@ -115,11 +147,19 @@ def test_tables_outside_the_factory_read_newest_and_unpublished_factory_tables_a
     assert resolve(root, "external", []) is None
     assert read_arrow(root, "external", []).num_rows == 1
     _write(root, "t1", "failed-run", DATES[0], 1)
-    runs = [{"run_id": "failed-run", "job": "j", "as_of": DATES[0], "status": "failed",
-             "finished_at": dt.datetime(2026, 12, 1), "outputs": [{"name": "t1", "version": 0}]}]
+    runs = [
+        {
+            "run_id": "failed-run",
+            "job": "j",
+            "as_of": DATES[0],
+            "status": "failed",
+            "finished_at": dt.datetime(2026, 12, 1),
+            "outputs": [{"name": "t1", "version": 0}],
+        }
+    ]
     with pytest.raises(NotPublishedError, match="none of which succeeded"):
         resolve(root, "t1", runs)
-    assert resolve(root, "_runs", runs) is None                  # the runtime's own records: appends
+    assert resolve(root, "_runs", runs) is None  # the runtime's own records: appends
 
 
 def test_a_merge_commit_never_makes_a_date_dirty(tmp_path):
@@ -128,13 +168,36 @@ def test_a_merge_commit_never_makes_a_date_dirty(tmp_path):
     root, day = str(tmp_path), DATES[0]
     v0 = _write(root, "ev", "load1", day, 1)
     meta = CommitProperties(custom_metadata={"userMetadata": json.dumps({"run_id": "load2", "as_of": day.isoformat()})})
-    (DeltaTable(f"{root}/ev").merge(pa.table({"ds": [day], "run_id": ["load2"], "value": [9]}), "t.value = s.value",
-                                    source_alias="s", target_alias="t", commit_properties=meta)
-     .when_not_matched_insert_all().execute())
-    runs = [{"run_id": "load1", "job": "ingest", "as_of": day, "status": "succeeded",
-             "finished_at": dt.datetime(2026, 12, 1), "outputs": [{"name": "ev", "version": v0}]},
-            {"run_id": "load2", "job": "ingest", "as_of": day, "status": "failed",
-             "finished_at": dt.datetime(2026, 12, 2), "outputs": [{"name": "ev", "version": 1}]}]
+    (
+        DeltaTable(f"{root}/ev")
+        .merge(
+            pa.table({"ds": [day], "run_id": ["load2"], "value": [9]}),
+            "t.value = s.value",
+            source_alias="s",
+            target_alias="t",
+            commit_properties=meta,
+        )
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    runs = [
+        {
+            "run_id": "load1",
+            "job": "ingest",
+            "as_of": day,
+            "status": "succeeded",
+            "finished_at": dt.datetime(2026, 12, 1),
+            "outputs": [{"name": "ev", "version": v0}],
+        },
+        {
+            "run_id": "load2",
+            "job": "ingest",
+            "as_of": day,
+            "status": "failed",
+            "finished_at": dt.datetime(2026, 12, 2),
+            "outputs": [{"name": "ev", "version": 1}],
+        },
+    ]
     assert DeltaTable(f"{root}/ev").history(1)[0]["operation"] == "MERGE"
     pub = resolve(root, "ev", runs)
     assert (pub.version, pub.dirty) == (v0, {})

@@ -25,13 +25,18 @@ FORMS = {  # input → the secret parts that must not survive
 
 def test_every_form_of_credential_is_masked_and_the_rest_kept(monkeypatch):
     monkeypatch.setenv("WAREHOUSE_DB_PASSWORD", "pw-5f4dcc3b5aa7")
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/tmp/auth_token")            # where a secret is: kept
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/tmp/auth_token")  # where a secret is: kept
     for text, secrets in FORMS.items():
         out = redact(text)
         assert MASK in out and not any(s in out for s in secrets), out
     assert redact("login failed for pw-5f4dcc3b5aa7") == f"login failed for {MASK}"
-    kept = ["/tmp/auth_token", "s3a://bucket/events?versionId=3", "keys=user=user_id,item=item_id",
-            "monkey=1", "token sequences of length 12345678"]
+    kept = [
+        "/tmp/auth_token",
+        "s3a://bucket/events?versionId=3",
+        "keys=user=user_id,item=item_id",
+        "monkey=1",
+        "token sequences of length 12345678",
+    ]
     for text in kept:
         assert redact(text) == text
     nested = redact({"a": ["s3a://u:p@b/x", ("sig=1234",)], "n": 3})
@@ -59,8 +64,22 @@ def test_a_failed_run_records_and_logs_no_credential(spark, tmp_path, monkeypatc
     path = f"file://user:hunter2@localhost{missing}?X-Amz-Signature=SIG0123456789&note=s3cr3t-value-42"
     wh = str(tmp_path / "wh")
     with pytest.raises(Exception) as e:
-        run_job("ingest", ["--warehouse", wh, "--as-of", "2025-06-30", "--dataset", "tables",
-                           "--events-path", path, "--items-path", path], spark=spark)
+        run_job(
+            "ingest",
+            [
+                "--warehouse",
+                wh,
+                "--as-of",
+                "2025-06-30",
+                "--dataset",
+                "tables",
+                "--events-path",
+                path,
+                "--items-path",
+                path,
+            ],
+            spark=spark,
+        )
     leaked = ("hunter2", "SIG0123456789", "s3cr3t-value-42")
     assert not any(s in str(e.value) for s in leaked), str(e.value)
     row = DeltaTable(f"{wh}/_runs").to_pandas().iloc[0]

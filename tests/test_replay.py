@@ -29,13 +29,40 @@ def recorded(spark, tmp_path_factory):
     wh = str(d / "wh")
     ids = {}
     for ds in ("1998-03-09", D):
-        ids[("ingest", ds)] = run_job("ingest", ["--warehouse", wh, "--as-of", ds, "--dataset", "tables",
-                                                 "--events-path", str(d / "events.parquet"),
-                                                 "--items-path", str(d / "items.parquet")], spark=spark).run_id
+        ids[("ingest", ds)] = run_job(
+            "ingest",
+            [
+                "--warehouse",
+                wh,
+                "--as-of",
+                ds,
+                "--dataset",
+                "tables",
+                "--events-path",
+                str(d / "events.parquet"),
+                "--items-path",
+                str(d / "items.parquet"),
+            ],
+            spark=spark,
+        ).run_id
     ids["build_sequences"] = run_job("build_sequences", ["--warehouse", wh, "--as-of", D], spark=spark).run_id
     # a later load and a rerun of the date: the recorded run's inputs are no longer the newest
-    run_job("ingest", ["--warehouse", wh, "--as-of", "1998-03-11", "--dataset", "tables", "--events-path",
-                       str(d / "events.parquet"), "--items-path", str(d / "items.parquet")], spark=spark)
+    run_job(
+        "ingest",
+        [
+            "--warehouse",
+            wh,
+            "--as-of",
+            "1998-03-11",
+            "--dataset",
+            "tables",
+            "--events-path",
+            str(d / "events.parquet"),
+            "--items-path",
+            str(d / "items.parquet"),
+        ],
+        spark=spark,
+    )
     run_job("build_sequences", ["--warehouse", wh, "--as-of", D, "--max-len", "3"], spark=spark)
     return wh, ids, d
 
@@ -51,7 +78,7 @@ def test_replay_reproduces_ingest_and_a_superseded_run_bitwise(spark, recorded):
     ok, lines = replay(wh, ids["build_sequences"], spark=spark)
     assert ok, lines
     assert [line.split(":")[0] for line in lines] == ["inputs", "user_sequences v0", lines[-1].split(":")[0]]
-    assert os.listdir(os.path.join(wh, "_replay")) == []                  # the scratch roots are removed
+    assert os.listdir(os.path.join(wh, "_replay")) == []  # the scratch roots are removed
 
 
 def test_a_changed_computation_is_reported_and_fails(spark, recorded, monkeypatch):
@@ -74,7 +101,7 @@ def test_the_command_line_names_a_changed_raw_input(spark, recorded, capsys):
 
     wh, ids, d = recorded
     ev = pd.read_parquet(d / "events.parquet")
-    ev.iloc[1:].to_parquet(d / "events.parquet", index=False)           # the raw file changed since
-    assert replay_main(["--warehouse", wh, ids[("ingest", D)]]) == 1      # `recfactory replay` (same session)
+    ev.iloc[1:].to_parquet(d / "events.parquet", index=False)  # the raw file changed since
+    assert replay_main(["--warehouse", wh, ids[("ingest", D)]]) == 1  # `recfactory replay` (same session)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("inputs: DIFFER") and out[-1].split(": ")[-1].startswith("NOT REPRODUCED"), out

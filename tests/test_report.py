@@ -15,10 +15,20 @@ from recfactory.jobs.report import SECTIONS, _layered_layout, _table
 
 
 def test_layered_layout_draws_every_edge_downwards_and_no_two_nodes_on_one_spot():
-    g = nx.DiGraph([("src\nv0", "ingest"), ("ingest", "events\nv1"), ("ingest", "items\nv1"),
-                    ("events\nv1", "sessions_job"), ("items\nv1", "sessions_job"), ("sessions_job", "sessions\nv3"),
-                    ("events\nv1", "similarity"), ("similarity", "item_similarity\nv2"),
-                    ("sessions\nv3", "report"), ("item_similarity\nv2", "report")])
+    g = nx.DiGraph(
+        [
+            ("src\nv0", "ingest"),
+            ("ingest", "events\nv1"),
+            ("ingest", "items\nv1"),
+            ("events\nv1", "sessions_job"),
+            ("items\nv1", "sessions_job"),
+            ("sessions_job", "sessions\nv3"),
+            ("events\nv1", "similarity"),
+            ("similarity", "item_similarity\nv2"),
+            ("sessions\nv3", "report"),
+            ("item_similarity\nv2", "report"),
+        ]
+    )
     pos = _layered_layout(g)
     assert set(pos) == set(g)
     assert all(pos[a][1] < pos[b][1] for a, b in g.edges)
@@ -34,17 +44,27 @@ def test_layered_layout_orders_a_layer_by_its_parents_to_avoid_crossings():
 
 
 def test_tables_escape_text_and_format_numbers():
-    html = _table(pd.DataFrame({"title": ["<script>alert(1)</script>", "A & B"], "n": [1234567, 3],
-                                "x": [0.123456, float("nan")], "size": [256.0, 1682.0], "r": [0.0, 0.5]}))
+    html = _table(
+        pd.DataFrame(
+            {
+                "title": ["<script>alert(1)</script>", "A & B"],
+                "n": [1234567, 3],
+                "x": [0.123456, float("nan")],
+                "size": [256.0, 1682.0],
+                "r": [0.0, 0.5],
+            }
+        )
+    )
     assert "<script>" not in html and "&lt;script&gt;" in html and "A &amp; B" in html
     assert "1,234,567" in html and "0.1235" in html and "–" in html
-    assert "<td>256</td>" in html and "<td>1,682</td>" in html          # whole-number float column
+    assert "<td>256</td>" in html and "<td>1,682</td>" in html  # whole-number float column
     assert "<td>0.0000</td>" in html and "<td>0.5000</td>" in html
 
 
 @pytest.mark.spark
-def test_a_report_of_a_warehouse_with_only_ingest_names_the_jobs_to_run(spark, movielens_run, tmp_path, chromium,
-                                                                         capsys):
+def test_a_report_of_a_warehouse_with_only_ingest_names_the_jobs_to_run(
+    spark, movielens_run, tmp_path, chromium, capsys
+):
     from deltalake import DeltaTable
 
     from recfactory.jobs.runtime.job import run_job
@@ -62,7 +82,7 @@ def test_a_report_of_a_warehouse_with_only_ingest_names_the_jobs_to_run(spark, m
     assert missing == ["Item-to-item quality", "Neighbor examples", "Embedding maps", "Semantic IDs", "GBDT"]
     assert ctx.row_counts["sections"] == len(SECTIONS) - len(missing)
     page = chromium(out / "index.html", tmp_path / "screenshot.png")
-    with capsys.disabled():     # in the test output even when it passes
+    with capsys.disabled():  # in the test output even when it passes
         print(f"\nscreenshot of the report: {tmp_path / 'screenshot.png'}")
     assert page["ok"] and page["problems"] == [] and page["broken"] == []
     assert page["headings"] == list(SECTIONS)

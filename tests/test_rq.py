@@ -75,7 +75,7 @@ def test_greedy_assignment_against_the_optimal_capacitated_assignment(balance, b
     rng = np.random.default_rng(4)
     ratios = []
     for trial in range(5):
-        cl = rng.choice(5, 200, p=[.5, .2, .1, .1, .1])
+        cl = rng.choice(5, 200, p=[0.5, 0.2, 0.1, 0.1, 0.1])
         x = (rng.normal(size=(5, 4))[cl] * 2 + 0.5 * rng.normal(size=(200, 4))).astype(np.float32)
         c = _kmeans(x, 10, 20, trial)
         cap = capacity(200, 10, balance)
@@ -95,7 +95,7 @@ def test_prior_items_count_in_capacity_and_keep_their_codes():
     books = fit(x[:800], spec)
     old = encode(x[:800], books, spec).codes
     new = encode(x[800:], books, spec, prior=old).codes
-    none = encode(x[:0], books, spec, prior=old)                # a day without new items
+    none = encode(x[:0], books, spec, prior=old)  # a day without new items
     assert none.codes.shape == (0, 2) and none.last_candidates.shape[0] == 0
     both = np.vstack([old, new])
     assert np.bincount(both[:, 0]).max() <= capacity(1200, 8, 0.0)
@@ -119,7 +119,7 @@ def test_suffix_strategy_numbers_items_in_order_after_published_ones():
     fixed_suffix = np.array([0, 0, 0, 0, 0])
     res = resolve(tokens, fixed, fixed_suffix, "suffix", order=np.array([4, 0, 2, 3, 1]))
     _check_unique(res, tokens, fixed, fixed_suffix)
-    assert res.suffix.tolist() == [3, 0, 2, 0, 1]           # published item keeps 0; then by order
+    assert res.suffix.tolist() == [3, 0, 2, 0, 1]  # published item keeps 0; then by order
     assert res.collisions_before == pytest.approx(1 - 2 / 5)
 
 
@@ -128,34 +128,68 @@ def test_reassign_strategy_moves_to_free_candidates_and_reports_fallbacks(sigma)
     rng = np.random.default_rng(0)
     n, k = 200, 8
     tokens = np.column_stack([rng.integers(0, 30, n), rng.integers(0, 2, n)]).astype(np.int64)
-    cand = np.stack([rng.permutation(k)[:2] for _ in range(n)])   # 2 candidates: some must fall back
+    cand = np.stack([rng.permutation(k)[:2] for _ in range(n)])  # 2 candidates: some must fall back
     tokens[:, 1] = cand[:, 0]
-    idx = np.flatnonzero(rng.random(n) < 0.2)        # published rows: distinct SIDs among themselves
+    idx = np.flatnonzero(rng.random(n) < 0.2)  # published rows: distinct SIDs among themselves
     fixed = np.zeros(n, dtype=bool)
     fixed[idx[np.unique(tokens[idx], axis=0, return_index=True)[1]]] = True
     fixed_suffix = np.zeros(n, dtype=np.int64)
-    res = resolve(tokens, fixed, fixed_suffix, "reassign", order=np.arange(n), last_candidates=cand,
-                  sizes=(30, k), max_per_sid=sigma, seed=1)
+    res = resolve(
+        tokens,
+        fixed,
+        fixed_suffix,
+        "reassign",
+        order=np.arange(n),
+        last_candidates=cand,
+        sizes=(30, k),
+        max_per_sid=sigma,
+        seed=1,
+    )
     _check_unique(res, tokens, fixed, fixed_suffix)
     _, per_sid = np.unique(res.tokens, axis=0, return_counts=True)
     assert per_sid.max() <= sigma
     crowded = np.bincount(tokens[:, 0], minlength=30)[tokens[:, 0]] > k * sigma
-    assert (res.tokens[~crowded, 0] == tokens[~crowded, 0]).all()   # only the last token moves, unless
-    assert (res.tokens[crowded, 0] != tokens[crowded, 0]).any() == (sigma == 1)   # the prefix is full
+    assert (res.tokens[~crowded, 0] == tokens[~crowded, 0]).all()  # only the last token moves, unless
+    assert (res.tokens[crowded, 0] != tokens[crowded, 0]).any() == (sigma == 1)  # the prefix is full
     assert res.moved == int((res.tokens != tokens).any(1).sum()) > 0
     assert 0 < res.fell_back <= res.moved
     if sigma == 1:
         assert (res.suffix == 0).all()
         with pytest.raises(ValueError, match="cannot get unique SIDs"):
-            resolve(tokens, fixed, fixed_suffix, "reassign", order=np.arange(n), last_candidates=cand,
-                    sizes=(3, k), max_per_sid=1)
+            resolve(
+                tokens,
+                fixed,
+                fixed_suffix,
+                "reassign",
+                order=np.arange(n),
+                last_candidates=cand,
+                sizes=(3, k),
+                max_per_sid=1,
+            )
         omitted = tokens.copy()
-        omitted[:20, 0] = -1                  # 20 items on the pattern (−1, c): only k = 8 rows
+        omitted[:20, 0] = -1  # 20 items on the pattern (−1, c): only k = 8 rows
         with pytest.raises(ValueError, match="20 items cannot get unique SIDs from 8 codes"):
-            resolve(omitted, np.zeros(n, bool), fixed_suffix, "reassign", order=np.arange(n),
-                    last_candidates=cand, sizes=(30, k), max_per_sid=1)
-    again = resolve(tokens, fixed, fixed_suffix, "reassign", order=np.arange(n), last_candidates=cand,
-                    sizes=(30, k), max_per_sid=sigma, seed=1)
+            resolve(
+                omitted,
+                np.zeros(n, bool),
+                fixed_suffix,
+                "reassign",
+                order=np.arange(n),
+                last_candidates=cand,
+                sizes=(30, k),
+                max_per_sid=1,
+            )
+    again = resolve(
+        tokens,
+        fixed,
+        fixed_suffix,
+        "reassign",
+        order=np.arange(n),
+        last_candidates=cand,
+        sizes=(30, k),
+        max_per_sid=sigma,
+        seed=1,
+    )
     assert (again.tokens == res.tokens).all()
 
 

@@ -23,33 +23,44 @@ def make_events(n=400, seed=3):
     for i in range(n):
         # coarse timestamps → many ties, so the tie-break matters; some at/after the cutoff
         ts = CUTOFF - dt.timedelta(minutes=rnd.randint(-30, 600) // 10 * 10)
-        rows.append((i * 7919 % 100_003, f"u{rnd.randint(0, 4)}", f"i{rnd.randint(0, 5)}",
-                     rnd.choice(["click", "click", "purchase", "view", "impression"]), ts,
-                     rnd.choice([None, rnd.randint(0, 90_000)])))
+        rows.append(
+            (
+                i * 7919 % 100_003,
+                f"u{rnd.randint(0, 4)}",
+                f"i{rnd.randint(0, 5)}",
+                rnd.choice(["click", "click", "purchase", "view", "impression"]),
+                ts,
+                rnd.choice([None, rnd.randint(0, 90_000)]),
+            )
+        )
     return rows
 
 
 def reference(rows, spec: SequenceSpec):
     out = {}
     for user in sorted({r[1] for r in rows}):
-        evs = sorted((r for r in rows if r[1] == user and r[4] < CUTOFF and r[3] in spec.type_caps),
-                     key=lambda r: (r[4], r[0]))
+        evs = sorted(
+            (r for r in rows if r[1] == user and r[4] < CUTOFF and r[3] in spec.type_caps), key=lambda r: (r[4], r[0])
+        )
         if spec.dedup_consecutive:
             evs = [e for k, e in enumerate(evs) if k == 0 or evs[k - 1][2] != e[2]]
         kept = []
         for t, cap in spec.type_caps.items():
             kept += [e for e in evs if e[3] == t][-cap:]
-        kept = sorted(kept, key=lambda r: (r[4], r[0]))[-spec.max_len:]
+        kept = sorted(kept, key=lambda r: (r[4], r[0]))[-spec.max_len :]
         if kept:
             out[user] = [(e[2], e[4], e[3], e[5]) for e in kept]
     return out
 
 
-@pytest.mark.parametrize("spec", [
-    SequenceSpec(),
-    SequenceSpec(max_len=7, type_caps={"click": 4, "purchase": 2}),
-    SequenceSpec(max_len=30, type_caps={"click": 10, "view": 3}, dedup_consecutive=True),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SequenceSpec(),
+        SequenceSpec(max_len=7, type_caps={"click": 4, "purchase": 2}),
+        SequenceSpec(max_len=30, type_caps={"click": 10, "view": 3}, dedup_consecutive=True),
+    ],
+)
 def test_matches_brute_force(spark, spec):
     rows = make_events()
     got = build_sequences(spark.createDataFrame(rows, SCHEMA), CUTOFF, spec).collect()
@@ -82,22 +93,23 @@ def test_category_buckets(spark):
     for r in got:
         flat = reference(rows, SequenceSpec(max_len=10**6, type_caps=spec.type_caps))[r.user_id]
         for cat, seq in r.category_sequences.items():
-            members = [x for x in flat if {"c0": ("i0", "i2", "i4"), "c1": ("i1", "i3"),
-                                            "__unknown__": ("i5",)}[cat].__contains__(x[0])]
+            members = [
+                x
+                for x in flat
+                if {"c0": ("i0", "i2", "i4"), "c1": ("i1", "i3"), "__unknown__": ("i5",)}[cat].__contains__(x[0])
+            ]
             assert [tuple(x) for x in seq] == members[-3:]
 
 
 def test_job_on_movielens_is_idempotent(spark, movielens_run):
     wh, _ = movielens_run
-    args = ["--warehouse", wh, "--as-of", "1998-04-30", "--type-caps", "like=50,view=20",
-            "--category-max-len", "5"]
+    args = ["--warehouse", wh, "--as-of", "1998-04-30", "--type-caps", "like=50,view=20", "--category-max-len", "5"]
     ctx = run_job("build_sequences", args, spark=spark)
     assert ctx.row_counts["user_sequences"] == 943
     run_job("build_sequences", args, spark=spark)
     seqs = spark.read.format("delta").load(f"{wh}/user_sequences")
     assert seqs.count() == 943  # the rerun replaced the partition
-    row = seqs.agg(F.max("seq_len"), F.max(F.col("type_counts")["like"]),
-                   F.max(F.col("type_counts")["view"])).first()
+    row = seqs.agg(F.max("seq_len"), F.max(F.col("type_counts")["like"]), F.max(F.col("type_counts")["view"])).first()
     assert row[0] <= 70 and row[1] == 50 and row[2] == 20
     # earlier as-of: only what was visible then
     early = run_job("build_sequences", ["--warehouse", wh, "--as-of", "1997-10-01"], spark=spark)

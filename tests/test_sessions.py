@@ -26,8 +26,16 @@ def make_events(seed=5, n=300):
         # gaps of exactly 30 min, just over, and short ones; some ties
         step = rnd.choice([0, 60, 600, 1800, 1800, 1801, 3600 * 3])
         clock[u] = clock.get(u, T0 - dt.timedelta(hours=20)) + dt.timedelta(seconds=step)
-        rows.append((i, u, f"i{rnd.randint(0, 9)}", rnd.choice(["click", "click", "purchase", "impression"]),
-                     clock[u], rnd.choice([None, 1000, 29_999, 30_000, 120_000])))
+        rows.append(
+            (
+                i,
+                u,
+                f"i{rnd.randint(0, 9)}",
+                rnd.choice(["click", "click", "purchase", "impression"]),
+                clock[u],
+                rnd.choice([None, 1000, 29_999, 30_000, 120_000]),
+            )
+        )
     rows.append((10**6, "u0", "LEAK", "click", CUTOFF, 50_000))  # at the cutoff: must not appear
     return rows
 
@@ -39,16 +47,20 @@ def reference(rows, spec: SessionSpec):
         sessions = []
         for k, e in enumerate(evs):
             prev = evs[k - 1] if k else None
-            if (prev is None or (e[4] - prev[4]).total_seconds() > spec.gap_minutes * 60
-                    or prev[3] in spec.end_event_types):
+            if (
+                prev is None
+                or (e[4] - prev[4]).total_seconds() > spec.gap_minutes * 60
+                or prev[3] in spec.end_event_types
+            ):
                 sessions.append([])
             sessions[-1].append(e)
         for s in sessions:
             item = [e for e in s if e[3] in spec.item_event_types]
             acc = [e for e in item if e[5] is not None and e[5] < spec.min_dwell_ms]
             valid = [e for e in item if e not in acc]
-            out.append((u, s[0][4], s[-1][4], [e[2] for e in valid], len(s), len(acc),
-                        len(valid) >= spec.min_valid_clicks))
+            out.append(
+                (u, s[0][4], s[-1][4], [e[2] for e in valid], len(s), len(acc), len(valid) >= spec.min_valid_clicks)
+            )
     return sorted(out)
 
 
@@ -56,16 +68,20 @@ def reference(rows, spec: SessionSpec):
 def test_matches_brute_force(spark, spec):
     rows = make_events()
     got = build_sessions(spark.createDataFrame(rows, SCHEMA), CUTOFF, spec).collect()
-    got_t = sorted((r.user_id, r.start_ts, r.end_ts, list(r.items), r.n_events, r.n_accidental_clicks,
-                    r.is_valid) for r in got)
+    got_t = sorted(
+        (r.user_id, r.start_ts, r.end_ts, list(r.items), r.n_events, r.n_accidental_clicks, r.is_valid) for r in got
+    )
     assert got_t == reference(rows, spec)
     assert len({r.session_id for r in got}) == len(got)
     assert all("LEAK" not in r.items for r in got)
 
 
 def test_exactly_thirty_minutes_stays_in_session(spark):
-    rows = [(1, "u", "a", "click", T0, None), (2, "u", "b", "click", T0 + dt.timedelta(minutes=30), None),
-            (3, "u", "c", "click", T0 + dt.timedelta(minutes=60, seconds=1), None)]
+    rows = [
+        (1, "u", "a", "click", T0, None),
+        (2, "u", "b", "click", T0 + dt.timedelta(minutes=30), None),
+        (3, "u", "c", "click", T0 + dt.timedelta(minutes=60, seconds=1), None),
+    ]
     got = sorted(build_sessions(spark.createDataFrame(rows, SCHEMA), CUTOFF).collect(), key=lambda r: r.start_ts)
     assert [list(r.items) for r in got] == [["a", "b"], ["c"]]
     assert [r.is_valid for r in got] == [True, False]

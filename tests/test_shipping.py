@@ -23,8 +23,8 @@ def test_spark_gets_a_zip_copy_keyed_by_content_and_other_files_as_they_are(tmp_
     z, extra, remote = out.split(",")
     assert z.endswith(".zip") and open(z, "rb").read() == w.read_bytes()
     assert (extra, remote) == ("extra.py", "s3a://b/lib.zip")
-    assert spark_py_files(str(w)) == z                        # idempotent
-    _wheel(w, "V = 2\n")                                      # rebuilt, same name: a new copy
+    assert spark_py_files(str(w)) == z  # idempotent
+    _wheel(w, "V = 2\n")  # rebuilt, same name: a new copy
     z2 = spark_py_files(str(w))
     assert z2 != z and open(z2, "rb").read() == w.read_bytes()
     assert spark_py_files(z2) == z2
@@ -43,7 +43,7 @@ def test_a_deployments_shuffle_partitions_reach_each_spark_submit_it_launches(mo
     monkeypatch.setenv("RECFACTORY_SHUFFLE_PARTITIONS", "4")
     assert submit_conf() == {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "4"}
     monkeypatch.delenv("RECFACTORY_SHUFFLE_PARTITIONS")
-    assert submit_conf() == {}                       # spark-defaults.conf / the cluster's own settings
+    assert submit_conf() == {}  # spark-defaults.conf / the cluster's own settings
     for bad in ("0", "-3", "four", "4; rm"):
         monkeypatch.setenv("RECFACTORY_SHUFFLE_PARTITIONS", bad)
         with pytest.raises(ValueError, match="RECFACTORY_SHUFFLE_PARTITIONS must be a positive integer"):

@@ -10,8 +10,14 @@ import pytest
 from recfactory.tokenizers import sid_generation as G
 from recfactory.tokenizers.rq import RQSpec, fit
 
-GSPEC = {"drop_levels": [], "remove_top_tokens": 0, "top_token_level": 2, "collision": "suffix", "max_per_sid": 1,
-         "reassign_candidates": 4}
+GSPEC = {
+    "drop_levels": [],
+    "remove_top_tokens": 0,
+    "top_token_level": 2,
+    "collision": "suffix",
+    "max_per_sid": 1,
+    "reassign_candidates": 4,
+}
 
 
 def _vectors(n=600, d=8, seed=0):
@@ -25,9 +31,13 @@ def test_each_bad_embedding_row_is_quarantined_with_its_reason_and_rows_reconcil
     out_ids, X, q = G.check_vectors(np.array(ids, dtype=object), np.array(vecs, dtype=object), normalize=True)
     assert list(out_ids) == ["b"] and np.allclose(X, [[1.0, 0.0]])
     assert dict(zip(q["item_id"].fillna("<null>"), q["reason"], strict=True)) == {
-        "c": "null vector", "d": "zero vector", "e": "non-finite vector values",
-        "f": "vector length differs from the table's 2", "<null>": "null item_id",
-        "a": "item_id appears more than once (narrow it with --embedding-filter)"}
+        "c": "null vector",
+        "d": "zero vector",
+        "e": "non-finite vector values",
+        "f": "vector length differs from the table's 2",
+        "<null>": "null item_id",
+        "a": "item_id appears more than once (narrow it with --embedding-filter)",
+    }
     assert len(out_ids) + len(q) == len(vecs)
 
 
@@ -37,8 +47,16 @@ def test_a_continued_run_keeps_every_published_sid_and_encodes_the_new_items():
     books = fit(X, spec)
     first = G.assign(ids, X, G.plan(ids, None, True, spec.levels), books, spec, GSPEC, None, seed=1)
     assert len(set(first.sid)) == len(ids) and first.in_catalog.all() and not first.fixed.any()
-    state = pd.DataFrame({"item_id": first.item_of, "rq_codes": list(first.rq_codes), "codes": list(first.final),
-                          "suffix": first.suffix, "assigned_ds": dt.date(2026, 1, 1), "sid": first.sid})
+    state = pd.DataFrame(
+        {
+            "item_id": first.item_of,
+            "rq_codes": list(first.rq_codes),
+            "codes": list(first.final),
+            "suffix": first.suffix,
+            "assigned_ds": dt.date(2026, 1, 1),
+            "sid": first.sid,
+        }
+    )
     # the next day: 100 items left, 50 new ones (near existing vectors)
     X2 = np.vstack([X[100:], X[:50] + 0.01])
     ids2 = np.concatenate([ids[100:], np.array([f"n{k:03d}" for k in range(50)], dtype=object)])
@@ -47,12 +65,13 @@ def test_a_continued_run_keeps_every_published_sid_and_encodes_the_new_items():
     plan = G.plan(ids2, state, False, spec.levels)
     assert len(plan.kept) == len(ids) and len(plan.new_rows) == 50
     nxt = G.assign(ids2, X2, plan, books, spec, GSPEC, first.removed, seed=1)
-    kept = pd.Series(nxt.sid[:len(ids)], index=nxt.item_of[:len(ids)])
-    assert (kept.reindex(ids).to_numpy() == first.sid).all()                  # nobody published moves
+    kept = pd.Series(nxt.sid[: len(ids)], index=nxt.item_of[: len(ids)])
+    assert (kept.reindex(ids).to_numpy() == first.sid).all()  # nobody published moves
     assert len(set(nxt.sid)) == len(nxt.sid) == len(ids) + 50
-    assert nxt.in_catalog.sum() == len(ids2) and (~nxt.in_catalog).sum() == 100   # the gone keep their SID
-    m, flat = G.metrics(X2[pd.Series(np.arange(len(ids2)), index=ids2).reindex(nxt.item_of[nxt.in_catalog])],
-                        nxt, books, None, 1.5, 0.5)
+    assert nxt.in_catalog.sum() == len(ids2) and (~nxt.in_catalog).sum() == 100  # the gone keep their SID
+    m, flat = G.metrics(
+        X2[pd.Series(np.arange(len(ids2)), index=ids2).reindex(nxt.item_of[nxt.in_catalog])], nxt, books, None, 1.5, 0.5
+    )
     total = m[m["level"] == 0].iloc[0]
     assert (total["new_items"], total["kept_items"], total["removed_items"]) == (50, len(ids2) - 50, 100)
     assert flat["new_items"] == 50 and flat["fit_seconds"] == 1.5 and flat["collision_rate_after"] == 0.0
@@ -64,9 +83,13 @@ def test_a_continued_run_keeps_every_published_sid_and_encodes_the_new_items():
 
 
 def test_gates_name_what_failed():
-    m = pd.DataFrame([{"level": 0, "collision_rate_before": 0.7, "relative_recon_error": 0.95},
-                      {"level": 1, "utilization": 0.05, "prefix_recall": 0.1, "prefix_recall_random": 0.2},
-                      {"level": 2, "utilization": 0.5, "prefix_recall": np.nan, "prefix_recall_random": np.nan}])
+    m = pd.DataFrame(
+        [
+            {"level": 0, "collision_rate_before": 0.7, "relative_recon_error": 0.95},
+            {"level": 1, "utilization": 0.05, "prefix_recall": 0.1, "prefix_recall_random": 0.2},
+            {"level": 2, "utilization": 0.5, "prefix_recall": np.nan, "prefix_recall_random": np.nan},
+        ]
+    )
     removed = [np.zeros(4, bool), np.zeros(4, bool)]
     failed = G.gate_failures(m, removed, 0.5, 0.1, 0.9, 1.0)
     assert len(failed) == 4 and failed[0].startswith("collision rate before handling 0.7000 > 0.5")

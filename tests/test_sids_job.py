@@ -13,8 +13,16 @@ import pytest
 pytestmark = [pytest.mark.spark, pytest.mark.ray]
 
 D1, D2, D3 = "1998-04-30", "1998-05-01", "1998-05-02"
-SMALL = ["--embeddings", "graph_embeddings", "--embedding-filter", "method = 'deepwalk'",
-         "--codebook-sizes", "16,16,16", "--sample-size", "1000"]
+SMALL = [
+    "--embeddings",
+    "graph_embeddings",
+    "--embedding-filter",
+    "method = 'deepwalk'",
+    "--codebook-sizes",
+    "16,16,16",
+    "--sample-size",
+    "1000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +30,7 @@ def sid_warehouse(spark, slice_ingested, tmp_path_factory):
     """The MovieLens slice: ingest → sessions → Swing → DeepWalk (lean), then build_sids for D1."""
     from recfactory.jobs.runtime.job import run_job
 
-    wh = slice_ingested(tmp_path_factory.mktemp("sids") / "wh")      # the MovieLens slice as of D1
+    wh = slice_ingested(tmp_path_factory.mktemp("sids") / "wh")  # the MovieLens slice as of D1
     base = ["--warehouse", wh, "--as-of", D1]
     run_job("build_sessions", base, spark=spark)
     run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)
@@ -52,7 +60,7 @@ def test_first_run_publishes_unique_balanced_sids_with_metrics(spark, sid_wareho
     assert sids["in_catalog"].all() and (sids["codes"].map(len) == 3).all()
     codes = np.stack(sids["rq_codes"].to_numpy())
     n = len(sids)
-    assert np.bincount(codes[:, 0]).max() <= int(np.ceil(2 * n / 16))        # balance 1.0 on level 1
+    assert np.bincount(codes[:, 0]).max() <= int(np.ceil(2 * n / 16))  # balance 1.0 on level 1
     look = _table(spark, wh, "sid_lookup", D1)
     assert dict(zip(look["sid"], look["item_id"], strict=True)) == dict(zip(sids["sid"], sids["item_id"], strict=True))
     feats = _table(spark, wh, "sid_features", D1)
@@ -66,14 +74,16 @@ def test_first_run_publishes_unique_balanced_sids_with_metrics(spark, sid_wareho
     assert total["collision_rate_after"] == 0.0 and total["items"] == n
     assert total["collision_rate_before"] == pytest.approx(m["collision_rate_before"], abs=1e-6)
     lv = met.iloc[1:]
-    assert (lv["recon_error"].diff().dropna() < 0).all()                     # each level refines
-    assert lv["prefix_recall"].iloc[0] > 2 * lv["prefix_recall_random"].iloc[0]   # level 1 groups neighbours
+    assert (lv["recon_error"].diff().dropna() < 0).all()  # each level refines
+    assert lv["prefix_recall"].iloc[0] > 2 * lv["prefix_recall_random"].iloc[0]  # level 1 groups neighbours
     # the codebooks reproduce the published codes' reconstruction error
     vec = emb.dropna(subset=["vector"]).set_index("item_id")["vector"]
     X = np.stack(vec.reindex(sids["item_id"]).to_numpy()).astype(np.float64)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
-    rec = sum(np.stack(cb[cb["level"] == lvl].sort_values("code")["centroid"].to_numpy())[codes[:, lvl - 1]]
-              for lvl in (1, 2, 3))
+    rec = sum(
+        np.stack(cb[cb["level"] == lvl].sort_values("code")["centroid"].to_numpy())[codes[:, lvl - 1]]
+        for lvl in (1, 2, 3)
+    )
     assert np.linalg.norm(X - rec, axis=1).mean() == pytest.approx(total["recon_error"], rel=1e-4)
 
 
@@ -98,6 +108,7 @@ def _next_day(spark, wh, src, dst, drop, add):
     class NextDay(Job):
         """Published as a run of the table's producer for dst publishes it (its _runs row names the
         version): readers inside the factory read published versions only."""
+
         name = "build_graph_embeddings"
         outputs = ("graph_embeddings",)
 
@@ -136,10 +147,12 @@ def test_daily_runs_keep_published_sids_and_a_new_generation_remaps(spark, sid_w
     assert (day2["generation"] == day1["generation"].iloc[0]).all() and gen2 != gen1 and gen2.startswith(f"{D3}.")
     assert (day3["generation"] == gen2).all() and day3["sid"].is_unique
     remap = _table(spark, wh, "sid_remap", D3).set_index("item_id")
-    assert len(remap) == len(day2) and (remap["old_generation"] == gen1).all() and (remap["new_generation"] == gen2).all()
+    assert (
+        len(remap) == len(day2) and (remap["old_generation"] == gen1).all() and (remap["new_generation"] == gen2).all()
+    )
     assert (remap.loc[day3.index, "new_sid"] == day3["sid"]).all()
     assert (remap.loc[day3.index, "old_sid"] == day2.loc[day3.index, "sid"]).all()
-    assert remap.loc[gone, "new_sid"].isna().all()            # they had no vector any more
+    assert remap.loc[gone, "new_sid"].isna().all()  # they had no vector any more
     cb = spark.read.format("delta").load(f"{wh}/sid_codebooks").where(f"generation = '{gen2}'").count()
     assert cb == 48
 
@@ -151,10 +164,12 @@ def test_same_seed_same_sids_whatever_the_partitioning(spark, sid_warehouse, tmp
 
     wh, _ = sid_warehouse
     other = str(tmp_path / "wh")
-    spark.read.format("delta").load(f"{wh}/graph_embeddings").where(f"ds = '{D1}'").repartition(7) \
-        .write.format("delta").partitionBy("ds").save(f"{other}/graph_embeddings")
-    ctx = run_job("build_sids", ["--warehouse", other, "--as-of", D1, *SMALL, "--encode-shard-rows", "300"],
-                  spark=spark)
+    spark.read.format("delta").load(f"{wh}/graph_embeddings").where(f"ds = '{D1}'").repartition(7).write.format(
+        "delta"
+    ).partitionBy("ds").save(f"{other}/graph_embeddings")
+    ctx = run_job(
+        "build_sids", ["--warehouse", other, "--as-of", D1, *SMALL, "--encode-shard-rows", "300"], spark=spark
+    )
     assert ctx.metrics["search_tasks"] >= 3 * 5
     a = _table(spark, wh, "semantic_ids", D1).set_index("item_id").sort_index()
     b = _table(spark, other, "semantic_ids", D1).set_index("item_id").sort_index()
@@ -166,16 +181,37 @@ def test_reassign_and_hourglass_options(spark, sid_warehouse, tmp_path):
 
     wh, _ = sid_warehouse
     other = str(tmp_path / "wh")
-    spark.read.format("delta").load(f"{wh}/graph_embeddings").where(f"ds = '{D1}'") \
-        .write.format("delta").partitionBy("ds").save(f"{other}/graph_embeddings")
+    spark.read.format("delta").load(f"{wh}/graph_embeddings").where(f"ds = '{D1}'").write.format("delta").partitionBy(
+        "ds"
+    ).save(f"{other}/graph_embeddings")
     # reassign after a plain last level (collisions to resolve): 4 × 8 prefixes, 256 last codes
-    ctx = run_job("build_sids", ["--warehouse", other, "--as-of", D1, *SMALL[:4], "--codebook-sizes", "4,8,256",
-                                 "--prefix-balance", "none", "--collision", "reassign", "--reassign-candidates", "4",
-                                 "--remove-top-tokens", "1", "--gate-max-collision-rate", "1"], spark=spark)
+    ctx = run_job(
+        "build_sids",
+        [
+            "--warehouse",
+            other,
+            "--as-of",
+            D1,
+            *SMALL[:4],
+            "--codebook-sizes",
+            "4,8,256",
+            "--prefix-balance",
+            "none",
+            "--collision",
+            "reassign",
+            "--reassign-candidates",
+            "4",
+            "--remove-top-tokens",
+            "1",
+            "--gate-max-collision-rate",
+            "1",
+        ],
+        spark=spark,
+    )
     sids = _table(spark, other, "semantic_ids", D1)
     assert sids["sid"].is_unique and not sids["sid"].str.contains("<s_").any()
     _, counts = np.unique(np.stack(sids["rq_codes"].to_numpy()), axis=0, return_counts=True)
-    assert counts.max() == 1                                            # σ = 1: one item per code row
+    assert counts.max() == 1  # σ = 1: one item per code row
     assert ctx.metrics["moved"] > 0 and 0 <= ctx.metrics["fell_back_fraction"] <= 1
     # the most frequent level-2 token is gone from its items' SIDs (variable length)
     lens = sids["codes"].map(len)
@@ -190,8 +226,22 @@ def test_a_failing_gate_publishes_nothing(spark, sid_warehouse):
     wh, _ = sid_warehouse
     before = {t: Warehouse(spark, wh).latest_version(t) for t in ("semantic_ids", "sid_codebooks", "sid_metrics")}
     with pytest.raises(QualityGateError, match="collision rate before handling"):
-        run_job("build_sids", ["--warehouse", wh, "--as-of", D1, "--new-generation", *SMALL[:4],
-                               "--codebook-sizes", "4,4", "--gate-max-collision-rate", "0.01"], spark=spark)
+        run_job(
+            "build_sids",
+            [
+                "--warehouse",
+                wh,
+                "--as-of",
+                D1,
+                "--new-generation",
+                *SMALL[:4],
+                "--codebook-sizes",
+                "4,4",
+                "--gate-max-collision-rate",
+                "0.01",
+            ],
+            spark=spark,
+        )
     assert {t: Warehouse(spark, wh).latest_version(t) for t in before} == before
     runs = spark.read.format("delta").load(f"{wh}/_runs").where("job = 'build_sids' and status = 'failed'")
     assert "collision_rate_before" in runs.orderBy("started_at", ascending=False).first()["metrics"]
@@ -211,9 +261,11 @@ def _embeddings_as(spark, src_wh, dst_wh, dates_drop_add: dict[str, tuple[int, i
         extra["item_id"] = [f"new{i}" for i in range(add)]
         extra["vector"] = [list(np.asarray(v) + 0.05 * rng.normal(size=len(v))) for v in extra["vector"]]
         part = pd.concat([pdf.iloc[drop:], extra]).drop(columns=["ds"])
-        spark.createDataFrame(part, df.drop("ds").schema).withColumn("ds", F.lit(dt.date.fromisoformat(ds))) \
-            .write.format("delta").mode("overwrite").option("replaceWhere", f"ds = '{ds}'").partitionBy("ds") \
-            .save(f"{dst_wh}/graph_embeddings")
+        spark.createDataFrame(part, df.drop("ds").schema).withColumn(
+            "ds", F.lit(dt.date.fromisoformat(ds))
+        ).write.format("delta").mode("overwrite").option("replaceWhere", f"ds = '{ds}'").partitionBy("ds").save(
+            f"{dst_wh}/graph_embeddings"
+        )
 
 
 def test_a_backfill_starts_its_own_chain_and_a_gap_is_refused(spark, sid_warehouse, tmp_path):
@@ -226,8 +278,9 @@ def test_a_backfill_starts_its_own_chain_and_a_gap_is_refused(spark, sid_warehou
 
     src, _ = sid_warehouse
     wh = str(tmp_path / "wh")
-    _embeddings_as(spark, src, wh, {"1998-04-22": (0, 0), "1998-03-01": (200, 0), "1998-04-23": (0, 30),
-                                    "1998-04-25": (0, 0)})
+    _embeddings_as(
+        spark, src, wh, {"1998-04-22": (0, 0), "1998-03-01": (200, 0), "1998-04-23": (0, 30), "1998-04-25": (0, 0)}
+    )
 
     def sids(ds):
         return _table(spark, wh, "semantic_ids", ds).set_index("item_id").sort_index()
@@ -249,10 +302,12 @@ def test_a_backfill_starts_its_own_chain_and_a_gap_is_refused(spark, sid_warehou
     assert cb.groupBy("generation", "level", "code").count().where("count > 1").count() == 0
     assert {r.generation for r in cb.select("generation").distinct().collect()} == {g22, g01}
 
-    run("1998-04-22")                 # a rerun after later dates: its first run's rows
+    run("1998-04-22")  # a rerun after later dates: its first run's rows
     again = sids("1998-04-22")
-    rows = lambda df: [(i, r.sid, r.generation, list(r.rq_codes), r.suffix, r.in_catalog, r.assigned_ds)  # noqa: E731
-                       for i, r in df.iterrows()]
+    rows = lambda df: [
+        (i, r.sid, r.generation, list(r.rq_codes), r.suffix, r.in_catalog, r.assigned_ds)  # noqa: E731
+        for i, r in df.iterrows()
+    ]
     assert rows(again) == rows(first)
     with pytest.raises(MissingPriorDateError, match="1998-04-24"):
         run("1998-04-25")

@@ -26,14 +26,14 @@ def make_events(seed=1, users=14, items=12):
     rnd = random.Random(seed)
     rows = []
     for u in range(users):
-        n = 1 if u % 5 == 0 else rnd.randint(2, 8)                      # some one-item users
+        n = 1 if u % 5 == 0 else rnd.randint(2, 8)  # some one-item users
         for _ in range(n):
-            i = f"i{min(int(rnd.paretovariate(1.2)) - 1, items - 1)}"    # popular items: many ties
+            i = f"i{min(int(rnd.paretovariate(1.2)) - 1, items - 1)}"  # popular items: many ties
             ts = T0 + dt.timedelta(hours=rnd.randint(0, 200))
             typ = rnd.choice(["click", "click", "purchase", "cart", "impression"])
             rows.append((f"u{u}", i, typ, ts))
             if rnd.random() < 0.2:
-                rows.append((f"u{u}", i, typ, ts))                      # exact duplicate
+                rows.append((f"u{u}", i, typ, ts))  # exact duplicate
     return rows
 
 
@@ -63,22 +63,28 @@ def reference(rows, spec: SimilaritySpec, kept=None):
         common = users_of[i] & users_of[j]
         if not common:
             continue
+
         def term(u, i=i, j=j):
             (bi, ti), (bj, tj) = ui[(u, i)], ui[(u, j)]
             d = math.exp(-abs(ti - tj) / (spec.time_decay_days * 86400)) if spec.time_decay_days else 1.0
             return bi * bj * d
+
         den = math.sqrt(norm[i] * norm[j])
-        s = {"itemcf": sum(term(u) for u in common) / den,
-             "itemcf_iuf": sum(term(u) / math.log1p(len(items_of[u])) for u in common) / den,
-             "swing_simple": sum(1 / (spec.simple_alpha + len(items_of[u])) for u in common),
-             "swing": sum(w[u] * w[v] / (spec.swing_alpha + len(items_of[u] & items_of[v]))
-                          for u, v in itertools.combinations(sorted(common), 2))}
+        s = {
+            "itemcf": sum(term(u) for u in common) / den,
+            "itemcf_iuf": sum(term(u) / math.log1p(len(items_of[u])) for u in common) / den,
+            "swing_simple": sum(1 / (spec.simple_alpha + len(items_of[u])) for u in common),
+            "swing": sum(
+                w[u] * w[v] / (spec.swing_alpha + len(items_of[u] & items_of[v]))
+                for u, v in itertools.combinations(sorted(common), 2)
+            ),
+        }
         for a in spec.algos:
             if s[a] > 0:
                 scores[(a, i)][j] = (s[a], len(common))
     out = {}
     for (a, i), nb in scores.items():
-        ranked = sorted(nb.items(), key=lambda kv: (-round(kv[1][0], 9), kv[0]))[:spec.top_k]
+        ranked = sorted(nb.items(), key=lambda kv: (-round(kv[1][0], 9), kv[0]))[: spec.top_k]
         out[(a, i)] = [(j, s, c) for j, (s, c) in ranked]
     return out
 
@@ -92,18 +98,28 @@ def spark_result(spark, rows, spec, kept_out=None):
 
 
 SPECS = [
-    SimilaritySpec(),                                                          # PAI defaults
+    SimilaritySpec(),  # PAI defaults
     SimilaritySpec(user_alpha=15, user_beta=-0.3, swing_alpha=0.0, simple_alpha=0.5, top_k=3),  # Flink ML, ties cut
-    SimilaritySpec(behavior_weights={"click": 1.0, "cart": 2.0, "purchase": 4.0}, time_decay_days=2.0,
-                   min_user_items=3, max_user_items=6),
+    SimilaritySpec(
+        behavior_weights={"click": 1.0, "cart": 2.0, "purchase": 4.0},
+        time_decay_days=2.0,
+        min_user_items=3,
+        max_user_items=6,
+    ),
 ]
 assert SPECS[0].resolved_engine == "blocks" and SPECS[2].resolved_engine == "sql"
 
 
-@pytest.mark.parametrize("spec", SPECS + [replace(SPECS[0], engine="sql"), replace(SPECS[1], engine="sql", blocks=3),
-                                          replace(SPECS[2], time_decay_days=0.0, blocks=2)],
-                         ids=["pai", "flink-top3", "weighted-decay-activity(sql)", "pai-sql", "flink-top3-sql",
-                              "weighted-activity(blocks)"])
+@pytest.mark.parametrize(
+    "spec",
+    SPECS
+    + [
+        replace(SPECS[0], engine="sql"),
+        replace(SPECS[1], engine="sql", blocks=3),
+        replace(SPECS[2], time_decay_days=0.0, blocks=2),
+    ],
+    ids=["pai", "flink-top3", "weighted-decay-activity(sql)", "pai-sql", "flink-top3-sql", "weighted-activity(blocks)"],
+)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_matches_brute_force(spark, spec, seed):
     rows = make_events(seed)
@@ -116,7 +132,7 @@ def test_matches_brute_force(spark, spec, seed):
         assert [c for _, _, c in g] == [c for _, _, c in nb], key
         for (_, gs, _), (_, rs, _) in zip(g, nb, strict=True):
             assert gs == pytest.approx(rs, rel=1e-9, abs=1e-12), key
-    for r in raw:   # normalized score: the item's best neighbor is 1
+    for r in raw:  # normalized score: the item's best neighbor is 1
         assert r.neighbors[0].score_norm == 1.0 and all(0 < n.score_norm <= 1 for n in r.neighbors)
         assert r.item_id not in [n.item_id for n in r.neighbors]
 
@@ -129,8 +145,8 @@ def test_symmetric_scores(spark, engine):
         for j, s, c in nb:
             back = dict((x, (y, z)) for x, y, z in got[(a, j)])
             if engine == "sql":
-                assert back[i] == (s, c)                   # exact sums: bit-identical both ways
-            else:                                          # float sums: to rounding
+                assert back[i] == (s, c)  # exact sums: bit-identical both ways
+            else:  # float sums: to rounding
                 assert back[i][1] == c and back[i][0] == pytest.approx(s, rel=1e-12)
 
 
@@ -148,7 +164,7 @@ def test_caps_and_partition_independence(spark, engine):
             results.append((got, kept))
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", old)
-    assert results[0] == results[1] == results[2]          # exact, floats included (blocks too)
+    assert results[0] == results[1] == results[2]  # exact, floats included (blocks too)
     got, kept = results[0]
     per_user, per_item = defaultdict(int), defaultdict(int)
     for u, i in kept:
@@ -163,8 +179,18 @@ def test_caps_and_partition_independence(spark, engine):
 def test_job_on_movielens(spark, movielens_run):
     wh, _ = movielens_run
     # small caps keep the CI run short (the uncapped run is in the benchmark)
-    args = ["--warehouse", wh, "--as-of", "1998-04-30", "--eval-k", "10,50", "--max-users-per-item", "40",
-            "--max-items-per-user", "40"]
+    args = [
+        "--warehouse",
+        wh,
+        "--as-of",
+        "1998-04-30",
+        "--eval-k",
+        "10,50",
+        "--max-users-per-item",
+        "40",
+        "--max-items-per-user",
+        "40",
+    ]
     ctx = run_job("build_similarity", args, spark=spark)
     again = run_job("build_similarity", args, spark=spark)
     t = spark.read.format("delta").load(f"{wh}/item_similarity")
@@ -196,8 +222,9 @@ def test_scipy_peer_matches_brute_force(spec):
     deg = defaultdict(int)
     for u, _ in ui:
         deg[u] += 1
-    pairs = pd.DataFrame([(u, i, b) for (u, i), b in ui.items() if deg[u] >= spec.min_user_items],
-                         columns=["user_id", "item_id", "b"])
+    pairs = pd.DataFrame(
+        [(u, i, b) for (u, i), b in ui.items() if deg[u] >= spec.min_user_items], columns=["user_id", "item_id", "b"]
+    )
     items, mats, cooc = peer.scores(pairs, spec)
     got = peer.as_dict(peer.top_k(items, mats, cooc, spec.top_k))
     assert set(got) == set(ref)

@@ -46,8 +46,9 @@ def test_shape_zipf_items_heavy_users_sessions(spark):
     assert per_user[-1] > 20 * per_user[len(per_user) // 2]
     # sessions: most gaps between a user's consecutive impressions are short, some are long
     w = Window.partitionBy("user_id").orderBy("ts")
-    gaps = imp.select((F.col("ts").cast("double") - F.lag(F.col("ts").cast("double")).over(w)).alias("g")) \
-        .where("g is not null")
+    gaps = imp.select((F.col("ts").cast("double") - F.lag(F.col("ts").cast("double")).over(w)).alias("g")).where(
+        "g is not null"
+    )
     short = gaps.where("g < 1800").count() / gaps.count()
     assert 0.5 < short < 0.99
     # clicks have dwell, some accidental (< 5 s); every row is labeled synthetic

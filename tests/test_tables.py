@@ -15,19 +15,26 @@ D = dt.date(2025, 6, 30)
 
 
 def _run(run_id, status, finished, version, as_of=D):
-    return {"run_id": run_id, "job": "build_sequences", "as_of": as_of, "status": status,
-            "finished_at": dt.datetime(2025, 7, 1, finished, tzinfo=dt.UTC),
-            "outputs": [{"name": "user_sequences", "path": "p", "version": version, "rows": 1, "partition": str(as_of)}]}
+    return {
+        "run_id": run_id,
+        "job": "build_sequences",
+        "as_of": as_of,
+        "status": status,
+        "finished_at": dt.datetime(2025, 7, 1, finished, tzinfo=dt.UTC),
+        "outputs": [{"name": "user_sequences", "path": "p", "version": version, "rows": 1, "partition": str(as_of)}],
+    }
 
 
 def test_the_published_version_of_the_date_is_read_at_that_version(tmp_path):
     wh = str(tmp_path / "wh")
     seq = f"{wh}/user_sequences"
-    write_deltalake(seq, pa.table({"user_id": ["a", "z"], "n": [1, 26], "ds": [D, D + dt.timedelta(days=1)]}),
-                    partition_by=["ds"])                                                       # v0: run r1
-    write_deltalake(seq, pa.table({"user_id": ["b"], "n": [2], "ds": [D]}), mode="overwrite",
-                    predicate="ds = '2025-06-30'")                                             # v1: run r2
-    write_deltalake(seq, pa.table({"user_id": ["x"], "n": [0], "ds": [D]}), mode="append")    # v2: killed r3
+    write_deltalake(
+        seq, pa.table({"user_id": ["a", "z"], "n": [1, 26], "ds": [D, D + dt.timedelta(days=1)]}), partition_by=["ds"]
+    )  # v0: run r1
+    write_deltalake(
+        seq, pa.table({"user_id": ["b"], "n": [2], "ds": [D]}), mode="overwrite", predicate="ds = '2025-06-30'"
+    )  # v1: run r2
+    write_deltalake(seq, pa.table({"user_id": ["x"], "n": [0], "ds": [D]}), mode="append")  # v2: killed r3
     runs = [_run("r1", "succeeded", 1, 0), _run("r2", "succeeded", 2, 1), _run("r4", "failed", 3, 2)]
     write_deltalake(f"{wh}/_runs", pa.Table.from_pylist(runs))
     t = tables.read(wh, "user_sequences", "2025-06-30")

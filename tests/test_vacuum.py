@@ -27,20 +27,43 @@ def _write(uri: str, run_id: str, value: int) -> int:
 
 
 def _runs(root, rows):
-    schema = pa.schema([("run_id", pa.string()), ("job", pa.string()), ("as_of", pa.date32()),
-                        ("status", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
-                        ("finished_at", pa.timestamp("us", tz="UTC")), ("duration_s", pa.float64()),
-                        ("error", pa.string()),
-                        ("inputs", pa.list_(pa.struct([("name", pa.string()), ("path", pa.string()),
-                                                       ("format", pa.string()), ("version", pa.int64())]))),
-                        ("outputs", pa.list_(pa.struct([("name", pa.string()), ("version", pa.int64())])))])
+    schema = pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("job", pa.string()),
+            ("as_of", pa.date32()),
+            ("status", pa.string()),
+            ("started_at", pa.timestamp("us", tz="UTC")),
+            ("finished_at", pa.timestamp("us", tz="UTC")),
+            ("duration_s", pa.float64()),
+            ("error", pa.string()),
+            (
+                "inputs",
+                pa.list_(
+                    pa.struct(
+                        [("name", pa.string()), ("path", pa.string()), ("format", pa.string()), ("version", pa.int64())]
+                    )
+                ),
+            ),
+            ("outputs", pa.list_(pa.struct([("name", pa.string()), ("version", pa.int64())]))),
+        ]
+    )
     write_deltalake(f"{root}/_runs", pa.Table.from_pylist(rows, schema=schema), mode="append")
 
 
 def _run(rid, finished, outputs, inputs=()):
-    return {"run_id": rid, "job": "j", "as_of": DAY, "status": "succeeded", "started_at": finished,
-            "finished_at": finished, "duration_s": 1.0, "error": None, "inputs": list(inputs),
-            "outputs": [{"name": n, "version": v} for n, v in outputs]}
+    return {
+        "run_id": rid,
+        "job": "j",
+        "as_of": DAY,
+        "status": "succeeded",
+        "started_at": finished,
+        "finished_at": finished,
+        "duration_s": 1.0,
+        "error": None,
+        "inputs": list(inputs),
+        "outputs": [{"name": n, "version": v} for n, v in outputs],
+    }
 
 
 def test_vacuum_keeps_what_kept_runs_and_the_publication_read(tmp_path):
@@ -48,24 +71,30 @@ def test_vacuum_keeps_what_kept_runs_and_the_publication_read(tmp_path):
     those that finished at the moment of the vacuum."""
     root = str(tmp_path)
     t = f"{root}/t"
-    versions = [_write(t, f"r{i}", i) for i in range(5)]          # v0..v4, each replacing the partition
-    _write(t, "killed", 99)                                       # v5: an unpublished partial write
+    versions = [_write(t, f"r{i}", i) for i in range(5)]  # v0..v4, each replacing the partition
+    _write(t, "killed", 99)  # v5: an unpublished partial write
     now = dt.datetime.now(dt.UTC)
     old = now - dt.timedelta(days=30)
-    _runs(root, [_run("r0", old, [("t", 0)]), _run("r1", old, [("t", 1)]),
-                 _run("r2", now, [("t", 2)]),                                         # kept: v2 and v1
-                 _run("r3", old, [("t", 3)]),
-                 _run("r4", old, [("t", 4)]),                                         # the publication: v4
-                 _run("reader", now, [], [{"name": "t", "path": t, "format": "delta", "version": 3}])])  # v3
+    _runs(
+        root,
+        [
+            _run("r0", old, [("t", 0)]),
+            _run("r1", old, [("t", 1)]),
+            _run("r2", now, [("t", 2)]),  # kept: v2 and v1
+            _run("r3", old, [("t", 3)]),
+            _run("r4", old, [("t", 4)]),  # the publication: v4
+            _run("reader", now, [], [{"name": "t", "path": t, "format": "delta", "version": 3}]),
+        ],
+    )  # v3
     assert versions == [0, 1, 2, 3, 4]
     dry = vacuum(root, retain_days=0, dry_run=True, now=now)
     assert any(line.startswith("t: would remove 1 files; kept versions v1-v4") for line in dry), dry
-    assert DeltaTable(t, version=0).to_pandas()["value"].tolist() == [0]        # nothing removed yet
+    assert DeltaTable(t, version=0).to_pandas()["value"].tolist() == [0]  # nothing removed yet
     vacuum(root, retain_days=0, now=now)
     for v in (1, 2, 3, 4, 5):
         assert DeltaTable(t, version=v).to_pandas()["value"].tolist() == [v if v < 5 else 99]
     with pytest.raises(OSError):
-        DeltaTable(t, version=0).to_pandas()                      # only v0 read its file: gone
+        DeltaTable(t, version=0).to_pandas()  # only v0 read its file: gone
 
 
 def test_a_running_attempt_refuses_a_retention_under_a_day(tmp_path):

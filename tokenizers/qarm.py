@@ -36,18 +36,28 @@ class AlignSpec:
     out_dim: int = 128
     hidden: int = 512
     side_dim: int = 16
-    batch_size: int = 512          # pairs per worker per step (in-batch negatives: batch − 1)
+    batch_size: int = 512  # pairs per worker per step (in-batch negatives: batch − 1)
     epochs: int = 20
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    temperature: float = 0.07      # initial; learned
-    workers: int = 2               # Ray Train workers (DDP on CPU)
-    checkpoint_every: int = 5      # epochs between checkpoints (and the last epoch)
+    temperature: float = 0.07  # initial; learned
+    workers: int = 2  # Ray Train workers (DDP on CPU)
+    checkpoint_every: int = 5  # epochs between checkpoints (and the last epoch)
     seed: int = 42
 
     def __post_init__(self):
-        if min(self.out_dim, self.hidden, self.side_dim, self.batch_size, self.epochs, self.workers,
-               self.checkpoint_every) < 1:
+        if (
+            min(
+                self.out_dim,
+                self.hidden,
+                self.side_dim,
+                self.batch_size,
+                self.epochs,
+                self.workers,
+                self.checkpoint_every,
+            )
+            < 1
+        ):
             raise ValueError("out_dim, hidden, side_dim, batch_size, epochs, workers, checkpoint_every must be >= 1")
         if self.lr <= 0 or not 0 < self.temperature < 1:
             raise ValueError("lr must be > 0 and temperature in (0, 1)")
@@ -80,8 +90,15 @@ def pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.unique(np.concatenate([a * n + b, b * n + a]))
 
 
-def info_nce(za: torch.Tensor, zb: torch.Tensor, a: torch.Tensor, b: torch.Tensor, keys: torch.Tensor,
-             n: int, scale: torch.Tensor) -> torch.Tensor:
+def info_nce(
+    za: torch.Tensor,
+    zb: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    keys: torch.Tensor,
+    n: int,
+    scale: torch.Tensor,
+) -> torch.Tensor:
     """Symmetric in-batch InfoNCE over pairs (a_i, b_i); logits (a_i, b_j) for j ≠ i are masked
     when (a_i, b_j) is a known positive pair or b_j is the item a_i or b_i (false negatives)."""
     logits = (za @ zb.T) * scale
@@ -106,7 +123,7 @@ def u2i_pairs(items: np.ndarray, id_vectors: np.ndarray, has_vector: np.ndarray,
         tgt = items[t]
         if not has_vector[tgt]:
             continue
-        cand = items[max(0, t - window):t]
+        cand = items[max(0, t - window) : t]
         cand = cand[(cand != tgt) & has_vector[cand]]
         if not len(cand):
             continue
@@ -114,7 +131,9 @@ def u2i_pairs(items: np.ndarray, id_vectors: np.ndarray, has_vector: np.ndarray,
     return np.array(out, dtype=np.int64).reshape(-1, 3)
 
 
-def recall_at_k(vectors: np.ndarray, valid: np.ndarray, a: np.ndarray, b: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
+def recall_at_k(
+    vectors: np.ndarray, valid: np.ndarray, a: np.ndarray, b: np.ndarray, ks: tuple[int, ...]
+) -> dict[int, float]:
     """Share of held-out pairs (a, b) whose b is among a's K nearest valid items by cosine (a
     itself excluded); pairs whose a or b has no vector count as misses."""
     from recfactory.graph.embeddings import hit_rate, nearest
@@ -140,7 +159,7 @@ def _batches(n_pairs: int, batch: int, world: int, rank: int, epoch: int, seed: 
     b = max(1, min(batch, n_pairs // world))
     for s in range(max(1, n_pairs // (b * world))):
         lo = (s * world + rank) * b
-        yield perm[lo:lo + b]
+        yield perm[lo : lo + b]
 
 
 def _train_loop(config: dict) -> None:
@@ -179,7 +198,7 @@ def _train_loop(config: dict) -> None:
         for idx in _batches(len(pairs), spec.batch_size, world, rank, epoch, spec.seed):
             a, b = torch.as_tensor(pairs[idx, 0]), torch.as_tensor(pairs[idx, 1])
             ab = torch.cat([a, b])
-            za, zb = model(content[ab], codes[ab]).split(len(a))      # one forward per step (DDP)
+            za, zb = model(content[ab], codes[ab]).split(len(a))  # one forward per step (DDP)
             loss = info_nce(za, zb, a, b, keys, n, core.scale())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -193,8 +212,15 @@ def _train_loop(config: dict) -> None:
         metrics = {**history[-1], "history": json.dumps(history)}
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                torch.save({"model": core.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                            "history": json.dumps(history)}, os.path.join(d, "state.pt"))
+                torch.save(
+                    {
+                        "model": core.state_dict(),
+                        "opt": opt.state_dict(),
+                        "epoch": epoch,
+                        "history": json.dumps(history),
+                    },
+                    os.path.join(d, "state.pt"),
+                )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
                 ray.train.report(metrics)
@@ -203,12 +229,19 @@ def _train_loop(config: dict) -> None:
 @dataclass
 class Aligned:
     model: Projector
-    history: list[dict]       # per epoch: loss, temperature
-    checkpoint: str | None    # where the run's checkpoints live
+    history: list[dict]  # per epoch: loss, temperature
+    checkpoint: str | None  # where the run's checkpoints live
 
 
-def fit(content: np.ndarray, codes: np.ndarray, vocab: list[int], pairs: np.ndarray, spec: AlignSpec,
-        storage: str, name: str) -> Aligned:
+def fit(
+    content: np.ndarray,
+    codes: np.ndarray,
+    vocab: list[int],
+    pairs: np.ndarray,
+    spec: AlignSpec,
+    storage: str,
+    name: str,
+) -> Aligned:
     """Trains the projector on Ray Train (TorchTrainer, DDP over `spec.workers` CPU workers).
     `pairs` (P × 2 node indices) are the positives; their keys mask false negatives. Checkpoints
     go to storage/name; a run of the same name resumes from its last completed epoch. On the
@@ -218,15 +251,18 @@ def fit(content: np.ndarray, codes: np.ndarray, vocab: list[int], pairs: np.ndar
     from ray.train.torch import TorchTrainer
 
     n = len(content)
-    data = {"content": np.ascontiguousarray(content, dtype=np.float32), "codes": np.asarray(codes, dtype=np.int64),
-            "vocab": list(vocab), "pairs": np.asarray(pairs, dtype=np.int64),
-            "keys": pair_keys(pairs[:, 0], pairs[:, 1], n)}
+    data = {
+        "content": np.ascontiguousarray(content, dtype=np.float32),
+        "codes": np.asarray(codes, dtype=np.int64),
+        "vocab": list(vocab),
+        "pairs": np.asarray(pairs, dtype=np.int64),
+        "keys": pair_keys(pairs[:, 0], pairs[:, 1], n),
+    }
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"data": ray.put(data), "spec": spec.to_dict(), "threads": 1},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=False, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(storage_path=storage, name=name,
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        run_config=RunConfig(storage_path=storage, name=name, checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     model = Projector(content.shape[1], list(vocab), spec)
@@ -238,6 +274,8 @@ def fit(content: np.ndarray, codes: np.ndarray, vocab: list[int], pairs: np.ndar
 
 @torch.no_grad()
 def project(model: Projector, content: np.ndarray, codes: np.ndarray, batch: int = 8192) -> np.ndarray:
-    out = [model(torch.as_tensor(content[i:i + batch], dtype=torch.float32), torch.as_tensor(codes[i:i + batch]))
-           for i in range(0, len(content), batch)]
+    out = [
+        model(torch.as_tensor(content[i : i + batch], dtype=torch.float32), torch.as_tensor(codes[i : i + batch]))
+        for i in range(0, len(content), batch)
+    ]
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.skip.out_features), np.float32)

@@ -49,11 +49,11 @@ import numpy as np
 @dataclass(frozen=True)
 class RQSpec:
     codebook_sizes: tuple[int, ...] = (256, 256, 256)
-    balance: float | None = 1.0          # levels 1..L−1: code size ≤ ⌈(1+balance)·N/K⌉; None: plain k-means
-    prefix_balance: float | None = 0.0   # level L: ≤ ⌈(1+prefix_balance)·n_prefix/K_L⌉ per prefix; None: plain
-    kmeans_iterations: int = 20          # faiss k-means iterations per level
-    balanced_iterations: int = 10        # capacity-constrained Lloyd iterations after them
-    candidates: int = 32                 # nearest codes ranked per item by the constrained assignment
+    balance: float | None = 1.0  # levels 1..L−1: code size ≤ ⌈(1+balance)·N/K⌉; None: plain k-means
+    prefix_balance: float | None = 0.0  # level L: ≤ ⌈(1+prefix_balance)·n_prefix/K_L⌉ per prefix; None: plain
+    kmeans_iterations: int = 20  # faiss k-means iterations per level
+    balanced_iterations: int = 10  # capacity-constrained Lloyd iterations after them
+    candidates: int = 32  # nearest codes ranked per item by the constrained assignment
     seed: int = 42
 
     def __post_init__(self):
@@ -77,7 +77,7 @@ class RQSpec:
 
 @dataclass
 class Codebooks:
-    centroids: list[np.ndarray]    # per level K_l × d, float32
+    centroids: list[np.ndarray]  # per level K_l × d, float32
 
     @property
     def levels(self) -> int:
@@ -90,11 +90,11 @@ class Codebooks:
 
 @dataclass
 class Encoding:
-    codes: np.ndarray              # N × L int64
-    residual_norms: np.ndarray     # N × L: ‖e − Σ_{l' ≤ l} C_l'[c_l']‖ after each level
-    last_candidates: np.ndarray    # N × m: the last level's nearest codes, nearest first
-    second_pass: list[int]         # per level: items whose candidates were all full (placed in a second
-                                   # pass; on the last level, left on their nearest code)
+    codes: np.ndarray  # N × L int64
+    residual_norms: np.ndarray  # N × L: ‖e − Σ_{l' ≤ l} C_l'[c_l']‖ after each level
+    last_candidates: np.ndarray  # N × m: the last level's nearest codes, nearest first
+    second_pass: list[int]  # per level: items whose candidates were all full (placed in a second
+    # pass; on the last level, left on their nearest code)
 
 
 def capacity(n: int, k: int, balance: float | None) -> int:
@@ -184,9 +184,17 @@ def _greedy_by_group(groups, regret, cand, k, caps, ng, prior_groups, prior_code
     return _greedy(rows, starts, cand, k, caps, pstart, prior_codes[po])
 
 
-def constrained_assign(r: np.ndarray, c: np.ndarray, groups: np.ndarray, balance: float | None, candidates: int,
-                       prior_groups: np.ndarray | None = None, prior_codes: np.ndarray | None = None,
-                       search=ranked_candidates, overflow: str = "any") -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def constrained_assign(
+    r: np.ndarray,
+    c: np.ndarray,
+    groups: np.ndarray,
+    balance: float | None,
+    candidates: int,
+    prior_groups: np.ndarray | None = None,
+    prior_codes: np.ndarray | None = None,
+    search=ranked_candidates,
+    overflow: str = "any",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Assign rows of r to codes of c with a capacity per (group, code) of ⌈(1+balance)·n_g/K⌉,
     n_g counting the group's rows and its prior items (which keep their codes).
 
@@ -209,15 +217,15 @@ def constrained_assign(r: np.ndarray, c: np.ndarray, groups: np.ndarray, balance
     regret = d[:, 1] - d[:, 0] if d.shape[1] > 1 else np.zeros(n)
     codes = _greedy_by_group(groups, regret, cand, k, caps, ng, prior_groups, prior_codes)
     rest = np.flatnonzero(codes < 0)
-    if len(rest) and overflow == "nearest":   # over capacity on the nearest code rather than a far one
+    if len(rest) and overflow == "nearest":  # over capacity on the nearest code rather than a far one
         codes[rest] = cand[rest, 0]
-    elif len(rest):   # all candidates full: every code, with everything placed so far counted
+    elif len(rest):  # all candidates full: every code, with everything placed so far counted
         placed = codes >= 0
         pg = np.concatenate([prior_groups, groups[placed]])
         pc = np.concatenate([prior_codes, codes[placed]])
         _, cand_all = search(r[rest], c, k)
         codes2 = _greedy_by_group(groups[rest], regret[rest], cand_all, k, caps, ng, pg, pc)
-        if (codes2 < 0).any():   # cannot happen: cap·K ≥ n_g for every group
+        if (codes2 < 0).any():  # cannot happen: cap·K ≥ n_g for every group
             raise AssertionError("constrained assignment left items without a code")
         codes[rest] = codes2
     return codes, d, cand, len(rest)
@@ -252,8 +260,7 @@ def _means(x: np.ndarray, codes: np.ndarray, old: np.ndarray) -> np.ndarray:
 def fit_level(x: np.ndarray, k: int, balance: float | None, spec: RQSpec, seed: int) -> np.ndarray:
     """One level's codebook on x: k-means, then capacity-constrained Lloyd iterations."""
     if len(x) < k:
-        raise ValueError(f"{len(x)} sample points cannot fit {k} codes: lower the codebook size or "
-                         "raise the sample")
+        raise ValueError(f"{len(x)} sample points cannot fit {k} codes: lower the codebook size or raise the sample")
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = _kmeans(x, k, spec.kmeans_iterations, seed)
     if balance is None:
@@ -263,7 +270,7 @@ def fit_level(x: np.ndarray, k: int, balance: float | None, spec: RQSpec, seed: 
     for _ in range(spec.balanced_iterations):
         codes, *_ = constrained_assign(x, c, zero, balance, spec.candidates)
         if prev is not None and np.array_equal(codes, prev):
-            break                                  # converged: the means would not move
+            break  # converged: the means would not move
         c = _means(x, codes, c)
         prev = codes
     return c
@@ -300,8 +307,9 @@ def _group_ids(*prefixes: np.ndarray) -> list[np.ndarray]:
     return np.split(ids, np.cumsum(sizes)[:-1])
 
 
-def encode(x: np.ndarray, books: Codebooks, spec: RQSpec, prior: np.ndarray | None = None,
-           search=ranked_candidates) -> Encoding:
+def encode(
+    x: np.ndarray, books: Codebooks, spec: RQSpec, prior: np.ndarray | None = None, search=ranked_candidates
+) -> Encoding:
     """Codes of the rows of x. ``prior``: codes (M × L) of items already published with these
     codebooks; they count in every capacity and keep their codes. ``search``: see
     ``constrained_assign`` — the nearest-code search is the O(N·K·d) part and can run distributed;
@@ -326,8 +334,17 @@ def encode(x: np.ndarray, books: Codebooks, spec: RQSpec, prior: np.ndarray | No
             balance = spec.balance
         # the last level: an item whose nearest `candidates` codes are all taken in its prefix keeps its
         # nearest code (a collision for the collision handling) rather than a far one
-        a, _, cand, n2 = constrained_assign(r, c, groups, balance, spec.candidates, pgroups, prior[:, level], search,
-                                            overflow="nearest" if last else "any")
+        a, _, cand, n2 = constrained_assign(
+            r,
+            c,
+            groups,
+            balance,
+            spec.candidates,
+            pgroups,
+            prior[:, level],
+            search,
+            overflow="nearest" if last else "any",
+        )
         codes[:, level] = a
         second.append(n2)
         if last:

@@ -53,7 +53,7 @@ class ShardedSearch:
 
         task = ray.remote(num_cpus=1)(_search_task)
         c_ref = ray.put(np.ascontiguousarray(c))
-        refs = [task.remote(r[lo:lo + self.shard_rows], c_ref, m) for lo in range(0, len(r), self.shard_rows)]
+        refs = [task.remote(r[lo : lo + self.shard_rows], c_ref, m) for lo in range(0, len(r), self.shard_rows)]
         self.tasks += len(refs)
         parts = ray.get(refs)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.int64)

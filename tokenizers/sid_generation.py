@@ -22,12 +22,40 @@ from recfactory.features.draws import seeded_sample
 from recfactory.tokenizers import sids as S
 from recfactory.tokenizers.rq import Codebooks, Encoding, RQSpec, encode
 
-LEVEL_METRICS = ("codebook_size", "items", "utilization", "entropy", "perplexity", "max_entropy", "gini",
-                 "top_token_share", "max_code_size", "mean_code_size", "removed_tokens", "recon_error",
-                 "relative_recon_error", "prefix_recall", "prefix_recall_random")
-TOTAL_METRICS = ("collision_rate_before", "collision_rate_after", "max_items_per_sid_before", "sid_gini_before",
-                 "sid_gini_after", "moved", "fell_back_fraction", "candidates_full_items", "new_items", "kept_items",
-                 "removed_items", "new_recon_error", "kept_recon_error", "fit_seconds", "encode_seconds")
+LEVEL_METRICS = (
+    "codebook_size",
+    "items",
+    "utilization",
+    "entropy",
+    "perplexity",
+    "max_entropy",
+    "gini",
+    "top_token_share",
+    "max_code_size",
+    "mean_code_size",
+    "removed_tokens",
+    "recon_error",
+    "relative_recon_error",
+    "prefix_recall",
+    "prefix_recall_random",
+)
+TOTAL_METRICS = (
+    "collision_rate_before",
+    "collision_rate_after",
+    "max_items_per_sid_before",
+    "sid_gini_before",
+    "sid_gini_after",
+    "moved",
+    "fell_back_fraction",
+    "candidates_full_items",
+    "new_items",
+    "kept_items",
+    "removed_items",
+    "new_recon_error",
+    "kept_recon_error",
+    "fit_seconds",
+    "encode_seconds",
+)
 
 
 def generation_id(as_of, gspec: dict, centroids: list[np.ndarray]) -> str:
@@ -46,7 +74,9 @@ def generation_seed(generation: str) -> int:
     return int(hashlib.sha256(generation.encode()).hexdigest()[:15], 16)
 
 
-def check_vectors(item_ids: Sequence, vectors: Sequence, normalize: bool) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def check_vectors(
+    item_ids: Sequence, vectors: Sequence, normalize: bool
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """(sorted item ids, vectors n × d float32, quarantine rows item_id/reason) of embedding rows: a
     null id, a duplicated id, a null, short, non-finite or zero vector is quarantined with its
     reason; the rest (L2-normalized with `normalize`) are encoded. Rows reconcile exactly."""
@@ -92,6 +122,7 @@ def sample_rows(ids: np.ndarray, size: int, seed: int) -> np.ndarray:
 class Plan:
     """Who keeps a published SID (`kept`: the previous state's rows, in item order) and who is new
     (`new_rows`: indices into the run's sorted ids); `prior_codes` are the kept items' RQ codes."""
+
     kept: pd.DataFrame
     new_rows: np.ndarray
     prior_codes: np.ndarray
@@ -101,8 +132,9 @@ def plan(ids: np.ndarray, prior: pd.DataFrame | None, fresh: bool, levels: int) 
     kept = pd.DataFrame(columns=["item_id", "rq_codes", "codes", "suffix", "assigned_ds"]) if fresh else prior
     kept_ids = set(kept["item_id"])
     new_rows = np.array([i for i, item in enumerate(ids) if item not in kept_ids], dtype=np.int64)
-    prior_codes = (np.stack(kept["rq_codes"].to_numpy()).astype(np.int64) if len(kept)
-                   else np.zeros((0, levels), dtype=np.int64))
+    prior_codes = (
+        np.stack(kept["rq_codes"].to_numpy()).astype(np.int64) if len(kept) else np.zeros((0, levels), dtype=np.int64)
+    )
     return Plan(kept, new_rows, prior_codes)
 
 
@@ -111,6 +143,7 @@ class Assignment:
     """The whole state of the generation after a run, kept items first, then the new ones (in id
     order): `tokens` before collision handling, `final` after it, `rq_codes` the codes the items
     occupy, `sid` their strings, `in_catalog` whether the run's vectors still have them."""
+
     item_of: np.ndarray
     tokens: np.ndarray
     final: np.ndarray
@@ -124,28 +157,50 @@ class Assignment:
     resolved: S.Resolved
 
 
-def assign(ids: np.ndarray, X: np.ndarray, p: Plan, books: Codebooks, spec: RQSpec, gspec: dict,
-           removed: list[np.ndarray] | None, seed: int, search: Callable | None = None) -> Assignment:
+def assign(
+    ids: np.ndarray,
+    X: np.ndarray,
+    p: Plan,
+    books: Codebooks,
+    spec: RQSpec,
+    gspec: dict,
+    removed: list[np.ndarray] | None,
+    seed: int,
+    search: Callable | None = None,
+) -> Assignment:
     """Encodes the new items (every capacity counting the kept ones), fixes a new generation's
     hourglass removal (`removed` None) from its first encoding, and resolves collisions without ever
     moving a kept item. SIDs are unique by construction; asserted."""
     enc = encode(X[p.new_rows], books, spec, prior=p.prior_codes, **({"search": search} if search else {}))
     if removed is None:
-        removed = S.hourglass_removal(enc.codes, spec.codebook_sizes, [lv - 1 for lv in gspec["drop_levels"]],
-                                      gspec["remove_top_tokens"], gspec["top_token_level"] - 1)
+        removed = S.hourglass_removal(
+            enc.codes,
+            spec.codebook_sizes,
+            [lv - 1 for lv in gspec["drop_levels"]],
+            gspec["remove_top_tokens"],
+            gspec["top_token_level"] - 1,
+        )
     kept, n_new = p.kept, len(p.new_rows)
     all_codes = np.vstack([p.prior_codes, enc.codes])
     tokens = S.omit_tokens(all_codes, removed)
     fixed = np.zeros(len(all_codes), dtype=bool)
-    fixed[:len(kept)] = True
+    fixed[: len(kept)] = True
     fixed_suffix = np.concatenate([kept["suffix"].to_numpy(dtype=np.int64), np.zeros(n_new, np.int64)])
     item_of = np.concatenate([kept["item_id"].to_numpy(dtype=object), ids[p.new_rows]])
     order = np.concatenate([np.arange(len(kept)), len(kept) + np.arange(n_new)])  # ids are sorted
     cand = np.vstack([np.zeros((len(kept), enc.last_candidates.shape[1]), np.int64), enc.last_candidates])
-    res = S.resolve(tokens, fixed, fixed_suffix, gspec["collision"], order=order,
-                    last_candidates=cand[:, :gspec["reassign_candidates"]], sizes=spec.codebook_sizes,
-                    max_per_sid=gspec["max_per_sid"], seed=seed)
-    rq_codes = np.where(res.tokens >= 0, res.tokens, all_codes)   # reassign moved some tokens
+    res = S.resolve(
+        tokens,
+        fixed,
+        fixed_suffix,
+        gspec["collision"],
+        order=order,
+        last_candidates=cand[:, : gspec["reassign_candidates"]],
+        sizes=spec.codebook_sizes,
+        max_per_sid=gspec["max_per_sid"],
+        seed=seed,
+    )
+    rq_codes = np.where(res.tokens >= 0, res.tokens, all_codes)  # reassign moved some tokens
     with_suffix = gspec["collision"] == "suffix" or gspec["max_per_sid"] > 1
     sid = np.array(S.sid_strings(res.tokens, res.suffix, with_suffix), dtype=object)
     if len(set(sid)) != len(sid):
@@ -154,8 +209,14 @@ def assign(ids: np.ndarray, X: np.ndarray, p: Plan, books: Codebooks, spec: RQSp
     return Assignment(item_of, tokens, res.tokens, res.suffix, rq_codes, sid, fixed, in_catalog, removed, enc, res)
 
 
-def metrics(X: np.ndarray, a: Assignment, books: Codebooks, neighbors: list[np.ndarray] | None,
-            fit_seconds: float, encode_seconds: float) -> tuple[pd.DataFrame, dict[str, float]]:
+def metrics(
+    X: np.ndarray,
+    a: Assignment,
+    books: Codebooks,
+    neighbors: list[np.ndarray] | None,
+    fit_seconds: float,
+    encode_seconds: float,
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """One row per level plus a totals row (level 0) over the in-catalog items (X: their current
     vectors, in the assignment's order), and the same as flat run metrics (`<name>.level<l>`)."""
     inc = a.in_catalog
@@ -168,30 +229,54 @@ def metrics(X: np.ndarray, a: Assignment, books: Codebooks, neighbors: list[np.n
         cum += books.centroids[lv][codes[:, lv]]
         err = X - cum
         st = S.token_stats(after[:, lv], books.sizes[lv])
-        row = {"level": lv + 1, "codebook_size": float(books.sizes[lv]), "items": st["tokens"],
-               **{k: st[k] for k in ("utilization", "entropy", "perplexity", "max_entropy", "gini",
-                                     "top_token_share", "max_code_size", "mean_code_size")},
-               "removed_tokens": float(removed[lv].sum()),
-               "recon_error": float(np.linalg.norm(err, axis=1).mean()),
-               "relative_recon_error": float(((err * err).sum(1) / sq).mean())}
+        row = {
+            "level": lv + 1,
+            "codebook_size": float(books.sizes[lv]),
+            "items": st["tokens"],
+            **{
+                k: st[k]
+                for k in (
+                    "utilization",
+                    "entropy",
+                    "perplexity",
+                    "max_entropy",
+                    "gini",
+                    "top_token_share",
+                    "max_code_size",
+                    "mean_code_size",
+                )
+            },
+            "removed_tokens": float(removed[lv].sum()),
+            "recon_error": float(np.linalg.norm(err, axis=1).mean()),
+            "relative_recon_error": float(((err * err).sum(1) / sq).mean()),
+        }
         if neighbors is not None:
             row["prefix_recall"], row["prefix_recall_random"], _ = S.prefix_recall(codes, neighbors, lv + 1)
         rows.append(row)
     err = np.linalg.norm(X - cum, axis=1)
     _, n_before = S.row_ids(before)
     _, n_after = S.row_ids(after)
-    total = {"level": 0, "items": float(len(codes)),
-             "collision_rate_before": S.collision_rate(before),
-             "collision_rate_after": S.collision_rate(after, suffix),
-             "max_items_per_sid_before": float(n_before.max(initial=0)), "sid_gini_before": S.gini(n_before),
-             "sid_gini_after": S.gini(n_after), "moved": float(res.moved),
-             "fell_back_fraction": res.fell_back / res.moved if res.moved else 0.0,
-             "candidates_full_items": float(sum(a.encoding.second_pass)), "new_items": float(is_new.sum()),
-             "kept_items": float((~is_new).sum()), "removed_items": float((~inc).sum()),
-             "recon_error": rows[-1]["recon_error"], "relative_recon_error": rows[-1]["relative_recon_error"],
-             "new_recon_error": float(err[is_new].mean()) if is_new.any() else np.nan,
-             "kept_recon_error": float(err[~is_new].mean()) if (~is_new).any() else np.nan,
-             "fit_seconds": fit_seconds, "encode_seconds": encode_seconds}
+    total = {
+        "level": 0,
+        "items": float(len(codes)),
+        "collision_rate_before": S.collision_rate(before),
+        "collision_rate_after": S.collision_rate(after, suffix),
+        "max_items_per_sid_before": float(n_before.max(initial=0)),
+        "sid_gini_before": S.gini(n_before),
+        "sid_gini_after": S.gini(n_after),
+        "moved": float(res.moved),
+        "fell_back_fraction": res.fell_back / res.moved if res.moved else 0.0,
+        "candidates_full_items": float(sum(a.encoding.second_pass)),
+        "new_items": float(is_new.sum()),
+        "kept_items": float((~is_new).sum()),
+        "removed_items": float((~inc).sum()),
+        "recon_error": rows[-1]["recon_error"],
+        "relative_recon_error": rows[-1]["relative_recon_error"],
+        "new_recon_error": float(err[is_new].mean()) if is_new.any() else np.nan,
+        "kept_recon_error": float(err[~is_new].mean()) if (~is_new).any() else np.nan,
+        "fit_seconds": fit_seconds,
+        "encode_seconds": encode_seconds,
+    }
     out = pd.DataFrame(rows + [total])
     for c in LEVEL_METRICS + TOTAL_METRICS:
         if c not in out:
@@ -205,8 +290,14 @@ def metrics(X: np.ndarray, a: Assignment, books: Codebooks, neighbors: list[np.n
     return out.astype({c: float for c in LEVEL_METRICS + TOTAL_METRICS}).astype({"level": int}), flat
 
 
-def gate_failures(m: pd.DataFrame, removed: list[np.ndarray], max_collision_rate: float, min_utilization: float,
-                  max_relative_recon_error: float, min_recall_lift: float) -> list[str]:
+def gate_failures(
+    m: pd.DataFrame,
+    removed: list[np.ndarray],
+    max_collision_rate: float,
+    min_utilization: float,
+    max_relative_recon_error: float,
+    min_recall_lift: float,
+) -> list[str]:
     """What fails the run's quality gates (`metrics` rows), each named with its value and bound."""
     total = m[m["level"] == 0].iloc[0]
     levels = m[m["level"] > 0]
@@ -215,14 +306,15 @@ def gate_failures(m: pd.DataFrame, removed: list[np.ndarray], max_collision_rate
         failed.append(f"collision rate before handling {total['collision_rate_before']:.4f} > {max_collision_rate}")
     for _, r in levels.iterrows():
         if removed[int(r["level"]) - 1].all():
-            continue      # a dropped level has no tokens
+            continue  # a dropped level has no tokens
         if r["utilization"] < min_utilization:
             failed.append(f"level {int(r['level'])} uses {r['utilization']:.3f} of its codes < {min_utilization}")
     if total["relative_recon_error"] > max_relative_recon_error:
-        failed.append(f"relative reconstruction error {total['relative_recon_error']:.4f} > "
-                      f"{max_relative_recon_error}")
+        failed.append(f"relative reconstruction error {total['relative_recon_error']:.4f} > {max_relative_recon_error}")
     first = levels.iloc[0]
     if np.isfinite(first["prefix_recall"]) and first["prefix_recall"] < min_recall_lift * first["prefix_recall_random"]:
-        failed.append(f"level-1 prefix recall {first['prefix_recall']:.4f} < {min_recall_lift} × its "
-                      f"random baseline {first['prefix_recall_random']:.4f}")
+        failed.append(
+            f"level-1 prefix recall {first['prefix_recall']:.4f} < {min_recall_lift} × its "
+            f"random baseline {first['prefix_recall_random']:.4f}"
+        )
     return failed

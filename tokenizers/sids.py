@@ -28,12 +28,12 @@ LEVEL_PREFIX = "abcdefghijklmnopqrstuvwxyz"
 
 @dataclass
 class Resolved:
-    tokens: np.ndarray          # N × L, −1 = omitted
-    suffix: np.ndarray          # N
-    moved: int                  # items whose last token changed (reassign)
-    fell_back: int              # of those, placed on a random free code
-    collisions_before: float    # collision rate of the input token rows
-    collisions_after: float     # of (tokens, suffix)
+    tokens: np.ndarray  # N × L, −1 = omitted
+    suffix: np.ndarray  # N
+    moved: int  # items whose last token changed (reassign)
+    fell_back: int  # of those, placed on a random free code
+    collisions_before: float  # collision rate of the input token rows
+    collisions_after: float  # of (tokens, suffix)
 
 
 def row_ids(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +63,9 @@ def omit_tokens(codes: np.ndarray, removed: list[np.ndarray]) -> np.ndarray:
     return tokens
 
 
-def hourglass_removal(codes: np.ndarray, sizes: tuple[int, ...], drop_levels: list[int], top_tokens: int,
-                      top_level: int) -> list[np.ndarray]:
+def hourglass_removal(
+    codes: np.ndarray, sizes: tuple[int, ...], drop_levels: list[int], top_tokens: int, top_level: int
+) -> list[np.ndarray]:
     """Removed-token masks per level: every code of the dropped levels, and the `top_tokens` most
     frequent codes of `top_level` (both 0-based; ties by code). The last level cannot be dropped
     (it carries the uniqueness)."""
@@ -72,8 +73,10 @@ def hourglass_removal(codes: np.ndarray, sizes: tuple[int, ...], drop_levels: li
     removed = [np.zeros(k, dtype=bool) for k in sizes]
     for lv in drop_levels:
         if not 0 <= lv < L - 1:
-            raise ValueError(f"can drop levels 1..{L - 1} (1-based) of {L}, not level {lv + 1}: the last level "
-                             "carries the SID's uniqueness")
+            raise ValueError(
+                f"can drop levels 1..{L - 1} (1-based) of {L}, not level {lv + 1}: the last level "
+                "carries the SID's uniqueness"
+            )
         removed[lv][:] = True
     if top_tokens:
         if not 0 <= top_level < L - 1:
@@ -84,9 +87,18 @@ def hourglass_removal(codes: np.ndarray, sizes: tuple[int, ...], drop_levels: li
     return removed
 
 
-def resolve(tokens: np.ndarray, fixed: np.ndarray, fixed_suffix: np.ndarray, strategy: str, *,
-            order: np.ndarray, last_candidates: np.ndarray | None = None, sizes: tuple[int, ...] = (),
-            max_per_sid: int = 1, seed: int = 0) -> Resolved:
+def resolve(
+    tokens: np.ndarray,
+    fixed: np.ndarray,
+    fixed_suffix: np.ndarray,
+    strategy: str,
+    *,
+    order: np.ndarray,
+    last_candidates: np.ndarray | None = None,
+    sizes: tuple[int, ...] = (),
+    max_per_sid: int = 1,
+    seed: int = 0,
+) -> Resolved:
     """Unique SIDs for every row.
 
     tokens: N × L; fixed: rows already published (their tokens and ``fixed_suffix`` are kept);
@@ -109,15 +121,17 @@ def resolve(tokens: np.ndarray, fixed: np.ndarray, fixed_suffix: np.ndarray, str
             room = max_per_sid * math.prod(k for k, omitted in zip(sizes, pat, strict=True) if not omitted)
             if c > room:
                 kept = " × ".join(str(k) for k, omitted in zip(sizes, pat, strict=True) if not omitted)
-                raise ValueError(f"{c} items cannot get unique SIDs from {kept} codes with at most {max_per_sid} "
-                                 f"per SID ({room}): add a level, use larger codebooks, remove fewer tokens or use "
-                                 "'suffix'")
+                raise ValueError(
+                    f"{c} items cannot get unique SIDs from {kept} codes with at most {max_per_sid} "
+                    f"per SID ({room}): add a level, use larger codebooks, remove fewer tokens or use "
+                    "'suffix'"
+                )
         moved, fell = _reassign(tokens, fixed, order, last_candidates, sizes, max_per_sid, seed)
     elif strategy != "suffix":
         raise ValueError(f"unknown collision strategy {strategy!r} (suffix or reassign)")
     _number(tokens, fixed, suffix, order)
     after = collision_rate(tokens, suffix)
-    if after > 0:   # cannot happen: numbering makes every (tokens, suffix) distinct
+    if after > 0:  # cannot happen: numbering makes every (tokens, suffix) distinct
         raise AssertionError(f"collision handling left a collision rate of {after}")
     return Resolved(tokens, suffix, moved, fell, before, after)
 
@@ -140,8 +154,15 @@ def _number(tokens: np.ndarray, fixed: np.ndarray, suffix: np.ndarray, order: np
         nxt[g] = s + 1
 
 
-def _reassign(tokens: np.ndarray, fixed: np.ndarray, order: np.ndarray, cand: np.ndarray,
-              sizes: tuple[int, ...], sigma: int, seed: int) -> tuple[int, int]:
+def _reassign(
+    tokens: np.ndarray,
+    fixed: np.ndarray,
+    order: np.ndarray,
+    cand: np.ndarray,
+    sizes: tuple[int, ...],
+    sigma: int,
+    seed: int,
+) -> tuple[int, int]:
     """Move overflowing new rows' last tokens (in place). Returns (moved, fell back)."""
     load: dict[tuple, int] = {}
     for i in np.flatnonzero(fixed):
@@ -150,7 +171,7 @@ def _reassign(tokens: np.ndarray, fixed: np.ndarray, order: np.ndarray, cand: np
     rng = np.random.default_rng(seed)
     new = np.flatnonzero(~fixed)
     overflow = []
-    for i in new[np.argsort(order[new], kind="stable")]:   # first come (in order) keep their SID
+    for i in new[np.argsort(order[new], kind="stable")]:  # first come (in order) keep their SID
         key = tuple(tokens[i].tolist())
         if load.get(key, 0) < sigma:
             load[key] = load.get(key, 0) + 1
@@ -166,17 +187,19 @@ def _reassign(tokens: np.ndarray, fixed: np.ndarray, order: np.ndarray, cand: np
             free = [c for c in range(k_last) if load.get(prefix + (c,), 0) < sigma]
             if free:
                 target = prefix + (free[int(rng.integers(len(free)))],)
-            else:   # the whole prefix is full: a random free row with the same omitted levels (one exists:
+            else:  # the whole prefix is full: a random free row with the same omitted levels (one exists:
                 # resolve checked each pattern's room)
                 while target is None or load.get(target, 0) >= sigma:
-                    target = tuple(int(rng.integers(sizes[lv])) if tokens[i, lv] >= 0 else -1
-                                   for lv in range(len(sizes)))
+                    target = tuple(
+                        int(rng.integers(sizes[lv])) if tokens[i, lv] >= 0 else -1 for lv in range(len(sizes))
+                    )
         load[target] = load.get(target, 0) + 1
         tokens[i] = target
     return len(overflow), fell
 
 
 # ---- strings and features -------------------------------------------------------------------
+
 
 def sid_strings(tokens: np.ndarray, suffix: np.ndarray, with_suffix: bool) -> list[str]:
     """``<a_12><b_7><c_201>`` (+ ``<s_0>``): one token per kept level, lettered by level, so
@@ -211,21 +234,28 @@ def token_features(tokens: np.ndarray, vocab_size: int, seed: int = 0) -> tuple[
     ok = np.ones(n, dtype=bool)
     for lv in range(L):
         ok &= tokens[:, lv] >= 0
-        key = (np.uint64(1) << np.uint64(62)) | (np.uint64(lv) << np.uint64(40)) | tokens[:, lv].clip(0).astype(np.uint64)
+        key = (
+            (np.uint64(1) << np.uint64(62)) | (np.uint64(lv) << np.uint64(40)) | tokens[:, lv].clip(0).astype(np.uint64)
+        )
         h = _hash64(h ^ key)
         prefix[ok, lv] = (h[ok] % np.uint64(vocab_size)).astype(np.int64)
     bigram = np.full((n, max(L - 1, 0)), -1, dtype=np.int64)
     for lv in range(L - 1):
         a, b = tokens[:, lv], tokens[:, lv + 1]
         both = (a >= 0) & (b >= 0)
-        key = (np.uint64(2) << np.uint64(62)) | (np.uint64(lv) << np.uint64(48)) \
-            | (a.clip(0).astype(np.uint64) << np.uint64(24)) | b.clip(0).astype(np.uint64)
+        key = (
+            (np.uint64(2) << np.uint64(62))
+            | (np.uint64(lv) << np.uint64(48))
+            | (a.clip(0).astype(np.uint64) << np.uint64(24))
+            | b.clip(0).astype(np.uint64)
+        )
         hb = _hash64(key ^ np.uint64(seed))
         bigram[both, lv] = (hb[both] % np.uint64(vocab_size)).astype(np.int64)
     return prefix, bigram
 
 
 # ---- metrics ----------------------------------------------------------------------------------
+
 
 def gini(counts: np.ndarray) -> float:
     """Gini coefficient of non-negative counts (0: all equal)."""
@@ -244,10 +274,15 @@ def token_stats(codes: np.ndarray, k: int) -> dict[str, float]:
     p = counts[counts > 0] / total if total else np.zeros(0)
     entropy = float(-(p * np.log2(p)).sum()) if total else 0.0
     return {
-        "tokens": float(total), "utilization": float((counts > 0).mean()), "entropy": entropy,
-        "perplexity": float(2.0 ** entropy), "max_entropy": math.log2(k), "gini": gini(counts),
+        "tokens": float(total),
+        "utilization": float((counts > 0).mean()),
+        "entropy": entropy,
+        "perplexity": float(2.0**entropy),
+        "max_entropy": math.log2(k),
+        "gini": gini(counts),
         "top_token_share": float(counts.max() / total) if total else 0.0,
-        "max_code_size": float(counts.max()) if total else 0.0, "mean_code_size": float(total / k),
+        "max_code_size": float(counts.max()) if total else 0.0,
+        "mean_code_size": float(total / k),
     }
 
 

@@ -35,23 +35,46 @@ ABANDONED_AFTER = dt.timedelta(hours=24)
 def _schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("run_id", pa.string()), ("job", pa.string()), ("as_of", pa.string()),
-        ("started_at", pa.timestamp("us", tz="UTC")), ("host", pa.string()), ("pid", pa.int64()),
-        ("params_hash", pa.string()), ("code_version", pa.string()), ("outputs", pa.list_(pa.string())),
-    ])
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("job", pa.string()),
+            ("as_of", pa.string()),
+            ("started_at", pa.timestamp("us", tz="UTC")),
+            ("host", pa.string()),
+            ("pid", pa.int64()),
+            ("params_hash", pa.string()),
+            ("code_version", pa.string()),
+            ("outputs", pa.list_(pa.string())),
+        ]
+    )
 
 
-def record_start(root: str, run_id: str, job: str, as_of: dt.date, params_hash: str, code_version: str,
-                 outputs: tuple[str, ...], started: float) -> None:
+def record_start(
+    root: str,
+    run_id: str,
+    job: str,
+    as_of: dt.date,
+    params_hash: str,
+    code_version: str,
+    outputs: tuple[str, ...],
+    started: float,
+) -> None:
     """Append the attempt's start (one small delta-rs commit; concurrent appends do not conflict)."""
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    row = {"run_id": [run_id], "job": [job], "as_of": [as_of.isoformat()],
-           "started_at": [dt.datetime.fromtimestamp(started, dt.UTC)], "host": [socket.gethostname()],
-           "pid": [os.getpid()], "params_hash": [params_hash], "code_version": [code_version],
-           "outputs": [list(outputs)]}
+    row = {
+        "run_id": [run_id],
+        "job": [job],
+        "as_of": [as_of.isoformat()],
+        "started_at": [dt.datetime.fromtimestamp(started, dt.UTC)],
+        "host": [socket.gethostname()],
+        "pid": [os.getpid()],
+        "params_hash": [params_hash],
+        "code_version": [code_version],
+        "outputs": [list(outputs)],
+    }
     write_deltalake(arrow_uri(root, ATTEMPTS_TABLE), pa.table(row, schema=_schema()), mode="append")
 
 
@@ -85,8 +108,9 @@ def partial_versions(root: str, run_id: str, outputs) -> list[str]:
     return sorted(found)
 
 
-def history(root: str, as_of: dt.date | str | None = None, job: str | None = None,
-            now: dt.datetime | None = None) -> pd.DataFrame:
+def history(
+    root: str, as_of: dt.date | str | None = None, job: str | None = None, now: dt.datetime | None = None
+) -> pd.DataFrame:
     """Every attempt, newest first: run_id, job, as_of, status, started_at, duration_s, outputs
     (the versions a finished run published, or an unfinished one's partial versions), error."""
     import pandas as pd
@@ -110,22 +134,38 @@ def history(root: str, as_of: dt.date | str | None = None, job: str | None = Non
     if runs is not None:
         for r in narrow(runs).itertuples():
             outs = [f"{o['name']} v{o['version']}" for o in (r.outputs if r.outputs is not None else [])]
-            finished[r.run_id] = {"run_id": r.run_id, "job": r.job, "as_of": str(r.as_of), "status": r.status,
-                                  "started_at": utc(r.started_at), "duration_s": r.duration_s, "outputs": outs,
-                                  "error": r.error}
+            finished[r.run_id] = {
+                "run_id": r.run_id,
+                "job": r.job,
+                "as_of": str(r.as_of),
+                "status": r.status,
+                "started_at": utc(r.started_at),
+                "duration_s": r.duration_s,
+                "outputs": outs,
+                "error": r.error,
+            }
     now = utc(now or dt.datetime.now(dt.UTC))
     rows = list(finished.values())
     for a in attempts.itertuples():
         if a.run_id in finished:
             continue
         started = utc(a.started_at)
-        later = attempts[(attempts["job"] == a.job) & (attempts["as_of"] == a.as_of)
-                         & (attempts["started_at"] > a.started_at)]
+        later = attempts[
+            (attempts["job"] == a.job) & (attempts["as_of"] == a.as_of) & (attempts["started_at"] > a.started_at)
+        ]
         abandoned = len(later) > 0 or now - started > pd.Timedelta(ABANDONED_AFTER)
-        rows.append({"run_id": a.run_id, "job": a.job, "as_of": a.as_of,
-                     "status": "abandoned" if abandoned else "running", "started_at": started,
-                     "duration_s": None, "outputs": partial_versions(root, a.run_id, list(a.outputs)),
-                     "error": None})
+        rows.append(
+            {
+                "run_id": a.run_id,
+                "job": a.job,
+                "as_of": a.as_of,
+                "status": "abandoned" if abandoned else "running",
+                "started_at": started,
+                "duration_s": None,
+                "outputs": partial_versions(root, a.run_id, list(a.outputs)),
+                "error": None,
+            }
+        )
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values("started_at", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -146,8 +186,10 @@ def format_history(h: pd.DataFrame) -> str:
         outs = ", ".join(r.outputs) if len(r.outputs) else "-"
         if r.status == "abandoned" and len(r.outputs):
             outs = "partial: " + outs
-        line = (f"{r.started_at:%Y-%m-%d %H:%M:%S}  {r.job:24s} {r.as_of:10s}  {r.status:9s} {secs:>8s}  "
-                f"{r.run_id[:8]}  {outs}")
+        line = (
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}  {r.job:24s} {r.as_of:10s}  {r.status:9s} {secs:>8s}  "
+            f"{r.run_id[:8]}  {outs}"
+        )
         if r.error:
             line += f"\n{'':21s}error: {str(r.error).splitlines()[0][:160]}"
         lines.append(line)
@@ -159,8 +201,11 @@ def runs_main(argv: list[str]) -> int:
 
     from recfactory.jobs.runtime.env import normalize_warehouse
 
-    ap = argparse.ArgumentParser(prog="recfactory runs", description="The history of attempts: status, "
-                                 "duration and the versions each published (abandoned ones: their partial versions).")
+    ap = argparse.ArgumentParser(
+        prog="recfactory runs",
+        description="The history of attempts: status, "
+        "duration and the versions each published (abandoned ones: their partial versions).",
+    )
     ap.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     ap.add_argument("--as-of", default=None, type=dt.date.fromisoformat)
     ap.add_argument("--job", default=None)

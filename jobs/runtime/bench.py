@@ -66,8 +66,12 @@ def write_results(stem: str, res: dict[str, Any], md: list[str], out: Path = OUT
     the time and the code version."""
     from recfactory.jobs.runtime.job import code_version
 
-    res = {**res, "bench_run": os.environ.get("BENCH_RUN"), "code_version": code_version(),
-           "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    res = {
+        **res,
+        "bench_run": os.environ.get("BENCH_RUN"),
+        "code_version": code_version(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
@@ -77,20 +81,40 @@ def write_results(stem: str, res: dict[str, Any], md: list[str], out: Path = OUT
 # stage → (file stem for a size, how to read its rows). A row: what is compared, ours, the peer, the
 # unit, and whether higher is better; ratio = ours / peer.
 
+
 def _similarity(r):
-    return [{"comparison": "Swing/ItemCF (4 algos, top-K) on Spark vs the single-process SciPy reference",
-             "ours": r["spark_s"], "peer": r["scipy_s"], "unit": "s", "higher_is_better": False,
-             "quality": f"top-K lists agree exactly: {r['exact_agreement']} ({r['lists']:,} lists)"}]
+    return [
+        {
+            "comparison": "Swing/ItemCF (4 algos, top-K) on Spark vs the single-process SciPy reference",
+            "ours": r["spark_s"],
+            "peer": r["scipy_s"],
+            "unit": "s",
+            "higher_is_better": False,
+            "quality": f"top-K lists agree exactly: {r['exact_agreement']} ({r['lists']:,} lists)",
+        }
+    ]
 
 
 def _graph(r):
     rates = r["walks_per_s"]
-    rows = [{"comparison": "random walks (unweighted) vs PyG + torch-cluster", "ours": rates["ours_unweighted"],
-             "peer": rates.get("pyg_torch_cluster_unweighted"), "unit": "walks/s", "higher_is_better": True,
-             "quality": r.get("pyg_skipped") or f"{r['throughput_walks']:,} walks of {r['walk_length']}"},
-            {"comparison": "skip-gram (SGNS) vs gensim Word2Vec, same walks", "ours": r["ours_skipgram_s"],
-             "peer": r.get("gensim_s"), "unit": "s", "higher_is_better": False,
-             "quality": r.get("gensim_skipped") or f"HR@20 ours {r['ours_hr@20']:.4f}, gensim {r['gensim_hr@20']:.4f}"}]
+    rows = [
+        {
+            "comparison": "random walks (unweighted) vs PyG + torch-cluster",
+            "ours": rates["ours_unweighted"],
+            "peer": rates.get("pyg_torch_cluster_unweighted"),
+            "unit": "walks/s",
+            "higher_is_better": True,
+            "quality": r.get("pyg_skipped") or f"{r['throughput_walks']:,} walks of {r['walk_length']}",
+        },
+        {
+            "comparison": "skip-gram (SGNS) vs gensim Word2Vec, same walks",
+            "ours": r["ours_skipgram_s"],
+            "peer": r.get("gensim_s"),
+            "unit": "s",
+            "higher_is_better": False,
+            "quality": r.get("gensim_skipped") or f"HR@20 ours {r['ours_hr@20']:.4f}, gensim {r['gensim_hr@20']:.4f}",
+        },
+    ]
     return rows
 
 
@@ -98,43 +122,79 @@ def _sids(r):
     rows = []
     for name, d in r["datasets"].items():
         ours, peer = d["rows"]["ours (balance 1.0)"], d["rows"]["faiss ResidualQuantizer"]
-        rows.append({"comparison": f"balanced RQ-KMeans vs faiss ResidualQuantizer ({name}, {d['items']:,} items): "
-                     "fit + encode", "ours": ours["seconds"], "peer": peer["seconds"], "unit": "s",
-                     "higher_is_better": False,
-                     "quality": f"collision rate {ours['collision_rate']:.4f} vs {peer['collision_rate']:.4f}; SID Gini "
-                     f"{ours['sid_gini']:.4f} vs {peer['sid_gini']:.4f}; recon error {ours['recon_error']:.4f} vs "
-                     f"{peer['recon_error']:.4f}"})
+        rows.append(
+            {
+                "comparison": f"balanced RQ-KMeans vs faiss ResidualQuantizer ({name}, {d['items']:,} items): "
+                "fit + encode",
+                "ours": ours["seconds"],
+                "peer": peer["seconds"],
+                "unit": "s",
+                "higher_is_better": False,
+                "quality": f"collision rate {ours['collision_rate']:.4f} vs {peer['collision_rate']:.4f}; SID Gini "
+                f"{ours['sid_gini']:.4f} vs {peer['sid_gini']:.4f}; recon error {ours['recon_error']:.4f} vs "
+                f"{peer['recon_error']:.4f}",
+            }
+        )
     return rows
 
 
 def _gbdt(r):
-    return [{"comparison": f"GBDT leaf encoding on Spark ({r['spark_cores']} cores) vs raw LightGBM pred_leaf "
-             "(1 thread), per core", "ours": r["job_rows_per_s_per_core"], "peer": r["raw_rows_per_s_per_core"],
-             "unit": "rows/s/core", "higher_is_better": True,
-             "quality": f"encode stage alone {r['encode_rows_per_s_per_core']:,} rows/s/core "
-             f"(ratio {r['encode_ratio']}); {r['rows']:,} rows × {r['trees']} trees"}]
+    return [
+        {
+            "comparison": f"GBDT leaf encoding on Spark ({r['spark_cores']} cores) vs raw LightGBM pred_leaf "
+            "(1 thread), per core",
+            "ours": r["job_rows_per_s_per_core"],
+            "peer": r["raw_rows_per_s_per_core"],
+            "unit": "rows/s/core",
+            "higher_is_better": True,
+            "quality": f"encode stage alone {r['encode_rows_per_s_per_core']:,} rows/s/core "
+            f"(ratio {r['encode_ratio']}); {r['rows']:,} rows × {r['trees']} trees",
+        }
+    ]
 
 
 def _content(r):
     ip = r["in_process"]
-    return [{"comparison": "content encoder: int8 ONNX MiniLM vs float32 sentence-transformers MiniLM (1 thread)",
-             "ours": ip["minilm-onnx@1"], "peer": ip["minilm-st@1"], "unit": "items/s", "higher_is_better": True,
-             "quality": f"cosine between their vectors: mean {r['cosine_onnx_vs_st']['mean']}, "
-             f"min {r['cosine_onnx_vs_st']['min']}"}]
+    return [
+        {
+            "comparison": "content encoder: int8 ONNX MiniLM vs float32 sentence-transformers MiniLM (1 thread)",
+            "ours": ip["minilm-onnx@1"],
+            "peer": ip["minilm-st@1"],
+            "unit": "items/s",
+            "higher_is_better": True,
+            "quality": f"cosine between their vectors: mean {r['cosine_onnx_vs_st']['mean']}, "
+            f"min {r['cosine_onnx_vs_st']['min']}",
+        }
+    ]
 
 
 def _pipeline(r):
-    return [{"comparison": f"{s['job']} → {s['output']} ({s['rows']:,} rows)", "ours": s["seconds"], "peer": None,
-             "unit": "s", "higher_is_better": False, "quality": f"{s['rows_per_s']:,} rows/s, peak RSS "
-             f"{s['peak_rss_gb']} GB (no peer: feature tables)"} for s in r["stages"]]
+    return [
+        {
+            "comparison": f"{s['job']} → {s['output']} ({s['rows']:,} rows)",
+            "ours": s["seconds"],
+            "peer": None,
+            "unit": "s",
+            "higher_is_better": False,
+            "quality": f"{s['rows_per_s']:,} rows/s, peak RSS {s['peak_rss_gb']} GB (no peer: feature tables)",
+        }
+        for s in r["stages"]
+    ]
 
 
 def _e2e(r):
-    rows = [{"comparison": f"daily DAG end to end under Airflow (`airflow dags test`, {r['tasks']} tasks) vs the "
-             "same steps in one process (`recfactory pipeline`)", "ours": r.get("airflow_s"),
-             "peer": r["pipeline_s"], "unit": "s", "higher_is_better": False,
-             "quality": r.get("airflow_skipped") or
-             f"Airflow's cost: one cold spark-submit per task; {r['events']:,} events"}]
+    rows = [
+        {
+            "comparison": f"daily DAG end to end under Airflow (`airflow dags test`, {r['tasks']} tasks) vs the "
+            "same steps in one process (`recfactory pipeline`)",
+            "ours": r.get("airflow_s"),
+            "peer": r["pipeline_s"],
+            "unit": "s",
+            "higher_is_better": False,
+            "quality": r.get("airflow_skipped")
+            or f"Airflow's cost: one cold spark-submit per task; {r['events']:,} events",
+        }
+    ]
     return rows
 
 
@@ -160,22 +220,34 @@ def summarize(size: str, run: str | None, out: Path = OUT) -> dict[str, Any]:
             continue
         res = json.loads(path.read_text())
         if run is not None and res.get("bench_run") != run:
-            stages[stage] = {"status": f"not run in bench run {run} (file from run {res.get('bench_run')})",
-                             "file": path.name}
+            stages[stage] = {
+                "status": f"not run in bench run {run} (file from run {res.get('bench_run')})",
+                "file": path.name,
+            }
             continue
-        stages[stage] = {"status": "ran", "file": path.name, "finished_at": res.get("finished_at"),
-                         "code_version": res.get("code_version")}
+        stages[stage] = {
+            "status": "ran",
+            "file": path.name,
+            "finished_at": res.get("finished_at"),
+            "code_version": res.get("code_version"),
+        }
         for row in read(res):
             ours, peer = row["ours"], row["peer"]
             row["ratio"] = round(ours / peer, 3) if ours is not None and peer else None
-            row["ours_better"] = (None if row["ratio"] is None else
-                                  (row["ratio"] > 1) if row["higher_is_better"] else (row["ratio"] < 1))
+            row["ours_better"] = (
+                None if row["ratio"] is None else (row["ratio"] > 1) if row["higher_is_better"] else (row["ratio"] < 1)
+            )
             rows.append({"stage": stage, **row})
     result = {"size": size, "bench_run": run, "machine": {"cpus": os.cpu_count()}, "stages": stages, "rows": rows}
-    md = [f"# recfactory benchmarks — {size}", "",
-          f"One `make bench BENCH_SIZE={size}` run (bench run `{run}`), {os.cpu_count()} cores. Ratio = ours / peer; "
-          "for times lower is better, for rates higher. Each stage's details: the linked file.", "",
-          "| stage | comparison | ours | peer | unit | ratio | better | notes |", "|---|---|---|---|---|---|---|---|"]
+    md = [
+        f"# recfactory benchmarks — {size}",
+        "",
+        f"One `make bench BENCH_SIZE={size}` run (bench run `{run}`), {os.cpu_count()} cores. Ratio = ours / peer; "
+        "for times lower is better, for rates higher. Each stage's details: the linked file.",
+        "",
+        "| stage | comparison | ours | peer | unit | ratio | better | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def num(v):
         return "–" if v is None else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.2f}")
@@ -183,8 +255,10 @@ def summarize(size: str, run: str | None, out: Path = OUT) -> dict[str, Any]:
     for r in rows:
         better = {True: "ours", False: "peer", None: "–"}[r["ours_better"]]
         stem = stages[r["stage"]]["file"].removesuffix(".json")
-        md.append(f"| [{r['stage']}]({stem}.md) | {r['comparison']} | {num(r['ours'])} | {num(r['peer'])} | "
-                  f"{r['unit']} | {'–' if r['ratio'] is None else r['ratio']} | {better} | {r['quality']} |")
+        md.append(
+            f"| [{r['stage']}]({stem}.md) | {r['comparison']} | {num(r['ours'])} | {num(r['peer'])} | "
+            f"{r['unit']} | {'–' if r['ratio'] is None else r['ratio']} | {better} | {r['quality']} |"
+        )
     missing = {k: v["status"] for k, v in stages.items() if v["status"] != "ran"}
     if missing:
         md += ["", "Not in this run: " + "; ".join(f"{k} ({v})" for k, v in missing.items()) + "."]
@@ -195,8 +269,10 @@ def summarize(size: str, run: str | None, out: Path = OUT) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m recfactory.jobs.runtime.bench",
-                                 description="Summarize one bench run into docs/bench/results-<size>.{json,md}.")
+    ap = argparse.ArgumentParser(
+        prog="python -m recfactory.jobs.runtime.bench",
+        description="Summarize one bench run into docs/bench/results-<size>.{json,md}.",
+    )
     ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "small"))
     ap.add_argument("--run", default=os.environ.get("BENCH_RUN"), help="the BENCH_RUN id (default: every file)")
     a = ap.parse_args(argv)

@@ -22,7 +22,11 @@ import sys
 from recfactory.jobs.runtime.job import GATE_EXIT_CODE, JOBS, QualityGateError, load_job, run_job
 from recfactory.jobs.runtime.params import params_table
 
-USAGE = "usage: recfactory {setup,jobs,params-doc,pipeline,runs,replay,vacuum," + ",".join(JOBS) + "} [flags]  (--help per job)"
+USAGE = (
+    "usage: recfactory {setup,jobs,params-doc,pipeline,runs,replay,vacuum,"
+    + ",".join(JOBS)
+    + "} [flags]  (--help per job)"
+)
 
 
 def setup() -> int:
@@ -41,12 +45,24 @@ PARAMS_REFERENCE = "docs/reference/jobs.md"
 def params_reference() -> str:
     """docs/reference/jobs.md: every job's description, outputs and parameter table, from the jobs'
     own declarations (`make params-doc` writes it; a test keeps the file equal to this)."""
-    parts = ["# Jobs and their parameters", "",
-             "Generated from the jobs' declarations by `make params-doc`; a test keeps this file equal to them.", ""]
+    parts = [
+        "# Jobs and their parameters",
+        "",
+        "Generated from the jobs' declarations by `make params-doc`; a test keeps this file equal to them.",
+        "",
+    ]
     for name in JOBS:
         cls = load_job(name)
-        parts += [f"## `{name}`", "", cls.description, "",
-                  "Writes: " + ", ".join(f"`{t}`" for t in cls.outputs), "", params_table(cls.Params), ""]
+        parts += [
+            f"## `{name}`",
+            "",
+            cls.description,
+            "",
+            "Writes: " + ", ".join(f"`{t}`" for t in cls.outputs),
+            "",
+            params_table(cls.Params),
+            "",
+        ]
     return "\n".join(parts)
 
 
@@ -91,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run_job(cmd, rest)
-    except QualityGateError as e:           # nothing was published; a distinct status for schedulers
+    except QualityGateError as e:  # nothing was published; a distinct status for schedulers
         print(f"{cmd}: quality gate failed, nothing published: {e}", file=sys.stderr)
         return GATE_EXIT_CODE
     return 0

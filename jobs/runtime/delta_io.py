@@ -105,8 +105,19 @@ def is_write_conflict(e: BaseException) -> bool:
     except ImportError:
         pass
     text = f"{type(e).__name__} {str(e)[:600]}"
-    return any(s in text for s in ("ConcurrentAppend", "ConcurrentDelete", "ConcurrentWrite", "ConcurrentTransaction",
-                                   "ProtocolChanged", "MetadataChanged", "DELTA_CONCURRENT", "FileAlreadyExists"))
+    return any(
+        s in text
+        for s in (
+            "ConcurrentAppend",
+            "ConcurrentDelete",
+            "ConcurrentWrite",
+            "ConcurrentTransaction",
+            "ProtocolChanged",
+            "MetadataChanged",
+            "DELTA_CONCURRENT",
+            "FileAlreadyExists",
+        )
+    )
 
 
 def is_delta(spark, path: str) -> bool:
@@ -195,9 +206,7 @@ class Warehouse:
             if not is_delta(self.spark, path):
                 raise FileNotFoundError(f"no Delta table at {path}")
             if version is None:
-                version = (
-                    self.version_at(path, timestamp) if timestamp else self.latest_version(path)
-                )
+                version = self.version_at(path, timestamp) if timestamp else self.latest_version(path)
             df = self.spark.read.format("delta").option("versionAsOf", int(version)).load(path)
             return df, InputRef(name, path, "delta", version=int(version), timestamp=timestamp)
         if fmt == "parquet":
@@ -227,15 +236,19 @@ class Warehouse:
         mode="overwrite": replace the whole table.
         """
         path = self.write_path(name)
-        w = df.write.format("delta").option("userMetadata", json.dumps(commit.user_metadata, sort_keys=True, default=str))
+        w = df.write.format("delta").option(
+            "userMetadata", json.dumps(commit.user_metadata, sort_keys=True, default=str)
+        )
         if commit.txn_app_id is not None:
             w = w.option("txnAppId", commit.txn_app_id).option("txnVersion", commit.txn_version or 0)
         if mode == "partition":
             if ds is None:
                 raise ValueError("mode='partition' needs ds")
             # mergeSchema: a feature table may gain columns when its spec grows
-            cond = " AND ".join([f"ds = '{ds.isoformat()}'"] + [
-                f"{k} = '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in (where or {}).items()])
+            cond = " AND ".join(
+                [f"ds = '{ds.isoformat()}'"]
+                + [f"{k} = '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in (where or {}).items()]
+            )
             w = w.mode("overwrite").option("replaceWhere", cond).option("mergeSchema", "true")
         elif mode == "append":
             w = w.mode("append")
@@ -280,12 +293,24 @@ class Warehouse:
                 return int(DeltaTable(uri).version())
             txns = [Transaction(commit.txn_app_id, version)]
         meta = json.dumps(commit.user_metadata, sort_keys=True, default=str)
-        write_deltalake(uri, rows, mode="append",
-                        commit_properties=RsCommit(custom_metadata={"userMetadata": meta}, app_transactions=txns))
+        write_deltalake(
+            uri,
+            rows,
+            mode="append",
+            commit_properties=RsCommit(custom_metadata={"userMetadata": meta}, app_transactions=txns),
+        )
         return int(DeltaTable(uri).version())
 
-    def upsert(self, df, name: str, commit: CommitProperties, key: str, partition: str,
-               prefer: str | None = None, attempts: int = 8) -> UpsertRef:
+    def upsert(
+        self,
+        df,
+        name: str,
+        commit: CommitProperties,
+        key: str,
+        partition: str,
+        prefer: str | None = None,
+        attempts: int = 8,
+    ) -> UpsertRef:
         """One atomic MERGE of `df` into table `name` on (`partition`, `key`): rows whose key is new
         are inserted; a row whose key is already published replaces it only when `prefer` (a SQL
         condition over ``s.`` the new and ``t.`` the published row; our own constant, never user
@@ -304,15 +329,22 @@ class Warehouse:
         for attempt in range(attempts):
             try:
                 if not is_delta(self.spark, path):
-                    (df.write.format("delta").mode("append").option("userMetadata", meta)
-                     .partitionBy(partition).save(path))
+                    (
+                        df.write.format("delta")
+                        .mode("append")
+                        .option("userMetadata", meta)
+                        .partitionBy(partition)
+                        .save(path)
+                    )
                     version, rows = self._commit_of(path, commit.run_id)
                     return UpsertRef(name, path, version, inserted=rows, updated=0)
                 if span[0] is None:  # nothing to merge
                     return UpsertRef(name, path, self.latest_version(path), inserted=0, updated=0)
                 # the partition range as literals, so Delta reads (and conflicts on) only those partitions
-                cond = (f"t.{partition} >= '{span[0]}' AND t.{partition} <= '{span[1]}' AND "
-                        f"t.{partition} = s.{partition} AND t.{key} = s.{key}")
+                cond = (
+                    f"t.{partition} >= '{span[0]}' AND t.{partition} <= '{span[1]}' AND "
+                    f"t.{partition} = s.{partition} AND t.{key} = s.{key}"
+                )
                 merge = DeltaTable.forPath(self.spark, path).alias("t").merge(df.alias("s"), cond)
                 if prefer:
                     merge = merge.whenMatchedUpdateAll(condition=prefer)
@@ -320,8 +352,13 @@ class Warehouse:
                 with _commit_user_metadata(self.spark, meta):
                     merge.execute()
                 version, metrics = self._commit_metrics(path, commit.run_id)
-                return UpsertRef(name, path, version, inserted=int(metrics.get("numTargetRowsInserted", 0)),
-                                 updated=int(metrics.get("numTargetRowsUpdated", 0)))
+                return UpsertRef(
+                    name,
+                    path,
+                    version,
+                    inserted=int(metrics.get("numTargetRowsInserted", 0)),
+                    updated=int(metrics.get("numTargetRowsUpdated", 0)),
+                )
             except Exception as e:  # noqa: BLE001 - only Delta's write conflicts are retried
                 if not is_write_conflict(e) or attempt == attempts - 1:
                     raise
@@ -334,7 +371,7 @@ class Warehouse:
         from deltalake import DeltaTable
 
         hist = DeltaTable(arrow_uri(path)).history(20)
-        for h in hist:                      # newest first
+        for h in hist:  # newest first
             if run_id in (h.get("userMetadata") or ""):
                 return int(h["version"]), dict(h.get("operationMetrics") or {})
         return int(hist[0]["version"]), {}

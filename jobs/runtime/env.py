@@ -42,8 +42,8 @@ def ray_tmp() -> Path:
     return p
 
 
-DEFAULT_WAREHOUSE = "./warehouse"     # every entry point's default warehouse root
-RUNS_TABLE = "_runs"              # one row per finished run (written by jobs.runtime.job)
+DEFAULT_WAREHOUSE = "./warehouse"  # every entry point's default warehouse root
+RUNS_TABLE = "_runs"  # one row per finished run (written by jobs.runtime.job)
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 # query-string and connection-string parameters that carry a credential or a signature
@@ -51,21 +51,22 @@ _SIGNED = re.compile(
     r"(?P<name>(?<![A-Za-z0-9_])(?:x-amz-(?:signature|credential|security-token)|x-goog-(?:signature|credential)"
     r"|sig|signature|sv_sig|token|access_token|id_token|refresh_token|api_?key|apikey|key|password|passwd|pwd"
     r"|secret|client_secret|accountkey|sharedaccesssignature|sharedaccesskey|code|auth)=)(?P<value>[^&;\s'\"]+)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _BEARER = re.compile(r"(?P<name>\b(?:bearer|basic)\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})", re.IGNORECASE)
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 # environment variables whose values are secrets: their values never appear in a record or a log
-_SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(?:^|_)(?:API_?)?KEY(?:$|_)|AUTH",
-                         re.IGNORECASE)
+_SECRET_ENV = re.compile(
+    r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(?:^|_)(?:API_?)?KEY(?:$|_)|AUTH", re.IGNORECASE
+)
 MASK = "***"
 
 
-_NOT_SECRET_ENV = re.compile(r"_(?:PATH|FILE|DIR|MODE)$", re.IGNORECASE)       # where a secret is, not what
+_NOT_SECRET_ENV = re.compile(r"_(?:PATH|FILE|DIR|MODE)$", re.IGNORECASE)  # where a secret is, not what
 
 
 def _secret_env_values() -> list[str]:
-    vals = {v for k, v in os.environ.items()
-            if _SECRET_ENV.search(k) and not _NOT_SECRET_ENV.search(k) and len(v) >= 6}
+    vals = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and not _NOT_SECRET_ENV.search(k) and len(v) >= 6}
     return sorted(vals, key=len, reverse=True)
 
 
@@ -98,8 +99,11 @@ class RedactingFilter:
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         if record.args:
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args) \
-                if isinstance(record.args, tuple) else redact(record.args)
+            record.args = (
+                tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+                if isinstance(record.args, tuple)
+                else redact(record.args)
+            )
         if record.exc_info and record.exc_info[1] is not None:
             redact_exception(record.exc_info[1])
         return True
@@ -135,9 +139,7 @@ def install_log_redaction() -> None:
 def validate_table_name(name: str) -> str:
     """Table names are identifiers: no path separators, no '..', nothing outside the warehouse."""
     if not isinstance(name, str) or not TABLE_NAME.match(name):
-        raise ValueError(
-            f"invalid table name {name!r}: use letters, digits and '_' only (no path separators)"
-        )
+        raise ValueError(f"invalid table name {name!r}: use letters, digits and '_' only (no path separators)")
     return name
 
 

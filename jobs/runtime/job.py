@@ -79,7 +79,7 @@ class Job:
     Params: ClassVar[type[JobParams]] = JobParams
     description: ClassVar[str] = ""
     outputs: ClassVar[tuple[str, ...]] = ()
-    inputs: ClassVar[tuple[str, ...]] = ()      # warehouse tables read (the DAG's dependencies)
+    inputs: ClassVar[tuple[str, ...]] = ()  # warehouse tables read (the DAG's dependencies)
 
     @classmethod
     def input_tables(cls, params: JobParams) -> tuple[str, ...]:
@@ -105,11 +105,17 @@ def code_version() -> str:
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
@@ -138,7 +144,7 @@ class RunContext:
     # a replay's recorded Delta input versions, by path, in the order the run read them: tables with
     # no publication, `_runs` (which publications resolve against) and paths are read at exactly these
     pins: dict[str, list[int]] = field(default_factory=dict)
-    _runs: list[dict] | None = field(default=None, repr=False)          # `_runs` as the run's first read saw it
+    _runs: list[dict] | None = field(default=None, repr=False)  # `_runs` as the run's first read saw it
     _publications: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -192,8 +198,13 @@ class RunContext:
         self.inputs.append(ref)
         if pub is None or not pub.dirty or "ds" not in df.columns:
             return df
-        log.warning("%s: the rows of %s are read at their publishing runs' versions (an unpublished write "
-                    "replaced them in v%d)", name, ", ".join(sorted(pub.dirty)), pub.version)
+        log.warning(
+            "%s: the rows of %s are read at their publishing runs' versions (an unpublished write "
+            "replaced them in v%d)",
+            name,
+            ", ".join(sorted(pub.dirty)),
+            pub.version,
+        )
         out = None
         for v, keep, dates in pub.plan():
             if v == pub.version:
@@ -231,14 +242,16 @@ class RunContext:
             "notes": redact(dict(self.notes)),
         }
 
-    def write(self, df, name: str, mode: str = "partition", partition_by=("ds",),
-              where: dict[str, str] | None = None) -> OutputRef:
+    def write(
+        self, df, name: str, mode: str = "partition", partition_by=("ds",), where: dict[str, str] | None = None
+    ) -> OutputRef:
         from recfactory.jobs.runtime.delta_io import is_write_conflict
 
         commit = CommitProperties(run_id=self.run_id, user_metadata=self.manifest())
         try:
-            ref = self.warehouse.write(df, name, commit, ds=self.as_of, partition_by=partition_by, mode=mode,
-                                       where=where)
+            ref = self.warehouse.write(
+                df, name, commit, ds=self.as_of, partition_by=partition_by, mode=mode, where=where
+            )
         except Exception as e:
             if not is_write_conflict(e):
                 raise
@@ -247,26 +260,30 @@ class RunContext:
         log.info("wrote %s v%d (%d rows)", name, ref.version, ref.rows)
         return ref
 
-
     def _conflict_message(self, name: str) -> str:
         from recfactory.jobs.runtime.attempts import history
 
         try:
             h = history(self.warehouse.root, as_of=self.as_of, job=self.job)
-            others = [f"run {r.run_id[:8]} ({r.status}, started {r.started_at:%H:%M:%S} UTC)"
-                      for r in h.itertuples() if r.run_id != self.run_id and r.status in ("running", "succeeded")]
+            others = [
+                f"run {r.run_id[:8]} ({r.status}, started {r.started_at:%H:%M:%S} UTC)"
+                for r in h.itertuples()
+                if r.run_id != self.run_id and r.status in ("running", "succeeded")
+            ]
         except Exception:  # noqa: BLE001 - the message only
             others = []
-        return (f"{self.job} for {self.as_of}: another writer committed to {name} while this run wrote it"
-                + (f" ({', '.join(others[:3])} of the same job and date)" if others else "")
-                + ". This run stops and publishes nothing; the date's publication is the other run's "
-                "(rerun once it has finished if this one's parameters are wanted).")
+        return (
+            f"{self.job} for {self.as_of}: another writer committed to {name} while this run wrote it"
+            + (f" ({', '.join(others[:3])} of the same job and date)" if others else "")
+            + ". This run stops and publishes nothing; the date's publication is the other run's "
+            "(rerun once it has finished if this one's parameters are wanted)."
+        )
 
     def upsert(self, df, name: str, key: str, partition: str = "ds", prefer: str | None = None):
         """One MERGE commit of `df` into `name` on (partition, key) (see `Warehouse.upsert`)."""
         commit = CommitProperties(run_id=self.run_id, user_metadata=self.manifest())
         ref = self.warehouse.upsert(df, name, commit, key=key, partition=partition, prefer=prefer)
-        self.outputs.append(ref.output(self.as_of.isoformat()))   # the run's date, as its other outputs
+        self.outputs.append(ref.output(self.as_of.isoformat()))  # the run's date, as its other outputs
         log.info("merged into %s v%d (%d inserted, %d updated)", name, ref.version, ref.inserted, ref.updated)
         return ref
 
@@ -275,20 +292,46 @@ def _runs_schema():
     """``_runs``'s schema (as Arrow: the row is appended with delta-rs, no Spark job)."""
     import pyarrow as pa
 
-    inp = pa.struct([("name", pa.string()), ("path", pa.string()), ("format", pa.string()),
-                     ("version", pa.int64()), ("fingerprint", pa.string()), ("timestamp", pa.string())])
-    out = pa.struct([("name", pa.string()), ("path", pa.string()), ("version", pa.int64()),
-                     ("rows", pa.int64()), ("partition", pa.string())])
-    return pa.schema([
-        pa.field("run_id", pa.string(), nullable=False), pa.field("job", pa.string(), nullable=False),
-        ("as_of", pa.date32()), ("status", pa.string()),
-        ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")),
-        ("duration_s", pa.float64()), ("params", pa.string()), ("params_hash", pa.string()),
-        ("code_version", pa.string()), ("seed", pa.int64()), ("spark_master", pa.string()),
-        ("inputs", pa.list_(inp)), ("outputs", pa.list_(out)),
-        ("row_counts", pa.map_(pa.string(), pa.int64())), ("metrics", pa.map_(pa.string(), pa.float64())),
-        ("error", pa.string()),
-    ])
+    inp = pa.struct(
+        [
+            ("name", pa.string()),
+            ("path", pa.string()),
+            ("format", pa.string()),
+            ("version", pa.int64()),
+            ("fingerprint", pa.string()),
+            ("timestamp", pa.string()),
+        ]
+    )
+    out = pa.struct(
+        [
+            ("name", pa.string()),
+            ("path", pa.string()),
+            ("version", pa.int64()),
+            ("rows", pa.int64()),
+            ("partition", pa.string()),
+        ]
+    )
+    return pa.schema(
+        [
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("job", pa.string(), nullable=False),
+            ("as_of", pa.date32()),
+            ("status", pa.string()),
+            ("started_at", pa.timestamp("us", tz="UTC")),
+            ("finished_at", pa.timestamp("us", tz="UTC")),
+            ("duration_s", pa.float64()),
+            ("params", pa.string()),
+            ("params_hash", pa.string()),
+            ("code_version", pa.string()),
+            ("seed", pa.int64()),
+            ("spark_master", pa.string()),
+            ("inputs", pa.list_(inp)),
+            ("outputs", pa.list_(out)),
+            ("row_counts", pa.map_(pa.string(), pa.int64())),
+            ("metrics", pa.map_(pa.string(), pa.float64())),
+            ("error", pa.string()),
+        ]
+    )
 
 
 def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
@@ -297,17 +340,25 @@ def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
     finished = time.time()
     m = ctx.manifest()
     row = {
-        "run_id": ctx.run_id, "job": ctx.job, "as_of": ctx.as_of, "status": status,
+        "run_id": ctx.run_id,
+        "job": ctx.job,
+        "as_of": ctx.as_of,
+        "status": status,
         "started_at": dt.datetime.fromtimestamp(ctx.started, dt.UTC),
         "finished_at": dt.datetime.fromtimestamp(finished, dt.UTC),
         "duration_s": round(finished - ctx.started, 3),
-        "params": json.dumps(m["params"], sort_keys=True), "params_hash": m["params_hash"],
-        "code_version": m["code_version"], "seed": ctx.params.seed,
+        "params": json.dumps(m["params"], sort_keys=True),
+        "params_hash": m["params_hash"],
+        "code_version": m["code_version"],
+        "seed": ctx.params.seed,
         "spark_master": ctx.spark.sparkContext.master,
-        "inputs": [{k: r[k] for k in ("name", "path", "format", "version", "fingerprint", "timestamp")}
-                   for r in m["inputs"]],
-        "outputs": [{"name": o.name, "path": o.path, "version": o.version, "rows": o.rows,
-                     "partition": o.partition} for o in ctx.outputs],
+        "inputs": [
+            {k: r[k] for k in ("name", "path", "format", "version", "fingerprint", "timestamp")} for r in m["inputs"]
+        ],
+        "outputs": [
+            {"name": o.name, "path": o.path, "version": o.version, "rows": o.rows, "partition": o.partition}
+            for o in ctx.outputs
+        ],
         "row_counts": [(k, int(v)) for k, v in ctx.row_counts.items()],
         "metrics": [(k, float(v)) for k, v in ctx.metrics.items()],
         "error": redact(error),
@@ -321,8 +372,12 @@ def write_run_row(ctx: RunContext, status: str, error: str | None) -> None:
 def run_job(name: str, argv: list[str] | None = None, spark=None) -> RunContext:
     """Parse flags, run the job, record the run. Returns the context (outputs, counts, metrics)."""
     job_cls = load_job(name)
-    params = parse_params(job_cls.Params, list(sys.argv[1:] if argv is None else argv),
-                          prog=f"recfactory {name}", description=job_cls.description)
+    params = parse_params(
+        job_cls.Params,
+        list(sys.argv[1:] if argv is None else argv),
+        prog=f"recfactory {name}",
+        description=job_cls.description,
+    )
     return execute(job_cls, params, spark=spark)
 
 
@@ -333,16 +388,34 @@ def _record_start(ctx: RunContext, job_cls: type[Job]) -> None:
 
     root = ctx.warehouse.root
     prev = previous_abandoned(root, job_cls.name, ctx.as_of, ctx.run_id)
-    record_start(root, ctx.run_id, job_cls.name, ctx.as_of, params_hash(ctx.params), code_version(),
-                 tuple(job_cls.outputs), ctx.started)
+    record_start(
+        root,
+        ctx.run_id,
+        job_cls.name,
+        ctx.as_of,
+        params_hash(ctx.params),
+        code_version(),
+        tuple(job_cls.outputs),
+        ctx.started,
+    )
     for r in prev.itertuples():
-        log.warning("an earlier attempt of %s for %s never finished (run %s, started %s): abandoned%s",
-                    job_cls.name, ctx.as_of, r.run_id, r.started_at,
-                    f"; it left {', '.join(r.outputs)}" if len(r.outputs) else ", nothing written")
+        log.warning(
+            "an earlier attempt of %s for %s never finished (run %s, started %s): abandoned%s",
+            job_cls.name,
+            ctx.as_of,
+            r.run_id,
+            r.started_at,
+            f"; it left {', '.join(r.outputs)}" if len(r.outputs) else ", nothing written",
+        )
 
 
-def execute(job_cls: type[Job], params: JobParams, spark=None, warehouse: Warehouse | None = None,
-            pins: dict[str, list[int]] | None = None) -> RunContext:
+def execute(
+    job_cls: type[Job],
+    params: JobParams,
+    spark=None,
+    warehouse: Warehouse | None = None,
+    pins: dict[str, list[int]] | None = None,
+) -> RunContext:
     """Run the job and record the run. ``warehouse`` and ``pins``: a replay's (``runtime.replay``)."""
     from recfactory.jobs.runtime.spark import get_spark
 
@@ -352,15 +425,19 @@ def execute(job_cls: type[Job], params: JobParams, spark=None, warehouse: Wareho
     logging.getLogger("recfactory").setLevel(os.environ.get("RECFACTORY_LOG_LEVEL", "INFO"))
     install_log_redaction()
     spark = spark or get_spark(f"recfactory-{job_cls.name}")
-    ctx = RunContext(spark=spark, warehouse=warehouse or Warehouse(spark, params.warehouse), params=params,
-                     job=job_cls.name, pins={k: list(v) for k, v in (pins or {}).items()})
-    log.info("run %s: %s as of %s (params %s)", ctx.run_id, job_cls.name, params.as_of,
-             params_hash(params))
+    ctx = RunContext(
+        spark=spark,
+        warehouse=warehouse or Warehouse(spark, params.warehouse),
+        params=params,
+        job=job_cls.name,
+        pins={k: list(v) for k, v in (pins or {}).items()},
+    )
+    log.info("run %s: %s as of %s (params %s)", ctx.run_id, job_cls.name, params.as_of, params_hash(params))
     _record_start(ctx, job_cls)
     try:
         job_cls().run(ctx)
     except BaseException as e:
-        redact_exception(e)              # what is re-raised (and printed) names no credential either
+        redact_exception(e)  # what is re-raised (and printed) names no credential either
         ctx.notes["error"] = redact("".join(traceback.format_exception_only(type(e), e)).strip())
         try:
             write_run_row(ctx, "failed", ctx.notes["error"])
@@ -368,6 +445,10 @@ def execute(job_cls: type[Job], params: JobParams, spark=None, warehouse: Wareho
             log.exception("could not record the failed run in %s", RUNS_TABLE)
         raise
     write_run_row(ctx, "succeeded", None)
-    log.info("run %s done in %.1fs: %s", ctx.run_id, time.time() - ctx.started,
-             ", ".join(f"{o.name} v{o.version} ({o.rows} rows)" for o in ctx.outputs))
+    log.info(
+        "run %s done in %.1fs: %s",
+        ctx.run_id,
+        time.time() - ctx.started,
+        ", ".join(f"{o.name} v{o.version} ({o.rows} rows)" for o in ctx.outputs),
+    )
     return ctx

@@ -22,8 +22,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from recfactory.jobs.runtime.env import DEFAULT_WAREHOUSE
 from recfactory.jobs.runtime.env import TABLE_NAME as _TABLE_NAME_RE
 
-__all__ = ["JobParams", "Field", "Restricted", "TABLE_NAME", "build_parser", "parse_params", "params_hash",
-           "params_table", "restricted_fields"]
+__all__ = [
+    "JobParams",
+    "Field",
+    "Restricted",
+    "TABLE_NAME",
+    "build_parser",
+    "parse_params",
+    "params_hash",
+    "params_table",
+    "restricted_fields",
+]
 
 # A warehouse table name (a folder under the warehouse root: no separators, no dots, no ..), as a
 # pydantic pattern: a table-name parameter fails at validation, not when the table is opened

@@ -31,9 +31,9 @@ class Step:
     job: str
     task_id: str = ""
     params: dict[str, Any] = field(default_factory=dict)
-    ray: bool = False                  # trains on Ray: a Ray Jobs API submission when RAY_ADDRESS is http(s)
-    depends_on_past: bool = False      # needs the previous date's run (e.g. SID generations carry over)
-    last: bool = False                 # runs after every earlier step (the run's report), not only its writers
+    ray: bool = False  # trains on Ray: a Ray Jobs API submission when RAY_ADDRESS is http(s)
+    depends_on_past: bool = False  # needs the previous date's run (e.g. SID generations carry over)
+    last: bool = False  # runs after every earlier step (the run's report), not only its writers
     timeout_minutes: int = 120
 
     def __post_init__(self):
@@ -51,10 +51,10 @@ DAILY: tuple[Step, ...] = (
     Step("build_graph_embeddings", ray=True),
     Step("build_content_embeddings"),
     Step("align_embeddings", ray=True, depends_on_past=True),  # SimTier from the previous date's model
-    Step("build_sids", ray=True, depends_on_past=True),      # daily assignment in the current generation
+    Step("build_sids", ray=True, depends_on_past=True),  # daily assignment in the current generation
     Step("train_gbdt", ray=True),
     Step("build_gbdt_leaves"),
-    Step("report", last=True),                               # the run's report: after every step above
+    Step("report", last=True),  # the run's report: after every step above
 )
 
 WEEKLY: tuple[Step, ...] = (
@@ -86,19 +86,21 @@ def check_run_conf(step: Step, overrides: dict[str, Any] | None, allow: str | No
         kind = kinds.get(name)
         if kind is None or {"*", name, f"{step.task_id}.{name}"} & allowed:
             continue
-        if kind == "class":           # registered names are fine; module:Class paths are not
+        if kind == "class":  # registered names are fine; module:Class paths are not
             values = value if isinstance(value, (list, tuple)) else [value]
             if not any(isinstance(v, str) and ":" in v for v in values):
                 continue
         refused.append(f"{step.task_id}.{name} ({RESTRICTED_KINDS[kind]})")
     if refused:
-        raise ValueError(f"the run conf may not set {'; '.join(refused)}. A deployment that wants it allows it in "
-                         f"the workers' environment: {RUN_CONF_ALLOW}="
-                         + ",".join(r.split(" ")[0] for r in refused))
+        raise ValueError(
+            f"the run conf may not set {'; '.join(refused)}. A deployment that wants it allows it in "
+            f"the workers' environment: {RUN_CONF_ALLOW}=" + ",".join(r.split(" ")[0] for r in refused)
+        )
 
 
-def step_params(step: Step, as_of: dt.date | str, warehouse: str, overrides: dict[str, Any] | None = None,
-                seed: int | None = None) -> JobParams:
+def step_params(
+    step: Step, as_of: dt.date | str, warehouse: str, overrides: dict[str, Any] | None = None, seed: int | None = None
+) -> JobParams:
     """The step's validated parameters: the job's defaults, the step's fixed values, then overrides."""
     job_cls = load_job(step.job)
     overrides = dict(overrides or {})
@@ -110,8 +112,9 @@ def step_params(step: Step, as_of: dt.date | str, warehouse: str, overrides: dic
         values["seed"] = seed
     unknown = sorted(set(values) - set(job_cls.Params.model_fields))
     if unknown:
-        raise ValueError(f"{step.task_id} ({step.job}) has no parameter(s) {unknown}; it has "
-                         f"{sorted(job_cls.Params.model_fields)}")
+        raise ValueError(
+            f"{step.task_id} ({step.job}) has no parameter(s) {unknown}; it has {sorted(job_cls.Params.model_fields)}"
+        )
     try:
         return job_cls.Params(**values)
     except ValidationError as e:
@@ -155,7 +158,7 @@ def upstream(steps: tuple[Step, ...], params: dict[str, JobParams] | None = None
         p = (params or {}).get(s.task_id) or step_params(s, "2000-01-01", DEFAULT_WAREHOUSE)
         reads = [t for t in job_cls.input_tables(p) if t not in job_cls.outputs]
         deps[s.task_id] = sorted({writers[t] for t in reads if t in writers})
-        if s.last:   # after every earlier step: the earlier steps no other earlier step waits for
+        if s.last:  # after every earlier step: the earlier steps no other earlier step waits for
             earlier = [t for t in deps if t != s.task_id]
             waited = {d for t in earlier for d in deps[t]}
             deps[s.task_id] = sorted(t for t in earlier if t not in waited)
@@ -182,16 +185,23 @@ def parse_overrides(text: str | None) -> dict[str, dict[str, Any]]:
 class StepResult:
     task_id: str
     job: str
-    status: str                       # succeeded | gate_failed | failed | upstream_failed
+    status: str  # succeeded | gate_failed | failed | upstream_failed
     seconds: float = 0.0
     run_id: str | None = None
     error: str | None = None
-    outputs: dict[str, int] = field(default_factory=dict)       # table → Delta version written
-    report: str | None = None                                    # a report the step wrote (its path)
+    outputs: dict[str, int] = field(default_factory=dict)  # table → Delta version written
+    report: str | None = None  # a report the step wrote (its path)
 
 
-def run_pipeline(name: str, warehouse: str, as_of: str, overrides: dict[str, dict[str, Any]] | None = None,
-                 only: list[str] | None = None, seed: int | None = None, spark=None) -> list[StepResult]:
+def run_pipeline(
+    name: str,
+    warehouse: str,
+    as_of: str,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    only: list[str] | None = None,
+    seed: int | None = None,
+    spark=None,
+) -> list[StepResult]:
     """Run a pipeline's steps for one date in this process, in order, on one Spark session — the
     DAG without Airflow. A failed step (or failed quality gate) skips the steps downstream of it,
     as Airflow's default trigger rule does; independent steps still run."""
@@ -222,14 +232,21 @@ def run_pipeline(name: str, warehouse: str, as_of: str, overrides: dict[str, dic
         try:
             ctx = execute(load_job(s.job), params[s.task_id], spark=spark)
             spark = ctx.spark
-            results[s.task_id] = StepResult(s.task_id, s.job, "succeeded", time.time() - t0, ctx.run_id,
-                                            outputs={o.name: o.version for o in ctx.outputs},
-                                            report=ctx.notes.get("report"))
+            results[s.task_id] = StepResult(
+                s.task_id,
+                s.job,
+                "succeeded",
+                time.time() - t0,
+                ctx.run_id,
+                outputs={o.name: o.version for o in ctx.outputs},
+                report=ctx.notes.get("report"),
+            )
         except QualityGateError as e:
             results[s.task_id] = StepResult(s.task_id, s.job, "gate_failed", time.time() - t0, error=str(e))
         except Exception as e:  # noqa: BLE001 - recorded in _runs by execute; reported in the summary
-            results[s.task_id] = StepResult(s.task_id, s.job, "failed", time.time() - t0,
-                                            error=f"{type(e).__name__}: {e}")
+            results[s.task_id] = StepResult(
+                s.task_id, s.job, "failed", time.time() - t0, error=f"{type(e).__name__}: {e}"
+            )
             log.exception("pipeline %s: %s failed", name, s.task_id)
     return list(results.values())
 
@@ -245,9 +262,12 @@ def pipeline_main(argv: list[str]) -> int:
     ap.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     ap.add_argument("--as-of", required=True)
     ap.add_argument("--seed", type=int, default=None, help="Seed for every step (default: each job's).")
-    ap.add_argument("--params", default=None,
-                    help='Per-task overrides as JSON, {"build_sids": {"codebook_sizes": [16, 16, 16]}}, '
-                         "or @file.json (jobs/conf/ has one per embedded dataset).")
+    ap.add_argument(
+        "--params",
+        default=None,
+        help='Per-task overrides as JSON, {"build_sids": {"codebook_sizes": [16, 16, 16]}}, '
+        "or @file.json (jobs/conf/ has one per embedded dataset).",
+    )
     ap.add_argument("--only", default=None, help="Comma-separated task ids to run (default: all).")
     a = ap.parse_args(argv)
     only = [t.strip() for t in a.only.split(",") if t.strip()] if a.only else None

@@ -104,8 +104,8 @@ class Publication:
     table: str
     version: int
     run_id: str
-    by_date: dict[str, tuple[int, str]] = field(default_factory=dict)   # as_of → (version, run id) of its publisher
-    dirty: dict[str, int | None] = field(default_factory=dict)          # as_of → the version to read it at (None: none)
+    by_date: dict[str, tuple[int, str]] = field(default_factory=dict)  # as_of → (version, run id) of its publisher
+    dirty: dict[str, int | None] = field(default_factory=dict)  # as_of → the version to read it at (None: none)
 
     def for_date(self, as_of: dt.date | str) -> tuple[int, str] | None:
         return self.by_date.get(str(as_of))
@@ -128,7 +128,7 @@ def resolve(root: str, table: str, runs: list[dict] | None = None) -> Publicatio
     """The table's publication, None when no factory run ever wrote it (read it at its newest
     version), NotPublishedError when factory runs wrote it but none succeeded."""
     if table.startswith("_"):
-        return None                          # the runtime's own records (_runs, _attempts): appends only
+        return None  # the runtime's own records (_runs, _attempts): appends only
     runs = read_runs(root) if runs is None else runs
     by_date: dict[str, tuple[int, str]] = {}
     newest: tuple[int, str] | None = None
@@ -144,20 +144,26 @@ def resolve(root: str, table: str, runs: list[dict] | None = None) -> Publicatio
         writers = []
     if newest is None:
         if any(rid for _, _, rid, _ in writers):
-            raise NotPublishedError(f"{table} was written by factory runs, none of which succeeded: nothing "
-                                    "is published (see `recfactory runs`)")
+            raise NotPublishedError(
+                f"{table} was written by factory runs, none of which succeeded: nothing "
+                "is published (see `recfactory runs`)"
+            )
         return None
     last: dict[str, str] = {}
     for _, op, rid, as_of in writers:
         if rid and as_of and op != "MERGE":
             last[str(as_of)] = rid
-    dirty = {d: (by_date[d][0] if d in by_date else None)
-             for d, rid in last.items() if d not in by_date or by_date[d][1] != rid}
+    dirty = {
+        d: (by_date[d][0] if d in by_date else None)
+        for d, rid in last.items()
+        if d not in by_date or by_date[d][1] != rid
+    }
     return Publication(table, newest[0], newest[1], by_date, dirty)
 
 
-def resolve_for_date(root: str, table: str, as_of: dt.date | str, runs: list[dict] | None = None
-                     ) -> tuple[int, str, str]:
+def resolve_for_date(
+    root: str, table: str, as_of: dt.date | str, runs: list[dict] | None = None
+) -> tuple[int, str, str]:
     """(version, run id, job) published for the table's date: the latest succeeded run for that date
     of the job that writes it. NotPublishedError when there is none."""
     runs = read_runs(root) if runs is None else runs

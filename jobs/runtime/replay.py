@@ -56,7 +56,7 @@ class ReplayWarehouse(Warehouse):
     def __init__(self, spark, source: str, scratch: str, created: set[str] = frozenset()):
         super().__init__(spark, scratch)
         self.source = normalize_warehouse(source)
-        self.created = set(created)                 # the run created these: they did not exist before it
+        self.created = set(created)  # the run created these: they did not exist before it
         self.written: set[str] = set()
 
     @property
@@ -94,7 +94,7 @@ def _seed_outputs(spark, source: str, scratch: str, outputs: list[dict]) -> None
     for o in outputs:
         v = int(o["version"])
         if v == 0:
-            continue                                    # the run created the table
+            continue  # the run created the table
         meta = DeltaTable(arrow_uri(source, o["name"]), version=v - 1).metadata()
         df = spark.read.format("delta").option("versionAsOf", v - 1).load(table_path(source, o["name"]))
         w = df.write.format("delta").mode("overwrite")
@@ -137,8 +137,15 @@ def _rows(root: str, table: str, version: int, tolerance, subs) -> tuple[list[st
     return cols, sorted(tuple(_canon(r[c], tolerance, subs) for c in cols) for r in data)
 
 
-def compare_table(table: str, source: str, version: int, scratch: str, replay_version: int,
-                  tolerance: float | None, subs: list[tuple[str, str]]) -> tuple[bool, str]:
+def compare_table(
+    table: str,
+    source: str,
+    version: int,
+    scratch: str,
+    replay_version: int,
+    tolerance: float | None,
+    subs: list[tuple[str, str]],
+) -> tuple[bool, str]:
     from collections import Counter
 
     cols_a, a = _rows(source, table, version, tolerance, [])
@@ -151,13 +158,18 @@ def compare_table(table: str, source: str, version: int, scratch: str, replay_ve
     ca, cb = Counter(a), Counter(b)
     only_a, only_b = sum((ca - cb).values()), sum((cb - ca).values())
     first = next(iter(ca - cb), None) or next(iter(cb - ca))
-    diff = [f"{c}={v}" if len(str(v)) <= 80 else f"{c}={str(v)[:77]}..." for c, v in zip(cols_a, first, strict=False)][:8]
-    return False, (f"{table} v{version}: DIFFERS: {only_a:,} of {len(a):,} recorded rows not in the replay, "
-                   f"{only_b:,} of {len(b):,} replayed rows not recorded (e.g. {', '.join(diff)})")
+    diff = [f"{c}={v}" if len(str(v)) <= 80 else f"{c}={str(v)[:77]}..." for c, v in zip(cols_a, first, strict=False)][
+        :8
+    ]
+    return False, (
+        f"{table} v{version}: DIFFERS: {only_a:,} of {len(a):,} recorded rows not in the replay, "
+        f"{only_b:,} of {len(b):,} replayed rows not recorded (e.g. {', '.join(diff)})"
+    )
 
 
-def replay(warehouse: str, run_id: str, scratch: str | None = None, spark=None, keep: bool = False
-           ) -> tuple[bool, list[str]]:
+def replay(
+    warehouse: str, run_id: str, scratch: str | None = None, spark=None, keep: bool = False
+) -> tuple[bool, list[str]]:
     """Replay the run; (all matched, the report's lines)."""
     from recfactory.jobs.runtime.job import code_version, execute, load_job
     from recfactory.jobs.runtime.spark import get_spark
@@ -170,8 +182,10 @@ def replay(warehouse: str, run_id: str, scratch: str | None = None, spark=None, 
     params = json.loads(rec["params"])
     masked = sorted(k for k, v in params.items() if MASK in json.dumps(v))
     if masked:
-        raise ValueError(f"run {run_id}'s recorded params {', '.join(masked)} hold a redacted value: it cannot "
-                         "be replayed from its manifest")
+        raise ValueError(
+            f"run {run_id}'s recorded params {', '.join(masked)} hold a redacted value: it cannot "
+            "be replayed from its manifest"
+        )
     lines = []
     if rec["code_version"] != code_version():
         msg = f"warning: recorded with code {rec['code_version']}, replayed with {code_version()}"
@@ -180,7 +194,7 @@ def replay(warehouse: str, run_id: str, scratch: str | None = None, spark=None, 
     scratch = normalize_warehouse(scratch or table_path(source, "_replay") + f"/{run_id}-{uuid.uuid4().hex[:8]}")
     params.update(warehouse=scratch)
     if params.get("output_dir"):
-        params["output_dir"] = None                    # a report's page goes under the scratch root
+        params["output_dir"] = None  # a report's page goes under the scratch root
     p = job_cls.Params.model_validate(params)
     pins: dict[str, list[int]] = {}
     for i in rec["inputs"] or []:
@@ -194,7 +208,7 @@ def replay(warehouse: str, run_id: str, scratch: str | None = None, spark=None, 
     ok = True
     want = [(i["name"], i["version"], i["fingerprint"]) for i in rec["inputs"] or []]
     got = [(i.name, i.version, i.fingerprint) for i in ctx.inputs]
-    if not any(name == RUNS_TABLE for name, _, _ in want):     # recorded before publications were pinned
+    if not any(name == RUNS_TABLE for name, _, _ in want):  # recorded before publications were pinned
         got = [g for g in got if g[0] != RUNS_TABLE]
     if want != got:
         ok = False
@@ -210,16 +224,18 @@ def replay(warehouse: str, run_id: str, scratch: str | None = None, spark=None, 
             ok = False
             lines.append(f"{o['name']}: DIFFERS: the replay did not write it")
             continue
-        same, line = compare_table(o["name"], source, int(o["version"]), scratch, replayed[o["name"]],
-                                   tolerance, subs)
+        same, line = compare_table(o["name"], source, int(o["version"]), scratch, replayed[o["name"]], tolerance, subs)
         ok &= same
         lines.append(line)
     extra = sorted(set(replayed) - {o["name"] for o in outputs})
     if extra:
         ok = False
         lines.append(f"DIFFERS: the replay also wrote {', '.join(extra)}")
-    lines.append(f"replay of {rec['job']} for {rec['as_of']} (run {run_id}): "
-                 + ("REPRODUCED" if ok else "NOT REPRODUCED") + (f"; scratch kept at {scratch}" if keep else ""))
+    lines.append(
+        f"replay of {rec['job']} for {rec['as_of']} (run {run_id}): "
+        + ("REPRODUCED" if ok else "NOT REPRODUCED")
+        + (f"; scratch kept at {scratch}" if keep else "")
+    )
     if not keep:
         _remove(scratch)
     return ok, lines
@@ -240,13 +256,19 @@ def _remove(root: str) -> None:
 def replay_main(argv: list[str]) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="recfactory replay", description="Re-run a recorded run from its manifest "
-                                 "(inputs at their pinned versions, into a scratch location) and compare every "
-                                 "output with the recorded version. Exit 0 only when all match.")
+    ap = argparse.ArgumentParser(
+        prog="recfactory replay",
+        description="Re-run a recorded run from its manifest "
+        "(inputs at their pinned versions, into a scratch location) and compare every "
+        "output with the recorded version. Exit 0 only when all match.",
+    )
     ap.add_argument("run_id")
     ap.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
-    ap.add_argument("--scratch", default=None, help="where the replay writes (default <warehouse>/_replay/<run id>-…; "
-                    "removed afterwards unless --keep)")
+    ap.add_argument(
+        "--scratch",
+        default=None,
+        help="where the replay writes (default <warehouse>/_replay/<run id>-…; removed afterwards unless --keep)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the scratch tables")
     ns = ap.parse_args(argv)
     ok, lines = replay(ns.warehouse, ns.run_id, ns.scratch, keep=ns.keep)

@@ -38,7 +38,7 @@ def _publish(target: Path, make) -> None:
     make(tmp)
     try:
         tmp.rename(target)
-    except OSError:                       # another task published it first
+    except OSError:  # another task published it first
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:

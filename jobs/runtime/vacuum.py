@@ -69,8 +69,7 @@ def kept_versions(root: str, runs: list[dict], tables: list[str], since: dt.date
     return keep
 
 
-def vacuum(warehouse: str, retain_days: float, dry_run: bool = False, now: dt.datetime | None = None
-           ) -> list[str]:
+def vacuum(warehouse: str, retain_days: float, dry_run: bool = False, now: dt.datetime | None = None) -> list[str]:
     """Vacuum every table; one line per table."""
     from deltalake import DeltaTable
 
@@ -86,8 +85,10 @@ def vacuum(warehouse: str, retain_days: float, dry_run: bool = False, now: dt.da
         h = history(root, now=now)
         running = h[h["status"] == "running"]
         if len(running):
-            raise RuntimeError(f"{len(running)} attempt(s) are running ({', '.join(running['job'])}): a retention "
-                               "under a day could delete the files they are writing; vacuum later")
+            raise RuntimeError(
+                f"{len(running)} attempt(s) are running ({', '.join(running['job'])}): a retention "
+                "under a day could delete the files they are writing; vacuum later"
+            )
     runs = read_small(root, RUNS_TABLE) or []
     tables = warehouse_tables(root)
     keep = kept_versions(root, runs, tables, now - dt.timedelta(days=retain_days))
@@ -101,10 +102,16 @@ def vacuum(warehouse: str, retain_days: float, dry_run: bool = False, now: dt.da
                 DeltaTable(arrow_uri(root, t), version=v)
             except Exception:  # noqa: BLE001 - the log entry is gone
                 missing.append(v)
-        files = dtab.vacuum(retention_hours=hours, dry_run=dry_run, enforce_retention_duration=False,
-                            keep_versions=[v for v in versions if v not in missing])
-        line = (f"{t}: {'would remove' if dry_run else 'removed'} {len(files)} files; kept versions "
-                f"{_ranges(versions) or 'none'} besides the newest")
+        files = dtab.vacuum(
+            retention_hours=hours,
+            dry_run=dry_run,
+            enforce_retention_duration=False,
+            keep_versions=[v for v in versions if v not in missing],
+        )
+        line = (
+            f"{t}: {'would remove' if dry_run else 'removed'} {len(files)} files; kept versions "
+            f"{_ranges(versions) or 'none'} besides the newest"
+        )
         if missing:
             line += f"; versions {_ranges(missing)} are no longer in the log (delta.logRetentionDuration)"
         lines.append(line)
@@ -126,11 +133,18 @@ def _ranges(vs) -> str:
 def vacuum_main(argv: list[str]) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="recfactory vacuum", description="Remove data files older than the retention "
-                                 "that no kept run (finished within it) and no current publication reads.")
+    ap = argparse.ArgumentParser(
+        prog="recfactory vacuum",
+        description="Remove data files older than the retention "
+        "that no kept run (finished within it) and no current publication reads.",
+    )
     ap.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
-    ap.add_argument("--retain-days", type=float, required=True, help="keep what runs of the last N days read and wrote "
-                    "(their replay keeps working)")
+    ap.add_argument(
+        "--retain-days",
+        type=float,
+        required=True,
+        help="keep what runs of the last N days read and wrote (their replay keeps working)",
+    )
     ap.add_argument("--dry-run", action="store_true", help="list, remove nothing")
     ns = ap.parse_args(argv)
     for line in vacuum(ns.warehouse, ns.retain_days, ns.dry_run):
