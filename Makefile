@@ -34,6 +34,7 @@ run: setup
 # ruff's checks (pyproject.toml, [tool.ruff]): part of `make test`, so CI keeps them.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Two test processes (pytest-xdist), a file per process at a time, the longest files first (conftest).
 test: setup browser lint
