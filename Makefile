@@ -35,6 +35,8 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	@mkdir -p build/typecheck && ln -sfn "$(CURDIR)" build/typecheck/recfactory
+	MYPYPATH=build/typecheck $(VENV)/bin/mypy -p recfactory.features -p recfactory.graph -p recfactory.tokenizers -p recfactory.jobs
 
 # Two test processes (pytest-xdist), a file per process at a time, the longest files first (conftest).
 test: setup browser lint

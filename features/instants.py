@@ -90,5 +90,6 @@ def collect_instant(df: DataFrame, agg: Column) -> dt.datetime | None:
     """One timestamp aggregate (e.g. ``F.min("ts")``) read back as an aware UTC datetime."""
     from pyspark.sql import functions as F
 
-    v = df.agg(F.unix_micros(agg)).first()[0]
+    row = df.agg(F.unix_micros(agg)).first()
+    v = None if row is None else row[0]
     return None if v is None else from_micros(v)

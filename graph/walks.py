@@ -170,7 +170,7 @@ def walk(
     `a` is ``Graph.arrays()``; `threads` numba threads share the walks (never changes them)."""
     if p <= 0 or q <= 0 or length < 1:
         raise ValueError("p and q must be > 0, length >= 1")
-    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     numba.set_num_threads(threads)
     n = len(a["indptr"]) - 1
     starts = np.asarray(walk_ids, dtype=np.int64) % max(n, 1)

@@ -19,7 +19,7 @@ def _fit_task(sample: np.ndarray, spec_dict: dict, cpus: int):
     from recfactory.tokenizers.rq import fit
 
     faiss.omp_set_num_threads(cpus)
-    numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     t0 = time.time()
     return fit(sample, RQSpec(**spec_dict)).centroids, time.time() - t0
 

@@ -114,7 +114,9 @@ def redact_exception(e: BaseException) -> BaseException:
     where PySpark's captured JVM exceptions keep their description and stack trace), and in the
     exceptions it was raised from; returns it."""
     seen, first = set(), e
-    while e is not None and id(e) not in seen:
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        e = cur
         seen.add(id(e))
         try:
             e.args = tuple(redact(a) if isinstance(a, str) else a for a in e.args)
@@ -123,7 +125,7 @@ def redact_exception(e: BaseException) -> BaseException:
                     setattr(e, k, redact(v))
         except Exception:  # noqa: BLE001 - an exception type whose attributes cannot be set keeps them
             pass
-        e = e.__cause__ or e.__context__
+        cur = e.__cause__ or e.__context__
     return first
 
 

@@ -53,7 +53,7 @@ class ReplayWarehouse(Warehouse):
     """Reads from the recorded warehouse, writes to the scratch root; a table this run has written
     is read back from the scratch root (as the original run read back its own write)."""
 
-    def __init__(self, spark, source: str, scratch: str, created: set[str] = frozenset()):
+    def __init__(self, spark, source: str, scratch: str, created: frozenset[str] | set[str] = frozenset()):
         super().__init__(spark, scratch)
         self.source = normalize_warehouse(source)
         self.created = set(created)  # the run created these: they did not exist before it
