@@ -295,14 +295,7 @@ def validate_events(
         "reasons", F.when(dup, F.array_append("reasons", F.lit("DUPLICATE"))).otherwise(F.col("reasons"))
     )
     return df.select(
-        "event_id",
-        "user_id",
-        "item_id",
-        "event_type",
-        "ts",
-        "dwell_ms",
-        "context",
-        F.lit(source).alias("source"),
+        *(F.lit(source).alias(c) if c == "source" else c for c in CLEAN_EVENT_COLUMNS),
         "ts_raw",
         "dwell_raw",
         "raw",

@@ -22,9 +22,8 @@ from recfactory.features.draws import seeded_sample
 from recfactory.tokenizers import sids as S
 from recfactory.tokenizers.rq import Codebooks, Encoding, RQSpec, encode
 
-LEVEL_METRICS = (
-    "codebook_size",
-    "items",
+# the token statistics of `sids.token_stats` a level's metrics row carries as they are
+TOKEN_STATS = (
     "utilization",
     "entropy",
     "perplexity",
@@ -33,6 +32,11 @@ LEVEL_METRICS = (
     "top_token_share",
     "max_code_size",
     "mean_code_size",
+)
+LEVEL_METRICS = (
+    "codebook_size",
+    "items",
+    *TOKEN_STATS,
     "removed_tokens",
     "recon_error",
     "relative_recon_error",
@@ -233,19 +237,7 @@ def metrics(
             "level": lv + 1,
             "codebook_size": float(books.sizes[lv]),
             "items": st["tokens"],
-            **{
-                k: st[k]
-                for k in (
-                    "utilization",
-                    "entropy",
-                    "perplexity",
-                    "max_entropy",
-                    "gini",
-                    "top_token_share",
-                    "max_code_size",
-                    "mean_code_size",
-                )
-            },
+            **{k: st[k] for k in TOKEN_STATS},
             "removed_tokens": float(removed[lv].sum()),
             "recon_error": float(np.linalg.norm(err, axis=1).mean()),
             "relative_recon_error": float(((err * err).sum(1) / sq).mean()),
