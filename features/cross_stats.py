@@ -28,12 +28,14 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
+from pydantic import model_validator
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recfactory.features.instants import ts_lit, utc_dow_col, utc_hour_col
 from recfactory.features.schema import EVENT_TYPES
 from recfactory.features.sequences import visible_events
+from recfactory.features.spec import Field, Spec
 
 ITEM_DIMS = ("category", "brand")
 EVENT_DIMS = ("user_id", "item_id", "hour", "dow")
@@ -113,10 +115,10 @@ DEFAULT_RATES = "ctr=click/impression,cvr=purchase/click,cart_rate=cart/click,li
 class CrossStatsSpec:
     keys: tuple[KeyDecl, ...]
     windows: tuple[WindowDecl, ...]
-    event_types: tuple[str, ...] = EVENT_TYPES
-    rates: tuple[RateDecl, ...] = ()
-    min_prior_strength: float = 2.0
-    max_prior_strength: float = 1e4
+    event_types: tuple[str, ...]
+    rates: tuple[RateDecl, ...]
+    min_prior_strength: float
+    max_prior_strength: float
     # dimension → the key types whose events lacked it (set by prune(), for the manifest)
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -139,27 +141,9 @@ class CrossStatsSpec:
             raise ValueError("need 0 < min_prior_strength <= max_prior_strength")
 
     @classmethod
-    def parse(
-        cls,
-        keys: str = DEFAULT_KEYS,
-        windows: str = DEFAULT_WINDOWS,
-        rates: str = DEFAULT_RATES,
-        event_types: tuple[str, ...] | list[str] = EVENT_TYPES,
-        **kw,
-    ) -> CrossStatsSpec:
-        key_decls = []
-        for part in filter(None, (p.strip() for p in keys.split(","))):
-            name, _, dims = part.partition("=")
-            if not dims:
-                raise ValueError(f"key {part!r}: use name=dim[*dim...]")
-            key_decls.append(KeyDecl(name.strip(), tuple(d.strip() for d in dims.split("*"))))
-        return cls(
-            keys=tuple(key_decls),
-            windows=tuple(WindowDecl.parse(w) for w in windows.split(",") if w.strip()),
-            event_types=tuple(event_types),
-            rates=tuple(RateDecl.parse(r) for r in rates.split(",") if r.strip()),
-            **kw,
-        )
+    def parse(cls, **declared) -> CrossStatsSpec:
+        """The spec of ``CrossStatsDecl(**declared)`` (its text declarations parsed)."""
+        return CrossStatsDecl(**declared).parsed()
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -194,6 +178,50 @@ class CrossStatsSpec:
             min_prior_strength=self.min_prior_strength,
             max_prior_strength=self.max_prior_strength,
             notes=notes,
+        )
+
+
+class CrossStatsDecl(Spec):
+    """The cross statistics as declared (text, as on the command line): what ``CrossStatsSpec``
+    is parsed from. Declared once for build_cross_stats and build_training_samples."""
+
+    keys: str = Field(
+        DEFAULT_KEYS,
+        description="Key declarations name=dim[*dim...]; dims: user_id, item_id, "
+        "category, brand, hour, dow, ctx:NAME (a context field). Keys over a context field "
+        "no event carries are skipped (recorded in the manifest).",
+    )
+    windows: str = Field(DEFAULT_WINDOWS, description="Windows ending at the cutoff: Nd, Nh or all.")
+    rates: str = Field(
+        DEFAULT_RATES,
+        description="Smoothed rates name=num_type/den_type[+type...]; rates "
+        "whose denominator types never occur are skipped.",
+    )
+    event_types: tuple[str, ...] = Field(
+        EVENT_TYPES, description="Event types counted (n_<type>); types that never occur are skipped."
+    )
+    min_prior_strength: float = Field(2.0, gt=0, description="Lower clip of the Beta prior's α+β.")
+    max_prior_strength: float = Field(1e4, gt=0, description="Upper clip of the Beta prior's α+β.")
+
+    @model_validator(mode="after")
+    def _parses(self):
+        self.parsed()
+        return self
+
+    def parsed(self) -> CrossStatsSpec:
+        key_decls = []
+        for part in filter(None, (p.strip() for p in self.keys.split(","))):
+            name, _, dims = part.partition("=")
+            if not dims:
+                raise ValueError(f"key {part!r}: use name=dim[*dim...]")
+            key_decls.append(KeyDecl(name.strip(), tuple(d.strip() for d in dims.split("*"))))
+        return CrossStatsSpec(
+            keys=tuple(key_decls),
+            windows=tuple(WindowDecl.parse(w) for w in self.windows.split(",") if w.strip()),
+            event_types=self.event_types,
+            rates=tuple(RateDecl.parse(r) for r in self.rates.split(",") if r.strip()),
+            min_prior_strength=self.min_prior_strength,
+            max_prior_strength=self.max_prior_strength,
         )
 
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import model_validator
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -43,36 +45,48 @@ from recfactory.features.draws import uniform
 from recfactory.features.instants import ts_lit, utc_dow_col, utc_hour_col
 from recfactory.features.schema import EVENT_TYPES, POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
+from recfactory.features.spec import Field, Seeded
 
 SPLITS = ("train", "validation", "test")
 
 
-@dataclass(frozen=True)
-class SampleSpec:
-    mode: str = "auto"  # auto | impressions | interactions
-    positive_types: tuple[str, ...] = POSITIVE_EVENT_TYPES
-    attribution_minutes: float = 30.0
-    dwell_tau_ms: float = 30_000.0
-    dwell_scale_ms: float = 10_000.0
-    bounce_ms: int = 5_000
-    history_len: int = 20
-    history_types: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "impression")
-    warmup_days: float = 7.0
-    val_days: float = 1.0
-    test_days: float = 1.0
-    sample_rate: float = 1.0
-    negative_rate: float = 1.0
-    seed: int = 42
+class SampleSpec(Seeded):
+    mode: Literal["auto", "impressions", "interactions"] = Field(
+        "auto", description="Sample rows: impressions, interaction rows, or auto (impressions when any exist)."
+    )
+    positive_types: tuple[str, ...] = Field(POSITIVE_EVENT_TYPES, description="Event types that make label_click = 1.")
+    attribution_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="Impressions mode: a positive within this long "
+        "after the impression (and before the pair's next impression) is its click.",
+    )
+    dwell_tau_ms: float = Field(30_000.0, description="τ of label_dwell = click × sigmoid((dwell − τ)/s).")
+    dwell_scale_ms: float = Field(10_000.0, gt=0, description="s of label_dwell.")
+    bounce_ms: int = Field(5_000, ge=0, description="A click with known dwell below this is a hard negative.")
+    history_len: int = Field(20, ge=0, description="Last k interactions before each sample (hist_items).")
+    history_types: tuple[str, ...] = Field(
+        tuple(t for t in EVENT_TYPES if t != "impression"), description="Event types that enter hist_items."
+    )
+    warmup_days: float = Field(
+        7.0, gt=0, description="The first days of data are history only; the smoothing priors are fit on them."
+    )
+    val_days: float = Field(1.0, ge=0, description="Validation split: the days before the test split.")
+    test_days: float = Field(1.0, ge=0, description="Test split: the last days before the cutoff.")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Uniform subsampling rate r (every split).")
+    negative_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Negative downsampling rate w (train split "
+        "only); stored per row for recalibration q = p/(p+(1−p)/w).",
+    )
 
-    def __post_init__(self):
-        if self.mode not in ("auto", "impressions", "interactions"):
-            raise ValueError(f"mode must be auto, impressions or interactions, not {self.mode!r}")
-        if not (0 < self.sample_rate <= 1 and 0 < self.negative_rate <= 1):
-            raise ValueError("sample_rate and negative_rate must be in (0, 1]")
-        if self.dwell_scale_ms <= 0 or self.attribution_minutes <= 0 or self.history_len < 0:
-            raise ValueError("dwell_scale_ms and attribution_minutes must be > 0, history_len >= 0")
+    @model_validator(mode="after")
+    def _splits(self):
         if self.warmup_days <= 0 or self.val_days < 0 or self.test_days < 0:
-            raise ValueError("warmup_days must be > 0 (the smoothing priors are fit on it); val_days, test_days >= 0")
+            raise ValueError("warmup_days must be > 0 (the smoothing priors are fit on them); val_days, test_days >= 0")
+        return self
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ last event and, for SIM's hard search, the same history bucketed by item categor
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 
+from pydantic import field_validator
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recfactory.features.instants import ts_lit
+from recfactory.features.spec import Field, Spec
 
 SEQ_FIELDS = ("item_id", "ts", "event_type", "dwell_ms")
 
@@ -30,26 +31,47 @@ DEFAULT_TYPE_CAPS = {
 }
 
 
-@dataclass(frozen=True)
-class SequenceSpec:
-    """max_len: overall cap (most recent kept); type_caps: per-type caps, and the types included
-    (impressions are exposures, not behavior, so they are left out by default);
-    dedup_consecutive: drop an event whose item equals the user's previous event's item;
-    category_max_len: per-category cap of the category-bucketed sequences (0 = do not build)."""
+class SequenceSpec(Spec):
+    max_len: int = Field(200, ge=1, description="Overall cap: the most recent events kept per user.")
+    type_caps: str = Field(
+        ",".join(f"{k}={v}" for k, v in DEFAULT_TYPE_CAPS.items()),
+        description="Event types included and the most recent kept of each, type=cap,... "
+        "(impressions are exposures and are left out by default).",
+    )
+    dedup_consecutive: bool = Field(
+        False, description="Drop an event whose item repeats the user's previous event's item."
+    )
+    category_max_len: int = Field(
+        0,
+        ge=0,
+        description="Also build category-bucketed sequences (SIM hard search) with this cap per category; 0 = off.",
+    )
 
-    max_len: int = 200
-    type_caps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TYPE_CAPS))
-    dedup_consecutive: bool = False
-    category_max_len: int = 0
+    @field_validator("type_caps", mode="before")
+    @classmethod
+    def _as_text(cls, v):
+        """A {type: cap} mapping is taken too (as its type=cap,... text)."""
+        return ",".join(f"{k}={c}" for k, c in v.items()) if isinstance(v, dict) else v
 
-    def __post_init__(self):
-        if self.max_len < 1:
-            raise ValueError("max_len must be >= 1")
-        bad = {k: v for k, v in self.type_caps.items() if v < 1}
-        if not self.type_caps or bad:
+    @field_validator("type_caps")
+    @classmethod
+    def _caps_parse(cls, v: str) -> str:
+        caps = _parse_caps(v)
+        bad = {k: c for k, c in caps.items() if c < 1}
+        if not caps or bad:
             raise ValueError(f"type_caps need at least one event type, each cap >= 1 (got {bad or 'none'})")
-        if self.category_max_len < 0:
-            raise ValueError("category_max_len must be >= 0")
+        return v
+
+    @property
+    def caps(self) -> dict[str, int]:
+        """type → cap, in declaration order."""
+        return _parse_caps(self.type_caps)
+
+
+def _parse_caps(text: str) -> dict[str, int]:
+    from recfactory.features.schema import ColumnMapping
+
+    return ColumnMapping.parse(text).values_as(int)
 
 
 def value_counts(values) -> Column:
@@ -80,13 +102,14 @@ def _ordered_entries() -> Column:
 def build_sequences(
     events: DataFrame,
     cutoff: dt.datetime,
-    spec: SequenceSpec = SequenceSpec(),
+    spec: SequenceSpec | None = None,
     items: DataFrame | None = None,
 ) -> DataFrame:
     """user_id, sequence, seq_len, last_ts, secs_since_last, type_counts[, category_sequences]."""
+    spec = spec or SequenceSpec()
     visible = (
         visible_events(events, cutoff)
-        .where(F.col("event_type").isin(*spec.type_caps))
+        .where(F.col("event_type").isin(*spec.caps))
         .select("user_id", "item_id", "event_type", "ts", "dwell_ms", "event_id")
     )
     ev = visible
@@ -95,7 +118,7 @@ def build_sequences(
         ev = ev.withColumn("_prev", F.lag("item_id").over(w))
         ev = ev.where(F.col("_prev").isNull() | (F.col("_prev") != F.col("item_id"))).drop("_prev")
     recent = lambda *keys: Window.partitionBy(*keys).orderBy(F.desc("ts"), F.desc("event_id"))  # noqa: E731
-    caps = F.create_map(*[x for k, v in spec.type_caps.items() for x in (F.lit(k), F.lit(v))])
+    caps = F.create_map(*[x for k, v in spec.caps.items() for x in (F.lit(k), F.lit(v))])
     ev = ev.withColumn("_r", F.row_number().over(recent("user_id", "event_type")))
     ev = ev.where(F.col("_r") <= caps[F.col("event_type")])
     ev = ev.withColumn("_r", F.row_number().over(recent("user_id"))).where(F.col("_r") <= spec.max_len)

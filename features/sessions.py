@@ -12,32 +12,44 @@ embedding consumers train on — but every session is recorded.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recfactory.features.schema import EVENT_TYPES
 from recfactory.features.sequences import value_counts, visible_events
+from recfactory.features.spec import Field, Spec
 
 
-@dataclass(frozen=True)
-class SessionSpec:
-    gap_minutes: float = 30.0
-    end_event_types: tuple[str, ...] = ()
+class SessionSpec(Spec):
+    gap_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="Inactivity gap that ends a session "
+        "(a gap of exactly this long stays in the session; Airbnb, DSIN: 30).",
+    )
+    end_event_types: tuple[str, ...] = Field(
+        (), description="Event types that end a session after them, e.g. purchase (none by default)."
+    )
     # every interaction: the vocabulary without the exposure type
-    item_event_types: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "impression")
-    min_dwell_ms: int = 30_000
-    min_valid_clicks: int = 2
+    item_event_types: tuple[str, ...] = Field(
+        tuple(t for t in EVENT_TYPES if t != "impression"),
+        min_length=1,
+        description="Event types that put their item in the session.",
+    )
+    min_dwell_ms: int = Field(
+        30_000,
+        ge=0,
+        description="Interactions with a known dwell below this "
+        "are accidental clicks: counted, not kept as items (Airbnb: 30 s).",
+    )
+    min_valid_clicks: int = Field(
+        2, ge=0, description="Sessions with at least this many valid interactions are flagged is_valid."
+    )
 
-    def __post_init__(self):
-        if self.gap_minutes <= 0 or self.min_dwell_ms < 0 or self.min_valid_clicks < 0:
-            raise ValueError("gap_minutes must be > 0, min_dwell_ms and min_valid_clicks >= 0")
-        if not self.item_event_types:
-            raise ValueError("item_event_types must name at least one event type")
 
-
-def build_sessions(events: DataFrame, cutoff: dt.datetime, spec: SessionSpec = SessionSpec()) -> DataFrame:
+def build_sessions(events: DataFrame, cutoff: dt.datetime, spec: SessionSpec | None = None) -> DataFrame:
+    spec = spec or SessionSpec()
     ev = visible_events(events, cutoff).select("user_id", "item_id", "event_type", "ts", "dwell_ms", "event_id")
     w = Window.partitionBy("user_id").orderBy("ts", "event_id")
     prev_ts = F.lag("ts").over(w)

@@ -12,31 +12,38 @@ cores that costs more than it saves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+from pydantic import field_validator
 
+from recfactory.features.spec import Field
 from recfactory.graph.skipgram import EGES, SkipGram, TrainSpec, train
 from recfactory.graph.walks import Graph, local_cpus, random_walks
 
 METHODS = ("deepwalk", "node2vec", "eges")
 
 
-@dataclass(frozen=True)
-class EmbeddingSpec:
-    methods: tuple[str, ...] = METHODS
-    walks_per_node: int = 10
-    walk_length: int = 20
-    p: float = 1.0  # node2vec return parameter
-    q: float = 0.5  # node2vec in-out parameter (< 1: outward, DFS-like)
-    train: TrainSpec = field(default_factory=TrainSpec)
-    shards: int = 0  # walk shards (Ray tasks); 0: one per CPU
+class EmbeddingSpec(TrainSpec):
+    """The walks and the methods; the training (``TrainSpec``) is shared by every method."""
 
-    def __post_init__(self):
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
-        if self.walks_per_node < 1 or self.walk_length < 2 or self.p <= 0 or self.q <= 0:
-            raise ValueError("walks_per_node >= 1, walk_length >= 2, p > 0 and q > 0 are required")
+    methods: tuple[Literal["deepwalk", "node2vec", "eges"], ...] = Field(
+        METHODS, min_length=1, description="Embedding methods."
+    )
+    walks_per_node: int = Field(10, ge=1, description="Walks started at every node with out-edges.")
+    walk_length: int = Field(20, ge=2, description="Nodes per walk (DeepWalk: 40; shorter on session graphs).")
+    p: float = Field(1.0, gt=0, description="Node2Vec return parameter (1/p weights going back).")
+    q: float = Field(0.5, gt=0, description="Node2Vec in-out parameter (1/q weights moving away; < 1: DFS-like).")
+    shards: int = Field(
+        0,
+        ge=0,
+        description="Walk shards (Ray tasks); 0: one per CPU (more past 1M walks each). Never changes the walks.",
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _once_each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))
 
 
 @dataclass
@@ -57,17 +64,18 @@ def _train_task(
     field_names: list[str],
     spec: TrainSpec,
     progress: bool,
+    threads: int,
 ) -> Fitted:
     import torch
 
-    torch.set_num_threads(spec.threads or max(1, torch.get_num_threads()))
+    torch.set_num_threads(threads or max(1, torch.get_num_threads()))
     seen = np.zeros(n, dtype=bool)
     seen[walks[walks >= 0]] = True
     if method == "eges":
         model = EGES(n, spec.dim, fields, vocab, seed=spec.seed)
     else:
         model = SkipGram(n, spec.dim, seed=spec.seed)
-    losses = train(model, walks, spec, progress=progress)
+    losses = train(model, walks, spec, progress=progress, threads=threads)
     cold = ~seen
     if method == "eges":
         vec = model.vectors(np.flatnonzero(cold))
@@ -99,7 +107,7 @@ def fit(
     # Node2Vec train with the single-threaded skip-gram kernel, one CPU each, side by side
     topology = cpus or local_cpus()
     per_node = topology[0]
-    tspec = spec.train if spec.train.threads else TrainSpec(**{**spec.train.to_dict(), "threads": per_node})
+    tspec = TrainSpec.of(spec)
     walks: dict[tuple[float, float], ray.ObjectRef] = {}
     futures = {}
     for m in spec.methods:
@@ -118,7 +126,7 @@ def fit(
                 )
             )
         task = ray.remote(num_cpus=per_node if m == "eges" else 1)(_train_task)
-        futures[m] = task.remote(m, walks[pq], graph.n, fields, vocab, field_names, tspec, progress)
+        futures[m] = task.remote(m, walks[pq], graph.n, fields, vocab, field_names, tspec, progress, per_node)
     return {m: ray.get(f) for m, f in futures.items()}
 
 

@@ -15,27 +15,29 @@ notes), as an all-missing field carries no information.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recfactory.features.instants import epoch_micros
+from recfactory.features.spec import Field, Spec
 
 SIDE_FIELDS = ("category", "brand", "price_bucket")
 MISSING = "<missing>"
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    min_weight: float = 1.0  # edges with a smaller (decayed) weight are pruned
-    time_decay_days: float = 0.0  # 0: plain transition counts
-    side_fields: tuple[str, ...] = SIDE_FIELDS
-    price_buckets: int = 10
+class SideInfoSpec(Spec):
+    """The items' side information: EGES embeds it, and so does the alignment's projector."""
 
-    def __post_init__(self):
-        if self.min_weight < 0 or self.time_decay_days < 0 or self.price_buckets < 1:
-            raise ValueError("min_weight and time_decay_days must be >= 0, price_buckets >= 1")
+    side_fields: tuple[str, ...] = Field(
+        SIDE_FIELDS, description="Side-information fields (catalog columns, price_bucket derived from price)."
+    )
+    price_buckets: int = Field(10, ge=1, description="Log-price quantile buckets of price_bucket.")
+
+
+class GraphSpec(SideInfoSpec):
+    min_weight: float = Field(1.0, ge=0, description="Edges with a smaller (decayed) transition weight are pruned.")
+    time_decay_days: float = Field(0.0, ge=0, description="Edge weight decay exp(-age/τ) by session end; 0: counts.")
 
 
 def transitions(sessions: DataFrame, cutoff: dt.datetime, spec: GraphSpec) -> DataFrame:
@@ -65,7 +67,7 @@ def build_edges(sessions: DataFrame, cutoff: dt.datetime, spec: GraphSpec) -> Da
     return e.withColumn("kept", F.col("weight") >= F.lit(spec.min_weight))
 
 
-def side_field_columns(items: DataFrame, spec: GraphSpec) -> tuple[DataFrame, list[str], list[str]]:
+def side_field_columns(items: DataFrame, spec: SideInfoSpec) -> tuple[DataFrame, list[str], list[str]]:
     """(items with a string column per usable side field — a missing value is its own MISSING
     token —, the fields used, notes on the fields dropped). price_bucket is derived from price."""
     notes: list[str] = []
@@ -93,7 +95,7 @@ def side_field_columns(items: DataFrame, spec: GraphSpec) -> tuple[DataFrame, li
     return out, fields, notes
 
 
-def build_nodes(items: DataFrame, edges: DataFrame, spec: GraphSpec) -> tuple[DataFrame, list[str], list[str]]:
+def build_nodes(items: DataFrame, edges: DataFrame, spec: SideInfoSpec) -> tuple[DataFrame, list[str], list[str]]:
     """(nodes, side fields used, notes). nodes: item_id, one string column per side field, in/out
     degree and weight over kept edges, is_cold (on no kept edge)."""
     df, fields, notes = side_field_columns(items, spec)

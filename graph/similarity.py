@@ -45,8 +45,8 @@ def user_items(events: DataFrame, spec: SimilaritySpec) -> DataFrame:
     """(user_id, item_id, b, t): one row per pair, b = the largest behavior weight of its events,
     t = the latest ts in seconds."""
     bw = F.lit(1.0)
-    if spec.behavior_weights:
-        m = F.create_map(*[x for k, v in spec.behavior_weights.items() for x in (F.lit(k), F.lit(float(v)))])
+    if spec.weights:
+        m = F.create_map(*[x for k, v in spec.weights.items() for x in (F.lit(k), F.lit(float(v)))])
         bw = F.coalesce(m[F.col("event_type")], F.lit(1.0))
     return (
         events.where(F.col("event_type").isin(*spec.event_types))

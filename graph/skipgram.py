@@ -41,38 +41,32 @@ paper's cold start).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numba
 import numpy as np
 import torch
 from torch import nn
 
+from recfactory.features.spec import Field, Seeded
 from recfactory.graph.sampling import alias_draw, alias_tables, draw_hash, draw_uniform
 
 
-@dataclass(frozen=True)
-class TrainSpec:
-    dim: int = 64
-    window: int = 5
-    negatives: int = 5
-    epochs: int = 5
-    lr: float = 0.2  # row-wise Adagrad (SkipGram); EGES's SparseAdam uses lr / 8
-    walks_per_batch: int = 256  # EGES: walks whose centers form one step
-    sample: float = 1e-3  # word2vec's subsampling of frequent nodes; 0: off
-    threads: int = 0  # torch threads; 0: torch's default
-    seed: int = 42
+class TrainSpec(Seeded):
+    """Skip-gram / EGES training (word2vec's defaults where they apply)."""
 
-    def __post_init__(self):
-        if min(self.dim, self.window, self.negatives, self.epochs, self.walks_per_batch) < 1:
-            raise ValueError("dim, window, negatives, epochs, walks_per_batch must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        if not 0 <= self.sample < 1:
-            raise ValueError("sample must be in [0, 1)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    dim: int = Field(64, ge=2, description="Embedding dimension.")
+    window: int = Field(5, ge=1, description="Skip-gram window (word2vec: 5).")
+    negatives: int = Field(5, ge=1, description="Negatives per positive pair, from unigram^0.75.")
+    epochs: int = Field(5, ge=1, description="Passes over the walks (word2vec: 5).")
+    lr: float = Field(0.2, gt=0, description="Row-wise Adagrad learning rate (EGES: SparseAdam at lr/8).")
+    sample: float = Field(
+        1e-3,
+        ge=0,
+        lt=1,
+        description="word2vec's subsampling of frequent nodes: a node of walk "
+        "frequency f is kept with probability (√(f/s) + 1)·s/f; 0: off.",
+    )
+    walks_per_batch: int = Field(256, ge=1, description="EGES: walks whose positions form one training step.")
 
 
 class Unigram:
@@ -356,14 +350,14 @@ class EGES(SkipGram):
         return a.mean(0).numpy()
 
 
-def train(model: SkipGram, walks: np.ndarray, spec: TrainSpec, progress: bool = True) -> list[float]:
+def train(model: SkipGram, walks: np.ndarray, spec: TrainSpec, progress: bool = True, threads: int = 0) -> list[float]:
     """Trains `model` on the walks; returns the mean center loss of each epoch. Seeded (spec.seed):
     the walk order, the subsampling, the window shrinking and the negatives come from seeded
-    generators."""
+    generators. ``threads``: torch's threads (0: torch's default)."""
     from tqdm.auto import tqdm
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
+    if threads:
+        torch.set_num_threads(threads)
     gen = np.random.default_rng(spec.seed)
     tgen = torch.Generator().manual_seed(spec.seed)
     n = model.emb.num_embeddings

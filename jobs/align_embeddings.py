@@ -31,7 +31,7 @@ from pyspark.sql import types as T
 from recfactory.features.draws import seeded_share
 from recfactory.features.schema import POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
-from recfactory.graph.item_graph import SIDE_FIELDS, GraphSpec, side_field_columns
+from recfactory.graph.item_graph import SideInfoSpec, side_field_columns
 from recfactory.jobs.runtime.env import RUNS_TABLE
 from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
@@ -79,7 +79,7 @@ SIMTIER_SCHEMA = T.StructType(
 )
 
 
-class AlignParams(JobParams):
+class AlignParams(AlignSpec, SideInfoSpec, JobParams):
     content_encoder: str = Field("minilm-onnx", description="Which content_embeddings encoder to align.")
     i2i_algo: str = Field("swing", description="item_similarity algorithm of the I2I positives.")
     i2i_top_n: int = Field(10, ge=1, description="Neighbours per item taken as I2I positives (highest scores).")
@@ -91,17 +91,6 @@ class AlignParams(JobParams):
         50, ge=1, description="A U2I trigger is chosen among the user's latest this many positives before the target."
     )
     event_types: list[str] = Field(list(POSITIVE_EVENT_TYPES), description="Event types that count as positives.")
-    side_fields: list[str] = Field(list(SIDE_FIELDS), description="Side-information fields embedded by the projector.")
-    price_buckets: int = Field(10, ge=1, description="Log-price quantile buckets of price_bucket.")
-    out_dim: int = Field(128, ge=2, description="Aligned vector dimension.")
-    hidden: int = Field(512, ge=1, description="Projector MLP hidden width.")
-    side_dim: int = Field(16, ge=1, description="Side-information embedding width per field.")
-    batch_size: int = Field(512, ge=2, description="Pairs per worker per step (in-batch negatives: batch − 1).")
-    epochs: int = Field(20, ge=1, description="Passes over the training pairs.")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
-    temperature: float = Field(0.07, gt=0, lt=1, description="Initial InfoNCE temperature (learned).")
-    workers: int = Field(2, ge=1, description="Ray Train workers (DDP over CPU, gloo).")
-    checkpoint_every: int = Field(5, ge=1, description="Epochs between checkpoints (and the last one).")
     holdout: float = Field(
         0.1, gt=0, lt=1, description="Share of source items whose Swing pairs are held out for the gate (seeded hash)."
     )
@@ -112,20 +101,6 @@ class AlignParams(JobParams):
     )
     simtier_buckets: int = Field(10, ge=2, description="SimTier buckets over [−1, 1].")
     simtier_history: int = Field(50, ge=1, description="SimTier: the user's latest positives before the sample.")
-
-    def align_spec(self) -> AlignSpec:
-        return AlignSpec(
-            out_dim=self.out_dim,
-            hidden=self.hidden,
-            side_dim=self.side_dim,
-            batch_size=self.batch_size,
-            epochs=self.epochs,
-            lr=self.lr,
-            temperature=self.temperature,
-            workers=self.workers,
-            checkpoint_every=self.checkpoint_every,
-            seed=self.seed,
-        )
 
 
 class AlignEmbeddingsJob(Job):
@@ -149,9 +124,7 @@ class AlignEmbeddingsJob(Job):
         X = np.stack(cpdf["vector"].to_numpy()).astype(np.float32)
         X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
         items = item_snapshot(ctx)
-        side, fields, notes = side_field_columns(
-            items, GraphSpec(side_fields=tuple(p.side_fields), price_buckets=p.price_buckets)
-        )
+        side, fields, notes = side_field_columns(items, SideInfoSpec.of(p))
         for i, note in enumerate(notes):
             ctx.notes[f"side_fields.{i}"] = note
         spdf = side.toPandas().set_index("item_id").reindex(cpdf["item_id"])
@@ -202,7 +175,7 @@ class AlignEmbeddingsJob(Job):
         if len(train) < 2:
             raise QualityGateError(f"only {len(train)} training pairs: nothing to align")
 
-        spec = p.align_spec()
+        spec = AlignSpec.of(p)
         storage = ctx.warehouse.arrow_path("_checkpoints", "align_embeddings")
         # the checkpoint is keyed by the date, the params and every input version read: a rerun after
         # an upstream change trains afresh instead of resuming a model of other data

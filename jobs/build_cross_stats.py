@@ -9,64 +9,23 @@ recfactory.features.cross_stats for the spec language, window edges and the smoo
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from recfactory.features.cross_stats import (
-    DEFAULT_KEYS,
-    DEFAULT_RATES,
-    DEFAULT_WINDOWS,
-    CrossStatsSpec,
-    build_cross_stats,
-    present_in,
-)
-from recfactory.features.schema import EVENT_TYPES
+from recfactory.features.cross_stats import CrossStatsDecl, CrossStatsSpec, build_cross_stats, present_in
 from recfactory.features.sequences import visible_events
 from recfactory.jobs.runtime.inputs import clean_events, item_snapshot
 from recfactory.jobs.runtime.job import Job, RunContext
-from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.params import JobParams
 
 
-class CrossStatsSpecParams(JobParams):
-    """The cross-statistics spec, declared once for build_cross_stats and build_training_samples."""
-
-    keys: str = Field(
-        DEFAULT_KEYS,
-        description="Key declarations name=dim[*dim...]; dims: user_id, item_id, "
-        "category, brand, hour, dow, ctx:NAME (a context field). Keys over a context field "
-        "no event carries are skipped (recorded in the manifest).",
-    )
-    windows: str = Field(DEFAULT_WINDOWS, description="Windows ending at the cutoff: Nd, Nh or all.")
-    rates: str = Field(
-        DEFAULT_RATES,
-        description="Smoothed rates name=num_type/den_type[+type...]; rates "
-        "whose denominator types never occur are skipped.",
-    )
-    event_types: list[str] = Field(
-        list(EVENT_TYPES), description="Event types counted (n_<type>); types that never occur are skipped."
-    )
-    min_prior_strength: float = Field(2.0, gt=0, description="Lower clip of the Beta prior's α+β.")
-    max_prior_strength: float = Field(1e4, gt=0, description="Upper clip of the Beta prior's α+β.")
-
-    @model_validator(mode="after")
-    def _spec_parses(self):
-        self.stats_spec()
-        return self
-
-    def stats_spec(self) -> CrossStatsSpec:
-        return CrossStatsSpec.parse(
-            keys=self.keys,
-            windows=self.windows,
-            rates=self.rates,
-            event_types=self.event_types,
-            min_prior_strength=self.min_prior_strength,
-            max_prior_strength=self.max_prior_strength,
-        )
+class CrossStatsSpecParams(CrossStatsDecl, JobParams):
+    """The cross-statistics parameters of build_cross_stats and build_training_samples (``CrossStatsDecl``)."""
 
 
 def pruned_spec(ctx: RunContext, events) -> CrossStatsSpec:
     """The declared spec, minus what the visible events cannot fill (noted in the manifest)."""
-    spec = ctx.params.stats_spec().prune(*present_in(visible_events(events, ctx.cutoff)))
+    spec = CrossStatsDecl.of(ctx.params).parsed().prune(*present_in(visible_events(events, ctx.cutoff)))
     ctx.notes.update(spec.notes)
     for k, v in spec.notes.items():
         ctx.metrics[f"{k}.count"] = len(v.split(","))
@@ -90,7 +49,9 @@ class BuildCrossStatsJob(Job):
     inputs = ("events_clean", "items")
 
     def run(self, ctx: RunContext) -> None:
-        events = clean_events(ctx)
+        # read once: the spec's pruning, every key's aggregation (for the priors, then for the
+        # write) and the reconciliation scan the same events
+        events = clean_events(ctx).persist(StorageLevel.MEMORY_AND_DISK)
         spec = pruned_spec(ctx, events)
         items = item_snapshot(ctx) if any(d in ("category", "brand") for d in spec.dims) else None
         stats, priors = build_cross_stats(events, items, ctx.cutoff, spec)
@@ -112,6 +73,7 @@ class BuildCrossStatsJob(Job):
         )
         for r in written:
             ctx.row_counts[f"events_counted.{r['key_type']}"] = int(r["n"])
+        events.unpersist()
 
 
 if __name__ == "__main__":

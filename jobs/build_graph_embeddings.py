@@ -18,8 +18,6 @@ Evaluation (``--evaluate``, on by default) trains the same models on a held-out 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
@@ -27,16 +25,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recfactory.features.draws import seeded_share
-from recfactory.graph.embeddings import METHODS, EmbeddingSpec, Fitted, fit, hit_rate, nearest
+from recfactory.graph.embeddings import EmbeddingSpec, Fitted, fit, hit_rate, nearest
 from recfactory.graph.item_graph import (
-    SIDE_FIELDS,
     GraphSpec,
     build_edges,
     build_nodes,
     in_catalog,
     leave_last_transition,
 )
-from recfactory.graph.skipgram import TrainSpec
 from recfactory.graph.walks import Graph
 from recfactory.jobs.runtime.inputs import date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
@@ -66,71 +62,12 @@ EMB_SCHEMA = T.StructType(
 )
 
 
-class GraphEmbeddingParams(JobParams):
-    methods: list[Literal["deepwalk", "node2vec", "eges"]] = Field(list(METHODS), description="Embedding methods.")
-    min_weight: float = Field(1.0, ge=0, description="Edges with a smaller (decayed) transition weight are pruned.")
-    time_decay_days: float = Field(0.0, ge=0, description="Edge weight decay exp(-age/τ) by session end; 0: counts.")
-    side_fields: list[str] = Field(
-        list(SIDE_FIELDS),
-        description="EGES side-information fields (catalog columns, price_bucket derived from price).",
-    )
-    price_buckets: int = Field(10, ge=1, description="Log-price quantile buckets of price_bucket.")
-    walks_per_node: int = Field(10, ge=1, description="Walks started at every node with out-edges.")
-    walk_length: int = Field(20, ge=2, description="Nodes per walk (DeepWalk: 40; shorter on session graphs).")
-    p: float = Field(1.0, gt=0, description="Node2Vec return parameter (1/p weights going back).")
-    q: float = Field(0.5, gt=0, description="Node2Vec in-out parameter (1/q weights moving away; < 1: DFS-like).")
-    dim: int = Field(64, ge=2, description="Embedding dimension.")
-    window: int = Field(5, ge=1, description="Skip-gram window (word2vec: 5).")
-    negatives: int = Field(5, ge=1, description="Negatives per positive pair, from unigram^0.75.")
-    epochs: int = Field(5, ge=1, description="Passes over the walks (word2vec: 5).")
-    lr: float = Field(0.2, gt=0, description="Row-wise Adagrad learning rate (EGES: SparseAdam at lr/8).")
-    sample: float = Field(
-        1e-3,
-        ge=0,
-        lt=1,
-        description="word2vec's subsampling of frequent nodes: a node of walk "
-        "frequency f is kept with probability (√(f/s) + 1)·s/f; 0: off.",
-    )
-    walks_per_batch: int = Field(256, ge=1, description="EGES: walks whose positions form one training step.")
-    shards: int = Field(
-        0,
-        ge=0,
-        description="Walk shards (Ray tasks); 0: one per CPU (more past 1M walks each). Never changes the walks.",
-    )
+class GraphEmbeddingParams(GraphSpec, EmbeddingSpec, JobParams):
     evaluate: bool = Field(True, description="Train on a held-out graph first and record HitRate@K.")
     eval_k: list[int] = Field([10, 20, 50], description="K values of HitRate@K.")
     cold_holdout: float = Field(
         0.05, ge=0, lt=1, description="Share of graph items held out as cold in the evaluation."
     )
-
-    def graph_spec(self) -> GraphSpec:
-        return GraphSpec(
-            min_weight=self.min_weight,
-            time_decay_days=self.time_decay_days,
-            side_fields=tuple(self.side_fields),
-            price_buckets=self.price_buckets,
-        )
-
-    def embedding_spec(self) -> EmbeddingSpec:
-        tr = TrainSpec(
-            dim=self.dim,
-            window=self.window,
-            negatives=self.negatives,
-            epochs=self.epochs,
-            lr=self.lr,
-            walks_per_batch=self.walks_per_batch,
-            sample=self.sample,
-            seed=self.seed,
-        )
-        return EmbeddingSpec(
-            methods=tuple(dict.fromkeys(self.methods)),
-            walks_per_node=self.walks_per_node,
-            walk_length=self.walk_length,
-            p=self.p,
-            q=self.q,
-            train=tr,
-            shards=self.shards,
-        )
 
 
 class BuildGraphEmbeddingsJob(Job):
@@ -144,7 +81,7 @@ class BuildGraphEmbeddingsJob(Job):
 
     def run(self, ctx: RunContext) -> None:
         p: GraphEmbeddingParams = ctx.params
-        gspec, espec = p.graph_spec(), p.embedding_spec()
+        gspec, espec = GraphSpec.of(p), EmbeddingSpec.of(p)
         sessions = date_partition(ctx, "sessions", "build_sessions").persist(StorageLevel.MEMORY_AND_DISK)
         items = item_snapshot(ctx)
         edges = build_edges(sessions, ctx.cutoff, gspec)

@@ -10,31 +10,11 @@ from pyspark.sql import functions as F
 from recfactory.features.sessions import SessionSpec, build_sessions
 from recfactory.jobs.runtime.inputs import clean_events
 from recfactory.jobs.runtime.job import Job, RunContext
-from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.params import JobParams
 
 
-class SessionParams(JobParams):
-    gap_minutes: float = Field(
-        30.0,
-        gt=0,
-        description="Inactivity gap that ends a session "
-        "(a gap of exactly this long stays in the session; Airbnb, DSIN: 30).",
-    )
-    end_event_types: list[str] = Field(
-        [], description="Event types that end a session after them, e.g. purchase (none by default)."
-    )
-    item_event_types: list[str] = Field(
-        list(SessionSpec().item_event_types), description="Event types that put their item in the session."
-    )
-    min_dwell_ms: int = Field(
-        30_000,
-        ge=0,
-        description="Interactions with a known dwell below this "
-        "are accidental clicks: counted, not kept as items (Airbnb: 30 s).",
-    )
-    min_valid_clicks: int = Field(
-        2, ge=0, description="Sessions with at least this many valid interactions are flagged is_valid."
-    )
+class SessionParams(SessionSpec, JobParams):
+    """build_sessions' parameters: the job's, and the transform's (``SessionSpec``)."""
 
 
 class BuildSessionsJob(Job):
@@ -46,14 +26,7 @@ class BuildSessionsJob(Job):
 
     def run(self, ctx: RunContext) -> None:
         p: SessionParams = ctx.params
-        spec = SessionSpec(
-            gap_minutes=p.gap_minutes,
-            end_event_types=tuple(p.end_event_types),
-            item_event_types=tuple(p.item_event_types),
-            min_dwell_ms=p.min_dwell_ms,
-            min_valid_clicks=p.min_valid_clicks,
-        )
-        sessions = build_sessions(clean_events(ctx), ctx.cutoff, spec)
+        sessions = build_sessions(clean_events(ctx), ctx.cutoff, SessionSpec.of(p))
         ref = ctx.write(sessions.withColumn("ds", F.lit(ctx.as_of)), "sessions")
         ctx.row_counts["sessions"] = ref.rows
 

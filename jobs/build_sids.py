@@ -123,7 +123,7 @@ class MissingPriorDateError(ValueError):
     """The previous date's state is missing while earlier dates have some: run that date first."""
 
 
-class SidParams(JobParams):
+class SidParams(RQSpec, JobParams):
     embeddings: str = Field(
         "aligned_embeddings", pattern=TABLE_NAME, description="Embedding table (its ds = as-of partition)."
     )
@@ -139,19 +139,6 @@ class SidParams(JobParams):
     new_generation: bool = Field(
         False, description="Refit the codebooks into a new generation (and write sid_remap); the first run always does."
     )
-    codebook_sizes: list[int] = Field([256, 256, 256], description="Codes per level (e.g. 1024,4096,32768).")
-    balance: float | None = Field(
-        1.0, ge=0, description="Levels 1..L−1: a code holds at most (1 + balance)·N/K items; none: plain k-means."
-    )
-    prefix_balance: float | None = Field(
-        0.0,
-        ge=0,
-        description="Last level: at most (1 + prefix_balance)·n/K "
-        "items per code among the n items of a prefix; none: plain nearest code.",
-    )
-    kmeans_iterations: int = Field(20, ge=1, description="faiss k-means iterations per level.")
-    balanced_iterations: int = Field(10, ge=0, description="Capacity-constrained Lloyd iterations per level.")
-    candidates: int = Field(32, ge=2, description="Nearest codes ranked per item by the balanced assignment.")
     sample_size: int = Field(65536, ge=2, description="Items the codebooks are fitted on (seeded bottom-k sample).")
     encode_shard_rows: int = Field(
         131072,
@@ -192,21 +179,10 @@ class SidParams(JobParams):
         "its random baseline (when item_similarity has the date).",
     )
 
-    def rq_spec(self) -> RQSpec:
-        return RQSpec(
-            codebook_sizes=tuple(self.codebook_sizes),
-            balance=self.balance,
-            prefix_balance=self.prefix_balance,
-            kmeans_iterations=self.kmeans_iterations,
-            balanced_iterations=self.balanced_iterations,
-            candidates=self.candidates,
-            seed=self.seed,
-        )
-
-    def generation_spec(self) -> dict:
+    def generation_identity(self) -> dict:
         """What a generation fixes for all its daily runs."""
         return {
-            "rq": self.rq_spec().to_dict(),
+            "rq": RQSpec.of(self).to_dict(),
             "drop_levels": sorted(self.drop_levels),
             "remove_top_tokens": self.remove_top_tokens,
             "top_token_level": self.top_token_level,
@@ -244,9 +220,9 @@ class BuildSidsJob(Job):
         ids, X, quarantine = self._vectors(ctx, p)
         prior, gen_prev, books_prev, spec_prev, removed_prev = self._prior(ctx, p.new_generation)
         fresh = prior is None or p.new_generation
-        gspec = p.generation_spec() if fresh else spec_prev
+        gspec = p.generation_identity() if fresh else spec_prev
         generation = gen_prev  # a new generation's id is its content's, known after the fit
-        if not fresh and json.dumps(p.generation_spec(), sort_keys=True) != json.dumps(spec_prev, sort_keys=True):
+        if not fresh and json.dumps(p.generation_identity(), sort_keys=True) != json.dumps(spec_prev, sort_keys=True):
             ctx.notes["spec"] = (
                 "the run's codebook/SID parameters differ from generation "
                 f"{generation}'s; its own were used (pass --new-generation to apply them)"

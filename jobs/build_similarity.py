@@ -10,17 +10,13 @@ with a popularity baseline) and reports how much co-occurrence mass the caps rem
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import field_validator
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recfactory.features.schema import POSITIVE_EVENT_TYPES, ColumnMapping
 from recfactory.features.sequences import visible_events
 from recfactory.graph.similarity import build_similarity, evaluate, user_items
-from recfactory.graph.similarity_spec import ALGOS, SimilaritySpec
+from recfactory.graph.similarity_spec import SimilaritySpec
 from recfactory.jobs.runtime.inputs import clean_events
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
@@ -37,75 +33,11 @@ METRICS_SCHEMA = T.StructType(
 )
 
 
-class SimilarityParams(JobParams):
-    algos: list[str] = Field(
-        list(ALGOS),
-        description="Algorithms: swing (Yang et al. 2020), swing_simple "
-        "(Σ 1/(α+|I_u|)), itemcf (cosine), itemcf_iuf (cosine, heavy users down-weighted).",
-    )
-    event_types: list[str] = Field(list(POSITIVE_EVENT_TYPES), description="Event types that count as an interaction.")
-    behavior_weights: str = Field(
-        "",
-        description="ItemCF weight per event type, e.g. click=1,cart=2,purchase=4 "
-        "(a user-item pair takes its largest; default 1).",
-    )
-    swing_alpha: float = Field(1.0, ge=0, description="Swing α in w_u·w_v/(α + |I_u ∩ I_v|) (PAI 1, Flink ML 0).")
-    user_alpha: float = Field(
-        5.0, ge=0, description="Swing user weight w_u = (α_user + |I_u|)^β_user: α_user (PAI 5, Flink ML 15)."
-    )
-    user_beta: float = Field(-0.35, description="Swing β_user (PAI −0.35, Flink ML −0.3).")
-    simple_alpha: float = Field(1.0, ge=0, description="swing_simple α in 1/(α + |I_u|).")
-    time_decay_days: float = Field(
-        0.0, ge=0, description="ItemCF time decay exp(−|Δt|/τ) between a user's two interactions, τ in days; 0 = off."
-    )
-    min_user_items: int = Field(2, ge=1, description="Drop users with fewer distinct items.")
-    max_user_items: int = Field(5000, ge=1, description="Drop users with more distinct items (robots).")
-    max_items_per_user: int = Field(200, ge=2, description="Cap: a user keeps this many items (seeded hash sample).")
-    max_users_per_item: int = Field(1000, ge=2, description="Cap: an item keeps this many users (seeded hash sample).")
-    top_k: int = Field(100, ge=1, description="Neighbors kept per item.")
-    engine: Literal["auto", "sql", "blocks"] = Field(
-        "auto",
-        description="blocks: item blocks scored with SciPy sparse products inside Spark "
-        "(applyInArrow); sql: Spark SQL end to end (exact fixed-point sums); auto: blocks unless "
-        "--time-decay-days is set (only sql has time decay).",
-    )
-    blocks: int = Field(
-        0,
-        ge=0,
-        description="Item blocks of the blocks engine (more blocks: less memory "
-        "per task, more replication of user rows); 0: one block per 8,000 capped "
-        "user-item pairs, 8 to 4,096.",
-    )
+class SimilarityParams(SimilaritySpec, JobParams):
     evaluate: bool = Field(
         True, description="Evaluate on a leave-last-out split (a second similarity pass on the training pairs)."
     )
     eval_k: list[int] = Field([10, 50], description="K values of HitRate@K and coverage@K.")
-
-    @field_validator("behavior_weights")
-    @classmethod
-    def _weights(cls, v: str) -> str:
-        ColumnMapping.parse(v).values_as(float)
-        return v
-
-    def spec(self) -> SimilaritySpec:
-        return SimilaritySpec(
-            algos=tuple(self.algos),
-            event_types=tuple(self.event_types),
-            behavior_weights=ColumnMapping.parse(self.behavior_weights).values_as(float),
-            swing_alpha=self.swing_alpha,
-            user_alpha=self.user_alpha,
-            user_beta=self.user_beta,
-            simple_alpha=self.simple_alpha,
-            time_decay_days=self.time_decay_days,
-            min_user_items=self.min_user_items,
-            max_user_items=self.max_user_items,
-            max_items_per_user=self.max_items_per_user,
-            max_users_per_item=self.max_users_per_item,
-            top_k=self.top_k,
-            engine=self.engine,
-            blocks=self.blocks,
-            seed=self.seed,
-        )
 
 
 class BuildSimilarityJob(Job):
@@ -117,7 +49,7 @@ class BuildSimilarityJob(Job):
 
     def run(self, ctx: RunContext) -> None:
         p: SimilarityParams = ctx.params
-        spec = p.spec()
+        spec = SimilaritySpec.of(p)
         ui_all = user_items(visible_events(clean_events(ctx), ctx.cutoff), spec).persist(StorageLevel.MEMORY_AND_DISK)
         sims = rep = ui_all
         try:

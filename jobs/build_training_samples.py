@@ -12,8 +12,6 @@ of every numeric feature over the train split, for quantile buckets / CDF normal
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -21,7 +19,6 @@ from pyspark.sql import types as T
 from recfactory.features.cross_stats import build_cross_stats
 from recfactory.features.instants import collect_instant, ts_lit
 from recfactory.features.samples import SPLITS, SampleSpec, SplitBounds, build_training_samples, subsample
-from recfactory.features.schema import EVENT_TYPES, POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
 from recfactory.features.transforms import fit_quantiles
 from recfactory.jobs.build_cross_stats import CrossStatsSpecParams, pruned_spec, record_priors
@@ -30,56 +27,8 @@ from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field
 
 
-class TrainingSampleParams(CrossStatsSpecParams):
-    mode: Literal["auto", "impressions", "interactions"] = Field(
-        "auto", description="Sample rows: impressions, interaction rows, or auto (impressions when any exist)."
-    )
-    positive_types: list[str] = Field(list(POSITIVE_EVENT_TYPES), description="Event types that make label_click = 1.")
-    attribution_minutes: float = Field(
-        30.0,
-        gt=0,
-        description="Impressions mode: a positive within this long "
-        "after the impression (and before the pair's next impression) is its click.",
-    )
-    dwell_tau_ms: float = Field(30_000.0, description="τ of label_dwell = click × sigmoid((dwell − τ)/s).")
-    dwell_scale_ms: float = Field(10_000.0, gt=0, description="s of label_dwell.")
-    bounce_ms: int = Field(5_000, ge=0, description="A click with known dwell below this is a hard negative.")
-    history_len: int = Field(20, ge=0, description="Last k interactions before each sample (hist_items).")
-    history_types: list[str] = Field(
-        [t for t in EVENT_TYPES if t != "impression"], description="Event types that enter hist_items."
-    )
-    warmup_days: float = Field(
-        7.0, gt=0, description="The first days of data are history only; the smoothing priors are fit on them."
-    )
-    val_days: float = Field(1.0, ge=0, description="Validation split: the days before the test split.")
-    test_days: float = Field(1.0, ge=0, description="Test split: the last days before the cutoff.")
-    sample_rate: float = Field(1.0, gt=0, le=1, description="Uniform subsampling rate r (every split).")
-    negative_rate: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="Negative downsampling rate w (train split "
-        "only); stored per row for recalibration q = p/(p+(1−p)/w).",
-    )
+class TrainingSampleParams(SampleSpec, CrossStatsSpecParams):
     quantiles: int = Field(100, ge=2, description="Quantile levels stored per numeric feature in feature_quantiles.")
-
-    def sample_spec(self) -> SampleSpec:
-        return SampleSpec(
-            mode=self.mode,
-            positive_types=tuple(self.positive_types),
-            attribution_minutes=self.attribution_minutes,
-            dwell_tau_ms=self.dwell_tau_ms,
-            dwell_scale_ms=self.dwell_scale_ms,
-            bounce_ms=self.bounce_ms,
-            history_len=self.history_len,
-            history_types=tuple(self.history_types),
-            warmup_days=self.warmup_days,
-            val_days=self.val_days,
-            test_days=self.test_days,
-            sample_rate=self.sample_rate,
-            negative_rate=self.negative_rate,
-            seed=self.seed,
-        )
 
 
 QUANTILE_SCHEMA = T.StructType(
@@ -104,7 +53,7 @@ class BuildTrainingSamplesJob(Job):
 
     def run(self, ctx: RunContext) -> None:
         p: TrainingSampleParams = ctx.params
-        spec = p.sample_spec()
+        spec = SampleSpec.of(p)
         events = clean_events(ctx)
         stats = pruned_spec(ctx, events)
         items = item_snapshot(ctx)

@@ -70,7 +70,7 @@ METRICS_SCHEMA = T.StructType(
 )
 
 
-class TrainGBDTParams(JobParams):
+class TrainGBDTParams(GBDTSpec, JobParams):
     label: str = Field("label_click", description="The binary label column of training_samples.")
     features: list[str] = Field(
         [],
@@ -92,12 +92,6 @@ class TrainGBDTParams(JobParams):
         description="Further negative downsampling of the tree rows "
         "(seeded hash), on top of the samples' own rate; recalibrated.",
     )
-    num_trees: int = Field(200, ge=1, description="Boosting rounds (trees).")
-    num_leaves: int = Field(31, ge=2, description="Leaves per tree.")
-    learning_rate: float = Field(0.05, gt=0, description="Shrinkage.")
-    min_data_in_leaf: int = Field(100, ge=1, description="Smallest leaf.")
-    feature_fraction: float = Field(0.8, gt=0, le=1, description="Features sampled per tree.")
-    bagging_fraction: float = Field(0.8, gt=0, le=1, description="Rows sampled per tree.")
     distributed_rows: int = Field(
         5_000_000,
         ge=1,
@@ -110,24 +104,12 @@ class TrainGBDTParams(JobParams):
     gate_min_auc: float = Field(0.55, ge=0, le=1, description="The GBDT's test AUC must reach this.")
     gate_max_ne: float = Field(1.0, gt=0, description="The GBDT's test NE must stay below this (1: the base rate).")
 
-    def gbdt_spec(self) -> GBDTSpec:
-        return GBDTSpec(
-            num_trees=self.num_trees,
-            num_leaves=self.num_leaves,
-            learning_rate=self.learning_rate,
-            min_data_in_leaf=self.min_data_in_leaf,
-            feature_fraction=self.feature_fraction,
-            bagging_fraction=self.bagging_fraction,
-            seed=self.seed,
-        )
-
 
 def _train_task(X: np.ndarray, y: np.ndarray, spec_dict: dict, names: list[str], cpus: int) -> str:
     """Ray task: the booster as LightGBM model text."""
     from recfactory.tokenizers.gbdt import GBDTSpec, train
 
-    spec = GBDTSpec(**{**spec_dict, "threads": cpus})
-    return train(X, y, spec, names).model_to_string()
+    return train(X, y, GBDTSpec(**spec_dict), names, threads=cpus).model_to_string()
 
 
 class TrainGBDTJob(Job):
@@ -178,7 +160,7 @@ class TrainGBDTJob(Job):
 
         ray = init_ray()
         cpus = node_cpus()[0]
-        spec = p.gbdt_spec()
+        spec = GBDTSpec.of(p)
         if len(tree) >= p.distributed_rows:
             storage = ctx.warehouse.arrow_path("_checkpoints", "train_gbdt")
             booster = gbdt.train_distributed(

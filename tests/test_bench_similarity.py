@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import time
-from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -84,7 +83,7 @@ def test_bench_similarity(spark, tmp_path):
     if size != "10m":  # the SQL engine, for comparison (timed, not kept); at 10M only the default
         with PeakRSS() as mem:
             t0 = time.time()
-            neighbor_lists(ui, replace(spec, engine="sql")).write.format("noop").mode("overwrite").save()
+            neighbor_lists(ui, spec.replace(engine="sql")).write.format("noop").mode("overwrite").save()
             res["spark_sql_s"] = round(time.time() - t0, 2)
         res["spark_sql_peak_rss_gb"] = round(mem.peak / 2**30, 2)
     # a first full run starts Spark's Python workers and their imports (scipy, pyarrow) and warms

@@ -26,10 +26,8 @@ def data(n=4000, seed=0):
 
 def test_leaf_vocabulary_is_dense_and_encodes_the_raw_score():
     X, y = data()
-    spec = GBDTSpec(
-        num_trees=12, num_leaves=8, min_data_in_leaf=20, bagging_fraction=1.0, feature_fraction=1.0, threads=1
-    )
-    booster = train(X, y, spec, [f"x{i}" for i in range(5)])
+    spec = GBDTSpec(num_trees=12, num_leaves=8, min_data_in_leaf=20, bagging_fraction=1.0, feature_fraction=1.0)
+    booster = train(X, y, spec, [f"x{i}" for i in range(5)], threads=1)
     vocab = leaf_vocab(booster)
     assert vocab["global_id"].tolist() == list(range(len(vocab)))
     for _, g in vocab.groupby("tree"):
@@ -65,7 +63,7 @@ def test_a_gbdt_on_downsampled_rows_is_calibrated_after_recalibration():
     X, y = data(n=60_000, seed=2)
     w = 0.1
     keep = (y == 1) | (rng.random(len(y)) < w)
-    booster = train(X[keep], y[keep], GBDTSpec(num_trees=200, num_leaves=8, threads=1), [f"x{i}" for i in range(5)])
+    booster = train(X[keep], y[keep], GBDTSpec(num_trees=200, num_leaves=8), [f"x{i}" for i in range(5)], threads=1)
     p = booster.predict(X)
     q = recalibrate(p, w)
     assert calibration_ratio(y, p) > 2 and calibration_ratio(y, q) == pytest.approx(1.0, abs=0.1)

@@ -239,7 +239,6 @@ def _communities(k=4, size=25, seed=0):
 @pytest.mark.ray
 def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
     from recfactory.graph.embeddings import EmbeddingSpec, fit, nearest
-    from recfactory.graph.skipgram import TrainSpec
     from recfactory.graph.walks import random_walks
     from recfactory.jobs.runtime.ray_runtime import init_ray
 
@@ -252,7 +251,7 @@ def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
     g = Graph.from_edges(src, g.indices[keep], g.weights[keep], g.n)
     a, b = random_walks(g, 3, 8, seed=1, shards=1), random_walks(g, 3, 8, seed=1, shards=5)
     assert np.array_equal(a, b)  # same walks whatever the number of Ray tasks
-    spec = EmbeddingSpec(walks_per_node=10, walk_length=10, train=TrainSpec(dim=16, epochs=3, seed=1))
+    spec = EmbeddingSpec(walks_per_node=10, walk_length=10, dim=16, epochs=3, seed=1)
     fitted = fit(g, comm[:, None], [4], ["community"], spec, seed=1, progress=False)
     warm = np.setdiff1d(np.arange(g.n), cold)
     for m, f in fitted.items():

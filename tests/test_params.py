@@ -91,32 +91,42 @@ def test_credentials_in_uris_never_reach_manifests():
     assert redact({"p": ["abfss://u:pw@acct/x", "/local/path@2"]}) == {"p": ["abfss://***@acct/x", "/local/path@2"]}
 
 
-def test_no_parameter_has_two_defaults():
-    """A job parameter that a transform's spec also declares (same name) has one default: the job's
-    Params and the spec dataclass its `*_spec()` builds agree."""
-    import dataclasses
-    import inspect
-    import re
+def _specs():
+    """Every transform spec of the libraries (features, graph, tokenizers)."""
+    import importlib
+    import pkgutil
 
+    from recfactory.features.spec import Spec
+
+    for pkg in ("features", "graph", "tokenizers"):
+        root = importlib.import_module(f"recfactory.{pkg}")
+        for m in pkgutil.iter_modules(root.__path__):
+            importlib.import_module(f"recfactory.{pkg}.{m.name}")
+    seen, todo = [], [Spec]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.split(".")[1] in ("features", "graph", "tokenizers") and sub not in seen:
+                seen.append(sub)
+                todo.append(sub)
+    return seen
+
+
+def test_every_parameter_is_declared_once_with_one_default():
+    """A job's Params inherit the specs of its transforms (no `*_spec()` mapper copies fields
+    between two declarations): every field, and so its default, is declared by exactly one class
+    of the Params' bases."""
     from recfactory.jobs.runtime.job import JOBS, load_job
 
-    def norm(v):
-        return tuple(v) if isinstance(v, list | tuple) else v
-
-    disagree, checked = [], 0
+    specs = _specs()
+    assert len(specs) >= 10, specs
+    twice, mappers, inherited = [], [], 0
     for name in JOBS:
         P = load_job(name).Params
-        mod = inspect.getmodule(P)
-        for m in (m for m in dir(P) if m.endswith("_spec") and callable(getattr(P, m))):
-            for cls_name in set(re.findall(r"\b([A-Z]\w*Spec)\(", inspect.getsource(getattr(P, m)))):
-                cls = getattr(mod, cls_name)
-                for f in dataclasses.fields(cls):
-                    if f.name not in P.model_fields:
-                        continue
-                    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                    checked += 1
-                    if norm(P.model_fields[f.name].default) != norm(default):
-                        disagree.append(
-                            f"{name}.{f.name}: {P.model_fields[f.name].default!r} vs {cls_name} {default!r}"
-                        )
-    assert checked > 20 and not disagree, disagree
+        mappers += [f"{name}.{m}" for m in vars(P) if m.endswith("spec") and callable(getattr(P, m))]
+        for field in P.model_fields:
+            owners = [c.__name__ for c in P.__mro__ if field in vars(c).get("__annotations__", {})]
+            if len(owners) != 1:
+                twice.append(f"{name}.{field}: {owners}")
+        inherited += sum(issubclass(P, spec) for spec in specs)
+    assert not twice and not mappers, (twice, mappers)
+    assert inherited >= 12

@@ -40,12 +40,12 @@ def reference(rows, spec: SequenceSpec):
     out = {}
     for user in sorted({r[1] for r in rows}):
         evs = sorted(
-            (r for r in rows if r[1] == user and r[4] < CUTOFF and r[3] in spec.type_caps), key=lambda r: (r[4], r[0])
+            (r for r in rows if r[1] == user and r[4] < CUTOFF and r[3] in spec.caps), key=lambda r: (r[4], r[0])
         )
         if spec.dedup_consecutive:
             evs = [e for k, e in enumerate(evs) if k == 0 or evs[k - 1][2] != e[2]]
         kept = []
-        for t, cap in spec.type_caps.items():
+        for t, cap in spec.caps.items():
             kept += [e for e in evs if e[3] == t][-cap:]
         kept = sorted(kept, key=lambda r: (r[4], r[0]))[-spec.max_len :]
         if kept:
@@ -91,7 +91,7 @@ def test_category_buckets(spark):
     spec = SequenceSpec(category_max_len=3)
     got = build_sequences(spark.createDataFrame(rows, SCHEMA), CUTOFF, spec, items).collect()
     for r in got:
-        flat = reference(rows, SequenceSpec(max_len=10**6, type_caps=spec.type_caps))[r.user_id]
+        flat = reference(rows, SequenceSpec(max_len=10**6, type_caps=spec.caps))[r.user_id]
         for cat, seq in r.category_sequences.items():
             members = [
                 x

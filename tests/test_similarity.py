@@ -8,7 +8,6 @@ import itertools
 import math
 import random
 from collections import defaultdict
-from dataclasses import replace
 
 import pytest
 from pyspark.sql import functions as F
@@ -43,7 +42,7 @@ def reference(rows, spec: SimilaritySpec, kept=None):
     for u, i, typ, ts in rows:
         if typ not in spec.event_types:
             continue
-        b = spec.behavior_weights.get(typ, 1.0)
+        b = spec.weights.get(typ, 1.0)
         ob, ot = ui.get((u, i), (0.0, -math.inf))
         ui[(u, i)] = (max(ob, b), max(ot, ts.replace(tzinfo=dt.UTC).timestamp()))
     deg = defaultdict(int)
@@ -114,9 +113,9 @@ assert SPECS[0].resolved_engine == "blocks" and SPECS[2].resolved_engine == "sql
     "spec",
     SPECS
     + [
-        replace(SPECS[0], engine="sql"),
-        replace(SPECS[1], engine="sql", blocks=3),
-        replace(SPECS[2], time_decay_days=0.0, blocks=2),
+        SPECS[0].replace(engine="sql"),
+        SPECS[1].replace(engine="sql", blocks=3),
+        SPECS[2].replace(time_decay_days=0.0, blocks=2),
     ],
     ids=["pai", "flink-top3", "weighted-decay-activity(sql)", "pai-sql", "flink-top3-sql", "weighted-activity(blocks)"],
 )
@@ -160,7 +159,7 @@ def test_caps_and_partition_independence(spark, engine):
         for n, blocks in ((1, 1), (4, 3), (16, 16)):
             spark.conf.set("spark.sql.shuffle.partitions", str(n))
             kept = set()
-            got, _ = spark_result(spark, rows, replace(spec, blocks=blocks), kept)
+            got, _ = spark_result(spark, rows, spec.replace(blocks=blocks), kept)
             results.append((got, kept))
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", old)
@@ -218,7 +217,7 @@ def test_scipy_peer_matches_brute_force(spec):
     ui = {}
     for u, i, typ, _ in rows:
         if typ in spec.event_types:
-            ui[(u, i)] = max(ui.get((u, i), 0.0), spec.behavior_weights.get(typ, 1.0))
+            ui[(u, i)] = max(ui.get((u, i), 0.0), spec.weights.get(typ, 1.0))
     deg = defaultdict(int)
     for u, _ in ui:
         deg[u] += 1

@@ -11,43 +11,31 @@ deterministic mode) and is stored as LightGBM's own text format — no pickle.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 import pandas as pd
 
 from recfactory.features.draws import seeded_share
+from recfactory.features.spec import Field, Seeded
 
 
-@dataclass(frozen=True)
-class GBDTSpec:
+class GBDTSpec(Seeded):
     """Defaults: the Facebook paper boosts ~500 trees of ≤ 12 leaves; LightGBM's leaf-wise growth
     with 31 leaves and a 0.05 learning rate gets there with fewer, deeper trees."""
 
-    num_trees: int = 200
-    num_leaves: int = 31
-    learning_rate: float = 0.05
-    min_data_in_leaf: int = 100
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
-    bagging_freq: int = 1
-    lambda_l2: float = 1.0
-    threads: int = 0  # 0: LightGBM's default (all cores)
-    seed: int = 42
+    num_trees: int = Field(200, ge=1, description="Boosting rounds (trees).")
+    num_leaves: int = Field(31, ge=2, description="Leaves per tree.")
+    learning_rate: float = Field(0.05, gt=0, description="Shrinkage.")
+    min_data_in_leaf: int = Field(100, ge=1, description="Smallest leaf.")
+    feature_fraction: float = Field(0.8, gt=0, le=1, description="Features sampled per tree.")
+    bagging_fraction: float = Field(0.8, gt=0, le=1, description="Rows sampled per tree.")
+    bagging_freq: int = Field(1, ge=0, description="Rows are resampled every this many trees (0: never).")
+    lambda_l2: float = Field(1.0, ge=0, description="L2 regularization of the leaf values.")
 
-    def __post_init__(self):
-        if self.num_trees < 1 or self.num_leaves < 2 or self.learning_rate <= 0 or self.min_data_in_leaf < 1:
-            raise ValueError(
-                "num_trees >= 1, num_leaves >= 2, learning_rate > 0 and min_data_in_leaf >= 1 are required"
-            )
-        if not (0 < self.feature_fraction <= 1 and 0 < self.bagging_fraction <= 1):
-            raise ValueError("feature_fraction and bagging_fraction must be in (0, 1]")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def lgb_params(self) -> dict:
+    def lgb_params(self, threads: int = 0) -> dict:
+        """LightGBM's parameters; ``threads`` 0: LightGBM's default (all cores)."""
         return {
             "objective": "binary",
             "num_leaves": self.num_leaves,
@@ -57,7 +45,7 @@ class GBDTSpec:
             "bagging_fraction": self.bagging_fraction,
             "bagging_freq": self.bagging_freq,
             "lambda_l2": self.lambda_l2,
-            "num_threads": self.threads,
+            "num_threads": threads,
             "seed": self.seed,
             "deterministic": True,
             "force_row_wise": True,
@@ -65,8 +53,15 @@ class GBDTSpec:
         }
 
 
-def train(X: np.ndarray, y: np.ndarray, spec: GBDTSpec, feature_names: list[str], weight: np.ndarray | None = None):
-    """A LightGBM binary booster with spec.num_trees trees."""
+def train(
+    X: np.ndarray,
+    y: np.ndarray,
+    spec: GBDTSpec,
+    feature_names: list[str],
+    weight: np.ndarray | None = None,
+    threads: int = 0,
+):
+    """A LightGBM binary booster with spec.num_trees trees (on ``threads`` threads; 0: all cores)."""
     import lightgbm as lgb
 
     if X.shape[1] != len(feature_names):
@@ -74,7 +69,7 @@ def train(X: np.ndarray, y: np.ndarray, spec: GBDTSpec, feature_names: list[str]
     if len(np.unique(y)) < 2:
         raise ValueError("the training rows have a single label: nothing to learn")
     data = lgb.Dataset(X, label=y, weight=weight, feature_name=list(feature_names), free_raw_data=False)
-    return lgb.train(spec.lgb_params(), data, num_boost_round=spec.num_trees)
+    return lgb.train(spec.lgb_params(threads), data, num_boost_round=spec.num_trees)
 
 
 def leaf_vocab(booster) -> pd.DataFrame:

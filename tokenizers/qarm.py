@@ -24,46 +24,26 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from recfactory.features.spec import Field, Seeded
 
-@dataclass(frozen=True)
-class AlignSpec:
-    out_dim: int = 128
-    hidden: int = 512
-    side_dim: int = 16
-    batch_size: int = 512  # pairs per worker per step (in-batch negatives: batch − 1)
-    epochs: int = 20
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.07  # initial; learned
-    workers: int = 2  # Ray Train workers (DDP on CPU)
-    checkpoint_every: int = 5  # epochs between checkpoints (and the last epoch)
-    seed: int = 42
 
-    def __post_init__(self):
-        if (
-            min(
-                self.out_dim,
-                self.hidden,
-                self.side_dim,
-                self.batch_size,
-                self.epochs,
-                self.workers,
-                self.checkpoint_every,
-            )
-            < 1
-        ):
-            raise ValueError("out_dim, hidden, side_dim, batch_size, epochs, workers, checkpoint_every must be >= 1")
-        if self.lr <= 0 or not 0 < self.temperature < 1:
-            raise ValueError("lr must be > 0 and temperature in (0, 1)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+class AlignSpec(Seeded):
+    out_dim: int = Field(128, ge=2, description="Aligned vector dimension.")
+    hidden: int = Field(512, ge=1, description="Projector MLP hidden width.")
+    side_dim: int = Field(16, ge=1, description="Side-information embedding width per field.")
+    batch_size: int = Field(512, ge=2, description="Pairs per worker per step (in-batch negatives: batch − 1).")
+    epochs: int = Field(20, ge=1, description="Passes over the training pairs.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    temperature: float = Field(0.07, gt=0, lt=1, description="Initial InfoNCE temperature (learned).")
+    workers: int = Field(2, ge=1, description="Ray Train workers (DDP over CPU, gloo).")
+    checkpoint_every: int = Field(5, ge=1, description="Epochs between checkpoints (and the last one).")
 
 
 class Projector(nn.Module):

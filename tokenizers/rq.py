@@ -40,39 +40,35 @@ published SIDs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Annotated
 
 import numba
 import numpy as np
 
+from recfactory.features.spec import Field, Seeded
 
-@dataclass(frozen=True)
-class RQSpec:
-    codebook_sizes: tuple[int, ...] = (256, 256, 256)
-    balance: float | None = 1.0  # levels 1..L−1: code size ≤ ⌈(1+balance)·N/K⌉; None: plain k-means
-    prefix_balance: float | None = 0.0  # level L: ≤ ⌈(1+prefix_balance)·n_prefix/K_L⌉ per prefix; None: plain
-    kmeans_iterations: int = 20  # faiss k-means iterations per level
-    balanced_iterations: int = 10  # capacity-constrained Lloyd iterations after them
-    candidates: int = 32  # nearest codes ranked per item by the constrained assignment
-    seed: int = 42
 
-    def __post_init__(self):
-        object.__setattr__(self, "codebook_sizes", tuple(int(k) for k in self.codebook_sizes))
-        if not self.codebook_sizes or min(self.codebook_sizes) < 2:
-            raise ValueError(f"codebook sizes must all be >= 2, got {self.codebook_sizes}")
-        for name in ("balance", "prefix_balance"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ValueError(f"{name} must be >= 0 (or None for no capacity), got {v}")
-        if self.kmeans_iterations < 1 or self.balanced_iterations < 0 or self.candidates < 2:
-            raise ValueError("kmeans_iterations >= 1, balanced_iterations >= 0 and candidates >= 2 are required")
+class RQSpec(Seeded):
+    codebook_sizes: tuple[Annotated[int, Field(ge=2)], ...] = Field(
+        (256, 256, 256), min_length=1, description="Codes per level (e.g. 1024,4096,32768)."
+    )
+    balance: float | None = Field(
+        1.0, ge=0, description="Levels 1..L−1: a code holds at most (1 + balance)·N/K items; none: plain k-means."
+    )
+    prefix_balance: float | None = Field(
+        0.0,
+        ge=0,
+        description="Last level: at most (1 + prefix_balance)·n/K "
+        "items per code among the n items of a prefix; none: plain nearest code.",
+    )
+    kmeans_iterations: int = Field(20, ge=1, description="faiss k-means iterations per level.")
+    balanced_iterations: int = Field(10, ge=0, description="Capacity-constrained Lloyd iterations per level.")
+    candidates: int = Field(32, ge=2, description="Nearest codes ranked per item by the balanced assignment.")
 
     @property
     def levels(self) -> int:
         return len(self.codebook_sizes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -17,8 +17,9 @@ import types
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from recfactory.features.spec import Seeded
 from recfactory.jobs.runtime.env import DEFAULT_WAREHOUSE
 from recfactory.jobs.runtime.env import TABLE_NAME as _TABLE_NAME_RE
 
@@ -65,10 +66,8 @@ def restricted_fields(model: type[BaseModel]) -> dict[str, str]:
     return out
 
 
-class JobParams(BaseModel):
-    """Parameters every job takes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class JobParams(Seeded):
+    """Parameters every job takes (and, from ``Seeded``, the seed)."""
 
     warehouse: str = Field(
         DEFAULT_WAREHOUSE,
@@ -79,7 +78,6 @@ class JobParams(BaseModel):
         description="Logical date YYYY-MM-DD. Jobs see only events with ts < the end of this date "
         "(as_of + 1 day, 00:00 UTC) and write partition ds = as_of.",
     )
-    seed: int = Field(42, ge=0, description="Seed for every sampled or randomized step.")
 
     def to_json_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
