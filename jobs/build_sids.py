@@ -47,7 +47,7 @@ from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import TABLE_NAME, Field, JobParams, Restricted
 from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
 from recfactory.tokenizers import sid_generation as G
-from recfactory.tokenizers import sids as S
+from recfactory.tokenizers import sid_outputs as O
 from recfactory.tokenizers.rq import Codebooks, RQSpec
 from recfactory.tokenizers.rq_ray import ShardedSearch, fit_on_ray
 
@@ -292,20 +292,7 @@ class BuildSidsJob(Job):
         # publish: codebooks first (a new generation), then the state everything else derives from
         as_of = ctx.as_of
         if fresh:
-            fit_counts = [np.bincount(a.encoding.codes[:, lv], minlength=k) for lv, k in enumerate(spec.codebook_sizes)]
-            cb = [
-                (
-                    generation,
-                    lv + 1,
-                    code,
-                    books.centroids[lv][code].tolist(),
-                    bool(a.removed[lv][code]),
-                    int(fit_counts[lv][code]),
-                    json.dumps(gspec, sort_keys=True),
-                )
-                for lv in range(spec.levels)
-                for code in range(spec.codebook_sizes[lv])
-            ]
+            cb = O.codebook_frame(generation, books, a, spec, gspec)
             # replaces this generation's rows only: another generation fitted for the date (a rerun on
             # changed inputs) keeps its centroids, so no state that names it is ever orphaned
             ctx.write(
@@ -313,54 +300,15 @@ class BuildSidsJob(Job):
                 "sid_codebooks",
                 where={"generation": generation},
             )
-        assigned = np.concatenate(
-            [
-                kept["assigned_ds"].to_numpy(dtype=object) if len(kept) else np.zeros(0, object),
-                np.array([as_of] * len(plan.new_rows), dtype=object),
-            ]
-        )
-        state = pd.DataFrame(
-            {
-                "item_id": a.item_of,
-                "codes": [[int(c) for c in r if c >= 0] for r in a.final],
-                "suffix": a.suffix.astype(int),
-                "sid": a.sid,
-                "generation": generation,
-                "rq_codes": [r.tolist() for r in a.rq_codes],
-                "in_catalog": a.in_catalog,
-                "assigned_ds": assigned,
-            }
-        ).sort_values("item_id", kind="stable")
+        state = O.state_frame(a, plan, generation, as_of)
         ref = ctx.write(spark.createDataFrame(state, SID_SCHEMA).withColumn("ds", F.lit(as_of)), "semantic_ids")
         ctx.row_counts["semantic_ids"] = ref.rows
         lookup = state[["sid", "item_id", "generation", "in_catalog"]]
         ctx.write(spark.createDataFrame(lookup, LOOKUP_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_lookup")
-        pre, bi = S.token_features(a.final, p.feature_vocab, seed=G.generation_seed(generation))
-        feats = pd.DataFrame(
-            {
-                "item_id": a.item_of,
-                "generation": generation,
-                "sid": a.sid,
-                "prefix_ngram_ids": [r[r >= 0].tolist() for r in pre],
-                "bigram_ids": [r[r >= 0].tolist() for r in bi],
-                "vocab_size": p.feature_vocab,
-            }
-        )
-        ctx.write(
-            spark.createDataFrame(feats[a.in_catalog], FEATURE_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_features"
-        )
+        feats = O.feature_frame(a, generation, p.feature_vocab)
+        ctx.write(spark.createDataFrame(feats, FEATURE_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_features")
         if fresh and prior is not None:
-            new_sid = pd.Series(a.sid, index=a.item_of)
-            remap = pd.DataFrame(
-                {
-                    "item_id": prior["item_id"],
-                    "old_generation": gen_prev,
-                    "old_sid": prior["sid"],
-                    "new_generation": generation,
-                    "new_sid": new_sid.reindex(prior["item_id"]).to_numpy(),
-                }
-            )
-            remap["new_sid"] = remap["new_sid"].astype(object).where(remap["new_sid"].notna(), None)
+            remap = O.remap_frame(prior, gen_prev, a, generation)
             ref = ctx.write(spark.createDataFrame(remap, REMAP_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_remap")
             ctx.row_counts["sid_remap"] = ref.rows
         ctx.write(spark.createDataFrame(quarantine, QUARANTINE_SCHEMA).withColumn("ds", F.lit(as_of)), "sid_quarantine")
@@ -424,17 +372,7 @@ class BuildSidsJob(Job):
             raise ValueError(f"semantic_ids of {prev} mix generations {gens}")
         gen = gens[0]
         cb = ctx.read("sid_codebooks").where((F.col("generation") == F.lit(gen)) & (F.col("ds") <= F.lit(ctx.as_of)))
-        cbp = cb.toPandas().sort_values(["level", "code"])
-        if not len(cbp):
-            raise ValueError(f"sid_codebooks has no rows for generation {gen} (semantic_ids of {prev} use it)")
-        if cbp.duplicated(["level", "code"]).any():
-            raise AssertionError(f"generation {gen} has more than one centroid for a (level, code)")
-        spec = json.loads(cbp["spec"].iloc[0])
-        cents, removed = [], []
-        for lv in sorted(cbp["level"].unique()):
-            part = cbp[cbp["level"] == lv]
-            cents.append(np.stack(part["centroid"].to_numpy()).astype(np.float32))
-            removed.append(part["removed"].to_numpy(dtype=bool))
+        cents, removed, spec = O.codebooks_from_frame(cb.toPandas(), gen)
         ctx.notes["prior"] = f"semantic_ids ds={prev}, generation {gen}"
         return state.reset_index(drop=True), gen, cents, spec, removed
 
@@ -455,13 +393,8 @@ class BuildSidsJob(Job):
         if not len(pairs):
             ctx.notes["prefix_recall"] = f"skipped: item_similarity has no {p.eval_algo} rows for {ctx.as_of}"
             return None
-        index = pd.Series(np.arange(len(items)), index=items)
-        pairs = pairs[pairs["a"].isin(index.index) & pairs["b"].isin(index.index)]
-        ctx.row_counts["eval_pairs"] = len(pairs)
-        out = [np.zeros(0, dtype=np.int64)] * len(items)
-        for a, g in pairs.groupby("a", sort=False)["b"]:
-            out[index[a]] = index[g.to_numpy()].to_numpy()
-        return out
+        ctx.row_counts["eval_pairs"] = int((pairs["a"].isin(items) & pairs["b"].isin(items)).sum())
+        return O.neighbor_rows(pairs, items)
 
 
 if __name__ == "__main__":

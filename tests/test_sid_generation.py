@@ -95,3 +95,29 @@ def test_gates_name_what_failed():
     assert len(failed) == 4 and failed[0].startswith("collision rate before handling 0.7000 > 0.5")
     assert any(f.startswith("level 1 uses 0.050") for f in failed)
     assert G.gate_failures(m, removed, 1.0, 0.0, 1.0, 0.0) == []
+
+
+def test_codebook_rows_round_trip_and_neighbour_rows_index_the_items():
+    from types import SimpleNamespace
+
+    from recfactory.tokenizers.rq import Codebooks
+    from recfactory.tokenizers.sid_outputs import codebook_frame, codebooks_from_frame, neighbor_rows
+
+    rng = np.random.default_rng(0)
+    spec = RQSpec(codebook_sizes=(4, 3), seed=1)
+    books = Codebooks([rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)])
+    codes = np.array([[0, 1], [0, 2], [3, 1], [3, 1], [1, 0]])
+    removed = [np.array([False, True, False, False]), np.zeros(3, dtype=bool)]
+    a = SimpleNamespace(encoding=SimpleNamespace(codes=codes), removed=removed)
+    frame = codebook_frame("g1", books, a, spec, {"rq": spec.to_dict()})
+    assert list(frame["fit_items"]) == [2, 1, 0, 2, 1, 3, 1]  # per level, per code
+    cents, rem, gspec = codebooks_from_frame(frame.sample(frac=1, random_state=3), "g1")
+    assert all(np.array_equal(c, b) for c, b in zip(cents, books.centroids, strict=True))
+    assert [r.tolist() for r in rem] == [m.tolist() for m in removed] and gspec == {"rq": spec.to_dict()}
+    with pytest.raises(AssertionError, match="more than one centroid"):
+        codebooks_from_frame(pd.concat([frame, frame.iloc[:1]]), "g1")
+
+    items = np.array(["a", "b", "c"], dtype=object)
+    pairs = pd.DataFrame({"a": ["a", "a", "b", "x", "c"], "b": ["b", "c", "a", "a", "zz"]})
+    got = neighbor_rows(pairs, items)
+    assert [r.tolist() for r in got] == [[1, 2], [0], []]
