@@ -319,7 +319,9 @@ def test_the_daily_runs_report_has_every_section_and_opens_in_chromium(airflow_e
 
 def test_a_run_conf_that_sets_a_path_the_deployment_does_not_allow_fails_naming_it(airflow_env):
     """The deployment allows ingest's input paths (RECFACTORY_RUN_CONF_ALLOW), not the report's
-    output folder: the task fails before anything runs, naming the refused override."""
+    output folder: the task fails before anything runs, naming the refused override. (For a date
+    the DAG has not run: on D, the run's own conf, which sets report parameters, would override the
+    task params given here.)"""
     env, home = airflow_env
     res = _airflow(
         env,
@@ -327,7 +329,7 @@ def test_a_run_conf_that_sets_a_path_the_deployment_does_not_allow_fails_naming_
         "test",
         "recfactory_daily",
         "report",
-        D,
+        "1998-04-25",
         "-t",
         json.dumps({"report": {"output_dir": str(home / "elsewhere")}}),
         timeout=600,
