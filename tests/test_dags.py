@@ -1,18 +1,17 @@
-"""The Airflow DAGs: import, structure, and a real `airflow dags test` of the daily DAG on a slice of
-MovieLens (SQLite metadata DB) on real clusters — a Spark standalone master + worker and a two-node
-Ray cluster on localhost, the package shipped as a wheel. Then every one of its runs is replayed
+"""The Airflow DAGs run (their import and structure: test_dag_structure.py): a real `airflow dags
+test` of the daily DAG on a slice of MovieLens (SQLite metadata DB) on real clusters — a Spark
+standalone master + worker and a two-node Ray cluster on localhost, the package shipped as a wheel. Then every one of its runs is replayed
 from its manifest in local mode (local Spark, local Ray, this checkout): each job, given the inputs
 the cluster run read, must write bitwise the tables the cluster run wrote (`recfactory replay`) —
 both "cluster mode equals local mode", job by job, and "replay of every job of the daily DAG
 test's warehouse reproduces it". Then, on the same deployment in local mode (spark-submit
 local[*], local Ray): its report, a refused run conf, a rerun, the weekly refit, a failed quality
-gate, backfills."""
+gate, the backfill of an earlier date."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import shlex
 import sqlite3
 import subprocess
@@ -22,9 +21,10 @@ from pathlib import Path
 
 import pandas.testing
 import pytest
+from airflow_cli import airflow
 
 from recfactory.jobs.runtime.job import load_job
-from recfactory.jobs.runtime.pipeline import DAILY, WEEKLY, upstream
+from recfactory.jobs.runtime.pipeline import DAILY
 
 pytestmark = [pytest.mark.airflow]
 
@@ -56,10 +56,6 @@ CONF = {
     "align_embeddings": {"epochs": 2, "workers": 1},
     "report": {"map_sample": 500},  # t-SNE of 2,000 items per map is half the report's time
 }
-
-
-def _airflow(env, *args, timeout=3600):
-    return subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _build_wheel(dest: Path) -> Path:
@@ -109,46 +105,6 @@ def conf(airflow_env, movielens_slice):
     """CONF plus ingest from the slice, written under the Airflow home (ingest's --dataset tables)."""
     events, items = movielens_slice(airflow_env[1], USERS)
     return {**CONF, "ingest": {"dataset": "tables", "events_path": str(events), "items_path": str(items)}}
-
-
-def test_dags_import_without_errors_and_follow_the_pipeline(airflow_env):
-    env, _ = airflow_env
-    code = """
-import json
-from airflow.dag_processing.dagbag import DagBag
-bag = DagBag()
-out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
-for dag_id, dag in bag.dags.items():
-    out["dags"][dag_id] = {
-        "tasks": {t.task_id: {"upstream": sorted(t.upstream_task_ids), "retries": t.retries,
-                              "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
-                              "outlets": sorted(a.name for a in getattr(t, "outlets", []) or [])}
-                  for t in dag.tasks},
-        "params": sorted(dag.params.keys()), "max_active_runs": dag.max_active_runs}
-print("RESULT " + json.dumps(out))
-"""
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(ROOT / "airflow_dags"),
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads([x for x in res.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
-    assert out["errors"] == {}
-    daily, weekly = out["dags"]["recfactory_daily"], out["dags"]["recfactory_weekly"]
-    deps = upstream(DAILY)
-    assert set(daily["tasks"]) == set(deps)
-    for s in DAILY:
-        t = daily["tasks"][s.task_id]
-        assert t["upstream"] == deps[s.task_id] and t["retries"] == 2 and t["timeout"] > 0
-        assert t["outlets"] == sorted(f"recfactory.{x}" for x in load_job(s.job).outputs)
-    assert set(daily["params"]) == {"seed", *deps} and daily["max_active_runs"] == 1
-    assert set(weekly["tasks"]) == {"wait_for_recfactory_daily", *(s.task_id for s in WEEKLY)}
-    for s in WEEKLY:
-        assert weekly["tasks"][s.task_id]["upstream"] == ["wait_for_recfactory_daily"]
 
 
 def _delta_versions(wh: Path) -> dict[str, int]:
@@ -235,7 +191,7 @@ class TestOnTheClusters:
 
         _, home = airflow_env
         wh = home / "wh"
-        res = _airflow(cluster_env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
+        res = airflow(cluster_env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
         text = res.stdout + res.stderr
         assert res.returncode == 0, text[-6000:]
         assert spark_cluster.master_url in text and "submitted Ray job" in text
@@ -323,7 +279,7 @@ def test_a_run_conf_that_sets_a_path_the_deployment_does_not_allow_fails_naming_
     the DAG has not run: on D, the run's own conf, which sets report parameters, would override the
     task params given here.)"""
     env, home = airflow_env
-    res = _airflow(
+    res = airflow(
         env,
         "tasks",
         "test",
@@ -337,47 +293,6 @@ def test_a_run_conf_that_sets_a_path_the_deployment_does_not_allow_fails_naming_
     text = res.stdout + res.stderr
     assert "the run conf may not set report.output_dir" in text, text[-3000:]
     assert "RECFACTORY_RUN_CONF_ALLOW=report.output_dir" in text and not (home / "elsewhere").exists()
-
-
-def test_a_backfill_covers_each_date_of_the_range_in_order(airflow_env):
-    """`airflow backfill create` over a range: one run per date, oldest first; running it
-    backwards is refused (build_sids depends on its previous date)."""
-    env, _ = airflow_env
-    res = _airflow(env, "dags", "reserialize", timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    res = _airflow(
-        env,
-        "backfill",
-        "create",
-        "--dag-id",
-        "recfactory_daily",
-        "--from-date",
-        "1998-04-27",
-        "--to-date",
-        "1998-04-30",
-        "--dry-run",
-        "--reprocess-behavior",
-        "completed",
-        timeout=600,
-    )
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    dates = re.findall(r"^\| (\d{4}-\d{2}-\d{2}) ", res.stdout + res.stderr, re.M)  # "Runs to be attempted" table
-    assert dates == ["1998-04-27", "1998-04-28", "1998-04-29", "1998-04-30"], res.stdout[-3000:]
-    res = _airflow(
-        env,
-        "backfill",
-        "create",
-        "--dag-id",
-        "recfactory_daily",
-        "--from-date",
-        "1998-04-27",
-        "--to-date",
-        "1998-04-30",
-        "--dry-run",
-        "--run-backwards",
-        timeout=600,
-    )
-    assert res.returncode != 0 and "depends_on_past" in (res.stdout + res.stderr), (res.stdout + res.stderr)[-3000:]
 
 
 @pytest.mark.spark
@@ -395,7 +310,7 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env, conf):
     before = {t: DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)]) for t in tables.values()}
     versions = _delta_versions(wh)
     for task in tables:
-        res = _airflow(env, "tasks", "test", "recfactory_daily", task, D, "-t", json.dumps(conf))
+        res = airflow(env, "tasks", "test", "recfactory_daily", task, D, "-t", json.dumps(conf))
         assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     for t in tables.values():
         after = DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)])
@@ -424,7 +339,7 @@ def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow
         pytest.skip("needs the daily DAG run of the test above")
     before = _delta_versions(wh)
     conf = {"refit_sids": CONF["build_sids"], "refit_gbdt": CONF["train_gbdt"]}
-    res = _airflow(env, "dags", "test", "recfactory_weekly", "1998-05-03", "-c", json.dumps(conf))
+    res = airflow(env, "dags", "test", "recfactory_weekly", "1998-05-03", "-c", json.dumps(conf))
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     after = _delta_versions(wh)
     for table in ("semantic_ids", "sid_codebooks", "gbdt_models"):
@@ -446,7 +361,7 @@ def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_not
         pytest.skip("needs the daily DAG run of the test above")
     before = _delta_versions(wh)
     conf = {**conf, "train_gbdt": {"num_trees": 30, "gate_min_auc": 0.99}}
-    res = _airflow(
+    res = airflow(
         env,
         "dags",
         "test",
@@ -496,7 +411,7 @@ def test_a_backfill_of_an_earlier_date_leaves_the_later_tables_as_they_were(airf
         return df[cols].map(str).sort_values(cols).reset_index(drop=True)
 
     before = {"events": rows("events_clean"), "05-02": rows("user_sequences", D)}
-    res = _airflow(
+    res = airflow(
         env, "dags", "test", "recfactory_daily", "1998-04-20", "-c", json.dumps(conf), "--mark-success-pattern", only
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
