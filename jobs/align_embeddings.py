@@ -103,15 +103,15 @@ class AlignParams(AlignSpec, SideInfoSpec, JobParams):
     simtier_history: int = Field(50, ge=1, description="SimTier: the user's latest positives before the sample.")
 
 
-class AlignEmbeddingsJob(Job):
+class AlignEmbeddingsJob(Job[AlignParams]):
     name = "align_embeddings"
     Params = AlignParams
     description = "QARM alignment of content vectors to behaviour (Swing I2I + ID-space U2I pairs) on Ray Train, gated."
     outputs = ("aligned_embeddings", "aligned_models", "alignment_metrics", "simtier_features")
     inputs = ("content_embeddings", "items", "item_similarity", "graph_embeddings", "events_clean", "training_samples")
 
-    def run(self, ctx: RunContext) -> None:
-        p: AlignParams = ctx.params
+    def run(self, ctx: RunContext[AlignParams]) -> None:
+        p = ctx.params
         spark = ctx.spark
         content = date_partition(ctx, "content_embeddings", "build_content_embeddings").where(
             F.col("encoder") == p.content_encoder

@@ -87,7 +87,7 @@ class ContentEmbeddingParams(JobParams):
     )
 
 
-class BuildContentEmbeddingsJob(Job):
+class BuildContentEmbeddingsJob(Job[ContentEmbeddingParams]):
     name = "build_content_embeddings"
     Params = ContentEmbeddingParams
     description = (
@@ -96,8 +96,8 @@ class BuildContentEmbeddingsJob(Job):
     outputs = ("content_embeddings", "content_quarantine")
     inputs = ("items",)
 
-    def run(self, ctx: RunContext) -> None:
-        p: ContentEmbeddingParams = ctx.params
+    def run(self, ctx: RunContext[ContentEmbeddingParams]) -> None:
+        p = ctx.params
         for enc in p.encoders:
             if encoder_class(enc).input == "image_path" and p.image_root is None:  # unknown encoders fail here
                 raise ValueError(f"{enc} reads image_path: give --image-root, the folder that holds the images")

@@ -38,7 +38,7 @@ def record_priors(ctx: RunContext, priors: dict, prefix: str = "prior") -> None:
         ctx.metrics[f"{prefix}.{'.'.join(map(str, key))}.beta"] = round(b, 6)
 
 
-class BuildCrossStatsJob(Job):
+class BuildCrossStatsJob(Job[CrossStatsSpecParams]):
     name = "build_cross_stats"
     Params = CrossStatsSpecParams
     description = (
@@ -48,7 +48,7 @@ class BuildCrossStatsJob(Job):
     outputs = ("cross_stats",)
     inputs = ("events_clean", "items")
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext[CrossStatsSpecParams]) -> None:
         # read once: the spec's pruning, every key's aggregation (for the priors, then for the
         # write) and the reconciliation scan the same events
         events = clean_events(ctx).persist(StorageLevel.MEMORY_AND_DISK)

@@ -88,7 +88,7 @@ class GBDTLeavesParams(JobParams):
     batch_size: int = Field(10_000, ge=1, description="Rows per pred_leaf call.")
 
 
-class BuildGBDTLeavesJob(Job):
+class BuildGBDTLeavesJob(Job[GBDTLeavesParams]):
     name = "build_gbdt_leaves"
     Params = GBDTLeavesParams
     description = "Global GBDT leaf ids for every row of a table (Spark mapInArrow, model broadcast)."
@@ -98,11 +98,11 @@ class BuildGBDTLeavesJob(Job):
     def input_tables(cls, params) -> tuple[str, ...]:
         return ("gbdt_models", "gbdt_leaf_vocab", params.input)
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext[GBDTLeavesParams]) -> None:
         from recfactory.jobs.runtime.inputs import date_partition
         from recfactory.tokenizers.gbdt import tree_offsets
 
-        p: GBDTLeavesParams = ctx.params
+        p = ctx.params
         models = ctx.read("gbdt_models").where(F.col("ds") <= F.lit(ctx.as_of))
         if p.model_version:
             models = models.where(F.col("model_version") == p.model_version)

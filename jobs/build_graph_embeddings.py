@@ -70,7 +70,7 @@ class GraphEmbeddingParams(GraphSpec, EmbeddingSpec, JobParams):
     )
 
 
-class BuildGraphEmbeddingsJob(Job):
+class BuildGraphEmbeddingsJob(Job[GraphEmbeddingParams]):
     name = "build_graph_embeddings"
     Params = GraphEmbeddingParams
     description = (
@@ -79,8 +79,8 @@ class BuildGraphEmbeddingsJob(Job):
     outputs = ("item_graph", "graph_embeddings", "graph_embedding_metrics")
     inputs = ("sessions", "items")
 
-    def run(self, ctx: RunContext) -> None:
-        p: GraphEmbeddingParams = ctx.params
+    def run(self, ctx: RunContext[GraphEmbeddingParams]) -> None:
+        p = ctx.params
         gspec, espec = GraphSpec.of(p), EmbeddingSpec.of(p)
         sessions = date_partition(ctx, "sessions", "build_sessions").persist(StorageLevel.MEMORY_AND_DISK)
         items = item_snapshot(ctx)

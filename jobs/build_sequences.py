@@ -17,7 +17,7 @@ class SequenceParams(SequenceSpec, JobParams):
     """build_sequences' parameters: the job's, and the transform's (``SequenceSpec``)."""
 
 
-class BuildSequencesJob(Job):
+class BuildSequencesJob(Job[SequenceParams]):
     name = "build_sequences"
     Params = SequenceParams
     description = (
@@ -27,8 +27,8 @@ class BuildSequencesJob(Job):
     outputs = ("user_sequences",)
     inputs = ("events_clean", "items")
 
-    def run(self, ctx: RunContext) -> None:
-        p: SequenceParams = ctx.params
+    def run(self, ctx: RunContext[SequenceParams]) -> None:
+        p = ctx.params
         spec = SequenceSpec.of(p)
         items = item_snapshot(ctx) if spec.category_max_len else None
         seqs = build_sequences(clean_events(ctx), ctx.cutoff, spec, items)

@@ -17,15 +17,15 @@ class SessionParams(SessionSpec, JobParams):
     """build_sessions' parameters: the job's, and the transform's (``SessionSpec``)."""
 
 
-class BuildSessionsJob(Job):
+class BuildSessionsJob(Job[SessionParams]):
     name = "build_sessions"
     Params = SessionParams
     description = "Sessionize events by inactivity gap (and end events); every session recorded, valid ones flagged."
     outputs = ("sessions",)
     inputs = ("events_clean",)
 
-    def run(self, ctx: RunContext) -> None:
-        p: SessionParams = ctx.params
+    def run(self, ctx: RunContext[SessionParams]) -> None:
+        p = ctx.params
         sessions = build_sessions(clean_events(ctx), ctx.cutoff, SessionSpec.of(p))
         ref = ctx.write(sessions.withColumn("ds", F.lit(ctx.as_of)), "sessions")
         ctx.row_counts["sessions"] = ref.rows

@@ -196,7 +196,7 @@ class SidParams(RQSpec, JobParams):
         }
 
 
-class BuildSidsJob(Job):
+class BuildSidsJob(Job[SidParams]):
     name = "build_sids"
     Params = SidParams
     description = "Balanced RQ-KMeans semantic IDs with collision handling, metrics, gates and stable generations."
@@ -214,8 +214,8 @@ class BuildSidsJob(Job):
     def input_tables(cls, params) -> tuple[str, ...]:
         return (params.embeddings, "item_similarity")
 
-    def run(self, ctx: RunContext) -> None:
-        p: SidParams = ctx.params
+    def run(self, ctx: RunContext[SidParams]) -> None:
+        p = ctx.params
         spark = ctx.spark
         ids, X, quarantine = self._vectors(ctx, p)
         prior, gen_prev, books_prev, spec_prev, removed_prev = self._prior(ctx, p.new_generation)

@@ -40,15 +40,15 @@ class SimilarityParams(SimilaritySpec, JobParams):
     eval_k: list[int] = Field([10, 50], description="K values of HitRate@K and coverage@K.")
 
 
-class BuildSimilarityJob(Job):
+class BuildSimilarityJob(Job[SimilarityParams]):
     name = "build_similarity"
     Params = SimilarityParams
     description = "Item-to-item neighbors: Swing (two forms) and ItemCF (cosine, IUF), top-K per item, evaluated."
     outputs = ("item_similarity", "similarity_metrics", "similarity_cap_report")
     inputs = ("events_clean",)
 
-    def run(self, ctx: RunContext) -> None:
-        p: SimilarityParams = ctx.params
+    def run(self, ctx: RunContext[SimilarityParams]) -> None:
+        p = ctx.params
         spec = SimilaritySpec.of(p)
         ui_all = user_items(visible_events(clean_events(ctx), ctx.cutoff), spec).persist(StorageLevel.MEMORY_AND_DISK)
         sims = rep = ui_all

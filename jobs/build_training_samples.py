@@ -41,7 +41,7 @@ QUANTILE_SCHEMA = T.StructType(
 )
 
 
-class BuildTrainingSamplesJob(Job):
+class BuildTrainingSamplesJob(Job[TrainingSampleParams]):
     name = "build_training_samples"
     Params = TrainingSampleParams
     description = (
@@ -51,8 +51,8 @@ class BuildTrainingSamplesJob(Job):
     outputs = ("training_samples", "feature_quantiles")
     inputs = ("events_clean", "items")
 
-    def run(self, ctx: RunContext) -> None:
-        p: TrainingSampleParams = ctx.params
+    def run(self, ctx: RunContext[TrainingSampleParams]) -> None:
+        p = ctx.params
         spec = SampleSpec.of(p)
         events = clean_events(ctx)
         stats = pruned_spec(ctx, events)

@@ -22,14 +22,14 @@ class GenerateSyntheticParams(JobParams):
     categories: int = Field(50, ge=1, description="Number of item categories.")
 
 
-class GenerateSyntheticJob(Job):
+class GenerateSyntheticJob(Job[GenerateSyntheticParams]):
     name = "generate_synthetic"
     Params = GenerateSyntheticParams
     description = "Write seeded synthetic raw events and items (Zipf items, heavy-tailed users, sessions)."
     outputs = ("synthetic_events", "synthetic_items")
 
-    def run(self, ctx: RunContext) -> None:
-        p: GenerateSyntheticParams = ctx.params
+    def run(self, ctx: RunContext[GenerateSyntheticParams]) -> None:
+        p = ctx.params
         spec = SyntheticSpec(
             n_events=p.events,
             n_items=p.items,

@@ -124,7 +124,7 @@ class IngestParams(JobParams):
         )
 
 
-class IngestJob(Job):
+class IngestJob(Job[IngestParams]):
     name = "ingest"
     Params = IngestParams
     description = (
@@ -135,7 +135,7 @@ class IngestJob(Job):
     outputs = ("events_clean", "events_quarantine", "items", "items_quarantine")
 
     def load(self, ctx: RunContext):
-        p: IngestParams = ctx.params
+        p = ctx.params
         spark = ctx.spark
         if p.dataset == "tables":
             events = ctx.read_path(p.events_path, name="events", version=p.events_version)
@@ -157,8 +157,8 @@ class IngestJob(Job):
             ctx.record_input(InputRef(**prov))
         return (spark.createDataFrame(src.events), spark.createDataFrame(src.items), src.name)
 
-    def run(self, ctx: RunContext) -> None:
-        p: IngestParams = ctx.params
+    def run(self, ctx: RunContext[IngestParams]) -> None:
+        p = ctx.params
         raw_events, raw_items, source = self.load(ctx)
 
         items_ann = validate_items(raw_items, ColumnMapping.parse(p.items_columns), source=source, limits=p.limits())
@@ -185,7 +185,7 @@ class IngestJob(Job):
             items_ann.unpersist()
 
     def _check_and_write(self, ctx, raw_events, ann, items_ann, items_due, items_q):
-        p: IngestParams = ctx.params
+        p = ctx.params
         ds = F.lit(ctx.as_of).alias("ds")
         n_input = raw_events.count()
         by_reason = reason_counts(ann)

@@ -303,7 +303,7 @@ SECTIONS_READ = (
 SECTIONS = tuple(title for title, _ in SECTIONS_READ)
 
 
-class ReportJob(Job):
+class ReportJob(Job[ReportParams]):
     name = "report"
     Params = ReportParams
     description = (
@@ -329,8 +329,8 @@ class ReportJob(Job):
         *QUARANTINES,
     )
 
-    def run(self, ctx: RunContext) -> None:
-        p: ReportParams = ctx.params  # type: ignore[assignment]
+    def run(self, ctx: RunContext[ReportParams]) -> None:
+        p = ctx.params
         folder = p.output_dir or ctx.warehouse.arrow_path("_reports", "report", ctx.as_of.isoformat())
         out = ReportFolder(folder)
         w = Warehouse(ctx, p)

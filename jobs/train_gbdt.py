@@ -112,14 +112,14 @@ def _train_task(X: np.ndarray, y: np.ndarray, spec_dict: dict, names: list[str],
     return train(X, y, GBDTSpec(**spec_dict), names, threads=cpus).model_to_string()
 
 
-class TrainGBDTJob(Job):
+class TrainGBDTJob(Job[TrainGBDTParams]):
     name = "train_gbdt"
     Params = TrainGBDTParams
     description = "LightGBM on training_samples in a Ray task; model text, global leaf vocabulary, calibrated metrics."
     outputs = ("gbdt_models", "gbdt_leaf_vocab", "gbdt_metrics")
     inputs = ("training_samples",)
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext[TrainGBDTParams]) -> None:
         import lightgbm as lgb
 
         from recfactory.features.samples import recalibrate
@@ -127,7 +127,7 @@ class TrainGBDTJob(Job):
         from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
         from recfactory.tokenizers import gbdt
 
-        p: TrainGBDTParams = ctx.params
+        p = ctx.params
         spark = ctx.spark
         df = date_partition(ctx, "training_samples", "build_training_samples")
         names = self._feature_names(df, p)

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from recfactory.features.instants import day_end
 from recfactory.jobs.runtime.delta_io import CommitProperties, InputRef, OutputRef, Warehouse
@@ -74,7 +74,13 @@ def _new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-class Job:
+P = TypeVar("P", bound=JobParams)
+
+
+class Job(Generic[P]):
+    """A job whose parameters are a ``P`` (``class BuildSessionsJob(Job[SessionParams])``: its
+    ``run`` gets a ``RunContext[SessionParams]``, whose ``params`` are typed)."""
+
     name: ClassVar[str]
     Params: ClassVar[type[JobParams]] = JobParams
     description: ClassVar[str] = ""
@@ -86,7 +92,7 @@ class Job:
         """The warehouse tables this run reads (its own outputs excluded); params may choose them."""
         return cls.inputs
 
-    def run(self, ctx: RunContext) -> None:  # pragma: no cover - abstract
+    def run(self, ctx: RunContext[P]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -129,10 +135,10 @@ def as_of_end(as_of: dt.date) -> dt.datetime:
 
 
 @dataclass
-class RunContext:
+class RunContext(Generic[P]):
     spark: Any
     warehouse: Warehouse
-    params: JobParams
+    params: P
     job: str
     run_id: str = field(default_factory=_new_run_id)
     started: float = field(default_factory=time.time)
@@ -297,7 +303,7 @@ def run_job(name: str, argv: list[str] | None = None, spark=None) -> RunContext:
         prog=f"recfactory {name}",
         description=job_cls.description,
     )
-    return execute(job_cls, params, spark=spark)
+    return execute(job_cls, cast(JobParams, params), spark=spark)
 
 
 def _record_start(ctx: RunContext, job_cls: type[Job]) -> None:

@@ -62,7 +62,7 @@ def restricted_fields(model: type[BaseModel]) -> dict[str, str]:
     for name, f in model.model_fields.items():
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
         if _RESTRICTED in extra:
-            out[name] = extra[_RESTRICTED]
+            out[name] = str(extra[_RESTRICTED])
     return out
 
 
