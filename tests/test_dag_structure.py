@@ -73,36 +73,11 @@ def test_a_backfill_covers_each_date_of_the_range_in_order(airflow_env):
     env, _ = airflow_env
     res = airflow(env, "dags", "reserialize", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    res = airflow(
-        env,
-        "backfill",
-        "create",
-        "--dag-id",
-        "recfactory_daily",
-        "--from-date",
-        "1998-04-27",
-        "--to-date",
-        "1998-04-30",
-        "--dry-run",
-        "--reprocess-behavior",
-        "completed",
-        timeout=600,
-    )
+    dry_run = ("backfill", "create", "--dag-id", "recfactory_daily", "--from-date", "1998-04-27")
+    dry_run += ("--to-date", "1998-04-30", "--dry-run")
+    res = airflow(env, *dry_run, "--reprocess-behavior", "completed", timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     dates = re.findall(r"^\| (\d{4}-\d{2}-\d{2}) ", res.stdout + res.stderr, re.M)  # "Runs to be attempted" table
     assert dates == ["1998-04-27", "1998-04-28", "1998-04-29", "1998-04-30"], res.stdout[-3000:]
-    res = airflow(
-        env,
-        "backfill",
-        "create",
-        "--dag-id",
-        "recfactory_daily",
-        "--from-date",
-        "1998-04-27",
-        "--to-date",
-        "1998-04-30",
-        "--dry-run",
-        "--run-backwards",
-        timeout=600,
-    )
+    res = airflow(env, *dry_run, "--run-backwards", timeout=600)
     assert res.returncode != 0 and "depends_on_past" in (res.stdout + res.stderr), (res.stdout + res.stderr)[-3000:]
