@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recfactory.features.instants import ts_lit
-from recfactory.features.spec import Field, Spec
+from recfactory.features.spec import Field, Spec, mapping_text
 
 SEQ_FIELDS = ("item_id", "ts", "event_type", "dwell_ms")
 
@@ -50,8 +50,7 @@ class SequenceSpec(Spec):
     @field_validator("type_caps", mode="before")
     @classmethod
     def _as_text(cls, v):
-        """A {type: cap} mapping is taken too (as its type=cap,... text)."""
-        return ",".join(f"{k}={c}" for k, c in v.items()) if isinstance(v, dict) else v
+        return mapping_text(v)
 
     @field_validator("type_caps")
     @classmethod

@@ -2,7 +2,7 @@
 
 A spec is a frozen pydantic model: each field carries its default, bounds, description and (in a
 ``model_validator``) the checks that span fields. The transforms take the spec; a job's Params
-inherit it (``class SessionParams(JobParams, SessionSpec)``), so the CLI flags, the Airflow
+inherit it (``class SessionParams(SessionSpec, JobParams)``), so the CLI flags, the Airflow
 Params, the reference docs and the validation all come from the one declaration, and the job hands
 its transform ``SessionSpec.of(params)`` — the spec's own fields of the job's parameters, nothing
 else (a spec that names a generation or a checkpoint must not change with the warehouse path).
@@ -14,10 +14,16 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Field", "SEED", "Seeded", "Spec"]
+__all__ = ["Field", "SEED", "Seeded", "Spec", "mapping_text"]
 
 # The seed every randomized step takes (one default: jobs and transforms share it).
 SEED = 42
+
+
+def mapping_text(value: Any) -> Any:
+    """A {key: value} mapping as the key=value,... text a mapping parameter is declared as (so a
+    transform may be given either); anything else unchanged, for the field's own validation."""
+    return ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
 
 
 class Spec(BaseModel):

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from recfactory.features.schema import POSITIVE_EVENT_TYPES
-from recfactory.features.spec import Field, Seeded
+from recfactory.features.spec import Field, Seeded, mapping_text
 
 Algo = Literal["swing", "swing_simple", "itemcf", "itemcf_iuf"]
 ALGOS: tuple[Algo, ...] = typing.get_args(Algo)
@@ -59,8 +59,7 @@ class SimilaritySpec(Seeded):
     @field_validator("behavior_weights", mode="before")
     @classmethod
     def _as_text(cls, v):
-        """A {type: weight} mapping is taken too (as its type=weight,... text)."""
-        return ",".join(f"{k}={w}" for k, w in v.items()) if isinstance(v, dict) else v
+        return mapping_text(v)
 
     @model_validator(mode="after")
     def _consistent(self):
