@@ -1,5 +1,6 @@
-"""The semantic-ID run's pure core (tokenizers/sid_generation.py), without Spark or Ray: the vector
-checks, a first run and a continued one, metrics against direct formulas, gates."""
+"""The semantic-ID run's pure core (tokenizers/sid_generation.py, sid_outputs.py), without Spark or
+Ray: the vector checks, which date a run continues, a first run and a continued one, metrics against
+direct formulas, gates, the output frames against their schemas."""
 
 import datetime as dt
 
@@ -10,14 +11,7 @@ import pytest
 from recfactory.tokenizers import sid_generation as G
 from recfactory.tokenizers.rq import RQSpec, fit
 
-GSPEC = {
-    "drop_levels": [],
-    "remove_top_tokens": 0,
-    "top_token_level": 2,
-    "collision": "suffix",
-    "max_per_sid": 1,
-    "reassign_candidates": 4,
-}
+GSPEC = G.SidSpec(reassign_candidates=4).rules()
 
 
 def _vectors(n=600, d=8, seed=0):
@@ -91,10 +85,22 @@ def test_gates_name_what_failed():
         ]
     )
     removed = [np.zeros(4, bool), np.zeros(4, bool)]
-    failed = G.gate_failures(m, removed, 0.5, 0.1, 0.9, 1.0)
+    failed = G.gate_failures(m, removed, G.SidGates())
     assert len(failed) == 4 and failed[0].startswith("collision rate before handling 0.7000 > 0.5")
     assert any(f.startswith("level 1 uses 0.050") for f in failed)
-    assert G.gate_failures(m, removed, 1.0, 0.0, 1.0, 0.0) == []
+    assert (
+        G.gate_failures(
+            m,
+            removed,
+            G.SidGates(
+                gate_max_collision_rate=1.0,
+                gate_min_utilization=0.0,
+                gate_max_relative_recon_error=1.0,
+                gate_min_recall_lift=0.0,
+            ),
+        )
+        == []
+    )
 
 
 def test_codebook_rows_round_trip_and_neighbour_rows_index_the_items():
@@ -121,3 +127,50 @@ def test_codebook_rows_round_trip_and_neighbour_rows_index_the_items():
     pairs = pd.DataFrame({"a": ["a", "a", "b", "x", "c"], "b": ["b", "c", "a", "a", "zz"]})
     got = neighbor_rows(pairs, items)
     assert [r.tolist() for r in got] == [[1, 2], [0], []]
+
+
+def test_a_date_continues_the_day_before_only_and_a_gap_names_the_missing_date():
+    day = dt.date.fromisoformat
+
+    def published(*pairs):
+        return pd.DataFrame([(day(d), g) for d, g in pairs], columns=["ds", "generation"])
+
+    chain = published(("2026-01-01", "2026-01-01.aa"), ("2026-01-02", "2026-01-01.aa"))
+    assert G.prior_date(day("2026-01-03"), chain, False)[0] == day("2026-01-02")
+    assert G.prior_date(day("2026-01-02"), chain, True)[0] == day("2026-01-01")  # a refit still remaps
+    # nothing before the date (a backfill before the first chain, or the first run): a chain of its own
+    assert G.prior_date(day("2025-12-01"), chain, False) == (None, None)
+    assert G.prior_date(day("2026-01-01"), chain, False) == (None, None)
+    with pytest.raises(G.MissingPriorDateError, match="semantic IDs of 2026-01-04, which has none, while 2026-01-02"):
+        G.prior_date(day("2026-01-05"), chain, False)
+    assert G.prior_date(day("2026-01-05"), chain, True)[0] is None  # --new-generation: a new chain
+    # a rerun of a date that started its chain, after an earlier date was backfilled before it
+    backfilled = published(("2025-12-01", "2025-12-01.bb"), ("2026-01-01", "2026-01-01.aa"))
+    assert G.prior_date(day("2026-01-01"), backfilled, False) == (None, "none: 2026-01-01 started its chain (rerun)")
+
+
+def test_every_output_frame_has_its_tables_columns_in_order():
+    from recfactory.tokenizers import sid_outputs as O
+
+    X, ids = _vectors(n=200)
+    spec = G.SidSpec(codebook_sizes=(8, 8), reassign_candidates=4, seed=1)
+    books = fit(X, RQSpec.of(spec))
+    plan = G.plan(ids, None, True, spec.levels)
+    a = G.assign(ids, X, plan, books, RQSpec.of(spec), spec.rules(), None, seed=1)
+    metrics, _ = G.metrics(X, a, books, None, 0.0, 0.0)
+    q = pd.DataFrame({"item_id": ["x"], "reason": ["null vector"]})
+    day = dt.date(2026, 1, 2)
+    gspec = {"rq": RQSpec.of(spec).to_dict(), **spec.rules()}
+    state = O.state_frame(a, plan, "2026-01-01.aa", dt.date(2026, 1, 1))
+    frames = O.outputs(
+        True, a, plan, "2026-01-02.bb", day, books, spec, gspec, (state, "2026-01-01.aa"), q, metrics, 64
+    )
+    assert list(frames) == list(O.SCHEMAS)
+    for table, frame in frames.items():
+        columns = [c.strip().split(" ")[0] for c in O.SCHEMAS[table].split(",")]
+        assert list(frame.columns) == columns, table
+    assert set(frames["sid_remap"]["old_sid"]) == set(state["sid"])
+    continued = O.outputs(
+        False, a, plan, "2026-01-01.aa", day, books, spec, gspec, (state, "2026-01-01.aa"), q, metrics, 64
+    )
+    assert "sid_codebooks" not in continued and "sid_remap" not in continued

@@ -273,8 +273,8 @@ def test_a_backfill_starts_its_own_chain_and_a_gap_is_refused(spark, sid_warehou
     04-22, never the backfill): no (generation, level, code) with two centroids, the unchanged items of
     04-23 keep 04-22's SIDs, a rerun of 04-22 after 04-23 gives its first rows, and a date after a gap
     fails naming the missing date."""
-    from recfactory.jobs.build_sids import MissingPriorDateError
     from recfactory.jobs.runtime.job import run_job
+    from recfactory.tokenizers.sid_generation import MissingPriorDateError
 
     src, _ = sid_warehouse
     wh = str(tmp_path / "wh")

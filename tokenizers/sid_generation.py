@@ -10,15 +10,18 @@ dates and runs, so a (generation, level, code) names exactly one centroid.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from recfactory.features.draws import seeded_sample
+from recfactory.features.spec import Field, Spec
 from recfactory.tokenizers import sids as S
 from recfactory.tokenizers.rq import Codebooks, Encoding, RQSpec, encode
 
@@ -60,6 +63,57 @@ TOTAL_METRICS = (
     "fit_seconds",
     "encode_seconds",
 )
+
+
+class SidSpec(RQSpec):
+    """A generation's codebooks (``RQSpec``) and the rules that turn codes into SIDs: hourglass
+    removal and collision handling. Fixed per generation (its identity names them)."""
+
+    drop_levels: list[int] = Field([], description="Hourglass: levels (1-based, not the last) left out of the SIDs.")
+    remove_top_tokens: int = Field(
+        0,
+        ge=0,
+        description="Hourglass: the most frequent tokens of --top-token-level "
+        "removed from the SIDs of their items (variable-length SIDs).",
+    )
+    top_token_level: int = Field(2, ge=1, description="The level whose top tokens --remove-top-tokens removes.")
+    collision: Literal["suffix", "reassign"] = Field(
+        "suffix",
+        description="suffix: an extra last token "
+        "0..n−1; reassign: at most --max-per-sid items per SID, "
+        "overflow moves to a free last-level code.",
+    )
+    max_per_sid: int = Field(1, ge=1, description="reassign: items per SID before moving (> 1 adds a suffix).")
+    reassign_candidates: int = Field(
+        16, ge=1, description="reassign: nearest last-level codes tried before a seeded random free one."
+    )
+
+    def rules(self) -> dict:
+        """The SID rules as a generation's identity records them."""
+        return {
+            "drop_levels": sorted(self.drop_levels),
+            "remove_top_tokens": self.remove_top_tokens,
+            "top_token_level": self.top_token_level,
+            "collision": self.collision,
+            "max_per_sid": self.max_per_sid,
+            "reassign_candidates": self.reassign_candidates,
+        }
+
+
+class SidGates(Spec):
+    """The quality gates a run passes before anything is published."""
+
+    gate_max_collision_rate: float = Field(0.5, ge=0, le=1, description="Largest collision rate before handling.")
+    gate_min_utilization: float = Field(
+        0.1, ge=0, le=1, description="Smallest share of used codes on every kept level."
+    )
+    gate_max_relative_recon_error: float = Field(0.9, gt=0, description="Largest mean ‖e − ê‖² / ‖e‖².")
+    gate_min_recall_lift: float = Field(
+        1.0,
+        ge=0,
+        description="Level-1 prefix recall must be at least this times "
+        "its random baseline (when item_similarity has the date).",
+    )
 
 
 def generation_id(as_of, gspec: dict, centroids: list[np.ndarray]) -> str:
@@ -120,6 +174,38 @@ def sample_rows(ids: np.ndarray, size: int, seed: int) -> np.ndarray:
     if len(ids) <= size:
         return np.arange(len(ids))
     return np.sort(seeded_sample(ids, seed, "sid", size))
+
+
+class MissingPriorDateError(ValueError):
+    """The previous date's state is missing while earlier dates have some: run that date first."""
+
+
+def prior_date(as_of: dt.date, published: pd.DataFrame, new_generation: bool) -> tuple[dt.date | None, str | None]:
+    """The date whose published state a run for ``as_of`` continues, and a note saying why.
+
+    ``published``: the (ds, generation) pairs of ``semantic_ids``. A date continues the previous
+    date only: never an older one across a gap (that raises, naming the missing date, unless
+    ``new_generation`` starts a new chain), never a later one — so rerunning a date after later
+    dates ran gives its first run's rows. None: no earlier date has state (a chain of its own), or
+    the run reruns a date that started its chain (its generation was fitted on it with no state
+    before it; an earlier date backfilled since has a chain of its own)."""
+    prev = as_of - dt.timedelta(days=1)
+    days = set(published["ds"])
+    if prev in days:
+        return prev, f"semantic_ids ds={prev}"
+    older = [d for d in days if d < prev]
+    if not older:
+        return None, None
+    if new_generation:
+        return None, f"none: no state for {prev} (latest {max(older)}); a new chain"
+    own = published.loc[published["ds"] == as_of, "generation"]
+    if len(own) and all(str(g).startswith(f"{as_of.isoformat()}.") for g in own):
+        return None, f"none: {as_of} started its chain (rerun)"
+    raise MissingPriorDateError(
+        f"build_sids for {as_of} continues the semantic IDs of {prev}, which has none, while "
+        f"{max(older)} has: run build_sids for {prev} first (dates after {max(older)} in order), or pass "
+        "--new-generation to start a new chain"
+    )
 
 
 @dataclass
@@ -282,15 +368,10 @@ def metrics(
     return out.astype({c: float for c in LEVEL_METRICS + TOTAL_METRICS}).astype({"level": int}), flat
 
 
-def gate_failures(
-    m: pd.DataFrame,
-    removed: list[np.ndarray],
-    max_collision_rate: float,
-    min_utilization: float,
-    max_relative_recon_error: float,
-    min_recall_lift: float,
-) -> list[str]:
+def gate_failures(m: pd.DataFrame, removed: list[np.ndarray], gates: SidGates) -> list[str]:
     """What fails the run's quality gates (`metrics` rows), each named with its value and bound."""
+    max_collision_rate, min_utilization = gates.gate_max_collision_rate, gates.gate_min_utilization
+    max_relative_recon_error, min_recall_lift = gates.gate_max_relative_recon_error, gates.gate_min_recall_lift
     total = m[m["level"] == 0].iloc[0]
     levels = m[m["level"] > 0]
     failed = []

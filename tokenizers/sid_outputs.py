@@ -1,6 +1,7 @@
 """The tables of a semantic-ID run as pandas frames (no Spark, no I/O): what ``build_sids`` writes,
-built from an assignment (``sid_generation.assign``), and what it reads back of an earlier
-generation (its codebooks, the behaviour neighbours of the prefix-recall evaluation)."""
+built from an assignment (``sid_generation.assign``), with their schemas (Spark DDL, every table
+partitioned by ``ds`` on top), and what it reads back of an earlier generation (its codebooks, the
+behaviour neighbours of the prefix-recall evaluation)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,55 @@ import pandas as pd
 
 from recfactory.tokenizers import sids as S
 from recfactory.tokenizers.rq import Codebooks, RQSpec
-from recfactory.tokenizers.sid_generation import Assignment, Plan, generation_seed
+from recfactory.tokenizers.sid_generation import LEVEL_METRICS, TOTAL_METRICS, Assignment, Plan, generation_seed
+
+# The columns of each table build_sids writes, in the order it publishes them (codebooks first: the
+# state names them); ``ds`` is added on write.
+SCHEMAS = {
+    "sid_codebooks": "generation STRING NOT NULL, level INT NOT NULL, code INT NOT NULL, "
+    "centroid ARRAY<FLOAT> NOT NULL, removed BOOLEAN NOT NULL, fit_items BIGINT NOT NULL, spec STRING NOT NULL",
+    "semantic_ids": "item_id STRING NOT NULL, codes ARRAY<INT> NOT NULL, suffix INT NOT NULL, sid STRING NOT NULL, "
+    "generation STRING NOT NULL, rq_codes ARRAY<INT> NOT NULL, in_catalog BOOLEAN NOT NULL, assigned_ds DATE NOT NULL",
+    "sid_lookup": "sid STRING NOT NULL, item_id STRING NOT NULL, generation STRING NOT NULL, in_catalog BOOLEAN NOT NULL",
+    "sid_features": "item_id STRING NOT NULL, generation STRING NOT NULL, sid STRING NOT NULL, "
+    "prefix_ngram_ids ARRAY<BIGINT> NOT NULL, bigram_ids ARRAY<BIGINT> NOT NULL, vocab_size BIGINT NOT NULL",
+    "sid_remap": "item_id STRING NOT NULL, old_generation STRING NOT NULL, old_sid STRING NOT NULL, "
+    "new_generation STRING NOT NULL, new_sid STRING",
+    "sid_quarantine": "item_id STRING, reason STRING NOT NULL",
+    "sid_metrics": "generation STRING NOT NULL, level INT NOT NULL, "
+    + ", ".join(f"{m} DOUBLE" for m in LEVEL_METRICS + TOTAL_METRICS),
+}
+
+
+def outputs(
+    fresh: bool,
+    a: Assignment,
+    plan: Plan,
+    generation: str,
+    as_of: dt.date,
+    books: Codebooks,
+    spec: RQSpec,
+    gspec: dict,
+    prior: tuple[pd.DataFrame, str] | None,
+    quarantine: pd.DataFrame,
+    metrics: pd.DataFrame,
+    vocab: int,
+) -> dict[str, pd.DataFrame]:
+    """Every table of the run, in the order of ``SCHEMAS``: the codebooks of a generation fitted by
+    the run (``fresh``), its state, lookup, token features, the remap from the previous state
+    ``prior`` = (state, its generation) to a fresh generation, the quarantined vectors and the
+    metrics."""
+    state = state_frame(a, plan, generation, as_of)
+    frames = {
+        "sid_codebooks": codebook_frame(generation, books, a, spec, gspec) if fresh else None,
+        "semantic_ids": state,
+        "sid_lookup": state[["sid", "item_id", "generation", "in_catalog"]],
+        "sid_features": feature_frame(a, generation, vocab),
+        "sid_remap": remap_frame(prior[0], prior[1], a, generation) if fresh and prior is not None else None,
+        "sid_quarantine": quarantine,
+        "sid_metrics": metrics.assign(generation=generation)[["generation", *metrics.columns]],
+    }
+    return {t: f for t, f in frames.items() if f is not None}
 
 
 def codebook_frame(generation: str, books: Codebooks, a: Assignment, spec: RQSpec, gspec: dict) -> pd.DataFrame:
