@@ -32,6 +32,14 @@ TEST_JVM_OPTIONS = (
 )
 if not os.environ.get("BENCH_RUN"):
     os.environ.setdefault("JAVA_TOOL_OPTIONS", TEST_JVM_OPTIONS)
+    # Two test processes share two cores: a native thread pool per process (LightGBM, faiss, torch,
+    # OpenBLAS — in the test process, Spark's Python workers, Ray's workers, every subprocess) larger
+    # than the one core it gets spins at every barrier: LightGBM's 30 trees on 20,000 rows take 0.8 s
+    # on one thread and 5.5 s on two beside another busy process. One thread each (results do not
+    # depend on it; the tests that compare thread counts pass them explicitly). `make bench` keeps
+    # every core.
+    for var in ("RECFACTORY_TASK_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 # Under pytest-xdist each worker is its own Spark driver and local Ray: its own scratch space
 # (spark.local.dir, Ray's temp dir), so two workers never share a Ray session folder.
 if os.environ.get("PYTEST_XDIST_WORKER"):
