@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import model_validator
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from recfactory.features.frames import one_row
 from recfactory.features.instants import ts_lit, utc_dow_col, utc_hour_col
 from recfactory.features.schema import EVENT_TYPES
 from recfactory.features.sequences import visible_events
@@ -227,10 +229,11 @@ class CrossStatsDecl(Spec):
 
 def present_in(events: DataFrame) -> tuple[set[str], set[str]]:
     """The event types and context field names that occur in `events` (one small aggregation)."""
-    row = events.agg(
+    row = one_row(
+        events,
         F.collect_set("event_type").alias("t"),
         F.array_distinct(F.flatten(F.collect_set(F.map_keys("context")))).alias("c"),
-    ).first()
+    )
     return set(row["t"] or []), set(row["c"] or [])
 
 
@@ -277,7 +280,7 @@ def beta_prior(mean: float | None, var: float | None, n_keys: int, spec: CrossSt
     return m * strength, (1 - m) * strength
 
 
-def rate_parts(r: RateDecl, count: callable) -> tuple[Column, Column]:
+def rate_parts(r: RateDecl, count: Callable[[str], Column]) -> tuple[Column, Column]:
     num = count(r.num)
     den = count(r.den[0])
     for t in r.den[1:]:

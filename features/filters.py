@@ -76,7 +76,8 @@ def parse_filter(text: str) -> RowFilter:
     toks = _tokens(text)
     if not toks:
         raise ValueError("filter is empty")
-    clauses, i = [], 0
+    clauses: list[Clause] = []
+    i = 0
 
     def expect_value() -> str:
         nonlocal i
@@ -97,7 +98,7 @@ def parse_filter(text: str) -> RowFilter:
         if i < len(toks) and toks[i] in (("op", "="), ("op", "!=")):
             op = toks[i][1]
             i += 1
-            values = (expect_value(),)
+            values: tuple[str, ...] = (expect_value(),)
         else:
             negate = i < len(toks) and toks[i][0] == "word" and toks[i][1].lower() == "not"
             i += negate
@@ -155,7 +156,7 @@ def filter_column(f: RowFilter, schema: StructType) -> Column:
     from pyspark.sql import functions as F
 
     fields = {x.name: x.dataType for x in schema.fields}
-    pred = None
+    pred: Column | None = None
     for c in f.clauses:
         if c.column not in fields:
             raise ValueError(f"filter: the table has no column {c.column!r}; it has {', '.join(fields)}")
@@ -169,4 +170,6 @@ def filter_column(f: RowFilter, schema: StructType) -> Column:
             p = col.isin(*[F.lit(v) for v in values])
             p = ~p if c.op == "not in" else p
         pred = p if pred is None else pred & p
+    if pred is None:
+        raise ValueError("filter is empty")
     return pred

@@ -190,6 +190,7 @@ def point_in_time_features(
     expires at t, which the frame (ending 1 µs before t) excludes: it is counted, as it should be."""
     dim_cols = [dim_column_name(d) for d in stats.dims]
     finite = [w for w in stats.windows if w.seconds is not None]
+    spans = [int(w.seconds or 0) for w in finite]
     us = F.unix_micros("ts")
     enter = F.struct(
         us.alias("_at"),
@@ -199,12 +200,12 @@ def point_in_time_features(
     )
     leave = [
         F.struct(
-            (us + F.lit(w.seconds * 1_000_000)).alias("_at"),
+            (us + F.lit(spans[i] * 1_000_000)).alias("_at"),
             F.lit(2).alias("_kind"),
             *[F.lit(-1 if j == i else 0).alias(f"_d{j}") for j in range(len(finite))],
             F.lit(0).alias("_ev"),
         )
-        for i, w in enumerate(finite)
+        for i in range(len(finite))
     ]
     ev = (
         events.where(F.col("event_type").isin(*stats.counted_types))

@@ -72,7 +72,8 @@ def fit_quantiles(
     for c, qs in zip(cols, casted.approxQuantile(cols, levels, relative_error), strict=True):
         if not qs:
             continue
-        values, lv = [], []
+        values: list[float] = []
+        lv: list[float] = []
         for v, q in zip(qs, levels, strict=True):
             if values and v == values[-1]:
                 lv[-1] = q  # a tie: the CDF at that value is the highest level reaching it

@@ -21,15 +21,14 @@ from recfactory.features.spec import Field
 from recfactory.graph.skipgram import EGES, SkipGram, TrainSpec, train
 from recfactory.graph.walks import Graph, local_cpus, random_walks
 
-METHODS = ("deepwalk", "node2vec", "eges")
+Method = Literal["deepwalk", "node2vec", "eges"]
+METHODS: tuple[Method, ...] = ("deepwalk", "node2vec", "eges")
 
 
 class EmbeddingSpec(TrainSpec):
     """The walks and the methods; the training (``TrainSpec``) is shared by every method."""
 
-    methods: tuple[Literal["deepwalk", "node2vec", "eges"], ...] = Field(
-        METHODS, min_length=1, description="Embedding methods."
-    )
+    methods: tuple[Method, ...] = Field(METHODS, min_length=1, description="Embedding methods.")
     walks_per_node: int = Field(10, ge=1, description="Walks started at every node with out-edges.")
     walk_length: int = Field(20, ge=2, description="Nodes per walk (DeepWalk: 40; shorter on session graphs).")
     p: float = Field(1.0, gt=0, description="Node2Vec return parameter (1/p weights going back).")
@@ -71,6 +70,7 @@ def _train_task(
     torch.set_num_threads(threads or max(1, torch.get_num_threads()))
     seen = np.zeros(n, dtype=bool)
     seen[walks[walks >= 0]] = True
+    model: SkipGram | EGES
     if method == "eges":
         model = EGES(n, spec.dim, fields, vocab, seed=spec.seed)
     else:

@@ -20,6 +20,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recfactory.features.frames import one_row
 from recfactory.jobs.runtime.inputs import item_snapshot, latest_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams, Restricted
@@ -171,12 +172,13 @@ class BuildContentEmbeddingsJob(Job[ContentEmbeddingParams]):
             for o in outs[1:]:
                 emb = emb.unionByName(o)
             emb = emb.withColumn("run_id", F.lit(ctx.run_id)).withColumn("ds", F.lit(ctx.as_of))
-            check = emb.agg(
+            check = one_row(
+                emb,
                 F.sum((F.size("vector") != F.col("dim")).cast("int")).alias("wrong_dim"),
                 F.sum(F.exists("vector", lambda x: F.isnan(x) | (F.abs(x) == float("inf"))).cast("int")).alias(
                     "not_finite"
                 ),
-            ).first()
+            )
             if (check["wrong_dim"] or 0) or (check["not_finite"] or 0):
                 raise QualityGateError(
                     f"content vectors broken: {check['wrong_dim']} of the wrong dimension, "

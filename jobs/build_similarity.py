@@ -14,6 +14,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recfactory.features.frames import one_row
 from recfactory.features.sequences import visible_events
 from recfactory.graph.similarity import build_similarity, evaluate, user_items
 from recfactory.graph.similarity_spec import SimilaritySpec
@@ -55,11 +56,12 @@ class BuildSimilarityJob(Job[SimilarityParams]):
         try:
             sims, report = build_similarity(ui_all, spec)
             sims = sims.persist(StorageLevel.MEMORY_AND_DISK)
-            check = sims.agg(
+            check = one_row(
+                sims,
                 F.count(F.lit(1)).alias("rows"),
                 F.sum(F.array_contains(F.col("neighbors.item_id"), F.col("item_id")).cast("int")).alias("self"),
                 F.max("n_neighbors").alias("kmax"),
-            ).first()
+            )
             if (check["self"] or 0) > 0 or (check["kmax"] or 0) > spec.top_k:
                 raise QualityGateError(
                     f"similarity output broken: {check['self']} self-pairs, max {check['kmax']} neighbors"
@@ -73,11 +75,12 @@ class BuildSimilarityJob(Job[SimilarityParams]):
                 ctx.metrics[f"coverage@{m['k']}.{m['algo']}"] = round(m["coverage"], 6)
                 ctx.row_counts["eval_users"] = m["users"]
             rep = report.persist(StorageLevel.MEMORY_AND_DISK)
-            tot = rep.agg(
+            tot = one_row(
+                rep,
                 F.sum("cooc_mass").alias("m"),
                 F.sum("cooc_mass_kept").alias("k"),
                 F.sum((F.col("removed_fraction") > 0).cast("int")).alias("n"),
-            ).first()
+            )
             ctx.metrics["caps.removed_mass_fraction"] = round(1 - (tot["k"] or 0) / tot["m"], 6) if tot["m"] else 0.0
             ctx.row_counts["caps.items_affected"] = tot["n"] or 0
             ref = ctx.write(sims.withColumn("ds", F.lit(ctx.as_of)), "item_similarity")

@@ -17,9 +17,10 @@ def gbdt_warehouse(spark, slice_ingested, tmp_path_factory):
 
     wh = slice_ingested(tmp_path_factory.mktemp("gbdt") / "wh")  # the MovieLens slice ingested as of D
     base = ["--warehouse", wh, "--as-of", D]
-    run_job(
-        "build_training_samples", [*base, "--negative-rate", "0.5", "--test-days", "30", "--val-days", "0"], spark=spark
-    )
+    # lean features (the sample job's own defaults are tested in test_samples): three keys, two windows
+    lean = ["--keys", "user=user_id,item=item_id,category=category", "--windows", "7d,all"]
+    samples = [*base, *lean, "--negative-rate", "0.5", "--test-days", "30", "--val-days", "0"]
+    run_job("build_training_samples", samples, spark=spark)
     ctx = run_job("train_gbdt", [*base, "--num-trees", "40"], spark=spark)
     return wh, base, ctx
 

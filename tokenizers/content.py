@@ -118,7 +118,8 @@ def _encode_rows(model, inputs: list[str], precheck=None) -> tuple[list, list]:
     try:
         return list(model.encode(inputs)), [None] * len(inputs)
     except ValueError:
-        vecs, errs = [], []
+        vecs: list[np.ndarray | None] = []
+        errs: list[str | None] = []
         for x in inputs:
             try:
                 vecs.append(model.encode([x])[0])

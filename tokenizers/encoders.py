@@ -300,21 +300,21 @@ class EfficientNetLite0:
         return _normalize(pooled.numpy())
 
 
-ENCODERS: dict[str, type] = {c.name: c for c in (MiniLMOnnx, MiniLMSentenceTransformers, EfficientNetLite0)}
+ENCODERS: dict[str, type[Encoder]] = {c.name: c for c in (MiniLMOnnx, MiniLMSentenceTransformers, EfficientNetLite0)}
 
 
 ENTRY_POINT_GROUP = "recfactory.encoders"
 ALLOWLIST_ENV = "RECFACTORY_ENCODER_ALLOWLIST"
 
 
-def _check_interface(klass, name: str) -> type:
+def _check_interface(klass, name: str) -> type[Encoder]:
     missing = [a for a in ("input", "dim", "encode") if not hasattr(klass, a)]
     if missing:
         raise TypeError(f"encoder {name} lacks {', '.join(missing)}")
     return klass
 
 
-def encoder_class(name: str) -> type:
+def encoder_class(name: str) -> type[Encoder]:
     """A built-in encoder, one declared in the ``recfactory.encoders`` entry-point group, or a
     ``package.module:Class`` listed in ``RECFACTORY_ENCODER_ALLOWLIST``; nothing else is imported."""
     if name in ENCODERS:
@@ -338,7 +338,7 @@ def encoder_class(name: str) -> type:
     )
 
 
-def takes_image_policy(klass: type) -> bool:
+def takes_image_policy(klass: type[Encoder]) -> bool:
     """Whether the encoder reads its images through an ImagePolicy (the built-in ones do; a plug-in
     that does not is handed only paths the policy has read successfully)."""
     import inspect
@@ -346,7 +346,7 @@ def takes_image_policy(klass: type) -> bool:
     return klass.input == "image_path" and "images" in inspect.signature(klass).parameters
 
 
-def _construct(klass: type, threads: int, images: ImagePolicy | None):
+def _construct(klass: type[Encoder], threads: int, images: ImagePolicy | None):
     return klass(threads=threads, images=images) if takes_image_policy(klass) else klass(threads=threads)
 
 

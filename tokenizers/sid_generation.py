@@ -219,7 +219,10 @@ class Plan:
 
 
 def plan(ids: np.ndarray, prior: pd.DataFrame | None, fresh: bool, levels: int) -> Plan:
-    kept = pd.DataFrame(columns=["item_id", "rq_codes", "codes", "suffix", "assigned_ds"]) if fresh else prior
+    if fresh or prior is None:
+        kept = pd.DataFrame(columns=["item_id", "rq_codes", "codes", "suffix", "assigned_ds"])
+    else:
+        kept = prior
     kept_ids = set(kept["item_id"])
     new_rows = np.array([i for i, item in enumerate(ids) if item not in kept_ids], dtype=np.int64)
     prior_codes = (

@@ -171,6 +171,12 @@ class Warehouse:
 
         return int(DeltaTable(arrow_uri(path)).version())
 
+    def _existing_version(self, path: str) -> int:
+        version = self.latest_version(path)
+        if version is None:
+            raise FileNotFoundError(f"no Delta table at {path}")
+        return version
+
     def version_at(self, path: str, timestamp: str) -> int:
         from pyspark.sql import functions as F
 
@@ -207,6 +213,8 @@ class Warehouse:
                 raise FileNotFoundError(f"no Delta table at {path}")
             if version is None:
                 version = self.version_at(path, timestamp) if timestamp else self.latest_version(path)
+            if version is None:  # is_delta above: a table has a latest version
+                raise FileNotFoundError(f"no Delta table at {path}")
             df = self.spark.read.format("delta").option("versionAsOf", int(version)).load(path)
             return df, InputRef(name, path, "delta", version=int(version), timestamp=timestamp)
         if fmt == "parquet":
@@ -338,8 +346,8 @@ class Warehouse:
                     )
                     version, rows = self._commit_of(path, commit.run_id)
                     return UpsertRef(name, path, version, inserted=rows, updated=0)
-                if span[0] is None:  # nothing to merge
-                    return UpsertRef(name, path, self.latest_version(path), inserted=0, updated=0)
+                if span[0] is None:  # nothing to merge: the table as it is
+                    return UpsertRef(name, path, self._existing_version(path), inserted=0, updated=0)
                 # the partition range as literals, so Delta reads (and conflicts on) only those partitions
                 cond = (
                     f"t.{partition} >= '{span[0]}' AND t.{partition} <= '{span[1]}' AND "
