@@ -51,6 +51,11 @@ def test_every_quarantine_reason_is_listed_with_an_example():
     assert reasons_table() in TABLES
     for reasons in (EVENT_REASONS, ITEM_REASONS):
         assert all(when and example for when, example in reasons.values())
+    # and the README's own short table names every one, each with an input that produces it
+    section = README.split("### Quarantine reasons", 1)[1].split("\n#", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in section.splitlines() if line.startswith("| `")}
+    assert set(rows) == {*EVENT_REASONS, *ITEM_REASONS}
+    assert all(line.split("|")[3].strip() for line in rows.values())
 
 
 def _anchors(md: str) -> set[str]:
