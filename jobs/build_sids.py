@@ -3,31 +3,17 @@
     spark-submit jobs/build_sids.py --warehouse W --as-of 1998-04-30
     spark-submit jobs/build_sids.py --warehouse W --as-of D --new-generation        # weekly refit
 
-Balanced RQ-KMeans (``recfactory.tokenizers.rq``) over the date's partition of an embedding table
-(``aligned_embeddings`` by default; any table with an item id and a float-array column, filtered by
-``--embedding-filter``), then hourglass mitigation, collision handling, metrics and quality gates
-(``recfactory.tokenizers.sids``).
+Balanced RQ-KMeans over the date's partition of an embedding table (``aligned_embeddings`` by
+default; any table with an item id and a float-array column, filtered by ``--embedding-filter``),
+hourglass mitigation, collision handling, metrics and quality gates — the pure core in
+``tokenizers/sid_generation.py`` and ``sid_outputs.py``, the fit and the catalog's search on Ray
+(``tokenizers/rq_ray.py``). This module reads the tables, calls them, and writes.
 
-**Generations.** A generation is one set of codebooks. The first run, and every run with
-``--new-generation``, fits new codebooks on a seeded sample (bottom-k of a hash of the item id: the
-same sample whatever the partitioning) in a Ray task, encodes every item, and — when there was a
-previous generation — writes ``sid_remap`` (old SID → new SID per item). Other runs keep the
-current generation (its spec and codebooks are read back from ``sid_codebooks``): published items
-keep their SIDs whatever their vectors do now, new items are encoded with every capacity counting
-the published items, and collision handling never moves a published item. Items that left the
-embedding table keep their row (``in_catalog`` false) and their SID stays reserved.
-
-**Chains.** A date continues the state published for the previous date (``semantic_ids`` ds = D − 1),
-so rerunning a date after later ones gives its first run's rows. A date with no state before it
-starts a chain of its own; a date whose previous date has no state while earlier dates do fails,
-naming the missing date (the DAG's ``depends_on_past`` runs dates in order). A generation's id is
-``<fit date>.<hash of its spec and centroids>`` (``generation_id``): unique across dates and runs,
-and a (generation, level, code) names exactly one centroid.
-
-**Gates** (before anything is written): collision rate before handling, codebook utilization per
-level, relative reconstruction error, and the level-1 prefix recall of behaviour neighbours over
-its random baseline (when ``item_similarity`` has the date). SIDs are unique after handling by
-construction, and the job asserts it.
+A generation (one set of codebooks, id ``<fit date>.<hash of spec and centroids>``) is fitted by
+the first run and every ``--new-generation`` run, and continued by every other: published items
+keep their SIDs, new items are encoded around them. A date continues the state of the day before
+only (``sid_generation.prior_date``). The gates run before anything is written. How it is
+computed: docs/design/semantic-ids.md; the chain and backfill rules: docs/conventions.md.
 """
 
 from __future__ import annotations
