@@ -122,15 +122,63 @@ class TrainGBDTJob(Job[TrainGBDTParams]):
     def run(self, ctx: RunContext[TrainGBDTParams]) -> None:
         import lightgbm as lgb
 
-        from recfactory.features.samples import recalibrate
-        from recfactory.jobs.runtime.inputs import date_partition
-        from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
         from recfactory.tokenizers import gbdt
 
         p = ctx.params
-        spark = ctx.spark
+        pdf, names, slices = self._samples(ctx, p)
+        sp = gbdt.split_rows(pdf, p.tree_fraction, p.negative_rate, p.seed, f"training_samples of {ctx.as_of}")
+        ctx.row_counts.update(
+            {
+                "tree_rows": len(sp.tree),
+                "downstream_rows": len(sp.down),
+                "test_rows": len(sp.test),
+                "tree_rows_negative_downsampled": sp.downsampled,
+                "unused_rows": sp.unused,
+            }
+        )
+        version = f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}"
+        spec = GBDTSpec.of(p)
+        text = self._fit(ctx, p, spec, sp.tree, names, version)
+        booster = lgb.Booster(model_str=text)
+        vocab = gbdt.leaf_vocab(booster)
+
+        met, scores = self._evaluate(ctx, p, booster, vocab, sp, names, slices, version)
+        importance = gbdt.importance_by_gain(booster, names)
+        g = met[(met["model"] == "gbdt") & met["slice_column"].isna()].iloc[0]
+        failed = gbdt.gate_failures(g["auc"], g["ne"], p.gate_min_auc, p.gate_max_ne)
+        if failed:
+            raise QualityGateError("GBDT not published: " + "; ".join(failed))
+
+        summary = {
+            "test": {
+                r.model: {"auc": r.auc, "ne": r.ne, "calibration_ratio": r.calibration_ratio}
+                for r in met[met["slice_column"].isna()].itertuples()
+            },
+            "importance_gain": importance,
+            "negative_rate": sp.w_tree,
+        }
+        ctx.notes["model_version"] = version
+        model = (
+            version,
+            text,
+            json.dumps(spec.to_dict()),
+            names,
+            sp.w_tree,
+            json.dumps(summary),
+            dt.datetime.now(dt.UTC),
+        )
+        self._publish(ctx, version, model, vocab, met)
+        y = sp.test["_y"].to_numpy()
+        ctx.notes["report"] = self._report(ctx, version, met, importance, y, scores, ctx.metrics.get("lr_leaves_C"))
+
+    @staticmethod
+    def _samples(ctx: RunContext, p: TrainGBDTParams) -> tuple[pd.DataFrame, list[str], list[str]]:
+        """The date's samples as a frame (label as _y, features as doubles), the feature names, the
+        slice columns present."""
+        from recfactory.jobs.runtime.inputs import date_partition
+
         df = date_partition(ctx, "training_samples", "build_training_samples")
-        names = self._feature_names(df, p)
+        names = TrainGBDTJob._feature_names(df, p)
         slices = [s for s in p.slices if s in df.columns]
         pdf = df.select(
             F.col("sample_id").cast("string").alias("sample_id"),
@@ -145,103 +193,67 @@ class TrainGBDTJob(Job[TrainGBDTParams]):
         bad = pdf["_y"].isna() | ~pdf["_y"].isin([0.0, 1.0])
         if bad.any():
             raise ValueError(f"{p.label} must be 0/1 on every row; {int(bad.sum())} rows are not")
+        return pdf, names, slices
 
-        sp = gbdt.split_rows(pdf, p.tree_fraction, p.negative_rate, p.seed, f"training_samples of {ctx.as_of}")
-        tree, down, test, w_tree = sp.tree, sp.down, sp.test, sp.w_tree
-        ctx.row_counts.update(
-            {
-                "tree_rows": len(tree),
-                "downstream_rows": len(down),
-                "test_rows": len(test),
-                "tree_rows_negative_downsampled": sp.downsampled,
-                "unused_rows": sp.unused,
-            }
-        )
+    @staticmethod
+    def _fit(
+        ctx: RunContext, p: TrainGBDTParams, spec: GBDTSpec, tree: pd.DataFrame, names: list[str], version: str
+    ) -> str:
+        """The booster's text: one Ray task on a node's threads, or Ray Train past --distributed-rows."""
+        from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
+        from recfactory.tokenizers import gbdt
 
         ray = init_ray()
-        cpus = node_cpus()[0]
-        spec = GBDTSpec.of(p)
+        X, y = tree[names].to_numpy(), tree["_y"].to_numpy()
         if len(tree) >= p.distributed_rows:
             storage = ctx.warehouse.arrow_path("_checkpoints", "train_gbdt")
-            booster = gbdt.train_distributed(
-                tree[names].to_numpy(),
-                tree["_y"].to_numpy(),
-                spec,
-                names,
-                p.workers,
-                storage,
-                f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}",
-            )
-            text = booster.model_to_string()
+            booster = gbdt.train_distributed(X, y, spec, names, p.workers, storage, version)
             ctx.notes["training"] = f"Ray Train LightGBMTrainer, {p.workers} workers"
-        else:
-            text = ray.get(
-                ray.remote(num_cpus=cpus)(_train_task).remote(
-                    tree[names].to_numpy(), tree["_y"].to_numpy(), spec.to_dict(), names, cpus
-                )
-            )
-            ctx.notes["training"] = f"one Ray task, {cpus} threads"
-        booster = lgb.Booster(model_str=text)
-        vocab = gbdt.leaf_vocab(booster)
-        offsets = gbdt.tree_offsets(vocab)
+            return booster.model_to_string()
+        cpus = node_cpus()[0]
+        ctx.notes["training"] = f"one Ray task, {cpus} threads"
+        return ray.get(ray.remote(num_cpus=cpus)(_train_task).remote(X, y, spec.to_dict(), names, cpus))
 
-        # evaluation on the test split (recalibrated): GBDT, LR on leaves, LR on raw features
-        Xt, yt = test[names].to_numpy(), test["_y"].to_numpy()
-        scores = {"gbdt": recalibrate(booster.predict(Xt), w_tree)}
+    @staticmethod
+    def _evaluate(ctx: RunContext, p: TrainGBDTParams, booster, vocab, sp, names, slices, version):
+        """(gbdt_metrics rows, recalibrated test scores per model): GBDT, LR on one-hot leaves and LR
+        on raw features (when the downstream rows have both labels), overall and by slice."""
+        from recfactory.features.samples import recalibrate
+        from recfactory.tokenizers import gbdt
+
+        Xt = sp.test[names].to_numpy()
+        scores = {"gbdt": recalibrate(booster.predict(Xt), sp.w_tree)}
+        down = sp.down
         if len(down) and len(np.unique(down["_y"])) == 2:
-            lr, c = gbdt.lr_comparison(
-                booster, offsets, len(vocab), down[names].to_numpy(), down["_y"].to_numpy(), Xt, sp.w_down
-            )
+            offsets = gbdt.tree_offsets(vocab)
+            Xd, yd = down[names].to_numpy(), down["_y"].to_numpy()
+            lr, c = gbdt.lr_comparison(booster, offsets, len(vocab), Xd, yd, Xt, sp.w_down)
             scores.update(lr)
             ctx.metrics["lr_leaves_C"] = c
         else:
             ctx.notes["downstream"] = "skipped: the downstream rows have a single label"
-        version = f"{ctx.as_of.isoformat()}-{ctx.run_id[:12]}"
         met = pd.DataFrame(
-            gbdt.evaluate(version, scores, test, slices, p.max_slice_values),
+            gbdt.evaluate(version, scores, sp.test, slices, p.max_slice_values),
             columns=[f.name for f in METRICS_SCHEMA.fields],
         )
         for r in met[met["slice_column"].isna()].itertuples():
             for k in ("auc", "ne", "rig", "calibration_ratio"):
                 if getattr(r, k) is not None and np.isfinite(getattr(r, k)):
                     ctx.metrics[f"{k}.{r.model}"] = round(float(getattr(r, k)), 6)
-        importance = gbdt.importance_by_gain(booster, names)
-        g = met[(met["model"] == "gbdt") & met["slice_column"].isna()].iloc[0]
-        failed = gbdt.gate_failures(g["auc"], g["ne"], p.gate_min_auc, p.gate_max_ne)
-        if failed:
-            raise QualityGateError("GBDT not published: " + "; ".join(failed))
+        return met, scores
 
-        summary = {
-            "test": {
-                r.model: {"auc": r.auc, "ne": r.ne, "calibration_ratio": r.calibration_ratio}
-                for r in met[met["slice_column"].isna()].itertuples()
-            },
-            "importance_gain": importance,
-            "negative_rate": w_tree,
-        }
-        ctx.notes["model_version"] = version
-        # Each model version is an identity of its own (date + run id): its rows are written beside the
-        # date's other versions (the daily model and a weekly refit of the same date), never over
-        # them, so the gbdt_leaves rows that name a version always find its model and vocabulary.
+    @staticmethod
+    def _publish(ctx: RunContext, version: str, model: tuple, vocab: pd.DataFrame, met: pd.DataFrame) -> None:
+        """Each model version is an identity of its own (date + run id): its rows are written beside
+        the date's other versions (the daily model and a weekly refit of the same date), never over
+        them, so the gbdt_leaves rows that name a version always find its model and vocabulary."""
         own = {"model_version": version}
-        trained_at = dt.datetime.now(dt.UTC)
-        ctx.write(
-            spark.createDataFrame(
-                [(version, text, json.dumps(spec.to_dict()), names, w_tree, json.dumps(summary), trained_at)],
-                MODEL_SCHEMA,
-            ).withColumn("ds", F.lit(ctx.as_of)),
-            "gbdt_models",
-            where=own,
-        )
-        vocab.insert(0, "model_version", version)
-        ref = ctx.write(
-            spark.createDataFrame(vocab, VOCAB_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_leaf_vocab", where=own
-        )
+        spark, ds = ctx.spark, F.lit(ctx.as_of)
+        ctx.write(spark.createDataFrame([model], MODEL_SCHEMA).withColumn("ds", ds), "gbdt_models", where=own)
+        vocab = vocab.assign(model_version=version)[[f.name for f in VOCAB_SCHEMA.fields]]
+        ref = ctx.write(spark.createDataFrame(vocab, VOCAB_SCHEMA).withColumn("ds", ds), "gbdt_leaf_vocab", where=own)
         ctx.row_counts["leaves"] = ref.rows
-        ctx.write(
-            spark.createDataFrame(met, METRICS_SCHEMA).withColumn("ds", F.lit(ctx.as_of)), "gbdt_metrics", where=own
-        )
-        ctx.notes["report"] = self._report(ctx, version, met, importance, yt, scores, ctx.metrics.get("lr_leaves_C"))
+        ctx.write(spark.createDataFrame(met, METRICS_SCHEMA).withColumn("ds", ds), "gbdt_metrics", where=own)
 
     @staticmethod
     def _report(
