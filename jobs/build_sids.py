@@ -102,12 +102,13 @@ class BuildSidsJob(Job[SidParams]):
     def run(self, ctx: RunContext[SidParams]) -> None:
         p = ctx.params
         ids, X, quarantine = self._vectors(ctx, p)
-        prior = self._prior(ctx, p.new_generation)  # (state, generation, centroids, spec, removed)
-        fresh = prior is None or p.new_generation
-        gspec = p.generation_identity() if fresh else prior[3]
-        if not fresh and json.dumps(p.generation_identity(), sort_keys=True) != json.dumps(gspec, sort_keys=True):
+        prior = self._prior(ctx, p.new_generation)
+        continued = None if p.new_generation else prior  # the generation this run keeps, if any
+        fresh = continued is None
+        gspec = p.generation_identity() if continued is None else continued.spec
+        if continued and json.dumps(p.generation_identity(), sort_keys=True) != json.dumps(gspec, sort_keys=True):
             ctx.notes["spec"] = (
-                f"the run's codebook/SID parameters differ from generation {prior[1]}'s; its own were used "
+                f"the run's codebook/SID parameters differ from generation {continued.generation}'s; its own were used "
                 "(pass --new-generation to apply them)"
             )
         spec = RQSpec(**gspec["rq"])
@@ -119,26 +120,32 @@ class BuildSidsJob(Job[SidParams]):
             )
 
         # who keeps a published SID, who is new; fit (fresh) on Ray; encode and resolve
-        plan = G.plan(ids, None if prior is None else prior[0], fresh, spec.levels)
+        plan = G.plan(ids, None if prior is None else prior.state, fresh, spec.levels)
         kept = plan.kept["item_id"]
         ctx.row_counts.update(
-            {"items": n, "new_items": len(plan.new_rows), "kept_items": len(kept)}
-            | {"kept_in_catalog": int(kept.isin(ids).sum())}
+            {
+                "items": n,
+                "new_items": len(plan.new_rows),
+                "kept_items": len(kept),
+                "kept_in_catalog": int(kept.isin(ids).sum()),
+            }
         )
         init_ray()
         fit_s = 0.0
-        if fresh:
+        if continued is None:
             sample = X[G.sample_rows(ids, p.sample_size, p.seed)]
             ctx.row_counts["fit_sample"] = len(sample)
             books, fit_s = fit_on_ray(sample, spec, node_cpus()[0])
             generation = G.generation_id(ctx.as_of, gspec, books.centroids)
         else:
-            books, generation = Codebooks(prior[2]), prior[1]
+            books, generation = Codebooks(continued.centroids), continued.generation
         ctx.notes["generation"] = f"{generation} ({'new' if fresh else 'continued'})"
         t0 = time.time()
         search = ShardedSearch(p.encode_shard_rows)
         # hourglass removal is fixed per generation: computed on its fit, read back afterwards
-        a = G.assign(ids, X, plan, books, spec, gspec, None if fresh else prior[4], p.seed, search=search)
+        a = G.assign(
+            ids, X, plan, books, spec, gspec, None if continued is None else continued.removed, p.seed, search=search
+        )
         ctx.metrics.update({"fit_seconds": round(fit_s, 3), "encode_seconds": round(time.time() - t0, 3)})
         ctx.metrics["search_tasks"] = search.tasks
 
@@ -153,7 +160,7 @@ class BuildSidsJob(Job[SidParams]):
             raise QualityGateError("semantic IDs not published: " + "; ".join(failed))
 
         # publish: a new generation's codebooks first, then the state everything else derives from
-        before = None if prior is None else (prior[0], prior[1])
+        before = None if prior is None else (prior.state, prior.generation)
         frames = O.outputs(
             fresh, a, plan, generation, ctx.as_of, books, spec, gspec, before, quarantine, metrics, p.feature_vocab
         )
@@ -187,9 +194,9 @@ class BuildSidsJob(Job[SidParams]):
         ctx.row_counts["quarantined"] = len(q)
         return ids, X, q
 
-    def _prior(self, ctx: RunContext, new_generation: bool):
-        """(state, generation, centroids, generation spec, removed-token masks) of the state the run
-        continues (``sid_generation.prior_date``: the day before the as-of), or None."""
+    def _prior(self, ctx: RunContext, new_generation: bool) -> G.Prior | None:
+        """The published state the run continues (``sid_generation.prior_date``: the day before the
+        as-of), or None."""
         if not ctx.has("semantic_ids"):
             return None
         sids = ctx.read("semantic_ids")
@@ -207,7 +214,7 @@ class BuildSidsJob(Job[SidParams]):
         cb = ctx.read("sid_codebooks").where((F.col("generation") == F.lit(gen)) & (F.col("ds") <= F.lit(ctx.as_of)))
         cents, removed, spec = O.codebooks_from_frame(cb.toPandas(), gen)
         ctx.notes["prior"] += f", generation {gen}"
-        return state.reset_index(drop=True), gen, cents, spec, removed
+        return G.Prior(state.reset_index(drop=True), gen, cents, spec, removed)
 
     @staticmethod
     def _neighbors(ctx: RunContext, p: SidParams, items: np.ndarray) -> list[np.ndarray] | None:

@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -174,6 +174,17 @@ def sample_rows(ids: np.ndarray, size: int, seed: int) -> np.ndarray:
     if len(ids) <= size:
         return np.arange(len(ids))
     return np.sort(seeded_sample(ids, seed, "sid", size))
+
+
+class Prior(NamedTuple):
+    """The published state a run continues: its rows, its generation, and that generation's
+    centroids, spec and removed-token masks per level (read back from sid_codebooks)."""
+
+    state: pd.DataFrame
+    generation: str
+    centroids: list[np.ndarray]
+    spec: dict
+    removed: list[np.ndarray]
 
 
 class MissingPriorDateError(ValueError):
