@@ -230,19 +230,131 @@ def test_sigkill_of_ingest_between_its_commits_then_the_rerun_quarantines_nothin
     assert list(runs["job"]) == ["ingest"] and list(runs["status"]) == ["succeeded"]
 
 
+LEAN = ("--keys", "user=user_id,item=item_id,category=category", "--windows", "7d,all")
+SAMPLES = ("--negative-rate", "0.5", "--test-days", "30", "--val-days", "0", *LEAN)
+GRAPH = ("--methods", "deepwalk", "--walks-per-node", "2", "--walk-length", "10", "--epochs", "1", "--no-evaluate")
+
+
+@pytest.fixture(scope="module")
+def prepared(ingested, spark):
+    """The slice's ingest plus the tables the later jobs read: Swing similarity, content
+    embeddings, lean training samples (each test copies it)."""
+    from recfactory.jobs.runtime.job import run_job
+
+    src, base = ingested
+    prep = base / "prepared"
+    shutil.copytree(src, prep)
+    common = ["--warehouse", str(prep), "--as-of", D]
+    run_job("build_similarity", [*common, "--algos", "swing", "--no-evaluate"], spark=spark)
+    run_job("build_content_embeddings", common, spark=spark)
+    run_job("build_sessions", common, spark=spark)
+    run_job("build_graph_embeddings", [*common, *GRAPH], spark=spark)
+    run_job("build_training_samples", [*common, *SAMPLES], spark=spark)
+    return prep
+
+
+# Every multi-table job not killed by the tests above, killed right after one of its commits (the
+# runtime's failpoint) with another of its tables still to write, in one warehouse in this order:
+# train_gbdt and align_embeddings then run after killed runs of the jobs whose tables they read, and
+# must read the published versions.
+KILLED_BETWEEN_COMMITS = (
+    ("build_training_samples", "training_samples", SAMPLES),
+    ("build_content_embeddings", "content_embeddings", ()),
+    ("train_gbdt", "gbdt_models", ("--num-trees", "10")),
+    ("build_graph_embeddings", "item_graph", GRAPH),
+    ("align_embeddings", "aligned_embeddings", ("--epochs", "1", "--workers", "1")),
+)
+
+
 @pytest.mark.ray
-def test_sigkill_of_build_sids_after_its_new_codebooks_keeps_the_ids_a_rerun_assigns(ingested, spark):
+def test_sigkill_of_every_multi_table_job_between_its_commits_publishes_none_of_its_tables(prepared, tmp_path):
+    """Killed between two commits, a run leaves a new version of some of its tables next to old
+    versions of others: the published versions of the date stay those of the last succeeded run
+    (or none), the attempt is on record with the version it left, and a job reading a table whose
+    newest version is such an orphan reads the published one."""
+    from deltalake import DeltaTable
+
+    from recfactory import tables
+    from recfactory.jobs.runtime.attempts import history
+    from recfactory.jobs.runtime.job import KILL_AFTER_COMMIT, load_job
+
+    wh = tmp_path / "wh"
+    shutil.copytree(prepared, wh)
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("RECFACTORY_RUN_ID", None)
+    published = {}
+    for job, table, args in KILLED_BETWEEN_COMMITS:
+        outputs = load_job(job).outputs
+        before = {t: tables.read(str(wh), t, D) for t in outputs if _published(wh, t)}
+        published.update(before)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recfactory", job, "--warehouse", str(wh), "--as-of", D, *args],
+            env={**env, KILL_AFTER_COMMIT: table},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        out = proc.communicate(timeout=900)[0]
+        if _group_alive(proc.pid):  # a straggler of its local Ray
+            os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == -signal.SIGKILL, f"{job}: {out[-3000:]}"
+        left = DeltaTable(str(wh / table)).version()
+        unwritten = [
+            t for t in outputs if t != table and _version(wh, t) == (before[t].version if t in before else None)
+        ]
+        assert unwritten, f"{job}: the kill after {table} came after its last commit"
+        for t in outputs:  # as before the run: the orphan version is never what a reader gets
+            if t in before:
+                got = tables.read(str(wh), t, D)
+                assert (got.version, got.run_id) == (before[t].version, before[t].run_id), (job, t)
+            else:
+                with pytest.raises(tables.NotPublishedError):
+                    tables.read(str(wh), t, D)
+        h = history(str(wh), job=job)
+        named = list(h["outputs"].iloc[0])  # the versions the attempt left
+        assert h["status"].iloc[0] == "running" and f"{table} v{left}" in named, (job, named)
+        assert {x.split(" v")[0] for x in named} <= set(outputs) - set(unwritten), (job, named)
+    # the (orphan) commits of the readers pinned the published versions of their inputs, not the newest
+    for reader, table in (("gbdt_models", "training_samples"), ("aligned_embeddings", "content_embeddings")):
+        meta = json.loads(DeltaTable(str(wh / reader)).history(1)[0]["userMetadata"])
+        pinned = {i["name"]: i["version"] for i in meta["inputs"]}
+        assert pinned[table] == published[table].version < DeltaTable(str(wh / table)).version(), (reader, table)
+
+
+def _published(wh: Path, table: str) -> bool:
+    from recfactory import tables
+
+    try:
+        tables.read(str(wh), table, D)
+    except (tables.NotPublishedError, FileNotFoundError):
+        return False
+    return True
+
+
+def _version(wh: Path, table: str) -> int | None:
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(wh / table)).version() if _committed(wh / table) else None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.ray
+def test_sigkill_of_build_sids_after_its_new_codebooks_keeps_the_ids_a_rerun_assigns(ingested, prepared, spark):
     """build_sids publishes a new generation's codebooks first, then the IDs. Killed between the two,
     the rerun must not mistake the orphan codebooks for a generation in use: it refits and assigns
     exactly the uninterrupted run's IDs, with one copy of the codebooks."""
     from recfactory.jobs.runtime.job import run_job
 
-    src, base = ingested
-    prep = base / "sids-prep"
-    shutil.copytree(src, prep)
-    common = ["--warehouse", str(prep), "--as-of", D]
-    run_job("build_similarity", [*common, "--algos", "swing", "--no-evaluate"], spark=spark)
-    run_job("build_content_embeddings", common, spark=spark)
+    _, base = ingested
+    prep = prepared
     args = (
         "--embeddings",
         "content_embeddings",

@@ -264,6 +264,7 @@ class RunContext(Generic[P]):
             raise ConcurrentRunError(self._conflict_message(name)) from e
         self.outputs.append(ref)
         log.info("wrote %s v%d (%d rows)", name, ref.version, ref.rows)
+        _failpoint(name)
         return ref
 
     def _conflict_message(self, name: str) -> str:
@@ -291,7 +292,30 @@ class RunContext(Generic[P]):
         ref = self.warehouse.upsert(df, name, commit, key=key, partition=partition, prefer=prefer)
         self.outputs.append(ref.output(self.as_of.isoformat()))  # the run's date, as its other outputs
         log.info("merged into %s v%d (%d inserted, %d updated)", name, ref.version, ref.inserted, ref.updated)
+        _failpoint(name)
         return ref
+
+
+KILL_AFTER_COMMIT = "RECFACTORY_KILL_AFTER_COMMIT"
+
+
+def _failpoint(table: str) -> None:
+    """The fault tests' kill between two commits of a run: with ``RECFACTORY_KILL_AFTER_COMMIT`` set
+    to a table's name, the process SIGKILLs itself (its JVM and other children first, so nothing
+    of the run notices and records anything) right after committing that table. Unset, nothing."""
+    if os.environ.get(KILL_AFTER_COMMIT) != table:
+        return
+    import signal
+
+    import psutil
+
+    log.warning("%s=%s: killing this run after that commit", KILL_AFTER_COMMIT, table)
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_job(name: str, argv: list[str] | None = None, spark=None) -> RunContext:
