@@ -107,6 +107,20 @@ def conf(airflow_env, movielens_slice):
     return {**CONF, "ingest": {"dataset": "tables", "events_path": str(events), "items_path": str(items)}}
 
 
+def _print_task_times(home: Path, dag_id: str, capsys) -> None:
+    """Each task's state and seconds in the DAG's latest run (from the metadata DB), in the test
+    output even when the test passes: where a DAG test's time goes."""
+    db = sqlite3.connect(str(home / "airflow.db"))
+    rows = db.execute(
+        "select ti.task_id, ti.state, (julianday(ti.end_date) - julianday(ti.start_date)) * 86400 "
+        "from task_instance ti where ti.dag_id = ? and ti.run_id = "
+        "(select run_id from dag_run where dag_id = ? order by id desc limit 1) order by ti.start_date",
+        (dag_id, dag_id),
+    ).fetchall()
+    with capsys.disabled():
+        print(f"\n{dag_id}: " + ", ".join(f"{t} {st} {sec or 0:.0f}s" for t, st, sec in rows))
+
+
 def _delta_versions(wh: Path) -> dict[str, int]:
     from deltalake import DeltaTable
 
@@ -186,12 +200,15 @@ class TestOnTheClusters:
     @pytest.mark.spark
     @pytest.mark.ray
     @pytest.mark.timeout(3000)  # thirteen spark-submits and Ray jobs in a row
-    def test_airflow_dags_test_runs_the_daily_dag_on_the_clusters(self, airflow_env, cluster_env, conf, spark_cluster):
+    def test_airflow_dags_test_runs_the_daily_dag_on_the_clusters(
+        self, airflow_env, cluster_env, conf, spark_cluster, capsys
+    ):
         from deltalake import DeltaTable
 
         _, home = airflow_env
         wh = home / "wh"
         res = airflow(cluster_env, "dags", "test", "recfactory_daily", D, "-c", json.dumps(conf))
+        _print_task_times(home, "recfactory_daily", capsys)
         text = res.stdout + res.stderr
         assert res.returncode == 0, text[-6000:]
         assert spark_cluster.master_url in text and "submitted Ray job" in text
@@ -327,7 +344,7 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env, conf):
 
 @pytest.mark.spark
 @pytest.mark.ray
-def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow_env):
+def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow_env, capsys):
     """The weekly run of [1998-04-26, 1998-05-03): its sensor sees the daily run of 1998-05-02, then
     build_sids --new-generation and train_gbdt run for that as-of and publish new versions. (That
     a new generation over an older one remaps every SID is tested in test_sids_job.)"""
@@ -340,6 +357,7 @@ def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow
     before = _delta_versions(wh)
     conf = {"refit_sids": CONF["build_sids"], "refit_gbdt": CONF["train_gbdt"]}
     res = airflow(env, "dags", "test", "recfactory_weekly", "1998-05-03", "-c", json.dumps(conf))
+    _print_task_times(home, "recfactory_weekly", capsys)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     after = _delta_versions(wh)
     for table in ("semantic_ids", "sid_codebooks", "gbdt_models"):
@@ -352,7 +370,7 @@ def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow
 
 @pytest.mark.spark
 @pytest.mark.ray
-def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_nothing(airflow_env, conf):
+def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_nothing(airflow_env, conf, capsys):
     """The date again, with an impossible GBDT gate (every other task marked successful): the
     task fails at once, the leaf encoding does not run, the tables keep their versions."""
     env, home = airflow_env
@@ -372,6 +390,7 @@ def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_not
         "--mark-success-pattern",
         "^(?!(train_gbdt|build_gbdt_leaves)$).*",
     )
+    _print_task_times(home, "recfactory_daily", capsys)
     text = res.stdout + res.stderr
     assert "quality gate failed, nothing published" in text, text[-4000:]
     after = _delta_versions(wh)
@@ -390,11 +409,11 @@ def test_a_failed_quality_gate_fails_the_task_skips_downstream_and_publishes_not
 
 
 @pytest.mark.spark
-def test_a_backfill_of_an_earlier_date_leaves_the_later_tables_as_they_were(airflow_env, conf):
+def test_a_backfill_of_an_earlier_date_leaves_the_later_tables_as_they_were(airflow_env, conf, capsys):
     """Through Airflow, after the daily run of 05-02 (which loaded every event up to 05-02): a
     backfill of a date never run (04-20), ingest + sequences. Every event is still published
     once, events_clean and 05-02's partitions hold exactly the rows they held, and 04-20 gets its
-    own. (Every order of dates — in order, in reverse, two at once — and reruns: test_backfill,
+    own. (Dates in order, in reverse and two at once, and reruns: test_backfill,
     in one process; the operator's date handling is what this adds.)"""
     from deltalake import DeltaTable
 
@@ -414,6 +433,7 @@ def test_a_backfill_of_an_earlier_date_leaves_the_later_tables_as_they_were(airf
     res = airflow(
         env, "dags", "test", "recfactory_daily", "1998-04-20", "-c", json.dumps(conf), "--mark-success-pattern", only
     )
+    _print_task_times(home, "recfactory_daily", capsys)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     after = {"events": rows("events_clean"), "05-02": rows("user_sequences", D)}
     assert after["events"]["event_id"].is_unique
