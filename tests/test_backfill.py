@@ -1,7 +1,7 @@
 """Backfill conformance: the same three dates run in order into one warehouse and out of order
 into another — the last date first, then the two earlier ones at once (as an Airflow backfill with
-max_active_runs 2 runs them) — on a MovieLens slice. Every stateless table holds the same rows per ds in the three warehouses, and no event is
-clean twice. (The stateful stage, build_sids, continues the previous date or refuses naming the
+max_active_runs 2 runs them) — on a MovieLens slice. Every stateless table holds the same rows per
+ds in the two warehouses, and no event is clean twice. (The stateful stage, build_sids, continues the previous date or refuses naming the
 missing one: tests/test_sids_job.py.)"""
 
 from __future__ import annotations

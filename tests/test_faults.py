@@ -21,15 +21,20 @@ pytestmark = [pytest.mark.spark]
 D = "1998-04-30"
 
 
-def _start(job: str, wh: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("RECFACTORY_RUN_ID", None)
+def _start(
+    job: str, wh: str, *args: str, as_of: str = D, env: dict[str, str] | None = None, own_group: bool = False
+) -> subprocess.Popen:
+    """The job for ``as_of`` as a subprocess (``env`` added to this process's; ``own_group``: in a process
+    group of its own, so that what it leaves behind can be killed as a group)."""
+    full = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **(env or {})}
+    full.pop("RECFACTORY_RUN_ID", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "recfactory", job, "--warehouse", wh, "--as-of", D, *args],
-        env=env,
+        [sys.executable, "-m", "recfactory", job, "--warehouse", wh, "--as-of", as_of, *args],
+        env=full,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=own_group,
     )
 
 
@@ -280,21 +285,12 @@ def test_sigkill_of_every_multi_table_job_between_its_commits_publishes_none_of_
 
     wh = tmp_path / "wh"
     shutil.copytree(prepared, wh)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("RECFACTORY_RUN_ID", None)
     published = {}
     for job, table, args in KILLED_BETWEEN_COMMITS:
         outputs = load_job(job).outputs
         before = {t: tables.read(str(wh), t, D) for t in outputs if _published(wh, t)}
         published.update(before)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "recfactory", job, "--warehouse", str(wh), "--as-of", D, *args],
-            env={**env, KILL_AFTER_COMMIT: table},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        proc = _start(job, str(wh), *args, env={KILL_AFTER_COMMIT: table}, own_group=True)
         out = proc.communicate(timeout=900)[0]
         if _group_alive(proc.pid):  # a straggler of its local Ray
             os.killpg(proc.pid, signal.SIGKILL)
@@ -401,25 +397,7 @@ def test_two_runs_of_the_same_date_at_once_publish_one_consistent_set_and_other_
     outs = ("item_similarity", "similarity_cap_report")
     args = ("--algos", "swing", "--no-evaluate")
     procs = {k: _start("build_similarity", str(wh), *args, "--top-k", k) for k in ("5", "9")}
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("RECFACTORY_RUN_ID", None)
-    other = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "recfactory",
-            "build_similarity",
-            "--warehouse",
-            str(wh),
-            "--as-of",
-            "1998-04-29",
-            *args,
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    other = _start("build_similarity", str(wh), *args, as_of="1998-04-29")
     assert other.wait(timeout=900) == 0, other.stdout.read()[-3000:]
     codes = {k: p.wait(timeout=900) for k, p in procs.items()}
     logs = {k: p.stdout.read() for k, p in procs.items()}
