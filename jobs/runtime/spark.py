@@ -29,9 +29,14 @@ DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
 # Settings every recfactory session gets, whoever started it. UTC so that `ts < as_of end` and the
-# `ds` partitions mean the same thing on every machine.
+# `ds` partitions mean the same thing on every machine. Delta's optimized write (a shuffle by the
+# table's partition values before the files are written, big partitions split into 512 MiB bins):
+# without it each write task writes a file for every date it holds — events_clean of MovieLens-100K
+# was 3,568 files for 100,000 rows (213 dates x 16 tasks), and every job reading it paid for them
+# (ingest 39 s -> 26 s, build_sequences 16 s -> 12 s).
 SESSION_CONF = {
     "spark.sql.session.timeZone": "UTC",
+    "spark.databricks.delta.optimizeWrite.enabled": "true",
 }
 
 _LOCAL_DEFAULTS = {
