@@ -3,10 +3,10 @@
 Shape of the data (all draws are hash-based — ``xxhash64(seed, key, salt)`` — so the same seed
 gives the same rows whatever the number of partitions or executors):
 
-- items: ``n_items`` with ``n_categories`` categories and brands nested in categories, log-normal
+- items: ``items`` with ``categories`` categories and brands nested in categories, log-normal
   prices, creation dates; popularity is Zipf (exponent ``item_zipf``) within and across categories.
 - users: heavy-tailed activity — session owners drawn from a bounded power law (``user_zipf``).
-- sessions: a start uniform over ``days`` days before ``end`` (with a diurnal bias), a theme
+- sessions: a start uniform over ``days`` days before the end of the as-of date (with a diurnal bias), a theme
   category; geometric length (mean ``mean_session_steps``); gaps between steps exponential (mean
   ``mean_gap_s``) so that sessionization by 30-minute inactivity recovers them.
 - each session has a device (mobile 60 %, desktop 30 %, tablet 10 %), kept in the events'
@@ -22,44 +22,65 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
 
+from pydantic import ValidationError
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recfactory.features.draws import uniform
 from recfactory.features.instants import day_start, ts_lit
+from recfactory.features.spec import Field, Seeded
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    n_events: int = 100_000
-    n_items: int | None = None  # default: n_events / 20, at least 100
-    n_users: int | None = None  # default: n_events / 40, at least 50
-    n_categories: int = 50
-    brands_per_category: int = 20
-    days: int = 30
-    end: dt.date = dt.date(2026, 11, 28)  # events fall in [end - days, end)
-    item_zipf: float = 1.1
-    user_zipf: float = 0.9
-    mean_session_steps: float = 8.0
-    mean_gap_s: float = 40.0
-    in_category_share: float = 0.75
-    seed: int = 42
+class SyntheticSpec(Seeded):
+    """The generator's parameters, declared once: generate_synthetic's flags are these fields, and
+    ingest's ``--synthetic events=…,items=…`` names them (``SyntheticSpec.parse``). The events end
+    at the end of the run's as-of date (an argument of the generators, not a parameter)."""
 
-    def __post_init__(self):
-        if self.n_events < 1:
-            raise ValueError("n_events must be >= 1")
-        if self.days < 1 or self.n_categories < 1:
-            raise ValueError("days and n_categories must be >= 1")
+    events: int = Field(100_000, ge=1, description="Approximate number of raw events.")
+    items: int | None = Field(None, ge=1, description="Number of items (default events/20, at least 100).")
+    users: int | None = Field(None, ge=1, description="Number of users (default events/40, at least 50).")
+    days: int = Field(30, ge=1, description="Events span the days before the end of the as-of date.")
+    categories: int = Field(50, ge=1, description="Number of item categories.")
+    brands_per_category: int = Field(20, ge=1, description="Brands nested in each category.")
+    item_zipf: float = Field(1.1, gt=0, description="Exponent of the items' Zipf popularity.")
+    user_zipf: float = Field(0.9, gt=0, description="Exponent of the users' power-law activity.")
+    mean_session_steps: float = Field(8.0, ge=1.0, description="Mean steps (impressions) per session.")
+    mean_gap_s: float = Field(40.0, gt=0, description="Mean seconds between a session's steps.")
+    in_category_share: float = Field(
+        0.75, ge=0.0, le=1.0, description="Share of a session's steps inside its theme category."
+    )
 
     @property
-    def items(self) -> int:
-        return self.n_items or max(100, self.n_events // 20)
+    def n_items(self) -> int:
+        return self.items or max(100, self.events // 20)
 
     @property
-    def users(self) -> int:
-        return self.n_users or max(50, self.n_events // 40)
+    def n_users(self) -> int:
+        return self.users or max(50, self.events // 40)
+
+    @classmethod
+    def parse(cls, text: str, seed: int) -> SyntheticSpec:
+        """``key=value,...`` of this spec's fields (the seed is the job's, not a key), validated as
+        the flags are: an unknown key, a repeated key or a bad value is an error naming it."""
+        kv: dict[str, str] = {}
+        for part in filter(None, (x.strip() for x in text.split(","))):
+            key, sep, value = part.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise ValueError(f"{part!r} is not key=value")
+            if key == "seed":
+                raise ValueError("the seed is the job's --seed, not a key of the synthetic spec")
+            if key not in cls.model_fields:
+                raise ValueError(f"unknown synthetic parameter {key!r} (known: {', '.join(sorted(cls.model_fields))})")
+            if key in kv:
+                raise ValueError(f"synthetic parameter {key!r} given twice")
+            kv[key] = value.strip()
+        try:
+            return cls.model_validate({**kv, "seed": seed})
+        except ValidationError as e:
+            bad = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            raise ValueError(f"bad synthetic parameter ({bad})") from None
 
 
 def zipf_rank(u: Column, n: int, s: float) -> Column:
@@ -76,7 +97,7 @@ _P_CLICK1, _P_ACCIDENTAL, _P_CART, _P_BUY = 0.35, 0.15, 0.12, 0.4
 
 
 def expected_events_per_session(spec: SyntheticSpec) -> float:
-    """E[steps] x E[events per step], so that the generator lands near spec.n_events."""
+    """E[steps] x E[events per step], so that the generator lands near spec.events."""
     # steps = 1 + floor(Exp(1) * (m - 1)):  E[floor(c X)] = 1 / (e^(1/c) - 1)
     c = spec.mean_session_steps - 1
     steps = 1.0 + (1.0 / math.expm1(1.0 / c) if c > 0 else 0.0)
@@ -85,10 +106,11 @@ def expected_events_per_session(spec: SyntheticSpec) -> float:
     return steps * per_step
 
 
-def synthetic_items(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
+def synthetic_items(spark: SparkSession, spec: SyntheticSpec, end_date: dt.date) -> DataFrame:
+    """spec.n_items catalog rows, created in the year before the end of ``end_date`` (UTC)."""
     s = spec.seed
     i = F.col("id")
-    cat = i % spec.n_categories
+    cat = i % spec.categories
     brand = cat * spec.brands_per_category + F.floor(uniform(s, i, salt="brand") * spec.brands_per_category).cast(
         "long"
     )
@@ -101,11 +123,11 @@ def synthetic_items(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
         ),
         2,
     )
-    end = day_start(spec.end)  # an aware UTC instant (never the host's local midnight)
+    end = day_start(end_date)  # an aware UTC instant (never the host's local midnight)
     created = ts_lit(end - dt.timedelta(days=365)) + F.make_dt_interval(
         F.floor(uniform(s, i, salt="created") * 365).cast("int")
     )
-    return spark.range(spec.items).select(
+    return spark.range(spec.n_items).select(
         F.concat(F.lit("i"), i.cast("string")).alias("item_id"),
         F.concat(F.lit("synthetic item "), i.cast("string")).alias("title"),
         F.concat(
@@ -122,13 +144,14 @@ def synthetic_items(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     )
 
 
-def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
-    """About spec.n_events raw events (impressions, clicks, carts, purchases)."""
+def synthetic_events(spark: SparkSession, spec: SyntheticSpec, end_date: dt.date) -> DataFrame:
+    """About spec.events raw events (impressions, clicks, carts, purchases) in the spec's days
+    before the end of ``end_date`` (UTC)."""
     s = spec.seed
-    n_sessions = max(1, round(spec.n_events / expected_events_per_session(spec)))
-    n_per_cat = max(1, spec.items // spec.n_categories)
+    n_sessions = max(1, round(spec.events / expected_events_per_session(spec)))
+    n_per_cat = max(1, spec.n_items // spec.categories)
     sid = F.col("id")
-    end = day_start(spec.end)  # an aware UTC instant (never the host's local midnight)
+    end = day_start(end_date)  # an aware UTC instant (never the host's local midnight)
     start0 = end - dt.timedelta(days=spec.days)
     day = F.floor(uniform(s, sid, salt="day") * spec.days).cast("int")
     # diurnal bias: mass concentrated in the evening (hour ~ 20) via a folded triangle
@@ -143,10 +166,10 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     )
     sessions = spark.range(n_sessions).select(
         sid.alias("session"),
-        F.concat(F.lit("u"), zipf_rank(uniform(s, sid, salt="user"), spec.users, spec.user_zipf).cast("string")).alias(
-            "user_id"
-        ),
-        (zipf_rank(uniform(s, sid, salt="theme"), spec.n_categories, 0.8)).alias("theme"),
+        F.concat(
+            F.lit("u"), zipf_rank(uniform(s, sid, salt="user"), spec.n_users, spec.user_zipf).cast("string")
+        ).alias("user_id"),
+        (zipf_rank(uniform(s, sid, salt="theme"), spec.categories, 0.8)).alias("theme"),
         start.alias("start"),
         F.when(uniform(s, sid, salt="device") < 0.6, "mobile")
         .when(uniform(s, sid, salt="device") < 0.9, "desktop")
@@ -159,11 +182,9 @@ def synthetic_events(spark: SparkSession, spec: SyntheticSpec) -> DataFrame:
     gap = -F.log(uniform(s, *key, salt="gap") + F.lit(1e-12)) * spec.mean_gap_s
     w = Window.partitionBy("session").orderBy("step").rowsBetween(Window.unboundedPreceding, 0)
     in_cat = uniform(s, *key, salt="incat") < spec.in_category_share
-    item_in_cat = zipf_rank(uniform(s, *key, salt="item"), n_per_cat, spec.item_zipf) * spec.n_categories + F.col(
-        "theme"
-    )
-    item_global = zipf_rank(uniform(s, *key, salt="item"), spec.items, spec.item_zipf)
-    item = F.least(F.when(in_cat, item_in_cat).otherwise(item_global), F.lit(spec.items - 1))
+    item_in_cat = zipf_rank(uniform(s, *key, salt="item"), n_per_cat, spec.item_zipf) * spec.categories + F.col("theme")
+    item_global = zipf_rank(uniform(s, *key, salt="item"), spec.n_items, spec.item_zipf)
+    item = F.least(F.when(in_cat, item_in_cat).otherwise(item_global), F.lit(spec.n_items - 1))
     position = ((st - 1) % 10) + 1
     p_click = F.lit(_P_CLICK1) / F.sqrt(position.cast("double"))
     clicked = uniform(s, *key, salt="click") < p_click

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from recfactory.features.synthetic import SyntheticSpec, synthetic_events, synthetic_items
 from recfactory.jobs.runtime.job import Job, RunContext
-from recfactory.jobs.runtime.params import Field, JobParams
+from recfactory.jobs.runtime.params import JobParams
 
 
-class GenerateSyntheticParams(JobParams):
-    events: int = Field(100_000, ge=1, description="Approximate number of raw events.")
-    items: int | None = Field(None, ge=1, description="Number of items (default events/20).")
-    users: int | None = Field(None, ge=1, description="Number of users (default events/40).")
-    days: int = Field(30, ge=1, description="Events span the days before the end of --as-of.")
-    categories: int = Field(50, ge=1, description="Number of item categories.")
+class GenerateSyntheticParams(SyntheticSpec, JobParams):
+    """generate_synthetic's parameters: the job's, and the generator's (``SyntheticSpec``)."""
 
 
 class GenerateSyntheticJob(Job[GenerateSyntheticParams]):
@@ -30,17 +26,9 @@ class GenerateSyntheticJob(Job[GenerateSyntheticParams]):
 
     def run(self, ctx: RunContext[GenerateSyntheticParams]) -> None:
         p = ctx.params
-        spec = SyntheticSpec(
-            n_events=p.events,
-            n_items=p.items,
-            n_users=p.users,
-            days=p.days,
-            n_categories=p.categories,
-            seed=p.seed,
-            end=ctx.cutoff.date(),
-        )
-        ev = ctx.write(synthetic_events(ctx.spark, spec), "synthetic_events", mode="overwrite", partition_by=())
-        it = ctx.write(synthetic_items(ctx.spark, spec), "synthetic_items", mode="overwrite", partition_by=())
+        spec, end = SyntheticSpec.of(p), ctx.cutoff.date()
+        ev = ctx.write(synthetic_events(ctx.spark, spec, end), "synthetic_events", mode="overwrite", partition_by=())
+        it = ctx.write(synthetic_items(ctx.spark, spec, end), "synthetic_items", mode="overwrite", partition_by=())
         ctx.row_counts.update({"synthetic_events": ev.rows, "synthetic_items": it.rows})
 
 

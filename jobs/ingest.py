@@ -11,13 +11,14 @@ import datetime as dt
 import logging
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from recfactory.features.instants import day_start, ts_lit, utc_date_col
 from recfactory.features.schema import EVENT_TYPES, ColumnMapping
 from recfactory.features.sources import load_dataset
+from recfactory.features.spec import mapping_text
 from recfactory.features.synthetic import SyntheticSpec, synthetic_events, synthetic_items
 from recfactory.features.validation import (
     CLEAN_EVENT_COLUMNS,
@@ -97,9 +98,16 @@ class IngestParams(JobParams):
         "fraction of input events is quarantined (FUTURE_TIMESTAMP rows, which later loads publish, "
         "are not counted against it).",
     )
-    synthetic_events: int = Field(100_000, ge=1, description="--dataset synthetic: number of events.")
-    synthetic_items: int | None = Field(None, ge=1, description="--dataset synthetic: items (default events/20).")
-    synthetic_users: int | None = Field(None, ge=1, description="--dataset synthetic: users (default events/40).")
+    synthetic: str = Field(
+        "",
+        description="--dataset synthetic: the generator's parameters as key=value,... (generate_synthetic's "
+        "flags, e.g. 'events=1000000,items=50000'; the seed is --seed).",
+    )
+
+    @field_validator("synthetic", mode="before")
+    @classmethod
+    def _synthetic_text(cls, v):
+        return mapping_text(v)
 
     @model_validator(mode="after")
     def _paths_match_dataset(self):
@@ -108,6 +116,9 @@ class IngestParams(JobParams):
             raise ValueError("--dataset tables needs both --events-path and --items-path")
         if self.dataset != "tables" and has_paths:
             raise ValueError("--events-path/--items-path need --dataset tables")
+        if self.synthetic and self.dataset != "synthetic":
+            raise ValueError("--synthetic needs --dataset synthetic")
+        SyntheticSpec.parse(self.synthetic, self.seed)  # a bad key or value fails here, naming it
         ColumnMapping.parse(self.events_columns)
         ColumnMapping.parse(self.items_columns)
         ColumnMapping.parse(self.event_type_map)
@@ -143,15 +154,9 @@ class IngestJob(Job[IngestParams]):
             return events, items, "tables"
         if p.dataset == "synthetic":
             # events fill the days up to the end of the as-of date, as generate_synthetic's do
-            spec = SyntheticSpec(
-                n_events=p.synthetic_events,
-                n_items=p.synthetic_items,
-                n_users=p.synthetic_users,
-                seed=p.seed,
-                end=ctx.cutoff.date(),
-            )
-            ctx.record_input(InputRef("synthetic", "generated", "synthetic", fingerprint=f"{spec!r}"))
-            return synthetic_events(spark, spec), synthetic_items(spark, spec), "synthetic"
+            spec, end = SyntheticSpec.parse(p.synthetic, p.seed), ctx.cutoff.date()
+            ctx.record_input(InputRef("synthetic", "generated", "synthetic", fingerprint=f"{spec!r} end={end}"))
+            return synthetic_events(spark, spec, end), synthetic_items(spark, spec, end), "synthetic"
         src = load_dataset(p.dataset)
         for prov in src.provenance:
             ctx.record_input(InputRef(**prov))

@@ -36,7 +36,7 @@ def _conf(size: str) -> tuple[str, dict]:
         return "1998-04-30", json.loads((ROOT / "jobs/conf/movielens-100k.json").read_text())
     if size == "1m":
         return "2026-11-28", json.loads((ROOT / "jobs/conf/synthetic-1m.json").read_text())
-    return "2026-11-28", {"ingest": {"dataset": "synthetic", "synthetic_events": SIZES[size]}}
+    return "2026-11-28", {"ingest": {"dataset": "synthetic", "synthetic": {"events": SIZES[size]}}}
 
 
 def _steps(wh: Path) -> dict[str, dict]:

@@ -69,7 +69,7 @@ def test_bench_graph(spark, tmp_path):
     if movielens:
         run_job("ingest", args, spark=spark)
     else:
-        run_job("ingest", [*args, "--dataset", "synthetic", "--synthetic-events", str(SIZES[size])], spark=spark)
+        run_job("ingest", [*args, "--dataset", "synthetic", "--synthetic", f"events={SIZES[size]}"], spark=spark)
     run_job("build_sessions", args, spark=spark)
     sessions = spark.read.format("delta").load(f"{wh}/sessions").drop("ds")
     train_s, test = leave_last_transition(sessions)

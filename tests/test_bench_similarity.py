@@ -63,7 +63,7 @@ def test_bench_similarity(spark, tmp_path):
     if movielens:
         run_job("ingest", as_of, spark=spark)
     else:
-        run_job("ingest", [*as_of, "--dataset", "synthetic", "--synthetic-events", str(SIZES[size])], spark=spark)
+        run_job("ingest", [*as_of, "--dataset", "synthetic", "--synthetic", f"events={SIZES[size]}"], spark=spark)
     spec = SimilaritySpec()
     events = spark.read.format("delta").load(f"{wh}/events_clean")
     ui = apply_caps(user_items(events, spec), spec).persist(StorageLevel.MEMORY_AND_DISK)

@@ -68,7 +68,7 @@ def test_manifest_in_runs_table_and_commit_metadata(spark, movielens_run):
 
 
 def test_rerun_same_as_of_leaves_no_duplicates(spark, warehouse):
-    args = ["--warehouse", warehouse, "--as-of", "2026-11-28", "--dataset", "synthetic", "--synthetic-events", "3000"]
+    args = ["--warehouse", warehouse, "--as-of", "2026-11-28", "--dataset", "synthetic", "--synthetic", "events=3000"]
     first = run_job("ingest", args, spark=spark)
     second = run_job("ingest", args, spark=spark)
     clean = spark.read.format("delta").load(f"{warehouse}/events_clean")

@@ -4,6 +4,7 @@ import datetime as dt
 
 import pytest
 
+from recfactory.features.synthetic import SyntheticSpec
 from recfactory.jobs.ingest import IngestParams
 from recfactory.jobs.runtime.env import table_path, validate_table_name
 from recfactory.jobs.runtime.params import params_hash, params_table, parse_params
@@ -25,13 +26,15 @@ def test_flags_are_typed_and_defaulted():
             "--no-check-orphans",
             "--dataset",
             "synthetic",
-            "--synthetic-events",
-            "500",
+            "--synthetic",
+            "events=500,days=7",
         ]
     )
     assert p.as_of == dt.date(2026, 11, 28)
     assert p.seed == 7 and p.event_types == ["click", "purchase"]
-    assert p.check_orphans is False and p.synthetic_events == 500
+    assert p.check_orphans is False
+    spec = SyntheticSpec.parse(p.synthetic, p.seed)
+    assert (spec.events, spec.days, spec.seed, spec.n_items) == (500, 7, 7, 100)
     assert p.warehouse == "./warehouse" and p.dataset == "synthetic"
 
 
@@ -45,6 +48,16 @@ def test_flags_are_typed_and_defaulted():
         (["--as-of", "2026-11-28", "--dataset", "tables", "--events-path", "/x"], "both"),
         (["--as-of", "2026-11-28", "--events-columns", "user_id"], "canonical=source"),
         (["--seed", "3"], "--as-of"),
+        (
+            ["--as-of", "2026-11-28", "--dataset", "synthetic", "--synthetic", "event=5"],
+            "unknown synthetic parameter 'event'",
+        ),
+        (
+            ["--as-of", "2026-11-28", "--dataset", "synthetic", "--synthetic", "events=0"],
+            "events: Input should be greater",
+        ),
+        (["--as-of", "2026-11-28", "--dataset", "synthetic", "--synthetic", "seed=3"], "--seed"),
+        (["--as-of", "2026-11-28", "--synthetic", "events=5"], "--synthetic needs --dataset synthetic"),
     ],
 )
 def test_bad_flags_fail_with_a_message_naming_the_problem(argv, needle, capsys):

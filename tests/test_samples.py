@@ -225,7 +225,7 @@ def test_job_on_movielens_idempotent(spark, movielens_run):
 def test_job_on_synthetic_impressions(spark, tmp_path):
     wh = str(tmp_path / "wh")
     as_of = ["--warehouse", wh, "--as-of", "2026-11-28"]
-    run_job("ingest", [*as_of, "--dataset", "synthetic", "--synthetic-events", "20000"], spark=spark)
+    run_job("ingest", [*as_of, "--dataset", "synthetic", "--synthetic", "events=20000"], spark=spark)
     ctx = run_job(
         "build_training_samples",
         [*as_of, "--warmup-days", "5", "--negative-rate", "0.5", "--sample-rate", "0.9"],
