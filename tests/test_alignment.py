@@ -134,11 +134,12 @@ def test_fit_on_ray_train_aligns_a_planted_fixture_and_resumes_from_its_checkpoi
 
 
 @pytest.fixture(scope="module")
-def aligned_warehouse(spark, movielens_ingested, tmp_path_factory):
-    """MovieLens-100K through every input of align_embeddings (lean settings)."""
+def aligned_warehouse(spark, slice_ingested, tmp_path_factory):
+    """The MovieLens slice (users 1..200, every item) through every input of align_embeddings
+    (lean settings)."""
     from recfactory.jobs.runtime.job import run_job
 
-    wh = movielens_ingested(tmp_path_factory.mktemp("align") / "wh")  # MovieLens-100K as of 1998-04-30
+    wh = slice_ingested(tmp_path_factory.mktemp("align") / "wh")  # the slice as of 1998-04-30
     base = ["--warehouse", wh, "--as-of", "1998-04-30"]
     run_job("build_sessions", base, spark=spark)
     run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)

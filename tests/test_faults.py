@@ -110,14 +110,12 @@ def _slice_args(base: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ingested(spark, movielens_slice, tmp_path_factory):
-    """A warehouse holding only the slice's ingest as of D (each test copies it)."""
-    from recfactory.jobs.runtime.job import run_job
-
+def ingested(slice_ingested, movielens_slice, tmp_path_factory):
+    """A warehouse holding only the slice's ingest as of D (each test copies it), and the slice's
+    raw files under base (what a rerun of ingest reads: `_slice_args`)."""
     base = tmp_path_factory.mktemp("faults")
     movielens_slice(base, USERS)
-    run_job("ingest", ["--warehouse", str(base / "src"), "--as-of", D, *_slice_args(base)], spark=spark)
-    return base / "src", base
+    return Path(slice_ingested(base / "src")), base
 
 
 def test_sigkill_mid_write_keeps_tables_readable_and_a_rerun_converges(ingested, spark):
@@ -420,61 +418,3 @@ def test_two_runs_of_the_same_date_at_once_publish_one_consistent_set_and_other_
     inside = read_arrow(str(wh), "item_similarity").to_pandas()
     assert inside.loc[inside["ds"].astype(str) == D, "n_neighbors"].max() == top_k
     assert len(inside[inside["ds"].astype(str) == "1998-04-29"]) > 0  # the other date, published beside it
-
-
-KILLED_IN_RUNS_WRITE = """
-import os, signal, sys, uuid
-from pathlib import Path
-from recfactory.jobs.runtime import delta_io
-from recfactory.jobs.runtime.job import run_job
-
-def append_small(self, rows, name, commit):
-    # what a writer killed inside the _runs append leaves: its data file, no commit
-    import pyarrow.parquet as pq
-    target = Path(self.write_path(name))
-    target.mkdir(parents=True, exist_ok=True)
-    pq.write_table(rows, target / f"part-00000-{uuid.uuid4()}-c000.snappy.parquet")
-    os.kill(os.getpid(), signal.SIGKILL)
-
-delta_io.Warehouse.append_small = append_small
-run_job("build_sequences", sys.argv[1:])
-"""
-
-
-def test_sigkill_inside_the_runs_write_publishes_nothing_and_the_attempt_is_on_record(ingested, spark):
-    """The run's outputs are committed, its `_runs` row is not (its data file is on disk, its commit
-    never made): `_runs` reads as before, the date is not published (a trainer is told so), the
-    attempt shows as abandoned with the version it left, and the next run publishes."""
-    from deltalake import DeltaTable
-
-    from recfactory import tables
-    from recfactory.jobs.runtime.attempts import history
-    from recfactory.jobs.runtime.job import run_job
-
-    src, base = ingested
-    wh = base / "runs-write-killed"
-    shutil.copytree(src, wh)
-    before = DeltaTable(str(wh / "_runs")).to_pandas()
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("RECFACTORY_RUN_ID", None)
-    res = subprocess.run(
-        [sys.executable, "-c", KILLED_IN_RUNS_WRITE, "--warehouse", str(wh), "--as-of", D],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
-    assert DeltaTable(str(wh / "user_sequences")).version() == 0  # its output was committed
-    assert len(list((wh / "_runs").glob("*.parquet"))) > len(DeltaTable(str(wh / "_runs")).file_uris())  # the orphan
-    after = DeltaTable(str(wh / "_runs")).to_pandas()
-    assert sorted(after["run_id"]) == sorted(before["run_id"])  # no half row
-    with pytest.raises(tables.NotPublishedError):
-        tables.read(str(wh), "user_sequences", D)
-    h = history(str(wh), job="build_sequences")
-    assert list(h["status"]) == ["running"] and [list(o) for o in h["outputs"]] == [["user_sequences v0"]]
-    ctx = run_job("build_sequences", ["--warehouse", str(wh), "--as-of", D], spark=spark)
-    h = history(str(wh), job="build_sequences")
-    assert list(h["status"]) == ["succeeded", "abandoned"] and h["run_id"].iloc[0] == ctx.run_id
-    pub = tables.read(str(wh), "user_sequences", D)
-    assert (pub.run_id, pub.version) == (ctx.run_id, 1)

@@ -3,6 +3,8 @@ users 1..200, every item)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -104,32 +106,8 @@ def test_a_table_without_the_model_features_is_refused(spark, gbdt_warehouse):
         run_job("build_gbdt_leaves", [*base, "--input", "fresh_rows"], spark=spark)
 
 
-# in the slow tier (`make bench`) for now: CI's 90-minute budget (see docs/operations.md, the test suite)
-@pytest.mark.slow
-def test_large_training_runs_data_parallel_on_ray_train(spark, gbdt_warehouse, tmp_path):
-    """The same samples above the distributed threshold: LightGBMTrainer with 2 workers gives a
-    model of the same quality."""
-    import subprocess
-    import sys
-
-    wh, base, single = gbdt_warehouse
-    other = str(tmp_path / "wh")
-    spark.read.format("delta").load(f"{wh}/training_samples").write.format("delta").partitionBy("ds").save(
-        f"{other}/training_samples"
-    )
-    # a fresh interpreter: Ray Train V2 (2.60) can stall a later trainer started by one driver
-    code = (
-        "from recfactory.jobs.runtime.job import run_job; import json; "
-        f"c = run_job('train_gbdt', ['--warehouse', '{other}', '--as-of', '{D}', '--num-trees', '40', "
-        "'--distributed-rows', '1000']); print('RESULT', json.dumps([c.notes['training'], c.metrics['auc.gbdt']]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    import json
-
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    training, auc = json.loads(line[len("RESULT ") :])
-    assert training.startswith("Ray Train") and abs(auc - single.metrics["auc.gbdt"]) < 0.03
+# Data-parallel training on Ray Train (LightGBMTrainer, two workers): the weekly refit of test_dags
+# (--distributed-rows below the samples' rows), beside this single-process model's quality.
 
 
 def test_fresh_rows_with_nulls_encode_as_lightgbm_missing_values(spark, gbdt_warehouse):
@@ -163,3 +141,36 @@ def test_fresh_rows_with_nulls_encode_as_lightgbm_missing_values(spark, gbdt_war
     assert (leaves["source"] == "training_samples").sum() == spark.read.format("delta").load(
         f"{wh}/training_samples"
     ).count()
+
+
+def test_recfactory_pipeline_skips_what_depends_on_a_failed_gate(spark, gbdt_warehouse, capsys):
+    """`recfactory pipeline` in one process, on the date's samples above: its steps succeed and
+    publish, each a new version; then a failed quality gate publishes nothing, skips the steps
+    downstream of it, and the exit status says only gates failed."""
+    import json
+
+    from deltalake import DeltaTable
+
+    from recfactory.jobs.runtime.pipeline import pipeline_main, run_pipeline
+
+    wh, _, _ = gbdt_warehouse
+    tables = ("gbdt_models", "gbdt_leaf_vocab", "gbdt_metrics", "gbdt_leaves")
+
+    def versions():
+        return {t: DeltaTable(f"{wh}/{t}").version() for t in tables if (Path(wh) / t / "_delta_log").exists()}
+
+    before = versions()
+    conf = {"train_gbdt": {"num_trees": 20}}
+    only = ["train_gbdt", "build_gbdt_leaves"]
+    res = run_pipeline("daily", wh, D, conf, only=only, spark=spark)
+    assert [(r.task_id, r.status) for r in res] == [(t, "succeeded") for t in only]
+    after = versions()
+    assert (
+        res[0].outputs == {t: before[t] + 1 for t in tables[:3]}
+        and after["gbdt_leaves"] == res[1].outputs["gbdt_leaves"]
+    )
+    failing = json.dumps({"train_gbdt": {"num_trees": 20, "gate_min_auc": 0.99}})
+    code = pipeline_main(["--warehouse", wh, "--as-of", D, "--params", failing, "--only", ",".join(only)])
+    out = capsys.readouterr().out
+    assert code == 3 and "gate_failed" in out and "upstream_failed" in out
+    assert versions() == after  # nothing published

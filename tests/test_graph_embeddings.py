@@ -267,17 +267,15 @@ def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
     assert set(eges.attention) == {"item_id", "community"}
 
 
-# in the slow tier (`make bench`) for now: CI's 90-minute budget (see docs/operations.md, the test suite)
-@pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray
-def test_build_graph_embeddings_on_movielens(spark, movielens_run):
+def test_build_graph_embeddings_on_the_movielens_slice(spark, slice_ingested, tmp_path):
     from pyspark.sql import functions as F
 
     from recfactory.graph.item_graph import GraphSpec, build_edges
     from recfactory.jobs.runtime.job import run_job
 
-    wh, _ = movielens_run
+    wh = slice_ingested(tmp_path / "wh")  # MovieLens users 1..200, every item, ingested as of 1998-04-30
     args = ["--warehouse", wh, "--as-of", "1998-04-30"]
     run_job("build_sessions", args, spark=spark)
     ctx = run_job("build_graph_embeddings", [*args, "--dim", "16", "--eval-k", "10,20"], spark=spark)

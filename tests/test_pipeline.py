@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import networkx as nx
@@ -116,30 +115,4 @@ def test_params_choose_inputs_and_so_dependencies():
     assert set(PIPELINES) == {"daily", "weekly"}
 
 
-# in the slow tier (`make bench`) for now: CI's 90-minute budget (see docs/operations.md, the test suite)
-@pytest.mark.slow
-@pytest.mark.spark
-@pytest.mark.ray
-def test_recfactory_pipeline_skips_what_depends_on_a_failed_gate(spark, tmp_path, capsys):
-    """`recfactory pipeline` in one process: a failed quality gate publishes nothing and skips the
-    steps downstream of it; the exit status says only gates failed."""
-    from deltalake import DeltaTable
-
-    from recfactory.jobs.runtime.pipeline import pipeline_main, run_pipeline
-
-    wh = str(tmp_path / "wh")
-    conf = {
-        "build_training_samples": {"negative_rate": 0.5, "test_days": 30, "val_days": 0},
-        "train_gbdt": {"num_trees": 20},
-    }
-    only = ["ingest", "build_training_samples", "train_gbdt", "build_gbdt_leaves"]
-    res = run_pipeline("daily", wh, "1998-04-30", conf, only=only, spark=spark)
-    assert [(r.task_id, r.status) for r in res] == [(t, "succeeded") for t in only]
-    assert res[2].outputs == {"gbdt_models": 0, "gbdt_leaf_vocab": 0, "gbdt_metrics": 0}
-    failing = json.dumps({**conf, "train_gbdt": {"num_trees": 20, "gate_min_auc": 0.99}})
-    code = pipeline_main(
-        ["--warehouse", wh, "--as-of", "1998-04-30", "--params", failing, "--only", "train_gbdt,build_gbdt_leaves"]
-    )
-    out = capsys.readouterr().out
-    assert code == 3 and "gate_failed" in out and "upstream_failed" in out
-    assert DeltaTable(f"{wh}/gbdt_models").version() == 0 and DeltaTable(f"{wh}/gbdt_leaves").version() == 0
+# `recfactory pipeline` in one process, its steps and a failed gate: test_gbdt_jobs (on its samples)

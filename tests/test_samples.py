@@ -201,18 +201,19 @@ def test_recalibration_inverts_downsampling():
         np.testing.assert_allclose(recalibrate(p, w), p0)
 
 
-# in the slow tier (`make bench`) for now: CI's 90-minute budget (see docs/operations.md, the test suite)
-@pytest.mark.slow
 @pytest.mark.spark
-def test_job_on_movielens_idempotent(spark, movielens_run):
-    wh, _ = movielens_run
-    args = ["--warehouse", wh, "--as-of", "1998-04-30", "--val-days", "14", "--test-days", "14"]
+def test_job_on_the_movielens_slice_idempotent(spark, slice_ingested, tmp_path):
+    wh = slice_ingested(tmp_path / "wh")  # MovieLens users 1..200, every item, ingested as of 1998-04-30
+    # lean features (the defaults: test_job_on_synthetic_impressions), the two the checks below read
+    lean = ["--keys", "user=user_id,item=item_id", "--windows", "7d,all"]
+    args = ["--warehouse", wh, "--as-of", "1998-04-30", "--val-days", "14", "--test-days", "14", *lean]
     ctx = run_job("build_training_samples", args, spark=spark)
     again = run_job("build_training_samples", args, spark=spark)
     t = spark.read.format("delta").load(f"{wh}/training_samples")
     n = ctx.row_counts["training_samples"]
     assert t.count() == n == again.row_counts["training_samples"] == ctx.row_counts["candidates"]
-    assert n + ctx.row_counts["history_only_events"] == 100_000  # every rating is a sample or history
+    ratings = spark.read.format("delta").load(f"{wh}/events_clean").count()
+    assert n + ctx.row_counts["history_only_events"] == ratings  # every rating is a sample or history
     assert ctx.notes["mode"] == "interactions" and ctx.row_counts["test_rows"] > 0
     # two independent point-in-time computations agree: interactions before the sample
     assert t.where(F.col("f_user_all_view") + F.col("f_user_all_like") != F.col("hist_len")).count() == 0
