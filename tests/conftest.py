@@ -54,15 +54,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 LONGEST_FIRST = (
     "test_dags.py",
     "test_faults.py",
-    "test_backfill.py",
     "test_alignment.py",
-    "test_gbdt_jobs.py",
     "test_samples.py",
-    "test_cross_stats.py",
+    "test_backfill.py",
     "test_sids_job.py",
-    "test_point_in_time.py",
-    "test_hostile_input.py",
+    "test_gbdt_jobs.py",
+    "test_graph_embeddings.py",
+    "test_lightgcn.py",
     "test_cli.py",
+    "test_point_in_time.py",
+    "test_replay.py",
+    "test_cross_stats.py",
+    "test_hostile_input.py",
 )
 
 

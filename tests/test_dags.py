@@ -321,9 +321,10 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env, conf):
 
     env, home = airflow_env
     wh = home / "wh"
-    if not (wh / "semantic_ids").exists():
+    if not (wh / "user_sequences").exists():
         pytest.skip("needs the daily DAG run of the test above")
-    tables = {"build_sids": "semantic_ids"}  # ingest's rerun: test_ingest, test_faults
+    # a Spark step (build_sids' rerun: test_faults and test_sids_job; ingest's: test_ingest)
+    tables = {"build_sequences": "user_sequences"}
     before = {t: DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)]) for t in tables.values()}
     versions = _delta_versions(wh)
     for task in tables:
@@ -332,13 +333,10 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env, conf):
     for t in tables.values():
         after = DeltaTable(str(wh / t)).to_pandas(filters=[("ds", "=", DAY)])
         assert len(after) == len(before[t]) and DeltaTable(str(wh / t)).version() == versions[t] + 1
-    key = ["item_id", "sid"]
-    assert (
-        before["semantic_ids"][key].sort_values(key).values.tolist()
-        == DeltaTable(str(wh / "semantic_ids"))
-        .to_pandas(filters=[("ds", "=", DAY)])[key]
-        .sort_values(key)
-        .values.tolist()
+    key = ["user_id", "sequence", "seq_len"]
+    rows = lambda df: sorted(map(str, df[key].itertuples(index=False)))  # noqa: E731
+    assert rows(before["user_sequences"]) == rows(
+        DeltaTable(str(wh / "user_sequences")).to_pandas(filters=[("ds", "=", DAY)])
     )
 
 
@@ -347,7 +345,9 @@ def test_a_rerun_of_a_task_for_its_date_leaves_one_copy(airflow_env, conf):
 def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow_env, capsys):
     """The weekly run of [1998-04-26, 1998-05-03): its sensor sees the daily run of 1998-05-02, then
     build_sids --new-generation and train_gbdt run for that as-of and publish new versions. (That
-    a new generation over an older one remaps every SID is tested in test_sids_job.)"""
+    a new generation over an older one remaps every SID is tested in test_sids_job.) The refit
+    trains data-parallel on Ray Train (LightGBMTrainer, two workers: --distributed-rows below the
+    samples' rows) and matches the quality of the daily run's single-process model."""
     from deltalake import DeltaTable
 
     env, home = airflow_env
@@ -355,7 +355,7 @@ def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow
     if not (wh / "semantic_ids").exists():
         pytest.skip("needs the daily DAG run of the test above")
     before = _delta_versions(wh)
-    conf = {"refit_sids": CONF["build_sids"], "refit_gbdt": CONF["train_gbdt"]}
+    conf = {"refit_sids": CONF["build_sids"], "refit_gbdt": {**CONF["train_gbdt"], "distributed_rows": 1000}}
     res = airflow(env, "dags", "test", "recfactory_weekly", "1998-05-03", "-c", json.dumps(conf))
     _print_task_times(home, "recfactory_weekly", capsys)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
@@ -366,6 +366,11 @@ def test_the_weekly_dag_refits_after_the_daily_run_of_the_weeks_last_day(airflow
     refit = runs[runs["job"] == "build_sids"].iloc[-1]
     assert refit["status"] == "succeeded" and json.loads(refit["params"])["new_generation"] is True
     assert str(refit["as_of"]) == D
+    gbdt = runs[runs["job"] == "train_gbdt"]
+    daily, weekly = (dict(gbdt.iloc[i]["metrics"]) for i in (0, -1))
+    notes = json.loads(DeltaTable(str(wh / "gbdt_models")).history(1)[0]["userMetadata"])["notes"]
+    assert notes["training"].startswith("Ray Train LightGBMTrainer, 2 workers"), notes
+    assert abs(weekly["auc.gbdt"] - daily["auc.gbdt"]) < 0.03, (daily["auc.gbdt"], weekly["auc.gbdt"])
 
 
 @pytest.mark.spark

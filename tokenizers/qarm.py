@@ -20,10 +20,8 @@ out — no Spark, no I/O (the job ``align_embeddings`` feeds it).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +29,7 @@ import torch
 from torch import nn
 
 from recfactory.features.spec import Field, Seeded
+from recfactory.graph.ray_train import checkpoint, load_final, restore, run_torch, shard_steps
 
 
 class AlignSpec(Seeded):
@@ -135,11 +134,7 @@ def simtier(target: np.ndarray, history: np.ndarray, buckets: int) -> np.ndarray
 def _batches(n_pairs: int, batch: int, world: int, rank: int, epoch: int, seed: int):
     """This worker's index batches of an epoch: the same seeded permutation on every worker, cut
     into world × batch steps (every worker takes the same number of steps)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n_pairs)
-    b = max(1, min(batch, n_pairs // world))
-    for s in range(max(1, n_pairs // (b * world))):
-        lo = (s * world + rank) * b
-        yield perm[lo : lo + b]
+    return shard_steps(np.random.default_rng([seed, epoch]).permutation(n_pairs), batch, world, rank)
 
 
 def _train_loop(config: dict) -> None:
@@ -162,17 +157,9 @@ def _train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    core = model.module if hasattr(model, "module") else model
+    core = getattr(model, "module", model)  # DDP wraps it
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    start, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
-        core.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = int(state["epoch"]) + 1
-        history = json.loads(state["history"])
+    start, history = restore(core, opt)
     for epoch in range(start, spec.epochs):
         total, steps = 0.0, 0
         for idx in _batches(len(pairs), spec.batch_size, world, rank, epoch, spec.seed):
@@ -185,25 +172,7 @@ def _train_loop(config: dict) -> None:
             opt.step()
             total, steps = total + loss.item(), steps + 1
         history.append({"epoch": epoch, "loss": total / max(steps, 1), "temperature": float(1 / core.scale().detach())})
-        # a report is a round trip to the Ray Train controller (~2 s here): only at checkpoints,
-        # carrying the epochs since the last one
-        if (epoch + 1) % spec.checkpoint_every and epoch + 1 < spec.epochs:
-            continue
-        metrics = {**history[-1], "history": json.dumps(history)}
-        with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                torch.save(
-                    {
-                        "model": core.state_dict(),
-                        "opt": opt.state_dict(),
-                        "epoch": epoch,
-                        "history": json.dumps(history),
-                    },
-                    os.path.join(d, "state.pt"),
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics)
+        checkpoint(core, opt, epoch, history, spec.checkpoint_every, spec.epochs)
 
 
 @dataclass
@@ -226,10 +195,6 @@ def fit(
     `pairs` (P × 2 node indices) are the positives; their keys mask false negatives. Checkpoints
     go to storage/name; a run of the same name resumes from its last completed epoch. On the
     caller's Ray (the job starts it; Ray Train starts a local one if there is none)."""
-    import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     n = len(content)
     data = {
         "content": np.ascontiguousarray(content, dtype=np.float32),
@@ -238,17 +203,9 @@ def fit(
         "pairs": np.asarray(pairs, dtype=np.int64),
         "keys": pair_keys(pairs[:, 0], pairs[:, 1], n),
     }
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"data": ray.put(data), "spec": spec.to_dict(), "threads": 1},
-        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=False, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(storage_path=storage, name=name, checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
+    result = run_torch(_train_loop, data, spec.to_dict(), spec.workers, storage, name)
     model = Projector(content.shape[1], list(vocab), spec)
-    with result.checkpoint.as_directory() as d:
-        model.load_state_dict(torch.load(os.path.join(d, "state.pt"), weights_only=True)["model"])
-    history = json.loads(result.metrics["history"]) if result.metrics and "history" in result.metrics else []
+    history = load_final(result, model, name)
     return Aligned(model.eval(), history, os.path.join(storage, name))
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recfactory.features.draws import mix64
+
 LEVEL_PREFIX = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -211,15 +213,6 @@ def sid_strings(tokens: np.ndarray, suffix: np.ndarray, with_suffix: bool) -> li
     return out
 
 
-def _hash64(values: np.ndarray) -> np.ndarray:
-    """splitmix64 of uint64 values."""
-    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
 def token_features(tokens: np.ndarray, vocab_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Hashed SID token features for downstream models: (prefix n-gram ids N × L, bigram ids
     N × (L − 1)), each in [0, vocab_size), −1 where a token of the n-gram is omitted.
@@ -237,7 +230,7 @@ def token_features(tokens: np.ndarray, vocab_size: int, seed: int = 0) -> tuple[
         key = (
             (np.uint64(1) << np.uint64(62)) | (np.uint64(lv) << np.uint64(40)) | tokens[:, lv].clip(0).astype(np.uint64)
         )
-        h = _hash64(h ^ key)
+        h = mix64(h ^ key)
         prefix[ok, lv] = (h[ok] % np.uint64(vocab_size)).astype(np.int64)
     bigram = np.full((n, max(L - 1, 0)), -1, dtype=np.int64)
     for lv in range(L - 1):
@@ -249,7 +242,7 @@ def token_features(tokens: np.ndarray, vocab_size: int, seed: int = 0) -> tuple[
             | (a.clip(0).astype(np.uint64) << np.uint64(24))
             | b.clip(0).astype(np.uint64)
         )
-        hb = _hash64(key ^ np.uint64(seed))
+        hb = mix64(key ^ np.uint64(seed))
         bigram[both, lv] = (hb[both] % np.uint64(vocab_size)).astype(np.int64)
     return prefix, bigram
 
