@@ -107,7 +107,8 @@ def expected_events_per_session(spec: SyntheticSpec) -> float:
 
 
 def synthetic_items(spark: SparkSession, spec: SyntheticSpec, end_date: dt.date) -> DataFrame:
-    """spec.n_items catalog rows, created in the year before the end of ``end_date`` (UTC)."""
+    """spec.n_items catalog rows, created in the year before ``end_date`` 00:00 UTC (the jobs pass
+    the day after their as-of date: the end of the as-of date)."""
     s = spec.seed
     i = F.col("id")
     cat = i % spec.categories
@@ -146,7 +147,7 @@ def synthetic_items(spark: SparkSession, spec: SyntheticSpec, end_date: dt.date)
 
 def synthetic_events(spark: SparkSession, spec: SyntheticSpec, end_date: dt.date) -> DataFrame:
     """About spec.events raw events (impressions, clicks, carts, purchases) in the spec's days
-    before the end of ``end_date`` (UTC)."""
+    before ``end_date`` 00:00 UTC (the jobs pass the day after their as-of date)."""
     s = spec.seed
     n_sessions = max(1, round(spec.events / expected_events_per_session(spec)))
     n_per_cat = max(1, spec.n_items // spec.categories)

@@ -3,20 +3,20 @@ user–item bipartite graph of positive interactions, BPR with seeded negatives,
 Train (``TorchTrainer``, DDP over CPU workers, gloo). No Spark and no I/O here: the job hands it
 index arrays and a checkpoint location.
 
-- Graph: users are nodes ``0..U-1``, items ``U..U+I-1``; every (user, item) positive is an edge in
-  both directions (``edge_index``), propagated sparsely by PyG's ``LGConv`` (symmetric degree
-  normalization, no weights, no non-linearity: the paper's model). The final embedding of a node
-  is the mean of its layer-0..L embeddings (PyG's default ``alpha = 1 / (L + 1)``).
+- Graph: users are nodes ``0..U-1``, items ``U..U+I-1``; every distinct (user, item) positive is
+  an edge in both directions, propagated by PyG's ``LGConv`` over the symmetrically normalized
+  adjacency as a sparse CSR matrix (no weights, no non-linearity: the paper's model). The final
+  embedding of a node is the mean of its layer-0..L embeddings (PyG's ``alpha = 1 / (L + 1)``).
 - Training: an epoch is a seeded permutation of the positives, cut into ``batch_size`` × workers
-  steps; each positive (u, i) gets one negative j drawn uniformly from the items u has no
-  positive with (seeded by (seed, epoch, position): the same triples whatever the worker count);
-  BPR loss and the paper's L2 on the layer-0 embeddings of the batch's nodes
-  (``LightGCN.recommendation_loss``), Adam. Every worker propagates the whole graph (replicated)
-  and takes its share of the triples; DDP averages the gradients. With one intra-op thread per
-  worker the vectors are the same for a fixed worker count (gloo's all-reduce is ordered).
-- Checkpoints: every ``checkpoint_every`` epochs (and the last), under storage/name; a run of the
-  same name resumes after its last checkpoint (the job keys the name by its input versions and
-  spec, so a rerun of the same inputs resumes and a changed input starts over).
+  steps; each positive (u, i) gets one negative j drawn uniformly from the items u has no positive
+  with — a function of (seed, epoch, position) only, whichever batch or worker the positive lands
+  in; BPR loss with the paper's L2 on the layer-0 embeddings of the batch's nodes (PyG's
+  ``BPRLoss``, as ``LightGCN.recommendation_loss``), Adam. Every worker propagates the whole graph
+  (replicated) and takes its share of the triples; DDP averages the gradients. With one intra-op
+  thread per worker the vectors are the same for a fixed worker count.
+- Checkpoints: every ``lightgcn_checkpoint_every`` epochs (and after the last), under storage/name;
+  a run of the same name resumes after its last checkpoint and ends bitwise where a straight run
+  ends (so a caller that keys the name by its inputs and spec resumes a rerun of the same inputs).
 """
 
 from __future__ import annotations

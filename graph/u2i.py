@@ -3,8 +3,10 @@ recommendations with the user's seen items filtered, Recall@K and NDCG@K, and th
 every U2I model is measured beside — popularity and item-neighbour (ItemCF / Swing) scoring.
 
 One held-out item per user (the user's last positive by time), so Recall@K is the hit rate of that
-item in the top K and NDCG@K is 1 / log2(rank + 2) when it is there (0 otherwise): the protocol of
-LightGCN's and most sequential-recommendation papers' leave-one-out tables.
+item in the top K and NDCG@K is 1 / log2(rank + 2) when it is there (0 otherwise): the
+leave-one-out protocol of NCF (He et al., WWW 2017) and most sequential-recommendation papers.
+The rows are distinct (user, item) positives (one row per pair, its latest time), so the held-out
+item is never also a training positive of its user.
 """
 
 from __future__ import annotations
