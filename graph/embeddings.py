@@ -155,10 +155,3 @@ def nearest(vectors: np.ndarray, valid: np.ndarray, queries: np.ndarray, k: int)
         rows[r, : len(f)] = f
     out[qv] = rows
     return out
-
-
-def hit_rate(recs: np.ndarray, targets: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
-    """HitRate@K of recommendation rows (q × kmax, best first) against the targets."""
-    if not len(targets):
-        return {k: 0.0 for k in ks}
-    return {k: float((recs[:, :k] == targets[:, None]).any(1).mean()) for k in ks}

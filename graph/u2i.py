@@ -1,6 +1,7 @@
-"""User-to-item retrieval evaluation on arrays (no Spark, no I/O): a leave-last-out split, top-K
+"""Retrieval evaluation on arrays (no Spark, no I/O): a leave-last-out split, top-K
 recommendations with the user's seen items filtered, Recall@K and NDCG@K, and the two baselines
-every U2I model is measured beside — popularity and item-neighbour (ItemCF / Swing) scoring.
+every U2I model is measured beside — popularity and item-neighbour (ItemCF / Swing) scoring; and
+``hit_rate``, the metric the item-to-item evaluations (graph embeddings, alignment) report.
 
 One held-out item per user (the user's last positive by time), so Recall@K is the hit rate of that
 item in the top K and NDCG@K is 1 / log2(rank + 2) when it is there (0 otherwise): the
@@ -85,13 +86,18 @@ def recommend_neighbours(
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
 
+def hit_rate(recs: np.ndarray, targets: np.ndarray, ks) -> dict[int, float]:
+    """HitRate@K of recommendation rows (q × kmax, best first) against one target per row (the
+    item-to-item evaluations' metric; with one held-out item per user it is Recall@K)."""
+    if not len(targets):
+        return {k: 0.0 for k in ks}
+    return {k: float((recs[:, :k] == np.asarray(targets)[:, None]).any(1).mean()) for k in ks}
+
+
 def recall_ndcg(recs: np.ndarray, targets: np.ndarray, ks) -> dict[int, tuple[float, float]]:
     """{K: (Recall@K, NDCG@K)} of one held-out target per row."""
     hit = recs == np.asarray(targets)[:, None]
     rank = np.where(hit.any(axis=1), hit.argmax(axis=1), recs.shape[1])
-    out = {}
-    for k in ks:
-        inside = rank < k
-        gain = np.where(inside, 1.0 / np.log2(rank + 2.0), 0.0)
-        out[int(k)] = (float(inside.mean()) if len(rank) else 0.0, float(gain.mean()) if len(rank) else 0.0)
-    return out
+    recall = hit_rate(recs, targets, ks)
+    ndcg = {k: float(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0).mean()) if len(rank) else 0.0 for k in ks}
+    return {int(k): (recall[k], ndcg[k]) for k in ks}

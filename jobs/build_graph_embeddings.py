@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recfactory.features.draws import seeded_share
-from recfactory.graph.embeddings import EmbeddingSpec, Fitted, fit, hit_rate, nearest
+from recfactory.graph.embeddings import EmbeddingSpec, Fitted, fit, nearest
 from recfactory.graph.item_graph import (
     GraphSpec,
     build_edges,
@@ -33,6 +33,7 @@ from recfactory.graph.item_graph import (
     in_catalog,
     leave_last_transition,
 )
+from recfactory.graph.u2i import hit_rate
 from recfactory.graph.walks import Graph
 from recfactory.jobs.runtime.inputs import date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext

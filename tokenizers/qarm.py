@@ -115,7 +115,8 @@ def recall_at_k(
 ) -> dict[int, float]:
     """Share of held-out pairs (a, b) whose b is among a's K nearest valid items by cosine (a
     itself excluded); pairs whose a or b has no vector count as misses."""
-    from recfactory.graph.embeddings import hit_rate, nearest
+    from recfactory.graph.embeddings import nearest
+    from recfactory.graph.u2i import hit_rate
 
     return hit_rate(nearest(vectors, valid, np.asarray(a), max(ks)), np.asarray(b), ks)
 
