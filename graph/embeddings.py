@@ -2,7 +2,8 @@
 nearest-neighbour evaluation with faiss. No Spark and no I/O here (the job feeds it arrays).
 
 Methods: ``deepwalk`` (weighted walks, p = q = 1), ``node2vec`` (weighted walks biased by p, q),
-``eges`` (DeepWalk's walks, the EGES model over the side-information fields). Each method trains
+``eges`` (DeepWalk's walks, the EGES model over the side-information fields); ``lightgcn`` is
+trained by the job on the user-item graph (``graph.lightgcn``), not here. Each walk method trains
 in one Ray task, submitted together: DeepWalk / Node2Vec on one CPU each (the skip-gram kernel is
 sequential), EGES on every CPU of a node (torch's intra-op threads). The embeddings are sparse
 and small, and data-parallel DDP would all-reduce dense copies of them every step — on a few
@@ -21,8 +22,9 @@ from recfactory.features.spec import Field
 from recfactory.graph.skipgram import EGES, SkipGram, TrainSpec, train
 from recfactory.graph.walks import Graph, local_cpus, random_walks
 
-Method = Literal["deepwalk", "node2vec", "eges"]
-METHODS: tuple[Method, ...] = ("deepwalk", "node2vec", "eges")
+Method = Literal["deepwalk", "node2vec", "eges", "lightgcn"]
+METHODS: tuple[Method, ...] = ("deepwalk", "node2vec", "eges", "lightgcn")
+WALK_METHODS: tuple[Method, ...] = ("deepwalk", "node2vec", "eges")  # the ones `fit` trains
 
 
 class EmbeddingSpec(TrainSpec):
@@ -98,7 +100,7 @@ def fit(
     progress: bool = True,
     cpus: tuple[int, int] | None = None,
 ) -> dict[str, Fitted]:
-    """One `Fitted` per method. `fields` (n × F codes) and `vocab` describe the side information
+    """One `Fitted` per walk method of the spec (``WALK_METHODS``). `fields` (n × F codes) and `vocab` describe the side information
     of every node (EGES); walks are shared between DeepWalk and EGES. On the caller's Ray, whose
     topology `cpus` is (as `random_walks` takes it)."""
     import ray
@@ -110,7 +112,7 @@ def fit(
     tspec = TrainSpec.of(spec)
     walks: dict[tuple[float, float], ray.ObjectRef] = {}
     futures = {}
-    for m in spec.methods:
+    for m in [m for m in spec.methods if m in WALK_METHODS]:
         pq = (spec.p, spec.q) if m == "node2vec" else (1.0, 1.0)
         if pq not in walks:
             walks[pq] = ray.put(

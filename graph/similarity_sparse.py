@@ -93,7 +93,7 @@ def _swing_pairs(B: sp.csr_matrix, chunk: int, band: int = 2000):
             yield us[t : t + chunk], vs[t : t + chunk], c[t : t + chunk]
 
 
-def _top_k(m: sp.csr_matrix, k: int):
+def row_top_k(m: sp.csr_matrix, k: int):
     """(rows, cols, values) of the k best entries of every row, rows ascending, each row best first:
     score rounded to 1e-9 descending, then column (= item id order) ascending — one sort for all."""
     rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
@@ -107,7 +107,7 @@ def neighbor_table(
 ) -> pa.Table:
     """The lists of one algo as Arrow rows (algo, item_id, neighbors, n_neighbors): row r of `m` and
     of `cooc` is item items[rows[r]], columns are items."""
-    r, c, v = _top_k(m, k)
+    r, c, v = row_top_k(m, k)
     cooc = cooc.tocsr()
     cooc.sort_indices()
     n = np.int64(cooc.shape[1])

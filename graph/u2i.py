@@ -86,6 +86,23 @@ def recommend_neighbours(
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
 
+def itemcf_neighbours(users: np.ndarray, items: np.ndarray, n_items: int, k: int) -> sp.csr_matrix:
+    """ItemCF's top-k neighbours of every item from the (user, item) positives, as the n_items x
+    n_items matrix ``recommend_neighbours`` scores with: the factory's ``itemcf`` (cosine of the
+    items' user vectors, unit weights; ``graph.similarity_sparse``, the algebra of build_similarity's
+    blocks engine), each row cut to its k best (score, then item index)."""
+    import pandas as pd
+
+    from recfactory.graph.similarity_sparse import row_top_k, scores
+    from recfactory.graph.similarity_spec import SimilaritySpec
+
+    pairs = pd.DataFrame({"user_id": np.asarray(users), "item_id": np.asarray(items), "b": 1.0})
+    codes, mats, _ = scores(pairs, SimilaritySpec(algos=("itemcf",)))
+    r, c, v = row_top_k(mats["itemcf"].tocsr(), k)
+    codes = np.asarray(codes, np.int64)
+    return sp.csr_matrix((v, (codes[r], codes[c])), shape=(n_items, n_items))
+
+
 def hit_rate(recs: np.ndarray, targets: np.ndarray, ks) -> dict[int, float]:
     """HitRate@K of recommendation rows (q × kmax, best first) against one target per row (the
     item-to-item evaluations' metric; with one held-out item per user it is Recall@K)."""

@@ -18,9 +18,7 @@ date's aligned embeddings only (`point_in_time_simtier`: no feature from a model
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -31,8 +29,8 @@ from pyspark.sql import types as T
 from recfactory.features.draws import seeded_share
 from recfactory.features.schema import POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
+from recfactory.graph.embeddings import Method
 from recfactory.graph.item_graph import SideInfoSpec, side_field_columns
-from recfactory.jobs.runtime.env import RUNS_TABLE
 from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
@@ -84,8 +82,9 @@ class AlignParams(AlignSpec, SideInfoSpec, JobParams):
     i2i_algo: str = Field("swing", description="item_similarity algorithm of the I2I positives.")
     i2i_top_n: int = Field(10, ge=1, description="Neighbours per item taken as I2I positives (highest scores).")
     i2i_min_score: float = Field(0.0, ge=0, description="I2I positives need a score above this.")
-    id_method: Literal["deepwalk", "node2vec", "eges"] = Field(
-        "deepwalk", description="graph_embeddings method of the ID space that picks U2I triggers."
+    id_method: Method = Field(
+        "deepwalk",
+        description="graph_embeddings method of the ID space that picks U2I triggers (lightgcn: LightGCN's item vectors).",
     )
     u2i_window: int = Field(
         50, ge=1, description="A U2I trigger is chosen among the user's latest this many positives before the target."
@@ -177,19 +176,8 @@ class AlignEmbeddingsJob(Job[AlignParams]):
 
         spec = AlignSpec.of(p)
         storage = ctx.warehouse.arrow_path("_checkpoints", "align_embeddings")
-        # the checkpoint is keyed by the date, the params and every input version read: a rerun after
-        # an upstream change trains afresh instead of resuming a model of other data
-        key = hashlib.sha256(
-            json.dumps(
-                [
-                    ctx.manifest()["params_hash"],
-                    sorted((r.name, r.version, r.fingerprint) for r in ctx.inputs if r.name != RUNS_TABLE),
-                ],  # data, not the log
-                default=str,
-            ).encode()
-        ).hexdigest()[:16]
         init_ray()
-        res = fit(X, codes, vocab, train, spec, storage, f"{ctx.as_of.isoformat()}-{key}")
+        res = fit(X, codes, vocab, train, spec, storage, ctx.checkpoint_name())
         # the aligned embeddings published before this run (SimTier's previous-date model), pinned now
         # (after the checkpoint key: they do not change the training; before this run's own write:
         # the lineage would have it read what it wrote)

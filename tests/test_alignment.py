@@ -143,7 +143,8 @@ def aligned_warehouse(spark, slice_ingested, tmp_path_factory):
     base = ["--warehouse", wh, "--as-of", "1998-04-30"]
     run_job("build_sessions", base, spark=spark)
     run_job("build_similarity", [*base, "--algos", "swing", "--no-evaluate"], spark=spark)
-    run_job("build_graph_embeddings", [*base, "--methods", "deepwalk", "--no-evaluate", "--epochs", "2"], spark=spark)
+    graph = ["--methods", "deepwalk,lightgcn", "--no-evaluate", "--epochs", "2", "--lightgcn-epochs", "5"]
+    run_job("build_graph_embeddings", [*base, *graph, "--lightgcn-workers", "1"], spark=spark)
     run_job("build_content_embeddings", base, spark=spark)
     # the samples the SimTier features are written for (their own features are not read here)
     run_job(
@@ -158,12 +159,13 @@ def test_align_embeddings_job_beats_raw_content_and_writes_simtier(spark, aligne
     from recfactory.jobs.runtime.job import run_job
 
     wh, base = aligned_warehouse
-    ctx = run_job("align_embeddings", [*base, "--epochs", "6"], spark=spark)
+    # the U2I triggers picked in LightGCN's item space (the daily DAG test aligns with the default, DeepWalk's)
+    ctx = run_job("align_embeddings", [*base, "--epochs", "6", "--id-method", "lightgcn"], spark=spark)
     m, rc = ctx.metrics, ctx.row_counts
     for split in ("i2i", "next_item"):
         assert m[f"recall@50.{split}.aligned"] > m[f"recall@50.{split}.content"]
     assert rc["aligned_embeddings"] == rc["items"] == 1682
-    assert rc["train_pairs"] == rc["i2i_train_pairs"] + rc["u2i_pairs"] > 0
+    assert rc["train_pairs"] == rc["i2i_train_pairs"] + rc["u2i_pairs"] and rc["u2i_pairs"] > 0
     assert rc["i2i_train_pairs"] + rc["i2i_heldout_pairs"] + rc["i2i_pairs_without_content"] == rc["i2i_pairs"]
     emb = spark.read.format("delta").load(f"{wh}/aligned_embeddings").toPandas()
     v = np.stack(emb["vector"].to_numpy())

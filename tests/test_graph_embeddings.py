@@ -278,10 +278,11 @@ def test_build_graph_embeddings_on_the_movielens_slice(spark, slice_ingested, tm
     wh = slice_ingested(tmp_path / "wh")  # MovieLens users 1..200, every item, ingested as of 1998-04-30
     args = ["--warehouse", wh, "--as-of", "1998-04-30"]
     run_job("build_sessions", args, spark=spark)
-    ctx = run_job("build_graph_embeddings", [*args, "--dim", "16", "--eval-k", "10,20"], spark=spark)
+    lgcn = ["--lightgcn-epochs", "2", "--lightgcn-workers", "1"]  # the wiring; its quality: test_lightgcn, the bench
+    ctx = run_job("build_graph_embeddings", [*args, "--dim", "16", "--eval-k", "10,20", *lgcn], spark=spark)
     emb = spark.read.format("delta").load(f"{wh}/graph_embeddings")
     items = spark.read.format("delta").load(f"{wh}/items").select("item_id").distinct().count()
-    assert emb.count() == 3 * items == ctx.row_counts["graph_embeddings"]
+    assert emb.count() == 4 * items == ctx.row_counts["graph_embeddings"]
     by = {
         r["method"]: r
         for r in emb.groupBy("method")
@@ -311,5 +312,26 @@ def test_build_graph_embeddings_on_the_movielens_slice(spark, slice_ingested, tm
     m = ctx.metrics
     assert m["hr@20.deepwalk"] > m["hr@20.popularity"] and m["hr@20.eges"] > m["hr@20.popularity"]
     metrics = spark.read.format("delta").load(f"{wh}/graph_embedding_metrics")
-    assert {r["method"] for r in metrics.collect()} >= {"deepwalk", "node2vec", "eges", "swing", "popularity", "random"}
+    assert {r["method"] for r in metrics.where("split = 'next_item'").collect()} >= {
+        "deepwalk",
+        "node2vec",
+        "eges",
+        "lightgcn",
+        "swing",
+        "popularity",
+    }
+    # LightGCN: the positives visible as of the date, distinct (user, item); every item with one has a
+    # vector, every user one row in user_embeddings, the U2I rows beside both baselines
+    ev = spark.read.format("delta").load(f"{wh}/events_clean").where("ds <= date'1998-04-30'")  # ds: ts's UTC date
+    pos = ev.where(F.col("event_type").isin("click", "like", "cart", "purchase", "share"))
+    assert ctx.row_counts["u2i_pairs"] == pos.select("user_id", "item_id").distinct().count()
+    lg = emb.where("method = 'lightgcn'")
+    assert lg.where("vector is not null").count() == pos.select("item_id").distinct().count()
+    assert by["lightgcn"]["null"] == by["lightgcn"]["cold"] and lg.where("size(vector) != 64").count() == 0
+    users = spark.read.format("delta").load(f"{wh}/user_embeddings")
+    assert users.count() == pos.select("user_id").distinct().count() == ctx.row_counts["user_embeddings"]
+    assert users.where("size(vector) = 64 and method = 'lightgcn'").count() == users.count()
+    u2i = {(r["method"], r["k"]): r for r in metrics.where("split = 'u2i'").collect()}
+    assert set(u2i) == {(mth, k) for mth in ("lightgcn", "popularity", "itemcf") for k in (10, 20)}
+    assert all(0 <= r["ndcg"] <= r["hit_rate"] <= 1 and r["pairs"] > 100 for r in u2i.values())
     assert ctx.notes["side_fields.0"].startswith("side field brand dropped")

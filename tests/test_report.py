@@ -193,3 +193,31 @@ def test_a_report_of_a_warehouse_with_only_ingest_names_the_jobs_to_run(
     runs = DeltaTable(str(wh / "_runs")).to_pandas()
     rep = runs[runs["job"] == "report"].iloc[0]
     assert {i["name"] for i in rep["inputs"]} >= {"_runs", "events_quarantine", "items_quarantine"}
+
+
+def test_the_quality_section_shows_lightgcns_u2i_beside_its_baselines():
+    from recfactory.jobs.reporting.html import Missing
+    from recfactory.jobs.reporting.quality import quality_section
+
+    sim = pd.DataFrame(
+        [
+            {"algo": a, "k": k, "hit_rate": 0.1, "coverage": 0.2, "users": 50}
+            for a in ("swing", "popularity")
+            for k in (10, 20)
+        ]
+    )
+    rows = [("next_item", "deepwalk", k, 0.2, None, 40, np.nan) for k in (10, 20)]
+    rows += [
+        ("u2i", m, k, 0.1 * (i + 1), 0.3, 942, 0.01 * (i + 1) + k / 1000)
+        for i, m in enumerate(("lightgcn", "popularity", "itemcf"))
+        for k in (10, 20)
+    ]
+    graph = pd.DataFrame(rows, columns=["split", "method", "k", "hit_rate", "coverage", "pairs", "ndcg"])
+    html = quality_section(sim, graph, Missing("alignment_metrics does not exist")).html
+    assert "User to item" in html and "942 users" in html
+    u2i = html[html.index("User to item") :]
+    for col in ("Recall@10", "Recall@20", "NDCG@10", "NDCG@20", "lightgcn", "itemcf", "popularity"):
+        assert col in u2i, col
+    assert "<td>lightgcn</td><td>0.1000</td><td>0.1000</td><td>0.0200</td><td>0.0300</td>" in u2i  # recall, NDCG
+    # a graph table without the u2i split (LightGCN off): no U2I block
+    assert "User to item" not in quality_section(sim, graph[graph["split"] != "u2i"], Missing("x")).html

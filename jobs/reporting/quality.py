@@ -1,5 +1,6 @@
 """Item-to-item quality: Swing/ItemCF HitRate@K beside popularity, graph embeddings' next item and cold
-items, content embeddings before and after alignment."""
+items, LightGCN's user-to-item Recall/NDCG beside its baselines, content embeddings before and after
+alignment."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def quality_section(
     similarity: pd.DataFrame, graph: pd.DataFrame | Missing, alignment: pd.DataFrame | Missing
 ) -> Rendered:
     """``similarity``: similarity_metrics of the date (algo, k, hit_rate, coverage, users);
-    ``graph``: graph_embedding_metrics (method, split, k, hit_rate, pairs); ``alignment``:
+    ``graph``: graph_embedding_metrics (method, split, k, hit_rate, pairs; ndcg for the u2i split); ``alignment``:
     alignment_metrics (split, space, k, recall); either of the last two may be Missing."""
     plt = pyplot()
     sim = similarity
@@ -58,6 +59,15 @@ def quality_section(
             f"<h3>Graph embeddings: next item in session ({pairs:,} held-out transitions)</h3>",
             table(_by_k(nxt, "method", "hit_rate", "HR")),
         )
+        u2i = graph[graph["split"] == "u2i"]
+        if len(u2i):
+            users = int(u2i["pairs"].max())
+            tab = _by_k(u2i, "method", "hit_rate", "Recall").merge(_by_k(u2i, "method", "ndcg", "NDCG"), on="method")
+            out.add(
+                f"<h3>User to item: LightGCN beside popularity and ItemCF ({users:,} users' last positive "
+                "held out, seen items filtered)</h3>",
+                table(tab),
+            )
         cold = graph[graph["split"] == "cold_item"]
         if len(cold):
             out.add(

@@ -232,6 +232,24 @@ class RunContext(Generic[P]):
     def record_input(self, ref: InputRef) -> None:
         self.inputs.append(ref)
 
+    def checkpoint_name(self, suffix: str = "") -> str:
+        """A training run's name under ``_checkpoints``: the date, and a key of the params and of
+        every input version read so far (data, not the run log) — a rerun of the same inputs resumes
+        its checkpoints, a rerun after an upstream change trains afresh."""
+        import hashlib
+        import json
+
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    params_hash(self.params),
+                    sorted((r.name, r.version, r.fingerprint) for r in self.inputs if r.name != RUNS_TABLE),
+                ],
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
+        return f"{self.as_of.isoformat()}-{key}{suffix}"
+
     # outputs
     def manifest(self) -> dict[str, Any]:
         return {
