@@ -260,11 +260,22 @@ def train_distributed(
     import ray.train
     from ray.train.lightgbm import LightGBMTrainer, RayTrainReportCallback
 
+    from recfactory.graph.ray_train import fast_reports
+
     if len(np.unique(y)) < 2:
         raise ValueError("the training rows have a single label: nothing to learn")
     frame = pd.DataFrame(X, columns=list(feature_names))
     frame["__label"] = y
     names = list(feature_names)
+
+    class FinalReport(RayTrainReportCallback):
+        """Ray's callback calls ``ray.train.report`` after every boosting round, a synchronous
+        round trip (measured: ~2 s a round, 80 s for 30 trees on two workers, 29 s for 5): here
+        only the last round reports, with the model's checkpoint."""
+
+        def __call__(self, env) -> None:
+            if env.iteration == env.end_iteration - 1:
+                super().__call__(env)
 
     def loop(config: dict) -> None:
         import ray.train.lightgbm as rtl
@@ -272,8 +283,9 @@ def train_distributed(
         shard = ray.train.get_dataset_shard("train").materialize().to_pandas()
         data = lgb.Dataset(shard[names].to_numpy(), label=shard["__label"].to_numpy(), feature_name=names)
         params = {**config["params"], "tree_learner": "data", "num_threads": 1, **rtl.get_network_params()}
-        lgb.train(params, data, num_boost_round=config["rounds"], callbacks=[RayTrainReportCallback()])
+        lgb.train(params, data, num_boost_round=config["rounds"], callbacks=[FinalReport()])
 
+    fast_reports()
     trainer = LightGBMTrainer(
         loop,
         train_loop_config={"params": spec.lgb_params(), "rounds": spec.num_trees},
