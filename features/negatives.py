@@ -109,11 +109,12 @@ def band_sampler(neighbours: np.ndarray, positives: np.ndarray, lo: int, hi: int
 
 
 def exposure_weight(position: np.ndarray, discount: float) -> np.ndarray:
-    """An exposure's weight by its 0-based position: 1 - discount / log2(position + 2) (position 0:
-    1 - discount; 1 where the position is unknown, < 0)."""
+    """An exposure's weight by its slate position (1-based, as the events' ``context['position']``):
+    1 - discount / log2(position + 1), so position 1 weighs 1 - discount; 1 where the position is
+    unknown (< 1, e.g. -1 for a missing one)."""
     pos = np.asarray(position, dtype=np.float64)
-    w = 1.0 - discount / np.log2(np.maximum(pos, 0) + 2)
-    return np.where(pos < 0, 1.0, np.clip(w, 0.0, 1.0))
+    w = 1.0 - discount / np.log2(np.maximum(pos, 1) + 1)
+    return np.where(pos < 1, 1.0, np.clip(w, 0.0, 1.0))
 
 
 def exposed_sampler(row_users: np.ndarray, offsets: np.ndarray, items: np.ndarray, weights: np.ndarray) -> Sampler:

@@ -139,7 +139,7 @@ def test_a_row_with_no_allowed_candidate_keeps_minus_one():
 
 
 def test_exposure_weights_discount_the_top_positions():
-    w = ng.exposure_weight(np.array([0, 1, 9, -1]), 0.5)
+    w = ng.exposure_weight(np.array([1, 2, 10, -1, 0]), 0.5)
     assert w[0] == pytest.approx(0.5) and w[1] == pytest.approx(1 - 0.5 / np.log2(3))
-    assert w[0] < w[1] < w[2] < 1 and w[3] == 1.0
-    assert (ng.exposure_weight(np.arange(10), 0.0) == 1).all()
+    assert w[0] < w[1] < w[2] < 1 and w[3] == w[4] == 1.0  # unknown positions: full weight
+    assert (ng.exposure_weight(np.arange(1, 11), 0.0) == 1).all()

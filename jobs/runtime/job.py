@@ -41,6 +41,7 @@ JOBS: dict[str, str] = {
     "build_training_samples": "recfactory.jobs.build_training_samples:BuildTrainingSamplesJob",
     "build_similarity": "recfactory.jobs.build_similarity:BuildSimilarityJob",
     "build_graph_embeddings": "recfactory.jobs.build_graph_embeddings:BuildGraphEmbeddingsJob",
+    "build_retrieval_pairs": "recfactory.jobs.build_retrieval_pairs:BuildRetrievalPairsJob",
     "build_content_embeddings": "recfactory.jobs.build_content_embeddings:BuildContentEmbeddingsJob",
     "align_embeddings": "recfactory.jobs.align_embeddings:AlignEmbeddingsJob",
     "train_gbdt": "recfactory.jobs.train_gbdt:TrainGBDTJob",
