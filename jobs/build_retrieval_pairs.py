@@ -62,7 +62,7 @@ class BuildRetrievalPairsJob(Job[RetrievalParams]):
         catalog = item_snapshot(ctx).select("item_id").distinct().orderBy("item_id").toPandas()["item_id"]
         index = pd.Series(np.arange(len(catalog)), index=catalog.to_numpy())
         events = visible_events(clean_events(ctx), ctx.cutoff)
-        pos = (
+        pos = pd.DataFrame(  # (pyspark types toPandas' result as a protocol)
             events.where(F.col("event_type").isin(*p.positive_types))
             .groupBy("user_id", "item_id")
             .agg(F.unix_micros(F.max("ts")).alias("ts"))
