@@ -57,11 +57,15 @@ def checkpoint(
     every epoch.)"""
     import ray.train
 
+    rank = ray.train.get_context().get_world_rank()
+    if rank == 0:  # progress: one line an epoch (Ray forwards a worker's stdout to the driver's log)
+        loss = history[-1].get("loss") if history else None
+        print(f"epoch {epoch + 1}/{epochs}" + (f": loss {loss:.6f}" if loss is not None else ""), flush=True)
     if (epoch + 1) % every and epoch + 1 < epochs:
         return
     metrics = {**history[-1], "history": json.dumps(history)}
     with tempfile.TemporaryDirectory() as d:
-        if ray.train.get_context().get_world_rank() == 0:
+        if rank == 0:
             state = {
                 "model": core.state_dict(),
                 "opt": opt.state_dict(),
