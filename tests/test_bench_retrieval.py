@@ -25,10 +25,13 @@ KS = (10, 20, 50)
 
 
 def _arrays(pairs: pd.DataFrame):
+    """User and item indices; the items are every positive's and every negative's (a uniform
+    negative may be an item nobody liked: it is a catalog item the towers must score too)."""
     users, user_ids = pd.factorize(pairs["user_id"], sort=True)
-    items, item_ids = pd.factorize(pairs["item_id"], sort=True)
-    index = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    return users.astype(np.int64), items.astype(np.int64), len(user_ids), index
+    negs = {n["item_id"] for row in pairs["negatives"] for n in row}
+    ids = sorted(set(pairs["item_id"]) | negs)
+    index = pd.Series(np.arange(len(ids)), index=ids)
+    return users.astype(np.int64), index[pairs["item_id"]].to_numpy(np.int64), len(user_ids), index
 
 
 def test_bench_retrieval_pairs_beat_uniform_negatives(spark, tmp_path):
@@ -55,9 +58,8 @@ def test_bench_retrieval_pairs_beat_uniform_negatives(spark, tmp_path):
     for r, row in enumerate(pairs.loc[train, "negatives"]):
         strategies = [n["strategy"] for n in row]
         for j, n in enumerate(row):
-            if n["item_id"] in index.index:
-                neg[r, j] = index[n["item_id"]]
-                logq[r, j] = np.log(strategies.count(n["strategy"]) * n["q"])
+            neg[r, j] = index[n["item_id"]]
+            logq[r, j] = np.log(strategies.count(n["strategy"]) * n["q"])
     spec = TwoTowerSpec()
     tu, ti = users[train], items[train]
     timings, results = {}, {}
