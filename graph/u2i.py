@@ -19,15 +19,11 @@ import scipy.sparse as sp
 def leave_last_out(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(train mask, test row indices): each user with at least two positives loses the last one
     (by ts, ties by item index, so the split is a function of the rows, not of their order);
-    users with one positive keep it for training and are not evaluated."""
-    users, items, ts = np.asarray(users), np.asarray(items), np.asarray(ts)
-    order = np.lexsort((items, ts, users))
-    last = np.r_[users[order][1:] != users[order][:-1], True]
-    first = np.r_[True, users[order][1:] != users[order][:-1]]
-    test = order[last & ~first]  # the last row of users with two or more rows
-    train = np.ones(len(users), dtype=bool)
-    train[test] = False
-    return train, np.sort(test)
+    users with one positive keep it for training and are not evaluated (``last_per_user`` with 1)."""
+    from recfactory.features.retrieval import last_per_user
+
+    held = last_per_user(users, items, ts, 1)
+    return ~held, np.flatnonzero(held)
 
 
 def seen_matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
