@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -58,9 +59,10 @@ def checkpoint(
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
-    if rank == 0:  # progress: one line an epoch (Ray forwards a worker's stdout to the driver's log)
+    if rank == 0:  # progress: one line an epoch on stderr (Ray forwards it to the driver's stderr, the log)
         loss = history[-1].get("loss") if history else None
-        print(f"epoch {epoch + 1}/{epochs}" + (f": loss {loss:.6f}" if loss is not None else ""), flush=True)
+        line = f"epoch {epoch + 1}/{epochs}" + (f": loss {loss:.6f}" if loss is not None else "")
+        print(line, file=sys.stderr, flush=True)
     if (epoch + 1) % every and epoch + 1 < epochs:
         return
     metrics = {**history[-1], "history": json.dumps(history)}

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from subproc import result_of
 
 from recfactory.tokenizers.qarm import info_nce, pair_keys, simtier, u2i_pairs
 
@@ -105,7 +106,7 @@ res = fit(content, codes, [1], pairs[~test], more, sys.argv[1], "run")
 valid = np.ones(n, dtype=bool)
 raw = recall_at_k(content, valid, pairs[test, 0], pairs[test, 1], (10,))[10]
 aligned = recall_at_k(project(res.model, content, codes), valid, pairs[test, 0], pairs[test, 1], (10,))[10]
-print(json.dumps({"first": first.history, "second": res.history, "raw": raw, "aligned": aligned}))
+print("RESULT " + json.dumps({"first": first.history, "second": res.history, "raw": raw, "aligned": aligned}))
 """
 
 
@@ -114,7 +115,6 @@ def test_fit_on_ray_train_aligns_a_planted_fixture_and_resumes_from_its_checkpoi
     """In a fresh interpreter: Ray Train V2 in 2.60 can stall a third TorchTrainer started by one
     driver process (its controller never starts the worker group), and the job tests below start
     two; a job runs one per process."""
-    import json
     import os
     import subprocess
     import sys
@@ -125,7 +125,7 @@ def test_fit_on_ray_train_aligns_a_planted_fixture_and_resumes_from_its_checkpoi
         [sys.executable, "-c", FIT_SCRIPT, str(tmp_path / "ckpt")], env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = result_of(out.stdout)
     assert [e["epoch"] for e in res["first"]] == [0, 1, 2, 3]
     # the same run name with more epochs resumes after epoch 3 instead of starting over
     assert res["second"][:4] == res["first"] and len(res["second"]) == 24

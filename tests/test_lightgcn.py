@@ -3,7 +3,6 @@ force, the training on real Ray Train on a planted-structure graph."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from subproc import result_of
 
 from recfactory.graph import u2i
 from recfactory.graph.lightgcn import _batches, edge_index, negatives, normalized_adjacency
@@ -126,7 +126,7 @@ for epochs in runs:  # the same run name: a longer run resumes after the shorter
     t = fit(d["users"], d["items"], int(d["n_users"]), int(d["n_items"]), spec, out + "/ckpt", name)
     histories.append(t.history)
 np.savez(out + f"/{name}.npz", users=t.users, items=t.items)
-print(json.dumps(histories))
+print("RESULT " + json.dumps(histories))
 """
 
 
@@ -166,7 +166,7 @@ def test_lightgcn_on_ray_train_finds_the_communities_resumes_and_repeats_bitwise
             timeout=600,
         )
         assert res.returncode == 0, res.stderr[-3000:]
-        hist[name] = json.loads(res.stdout.strip().splitlines()[-1])
+        hist[name] = result_of(res.stdout)
     a, b = np.load(tmp_path / "resumed.npz"), np.load(tmp_path / "straight.npz")
     assert (a["users"] == b["users"]).all() and (a["items"] == b["items"]).all()
     assert hist["resumed"][0] == hist["straight"][0][:3] and hist["resumed"][1] == hist["straight"][0]

@@ -6,12 +6,12 @@ process, and Ray does not restart cleanly inside one process (a second `ray.init
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from subproc import result_of
 
 pytestmark = pytest.mark.ray
 
@@ -27,7 +27,7 @@ try:
         return x * x
 
     tmp = ray_tmp()
-    print(json.dumps({
+    print("RESULT " + json.dumps({
         "squares": ray.get([square.remote(i) for i in range(5)]),
         "tmp": str(tmp),
         "sessions": [p.name for p in tmp.iterdir() if p.name.startswith("session_")],
@@ -45,7 +45,7 @@ def test_local_ray_runs_tasks_with_files_in_project_tmp(tmp_path):
     env.update(HOME=str(tmp_path / "home"), RECFACTORY_TMP=str(tmp_path / "t"))
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = result_of(out.stdout)
     assert res["squares"] == [0, 1, 4, 9, 16]
     assert res["sessions"], res
     assert res["ray_tmpdir"] == res["tmp"]
