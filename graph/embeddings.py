@@ -13,38 +13,17 @@ cores that costs more than it saves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import field_validator
 
-from recfactory.features.spec import Field
-from recfactory.graph.skipgram import EGES, SkipGram, TrainSpec, train
-from recfactory.graph.walks import Graph, local_cpus, random_walks
+from recfactory.graph.embedding_spec import WALK_METHODS, EmbeddingSpec, TrainSpec
 
-Method = Literal["deepwalk", "node2vec", "eges", "lightgcn"]
-METHODS: tuple[Method, ...] = ("deepwalk", "node2vec", "eges", "lightgcn")
-WALK_METHODS: tuple[Method, ...] = ("deepwalk", "node2vec", "eges")  # the ones `fit` trains
+if TYPE_CHECKING:
+    from recfactory.graph.walks import Graph
 
-
-class EmbeddingSpec(TrainSpec):
-    """The walks and the methods; the training (``TrainSpec``) is shared by every method."""
-
-    methods: tuple[Method, ...] = Field(METHODS, min_length=1, description="Embedding methods.")
-    walks_per_node: int = Field(10, ge=1, description="Walks started at every node with out-edges.")
-    walk_length: int = Field(20, ge=2, description="Nodes per walk (DeepWalk: 40; shorter on session graphs).")
-    p: float = Field(1.0, gt=0, description="Node2Vec return parameter (1/p weights going back).")
-    q: float = Field(0.5, gt=0, description="Node2Vec in-out parameter (1/q weights moving away; < 1: DFS-like).")
-    shards: int = Field(
-        0,
-        ge=0,
-        description="Walk shards (Ray tasks); 0: one per CPU (more past 1M walks each). Never changes the walks.",
-    )
-
-    @field_validator("methods")
-    @classmethod
-    def _once_each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(v))
+# torch and numba (graph.skipgram, graph.walks) are imported where the training runs: what reads the
+# specs or searches neighbours (``nearest``) imports this module without them.
 
 
 @dataclass
@@ -68,6 +47,8 @@ def _train_task(
     threads: int,
 ) -> Fitted:
     import torch
+
+    from recfactory.graph.skipgram import EGES, SkipGram, train
 
     torch.set_num_threads(threads or max(1, torch.get_num_threads()))
     seen = np.zeros(n, dtype=bool)
@@ -104,6 +85,8 @@ def fit(
     of every node (EGES); walks are shared between DeepWalk and EGES. On the caller's Ray, whose
     topology `cpus` is (as `random_walks` takes it)."""
     import ray
+
+    from recfactory.graph.walks import local_cpus, random_walks
 
     # EGES trains with torch threads and takes every CPU of one node (`cpus[0]`); DeepWalk and
     # Node2Vec train with the single-threaded skip-gram kernel, one CPU each, side by side

@@ -47,26 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recfactory.features.spec import Field, Seeded
+from recfactory.graph.embedding_spec import TrainSpec
 from recfactory.graph.sampling import alias_draw, alias_tables, draw_hash, draw_uniform
-
-
-class TrainSpec(Seeded):
-    """Skip-gram / EGES training (word2vec's defaults where they apply)."""
-
-    dim: int = Field(64, ge=2, description="Embedding dimension.")
-    window: int = Field(5, ge=1, description="Skip-gram window (word2vec: 5).")
-    negatives: int = Field(5, ge=1, description="Negatives per positive pair, from unigram^0.75.")
-    epochs: int = Field(5, ge=1, description="Passes over the walks (word2vec: 5).")
-    lr: float = Field(0.2, gt=0, description="Row-wise Adagrad learning rate (EGES: SparseAdam at lr/8).")
-    sample: float = Field(
-        1e-3,
-        ge=0,
-        lt=1,
-        description="word2vec's subsampling of frequent nodes: a node of walk "
-        "frequency f is kept with probability (√(f/s) + 1)·s/f; 0: off.",
-    )
-    walks_per_batch: int = Field(256, ge=1, description="EGES: walks whose positions form one training step.")
 
 
 class Unigram:

@@ -29,13 +29,13 @@ from pyspark.sql import types as T
 from recfactory.features.draws import seeded_share
 from recfactory.features.schema import POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
-from recfactory.graph.embeddings import Method
+from recfactory.graph.embedding_spec import Method
 from recfactory.graph.item_graph import SideInfoSpec, side_field_columns
 from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.jobs.runtime.ray_runtime import init_ray
-from recfactory.tokenizers.qarm import AlignSpec, fit, project, recall_at_k, simtier, u2i_pairs
+from recfactory.tokenizers.qarm_spec import AlignSpec
 
 METRICS_SCHEMA = T.StructType(
     [
@@ -110,6 +110,8 @@ class AlignEmbeddingsJob(Job[AlignParams]):
     inputs = ("content_embeddings", "items", "item_similarity", "graph_embeddings", "events_clean", "training_samples")
 
     def run(self, ctx: RunContext[AlignParams]) -> None:
+        from recfactory.tokenizers.qarm import fit, project, recall_at_k  # torch: where the model trains
+
         p = ctx.params
         spark = ctx.spark
         content = date_partition(ctx, "content_embeddings", "build_content_embeddings").where(
@@ -247,6 +249,8 @@ class AlignEmbeddingsJob(Job[AlignParams]):
     def _u2i(spark, pos, index: pd.Series, idv: np.ndarray, has_id: np.ndarray, window: int):
         """(U2I training pairs (trigger, target), next-item test pairs (previous positive, last
         positive)) over every user's positives in time order."""
+        from recfactory.tokenizers.qarm import u2i_pairs
+
         schema = T.StructType(
             [T.StructField("kind", T.StringType()), T.StructField("a", T.LongType()), T.StructField("b", T.LongType())]
         )
@@ -342,6 +346,7 @@ def point_in_time_simtier(samples, pos, aligned, as_of, buckets: int, history: i
     samples: sample_id, user_id, item_id, ts; pos: the users' positives (user_id, item_id, ts,
     event_id), the history is the last `history` of them strictly before the sample."""
     from recfactory.features.instants import day_end
+    from recfactory.tokenizers.qarm import simtier
 
     prev = as_of - dt.timedelta(days=1)
     earlier = aligned.where((F.col("ds") == F.lit(prev)) & F.col("vector").isNotNull())

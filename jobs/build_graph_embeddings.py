@@ -26,8 +26,6 @@ Evaluation (``--evaluate``, on by default) trains the same models on a held-out 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
@@ -37,8 +35,8 @@ from pyspark.sql import types as T
 from recfactory.features.draws import seeded_share
 from recfactory.features.schema import POSITIVE_EVENT_TYPES
 from recfactory.features.sequences import visible_events
-from recfactory.graph import lightgcn
-from recfactory.graph.embeddings import WALK_METHODS, EmbeddingSpec, Fitted, fit, nearest
+from recfactory.graph.embedding_spec import WALK_METHODS, EmbeddingSpec
+from recfactory.graph.embeddings import Fitted, fit, nearest
 from recfactory.graph.item_graph import (
     GraphSpec,
     build_edges,
@@ -46,10 +44,9 @@ from recfactory.graph.item_graph import (
     in_catalog,
     leave_last_transition,
 )
-from recfactory.graph.lightgcn import LightGCNSpec
+from recfactory.graph.lightgcn_spec import LightGCNSpec
 from recfactory.graph.u2i import hit_rate
-from recfactory.graph.walks import Graph
-from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
+from recfactory.jobs.runtime.inputs import PositivePairs, clean_events, date_partition, item_snapshot, positive_pairs
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 from recfactory.jobs.runtime.ray_runtime import init_ray, node_cpus
@@ -86,14 +83,6 @@ EMB_SCHEMA = T.StructType(
         T.StructField("run_id", T.StringType(), False),
     ]
 )
-
-
-@dataclass
-class Positives:
-    users: np.ndarray  # user index per distinct (user, item) positive
-    items: np.ndarray  # item index (the catalog's node index)
-    ts: np.ndarray  # the pair's latest ts, epoch micros
-    user_ids: np.ndarray  # user index → user_id
 
 
 class GraphEmbeddingParams(GraphSpec, EmbeddingSpec, LightGCNSpec, JobParams):
@@ -146,9 +135,15 @@ class BuildGraphEmbeddingsJob(Job[GraphEmbeddingParams]):
             ctx.row_counts.update({"nodes": n, "edges_kept": len(kept), "cold_items": int(npdf["is_cold"].sum())})
             if len(kept) == 0:
                 raise QualityGateError("the item graph has no edge: no valid session with two distinct items")
-            pos = self._positives(ctx, p, index) if "lightgcn" in p.methods else None
+            pos = (
+                positive_pairs(ctx, visible_events(clean_events(ctx), ctx.cutoff), p.positive_types, index, "u2i_pairs")
+                if "lightgcn" in p.methods
+                else None
+            )
             if p.evaluate:
                 self._evaluate(ctx, p, sessions, items, index, field_codes, vocab, fields, espec, gspec, pos)
+            from recfactory.graph.walks import Graph  # numba: where the walks run, not where Params are read
+
             init_ray()
             fitted = (
                 fit(Graph.from_labelled(kept, index), field_codes, vocab, fields, espec, seed=p.seed, cpus=node_cpus())
@@ -179,35 +174,11 @@ class BuildGraphEmbeddingsJob(Job[GraphEmbeddingParams]):
             for df in (sessions, edges, known):
                 df.unpersist()
 
-    @staticmethod
-    def _positives(ctx: RunContext, p: GraphEmbeddingParams, index: pd.Series) -> Positives:
-        """LightGCN's positives: the distinct (user, catalog item) pairs of the positive events
-        visible as of D, each with its latest ts, in one canonical order (user, item)."""
-        ev = visible_events(clean_events(ctx), ctx.cutoff).where(F.col("event_type").isin(*p.positive_types))
-        pdf = ev.groupBy("user_id", "item_id").agg(F.unix_micros(F.max("ts")).alias("ts")).toPandas()
-        known = pdf["item_id"].isin(index.index).to_numpy()
-        ctx.row_counts.update({"u2i_pairs": len(pdf), "u2i_pairs_unknown_item": int((~known).sum())})
-        if not known.all():
-            ctx.notes["u2i_unknown_items"] = (
-                f"{int((~known).sum())} (user, item) positives are on items missing from the catalog "
-                "snapshot: not in LightGCN's graph"
-            )
-        pdf = pdf[known]
-        codes, user_ids = pd.factorize(pdf["user_id"], sort=True)
-        items_ = index[pdf["item_id"]].to_numpy()
-        order = np.lexsort((items_, codes))
-        if not len(order):
-            raise QualityGateError(f"no positive event ({', '.join(p.positive_types)}) on a catalog item for LightGCN")
-        return Positives(
-            codes[order].astype(np.int64),
-            items_[order].astype(np.int64),
-            pdf["ts"].to_numpy()[order],
-            np.asarray(user_ids, dtype=object),
-        )
-
-    def _lightgcn(self, ctx: RunContext, p: GraphEmbeddingParams, pos: Positives, n: int) -> Fitted:
+    def _lightgcn(self, ctx: RunContext, p: GraphEmbeddingParams, pos: PositivePairs, n: int) -> Fitted:
         """The final LightGCN on every positive: item vectors (NULL for items without a positive)
         returned as a method's, user vectors written to user_embeddings."""
+        from recfactory.graph import lightgcn  # torch: imported where LightGCN trains, not where Params are read
+
         storage = ctx.warehouse.arrow_path("_checkpoints", self.name)
         tr = lightgcn.fit(
             pos.users, pos.items, len(pos.user_ids), n, LightGCNSpec.of(p), storage, ctx.checkpoint_name()
@@ -235,9 +206,11 @@ class BuildGraphEmbeddingsJob(Job[GraphEmbeddingParams]):
             raise QualityGateError(f"user_embeddings has {ref.rows} rows for {len(pos.user_ids)} users")
         return Fitted(vec, has, ~has, [float(h["loss"]) for h in tr.history])
 
-    def _evaluate_lightgcn(self, ctx, p, pos: Positives, n: int, users: np.ndarray, targets: np.ndarray, ks):
+    def _evaluate_lightgcn(self, ctx, p, pos: PositivePairs, n: int, users: np.ndarray, targets: np.ndarray, ks):
         """LightGCN's U2I evaluation (``lightgcn.evaluate``), its training positives also without
         the next-item test pairs' (user, target): ``users`` (user_id) and ``targets`` (item index)."""
+        from recfactory.graph import lightgcn
+
         code = np.minimum(np.searchsorted(pos.user_ids, users), len(pos.user_ids) - 1)
         found = pos.user_ids[code] == users
         return lightgcn.evaluate(
@@ -290,6 +263,8 @@ class BuildGraphEmbeddingsJob(Job[GraphEmbeddingParams]):
         touches = tr_edges["src"].isin(cold) | tr_edges["dst"].isin(cold)
         cold_pairs = tr_edges[~tr_edges["src"].isin(cold) & tr_edges["dst"].isin(cold)][["src", "dst"]]
         warm_edges = tr_edges[~touches]
+        from recfactory.graph.walks import Graph
+
         init_ray()
         fitted = fit(
             Graph.from_labelled(warm_edges, index),

@@ -27,9 +27,10 @@ from recfactory.features.draws import seeded_hash
 from recfactory.features.negatives import exposure_weight
 from recfactory.features.retrieval import STRATEGIES, PairInputs, RetrievalSpec, plan
 from recfactory.features.sequences import visible_events
-from recfactory.graph.embeddings import Method, nearest
+from recfactory.graph.embedding_spec import Method
+from recfactory.graph.embeddings import nearest
 from recfactory.graph.similarity_spec import Algo
-from recfactory.jobs.runtime.inputs import clean_events, date_partition, item_snapshot
+from recfactory.jobs.runtime.inputs import PositivePairs, clean_events, date_partition, item_snapshot, positive_pairs
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
 
@@ -62,28 +63,16 @@ class BuildRetrievalPairsJob(Job[RetrievalParams]):
         catalog = item_snapshot(ctx).select("item_id").distinct().orderBy("item_id").toPandas()["item_id"]
         index = pd.Series(np.arange(len(catalog)), index=catalog.to_numpy())
         events = visible_events(clean_events(ctx), ctx.cutoff)
-        pos = pd.DataFrame(  # (pyspark types toPandas' result as a protocol)
-            events.where(F.col("event_type").isin(*p.positive_types))
-            .groupBy("user_id", "item_id")
-            .agg(F.unix_micros(F.max("ts")).alias("ts"))
-            .toPandas()
-        )
-        known = pos["item_id"].isin(index.index).to_numpy()
-        ctx.row_counts.update({"positives": len(pos), "positives_unknown_item": int((~known).sum())})
-        pos = pos[known]
-        if not len(pos):
-            raise QualityGateError(f"no positive event ({', '.join(p.positive_types)}) on a catalog item")
-        ucodes, user_ids = pd.factorize(pos["user_id"], sort=True)
-        icodes = index[pos["item_id"]].to_numpy()
-        order = np.lexsort((icodes, ucodes))
-        pos, ucodes, icodes = pos.iloc[order].reset_index(drop=True), ucodes[order], icodes[order]
-        user_index = pd.Series(np.arange(len(user_ids)), index=np.asarray(user_ids, dtype=object))
+        pos = positive_pairs(ctx, events, p.positive_types, index, "positives")
+        user_index = pd.Series(np.arange(len(pos.user_ids)), index=pos.user_ids)
         inputs = PairInputs(
-            users=ucodes.astype(np.int64),
-            items=icodes.astype(np.int64),
-            ts=pos["ts"].to_numpy(),
-            row_keys=seeded_hash(pos["user_id"].astype(str) + "\x1f" + pos["item_id"].astype(str), 0, "pair"),
-            n_users=len(user_ids),
+            users=pos.users,
+            items=pos.items,
+            ts=pos.ts,
+            row_keys=seeded_hash(
+                pd.Series(pos.user_id).astype(str) + "\x1f" + pd.Series(pos.item_id).astype(str), 0, "pair"
+            ),
+            n_users=len(pos.user_ids),
             n_items=len(index),
             exposures=self._exposures(ctx, p, events, index, user_index),
             swing=self._swing(ctx, p, index),
@@ -175,14 +164,14 @@ class BuildRetrievalPairsJob(Job[RetrievalParams]):
         return nearest(x, valid, np.arange(len(index)), p.hard_rank_max)
 
     @staticmethod
-    def _write(ctx: RunContext, pos: pd.DataFrame, pairs, flat: list[pd.DataFrame]) -> None:
+    def _write(ctx: RunContext, pos: PositivePairs, pairs, flat: list[pd.DataFrame]) -> None:
         spark = ctx.spark
         rows = pd.DataFrame(
             {
                 "row": np.arange(len(pos)),
-                "user_id": pos["user_id"].astype(str),
-                "item_id": pos["item_id"].astype(str),
-                "ts_us": pos["ts"].astype(np.int64),
+                "user_id": pos.user_id.astype(str),
+                "item_id": pos.item_id.astype(str),
+                "ts_us": pos.ts,
                 "split": np.where(pairs.test, "test", "train"),
                 "positive_q": pairs.positive_q,
             }

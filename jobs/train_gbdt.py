@@ -29,7 +29,7 @@ from pyspark.sql import types as T
 
 from recfactory.jobs.runtime.job import Job, QualityGateError, RunContext
 from recfactory.jobs.runtime.params import Field, JobParams
-from recfactory.tokenizers.gbdt import GBDTSpec
+from recfactory.tokenizers.gbdt_spec import GBDTSpec
 
 CONTEXT_FEATURES = ("ctx_hour_of_day", "ctx_day_of_week", "ctx_position", "hist_len")
 MODEL_SCHEMA = T.StructType(
@@ -107,7 +107,7 @@ class TrainGBDTParams(GBDTSpec, JobParams):
 
 def _train_task(X: np.ndarray, y: np.ndarray, spec_dict: dict, names: list[str], cpus: int) -> str:
     """Ray task: the booster as LightGBM model text."""
-    from recfactory.tokenizers.gbdt import GBDTSpec, train
+    from recfactory.tokenizers.gbdt import train
 
     return train(X, y, GBDTSpec(**spec_dict), names, threads=cpus).model_to_string()
 

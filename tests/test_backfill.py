@@ -38,6 +38,9 @@ STEPS = (
             "0",
         ],
     ),
+    # its positives (also LightGCN's: jobs.runtime.inputs.positive_pairs) and draws; no Swing
+    # filter or hard negatives here (they read build_similarity's and the embeddings' tables)
+    ("build_retrieval_pairs", ["--swing-filter", "0", "--hard-negatives", "0"]),
 )
 
 
@@ -110,12 +113,12 @@ def test_dates_in_order_and_in_reverse_two_at_once_give_the_same_tables(spark, s
     assert not errors, errors
 
     a, b = _tables(in_order), _tables(out_of_order)
-    assert set(a) == set(b) and {"events_clean", "user_sequences", "cross_stats", "training_samples"} <= set(a)
+    assert set(a) == set(b) and {"events_clean", "user_sequences", "cross_stats", "training_samples", "retrieval_pairs"} <= set(a)
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name], obj=f"{name}: in order vs the last first, then two at once")
     ev = a["events_clean"]
     assert ev["event_id"].is_unique and len(ev) > 0
     # event-date partitions: every event dated up to the last date, each in its own day
     assert (ev["ds"] == ev["ts"].str[:10]).all() and ev["ds"].max() == DATES[-1]
-    for name in ("user_sequences", "cross_stats", "training_samples", "sessions"):
+    for name in ("user_sequences", "cross_stats", "training_samples", "sessions", "retrieval_pairs"):
         assert sorted(set(a[name]["ds"])) == list(DATES), name

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfactory.graph.embedding_spec import TrainSpec
 from recfactory.graph.embeddings import nearest
 from recfactory.graph.item_graph import GraphSpec, build_edges, leave_last_transition
-from recfactory.graph.skipgram import SkipGram, TrainSpec, train
+from recfactory.graph.skipgram import SkipGram, train
 from recfactory.graph.u2i import hit_rate
 from recfactory.graph.walks import Graph, random_walks, walk_ids
 from recfactory.jobs.runtime.bench import SIZES, bench_size, write_results

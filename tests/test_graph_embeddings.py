@@ -174,7 +174,8 @@ def test_skipgram_kernel_applies_adagrad_to_the_autograd_gradient():
 
 
 def test_skipgram_training_is_seeded_and_independent_of_chunking():
-    from recfactory.graph.skipgram import SkipGram, TrainSpec, Unigram, keep_probability, train
+    from recfactory.graph.embedding_spec import TrainSpec
+    from recfactory.graph.skipgram import SkipGram, Unigram, keep_probability, train
 
     rng = np.random.default_rng(3)
     walks = rng.integers(0, 30, size=(200, 8)).astype(np.int32)
@@ -238,7 +239,8 @@ def _communities(k=4, size=25, seed=0):
 
 @pytest.mark.ray
 def test_embeddings_recover_planted_communities_and_eges_places_cold_items():
-    from recfactory.graph.embeddings import EmbeddingSpec, fit, nearest
+    from recfactory.graph.embedding_spec import EmbeddingSpec
+    from recfactory.graph.embeddings import fit, nearest
     from recfactory.graph.walks import random_walks
     from recfactory.jobs.runtime.ray_runtime import init_ray
 

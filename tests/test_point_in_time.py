@@ -19,6 +19,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from recfactory.features.instants import UTC, collect_instant, epoch_micros, from_micros, ts_lit
+from recfactory.features.sequences import visible_events
 from recfactory.jobs.runtime.job import as_of_end, run_job
 
 pytestmark = pytest.mark.spark
@@ -130,6 +131,30 @@ def test_boundaries_here(spark, tmp_path):
     assert users == {("u1", "1d"): 3, ("u1", "all"): 3, ("u2", "1d"): 1, ("u2", "all"): 1}
     hours = sorted((r.item_id, int(r.hour)) for r in cs.where("key_type = 'item_hour' AND window = 'all'").collect())
     assert hours == [("i1", 0), ("i1", 23), ("i2", 23)]  # UTC hours, not the host's
+
+    # the positives LightGCN and retrieval_pairs read (jobs.runtime.inputs.positive_pairs): the pairs
+    # of the 30th with their latest instant, none from the 1st (loaded, and in events_clean by now)
+    import pandas as pd
+
+    from recfactory.jobs.runtime.inputs import clean_events, positive_pairs
+
+    class Ctx:
+        as_of, row_counts, notes = AS_OF, {}, {}
+
+        @staticmethod
+        def read(name):
+            return spark.read.format("delta").load(f"{wh}/{name}")
+
+    events = visible_events(clean_events(Ctx), cutoff)
+    index = pd.Series([0, 1, 2], index=["i1", "i2", "i3"])
+    pos = positive_pairs(Ctx, events, ["click"], index, "positives")
+    got = sorted(zip(pos.user_id, pos.item_id, map(from_micros, pos.ts.tolist()), strict=True))
+    want: dict = {}
+    for u, i, _, t, ok in EVENTS:
+        if ok:
+            want[(u, i)] = max(want.get((u, i), _utc(t)), _utc(t))
+    assert got == sorted((u, i, t) for (u, i), t in want.items())
+    assert Ctx.row_counts == {"positives": 3, "positives_unknown_item": 0}
 
     # the item graph's time decay: a session ending exactly one day before the cutoff weighs e^-1
     from recfactory.graph.item_graph import GraphSpec, transitions
