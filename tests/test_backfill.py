@@ -113,7 +113,13 @@ def test_dates_in_order_and_in_reverse_two_at_once_give_the_same_tables(spark, s
     assert not errors, errors
 
     a, b = _tables(in_order), _tables(out_of_order)
-    assert set(a) == set(b) and {"events_clean", "user_sequences", "cross_stats", "training_samples", "retrieval_pairs"} <= set(a)
+    assert set(a) == set(b) and {
+        "events_clean",
+        "user_sequences",
+        "cross_stats",
+        "training_samples",
+        "retrieval_pairs",
+    } <= set(a)
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name], obj=f"{name}: in order vs the last first, then two at once")
     ev = a["events_clean"]
