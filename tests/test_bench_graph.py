@@ -5,7 +5,9 @@
   ours also weighted, and with Node2Vec's p/q (which torch-cluster can only do unweighted);
 - skip-gram: our SGNS (``graph.skipgram``) against gensim's Word2Vec (sg=1, same walks, dim,
   window, negatives, epochs, 2 workers) — time and next-item HitRate@20 on the held-out pairs of
-  the job's evaluation (``leave_last_transition``).
+  the job's evaluation (``leave_last_transition``);
+- LightGCN (the job's defaults, on Ray Train) on the user-item positives: seconds per epoch and
+  U2I Recall@K / NDCG@K beside popularity and ItemCF U2I (``graph.lightgcn.evaluate``).
 
 Writes docs/bench/graph-<size>.{json,md}. Nothing here asserts a time; a missing peer (torch-cluster
 is compiled from source by `make bench-deps`) is recorded as skipped, with the reason.
@@ -181,6 +183,7 @@ def test_bench_graph(spark, tmp_path):
         + (f" — {res['gensim_skipped']}" if res["gensim_skipped"] else ""),
         "",
     ]
+    md += _lightgcn(spark, wh, as_of, tmp_path, res)
     write_results(f"graph-{size}", res, md)
     # correctness beside the speed figures: every step of a walk is an edge of the graph (a sample),
     # the walks are the seed's whatever the run, and the embeddings find next items
@@ -192,4 +195,66 @@ def test_bench_graph(spark, tmp_path):
     first = random_walks(g, 1, LENGTH, seed=7, progress=False)  # the first round's walks again
     assert np.array_equal(first, dw_walks[: len(first)])
     assert res["ours_hr@20"] > 0
+    lg = res["lightgcn"]  # every epoch trained and its loss down; the three U2I rankers at every K
+    assert len(lg["history"]) == lg["epochs"] and lg["history"][-1] < lg["history"][0]
+    assert all(0 <= v["recall"] <= 1 for v in lg["u2i"].values()) and len(lg["u2i"]) == 9
     print(json.dumps(res, indent=2))
+
+
+def _lightgcn(spark, wh: str, as_of: str, tmp_path, res: dict) -> list[str]:
+    """LightGCN (the job's defaults: 50 epochs, 2 DDP workers on Ray Train) on the distinct positives
+    visible as of the date, with its U2I evaluation beside popularity and ItemCF U2I (the
+    ``graph_embedding_metrics`` rows of the job): time, time per epoch, Recall@K / NDCG@K."""
+    from pyspark.sql import functions as F
+
+    from recfactory.features.schema import POSITIVE_EVENT_TYPES
+    from recfactory.graph import lightgcn
+    from recfactory.graph.lightgcn_spec import LightGCNSpec
+
+    ev = spark.read.format("delta").load(f"{wh}/events_clean").where(F.col("ds") <= as_of)
+    pos = (
+        ev.where(F.col("event_type").isin(*POSITIVE_EVENT_TYPES))
+        .groupBy("user_id", "item_id")
+        .agg(F.unix_micros(F.max("ts")).alias("ts"))
+        .toPandas()
+    )
+    users, user_ids = pd.factorize(pos["user_id"], sort=True)
+    items, item_ids = pd.factorize(pos["item_id"], sort=True)
+    spec = LightGCNSpec()
+    ks = (10, 20, 50)
+    t0 = time.time()
+    ev_ = lightgcn.evaluate(
+        users, items, pos["ts"].to_numpy(), len(user_ids), len(item_ids), spec, str(tmp_path / "ckpt"), "bench", ks
+    )
+    secs = time.time() - t0
+    rows = {f"{m}@{k}": {"recall": round(r, 6), "ndcg": round(n, 6)} for m, k, r, n, _, _ in ev_.rows}
+    test_users = ev_.rows[0][5]
+    res["lightgcn"] = {
+        "pairs": int(len(pos)),
+        "test_users": int(test_users),
+        "users": int(len(user_ids)),
+        "items": int(len(item_ids)),
+        "epochs": spec.lightgcn_epochs,
+        "workers": spec.lightgcn_workers,
+        "dim": spec.lightgcn_dim,
+        "fit_and_evaluate_s": round(secs, 1),
+        "history": [round(float(h["loss"]), 6) for h in ev_.trained.history],
+        "u2i": rows,
+    }
+    lg = res["lightgcn"]
+    return [
+        f"LightGCN on the {lg['pairs']:,} distinct positives of {lg['users']:,} users and {lg['items']:,} items "
+        f"({lg['epochs']} epochs, dim {lg['dim']}, {lg['workers']} DDP workers on Ray Train; each user's last "
+        f"positive held out, seen items filtered): {lg['fit_and_evaluate_s']} s for training and evaluation, "
+        f"{lg['fit_and_evaluate_s'] / lg['epochs']:.2f} s per epoch.",
+        "",
+        "| U2I | " + " | ".join(f"Recall@{k} / NDCG@{k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+        *[
+            f"| {m} | "
+            + " | ".join(f"{rows[f'{m}@{k}']['recall']:.4f} / {rows[f'{m}@{k}']['ndcg']:.4f}" for k in ks)
+            + " |"
+            for m in ("lightgcn", "itemcf", "popularity")
+        ],
+        "",
+    ]
