@@ -105,9 +105,13 @@ def _fast_tier_starts_no_ray():
 
 @pytest.fixture(scope="session")
 def spark():
-    from recfactory.jobs.runtime.spark import get_spark
+    from recfactory.jobs.runtime.spark import driver_java_options, get_spark
 
-    s = get_spark("recfactory-tests")
+    # The test process's own JVM runs every in-process job of its files for the whole suite: unlike
+    # the short-lived JVMs above it gains from C2 (the default tiered JIT); measured on the cross
+    # statistics' and sequences' tests in one process, 113-117 s with C1 only, 96-97 s with C2.
+    extra = {"spark.driver.extraJavaOptions": f"{driver_java_options()} -XX:TieredStopAtLevel=4"}
+    s = get_spark("recfactory-tests", extra)
     yield s
     s.stop()
 
