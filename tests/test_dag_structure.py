@@ -1,6 +1,7 @@
 """The Airflow DAGs' structure and scheduling, without running a job: both DAGs import without
-errors and follow the pipelines (tasks, dependencies, retries, timeouts, asset outlets, params), and
-a backfill covers its dates oldest first (backwards is refused). The DAG runs: test_dags.py."""
+errors and follow the pipelines (tasks, dependencies, retries, timeouts, asset outlets, params), a
+backfill covers its dates oldest first (backwards is refused), and a run conf that sets a path the
+deployment does not allow fails its task before anything runs. The DAG runs: test_dags.py."""
 
 from __future__ import annotations
 
@@ -81,3 +82,25 @@ def test_a_backfill_covers_each_date_of_the_range_in_order(airflow_env):
     assert dates == ["1998-04-27", "1998-04-28", "1998-04-29", "1998-04-30"], res.stdout[-3000:]
     res = airflow(env, *dry_run, "--run-backwards", timeout=600)
     assert res.returncode != 0 and "depends_on_past" in (res.stdout + res.stderr), (res.stdout + res.stderr)[-3000:]
+
+
+def test_a_run_conf_that_sets_a_path_the_deployment_does_not_allow_fails_naming_it(airflow_env):
+    """The deployment allows ingest's input paths (RECFACTORY_RUN_CONF_ALLOW), not the report's
+    output folder: the task fails before anything runs, naming the refused override. (On a
+    deployment of its own, for a date no DAG run exists for: a run's own conf would override the
+    task params given here.)"""
+    env, home = airflow_env
+    res = airflow(
+        env,
+        "tasks",
+        "test",
+        "recfactory_daily",
+        "report",
+        "1998-04-25",
+        "-t",
+        json.dumps({"report": {"output_dir": str(home / "elsewhere")}}),
+        timeout=600,
+    )
+    text = res.stdout + res.stderr
+    assert "the run conf may not set report.output_dir" in text, text[-3000:]
+    assert "RECFACTORY_RUN_CONF_ALLOW=report.output_dir" in text and not (home / "elsewhere").exists()

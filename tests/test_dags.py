@@ -5,7 +5,7 @@ from its manifest in local mode (local Spark, local Ray, this checkout): each jo
 the cluster run read, must write bitwise the tables the cluster run wrote (`recfactory replay`) —
 both "cluster mode equals local mode", job by job, and "replay of every job of the daily DAG
 test's warehouse reproduces it". Then, on the same deployment in local mode (spark-submit
-local[*], local Ray): its report, a refused run conf, a rerun, the weekly refit, a failed quality
+local[*], local Ray): its report, a rerun, the weekly refit, a failed quality
 gate, the backfill of an earlier date."""
 
 from __future__ import annotations
@@ -288,28 +288,6 @@ def test_the_daily_runs_report_has_every_section_and_opens_in_chromium(airflow_e
         "build_gbdt_leaves",
     ):
         assert text in html, text
-
-
-def test_a_run_conf_that_sets_a_path_the_deployment_does_not_allow_fails_naming_it(airflow_env):
-    """The deployment allows ingest's input paths (RECFACTORY_RUN_CONF_ALLOW), not the report's
-    output folder: the task fails before anything runs, naming the refused override. (For a date
-    the DAG has not run: on D, the run's own conf, which sets report parameters, would override the
-    task params given here.)"""
-    env, home = airflow_env
-    res = airflow(
-        env,
-        "tasks",
-        "test",
-        "recfactory_daily",
-        "report",
-        "1998-04-25",
-        "-t",
-        json.dumps({"report": {"output_dir": str(home / "elsewhere")}}),
-        timeout=600,
-    )
-    text = res.stdout + res.stderr
-    assert "the run conf may not set report.output_dir" in text, text[-3000:]
-    assert "RECFACTORY_RUN_CONF_ALLOW=report.output_dir" in text and not (home / "elsewhere").exists()
 
 
 @pytest.mark.spark
