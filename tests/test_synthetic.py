@@ -22,15 +22,18 @@ def _sorted_rows(df):
 
 
 def test_same_seed_same_rows_whatever_the_partitioning(spark):
-    a = synthetic_events(spark, SPEC, END)
-    spark.conf.set("spark.sql.shuffle.partitions", "1")
+    before = spark.conf.get("spark.sql.shuffle.partitions")
     try:
-        b = synthetic_events(spark, SPEC, END).repartition(7)
-        assert _sorted_rows(a) == _sorted_rows(b)
+        rows = {}
+        for n, parts in (("4", None), ("1", 7)):  # each collected under its own shuffle partitions
+            spark.conf.set("spark.sql.shuffle.partitions", n)
+            df = synthetic_events(spark, SPEC, END)
+            rows[n] = _sorted_rows(df.repartition(parts) if parts else df)
+        assert rows["4"] == rows["1"]
     finally:
-        spark.conf.set("spark.sql.shuffle.partitions", "4")
+        spark.conf.set("spark.sql.shuffle.partitions", before)
     c = synthetic_events(spark, SyntheticSpec(events=20_000, seed=8), END)
-    assert _sorted_rows(a) != _sorted_rows(c)
+    assert rows["4"] != _sorted_rows(c)
 
 
 def test_shape_zipf_items_heavy_users_sessions(spark):
