@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sparkconf import shuffle_partitions
 
 from recfactory.features.retrieval import PairInputs, RetrievalSpec, last_per_user, plan
 
@@ -124,12 +125,8 @@ def test_build_retrieval_pairs_on_synthetic_impressions(spark, tmp_path):
     assert all(seen.values()) and seen == {s: rc[f"negatives.{s}"] for s in seen}
     assert rc["negatives.uniform"] == 4 * len(train)  # 20,000 events: nothing too popular to draw
     # the same table from another partitioning of the same inputs
-    before = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "3")
-    try:
+    with shuffle_partitions(spark, 3):
         run_job("build_retrieval_pairs", args, spark=spark)
-    finally:
-        spark.conf.set("spark.sql.shuffle.partitions", before)
     again = spark.read.format("delta").load(f"{wh}/retrieval_pairs").toPandas()
     key = lambda df: df.drop(columns=["run_id"]).sort_values(["user_id", "item_id"]).reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(key(again), key(got))

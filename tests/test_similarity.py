@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import pytest
 from pyspark.sql import functions as F
+from sparkconf import shuffle_partitions
 
 from recfactory.graph.similarity import SimilaritySpec, apply_caps, neighbor_lists, user_items
 from recfactory.jobs.runtime.job import run_job
@@ -154,15 +155,11 @@ def test_caps_and_partition_independence(spark, engine):
     rows = make_events(4, users=30, items=10)
     spec = SimilaritySpec(max_items_per_user=3, max_users_per_item=4, top_k=5, seed=9, engine=engine)
     results = []
-    old = spark.conf.get("spark.sql.shuffle.partitions")
-    try:
-        for n, blocks in ((1, 1), (4, 3), (16, 16)):
-            spark.conf.set("spark.sql.shuffle.partitions", str(n))
+    for n, blocks in ((1, 1), (4, 3), (16, 16)):
+        with shuffle_partitions(spark, n):
             kept = set()
             got, _ = spark_result(spark, rows, spec.replace(blocks=blocks), kept)
             results.append((got, kept))
-    finally:
-        spark.conf.set("spark.sql.shuffle.partitions", old)
     assert results[0] == results[1] == results[2]  # exact, floats included (blocks too)
     got, kept = results[0]
     per_user, per_item = defaultdict(int), defaultdict(int)

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
+from sparkconf import shuffle_partitions
 
 from recfactory.features.instants import day_start, ts_lit
 from recfactory.features.synthetic import SyntheticSpec, synthetic_events, synthetic_items
@@ -22,18 +23,14 @@ def _sorted_rows(df):
 
 
 def test_same_seed_same_rows_whatever_the_partitioning(spark):
-    before = spark.conf.get("spark.sql.shuffle.partitions")
-    try:
-        rows = {}
-        for n, parts in (("4", None), ("1", 7)):  # each collected under its own shuffle partitions
-            spark.conf.set("spark.sql.shuffle.partitions", n)
+    rows = {}
+    for n, parts in ((4, None), (1, 7)):  # each collected under its own shuffle partitions
+        with shuffle_partitions(spark, n):
             df = synthetic_events(spark, SPEC, END)
             rows[n] = _sorted_rows(df.repartition(parts) if parts else df)
-        assert rows["4"] == rows["1"]
-    finally:
-        spark.conf.set("spark.sql.shuffle.partitions", before)
+    assert rows[4] == rows[1]
     c = synthetic_events(spark, SyntheticSpec(events=20_000, seed=8), END)
-    assert rows["4"] != _sorted_rows(c)
+    assert rows[4] != _sorted_rows(c)
 
 
 def test_shape_zipf_items_heavy_users_sessions(spark):
