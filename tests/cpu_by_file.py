@@ -60,7 +60,7 @@ def kind(p: psutil.Process, cl: list[str]) -> str:
     return "python: other" if "python" in name else f"other: {name}"
 
 
-def test_file(p: psutil.Process, cl: list[str]) -> str:
+def owning_test_file(p: psutil.Process, cl: list[str]) -> str:
     for proc in [p, *p.parents()]:
         title = " ".join(cl if proc is p else proc.cmdline())
         if _is_worker(title):
@@ -109,7 +109,7 @@ def main(out: str, every: float = 2.0) -> None:
                 grew, last[key] = cpu - last.get(key, 0.0), cpu
                 if grew > 0:
                     cl = p.cmdline()
-                    at = (test_file(p, cl), kind(p, cl))
+                    at = (owning_test_file(p, cl), kind(p, cl))
                     total[at] = total.get(at, 0.0) + grew
             except psutil.Error:
                 continue
